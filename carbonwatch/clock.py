@@ -1,0 +1,44 @@
+"""Injectable time. Production code asks a Clock, never ``time`` directly, so replay and tests can
+drive the sampling loop through recorded or simulated time."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock Unix seconds (UTC): used for timestamps at rest."""
+
+    def monotonic(self) -> float:
+        """Monotonic seconds: used for durations and for scheduling the next poll."""
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class ManualClock:
+    """A clock that moves only when told to; wall and monotonic time move together."""
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        self._now_s = float(start_s)
+
+    def time(self) -> float:
+        return self._now_s
+
+    def monotonic(self) -> float:
+        return self._now_s
+
+    def set(self, now_s: float) -> None:
+        if now_s < self._now_s:
+            raise ValueError("ManualClock cannot go backwards")
+        self._now_s = float(now_s)
+
+    def advance(self, seconds: float) -> None:
+        self.set(self._now_s + seconds)

@@ -1,0 +1,167 @@
+"""Settings, resolved as defaults < TOML file < ``CARBONWATCH_*`` environment < command-line flags.
+
+One flat, validated ``Settings`` value is built here and handed to everything else; nothing below
+the CLI reads the environment itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from carbonwatch.errors import ConfigError
+
+IDLE_POLICIES = ("separate", "proportional", "even")
+ENV_PREFIX = "CARBONWATCH_"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "carbonwatch"
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "carbonwatch" / "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting carbonwatch knows, with its default. See docs/configuration in the README."""
+
+    db: str = ""  # empty: <user data dir>/carbonwatch.db
+    # Where the energy was used: an ISO country code (ISO 3166 alpha-3 or alpha-2), or a cloud
+    # provider and region. Empty: codecarbon's world average, marked as such.
+    country: str = ""
+    cloud_provider: str = ""
+    cloud_region: str = ""
+    zone: str = ""  # grid zone for time-series providers (e.g. CISO, DE, GB)
+    pue: float = 1.0
+    # Money. No price is invented: with none configured, cost is reported as unknown.
+    energy_price_per_kwh: float | None = None
+    currency: str = "USD"
+    gpu_hour_rate: float = 0.0  # per device-hour, e.g. a cloud GPU's hourly price
+    cpu_hour_rate: float = 0.0
+    idle_policy: str = "separate"
+    backend: str = "auto"  # auto | nvml | none | replay:DIR
+    rapl_root: str = "/sys/class/powercap"
+    power_interval_s: float = 0.1
+    counter_interval_s: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8787
+    socket: str = ""
+    token: str = ""
+    daemon_url: str = ""  # empty: http://{host}:{port}
+    provider: str = "static"
+    provider_url: str = ""
+    electricitymaps_token: str = ""
+    watttime_username: str = ""
+    watttime_password: str = ""
+    no_forecast_policy: str = "latest"  # latest | now
+    raw_call_log_max: int = 100_000
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.db) if self.db else default_data_dir() / "carbonwatch.db"
+
+    def validate(self) -> Settings:
+        if self.idle_policy not in IDLE_POLICIES:
+            raise ConfigError(
+                f"idle_policy must be one of {', '.join(IDLE_POLICIES)}, got {self.idle_policy!r}"
+            )
+        if not (math.isfinite(self.pue) and self.pue >= 1.0):
+            raise ConfigError(f"pue must be a finite number >= 1.0, got {self.pue!r}")
+        price = self.energy_price_per_kwh
+        if price is not None and not (math.isfinite(price) and price >= 0):
+            raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
+        for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
+            raise ConfigError("power_interval_s and counter_interval_s must be > 0")
+        if self.no_forecast_policy not in ("latest", "now"):
+            raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
+        return self
+
+
+_HINTS = get_type_hints(Settings)
+_NAMES = {f.name for f in fields(Settings) if f.name != "extra"}
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    hint = _HINTS[name]
+    try:
+        if hint is bool:
+            if isinstance(raw, str):
+                return raw.strip().lower() in ("1", "true", "yes", "on")
+            return bool(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float or hint == (float | None):
+            if raw is None or raw == "":
+                return None if hint != float else 0.0
+            value = float(raw)
+            if math.isnan(value):
+                raise ValueError("NaN")
+            return value
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: setting {name!r} has an invalid value {raw!r}") from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"config file {path} is not readable: permission denied") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} could not be read: {exc}") from exc
+    # Accept both a flat file and one with a [carbonwatch] table.
+    return dict(data.get("carbonwatch", data))
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Resolve settings. An explicit ``config_path`` (or CARBONWATCH_CONFIG) must exist; the default
+    path is read only when present."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+
+    explicit = config_path or env.get(ENV_PREFIX + "CONFIG")
+    path = Path(explicit) if explicit else default_config_path()
+    if explicit or path.exists():
+        for key, raw in read_toml(path).items():
+            if key in _NAMES:
+                values[key] = _coerce(key, raw, f"config file {path}")
+            else:
+                extra[key] = raw
+
+    for name in _NAMES:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, f"environment {ENV_PREFIX}{name.upper()}")
+
+    for name, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        if name not in _NAMES:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw, f"flag --{name.replace('_', '-')}")
+
+    return dataclasses.replace(Settings(), **values, extra=extra).validate()

@@ -1,0 +1,78 @@
+"""Plain value types shared by collectors, attribution, accounting and the store.
+
+Units are in the names: ``energy_j`` joules, ``power_w`` watts, ``*_s`` Unix seconds (UTC) for points
+in time and seconds for durations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Provenance(StrEnum):
+    MEASURED = "measured"    # read from a hardware counter
+    ESTIMATED = "estimated"  # derived from a model or from integrating power samples
+    UNKNOWN = "unknown"
+
+
+class DeviceClass(StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+    RAM = "ram"
+
+
+class DeviceState(StrEnum):
+    OK = "ok"
+    LOST = "lost"        # vanished mid-run; its last intervals are kept
+    DEGRADED = "degraded"  # answering, but on a fallback path
+
+
+# Consumer key for activity on a device that belongs to no known process or job.
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a collector measures and how."""
+
+    device_id: str  # stable within a node: "gpu0", "cpu0", "ram"
+    device_class: DeviceClass
+    name: str
+    method: str  # e.g. "nvml-energy-counter", "nvml-power-integral", "rapl", "tdp-model", "ram-model"
+    provenance: Provenance
+    uuid: str | None = None
+    state: DeviceState = DeviceState.OK
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EnergyInterval:
+    """Energy one device used between two readings, with who was active on it.
+
+    ``idle_energy_j`` is the part below the device's idle baseline; the rest is active energy, to be
+    split over ``shares`` (consumer key -> non-negative weight; pids as ints from collectors). Empty
+    shares mean no process was seen active: the active part is then unattributed (key OTHER).
+    ``segments`` shapes the energy in time: (segment_end_s, energy_j) pairs, ascending, summing to
+    ``energy_j``; the first segment starts at ``start_s``. Used to split an interval over inference
+    calls that cover only part of it.
+    """
+
+    device_id: str
+    device_class: DeviceClass
+    start_s: float
+    end_s: float
+    energy_j: float
+    idle_energy_j: float
+    provenance: Provenance
+    method: str
+    shares: Mapping[int | str, float] = field(default_factory=dict)
+    segments: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def active_energy_j(self) -> float:
+        return self.energy_j - self.idle_energy_j
