@@ -1,0 +1,106 @@
+"""``carbonwatch report``: jobs and totals from the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import UTC, datetime
+
+import click
+
+from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
+from carbonwatch.errors import InputError
+from carbonwatch.scheduler.durations import parse_time
+from carbonwatch.store import open_store
+
+COLUMNS = ("id", "name", "kind", "model", "status", "started", "duration_s", "energy_j",
+           "co2e_g", "cost", "currency", "exit_code")
+
+
+def _iso(t_s: float | None) -> str | None:
+    if t_s is None:
+        return None
+    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_view(row: dict) -> dict:
+    ended = row.get("ended_s")
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "model": row.get("model"),
+        "status": row["status"],
+        "started": _iso(row["started_s"]),
+        "ended": _iso(ended),
+        "duration_s": (ended - row["started_s"]) if ended is not None else None,
+        "energy_j": row["energy_j"],
+        "energy_j_by_device": row.get("energy_by_device") or {},
+        "co2e_g": row["co2e_g"],
+        "cost": row.get("cost"),
+        "currency": row.get("currency"),
+        "exit_code": row.get("exit_code"),
+        "command": row.get("command"),
+        "provenance": row.get("provenance") or {},
+    }
+
+
+@click.command("report")
+@click.option("--json", "fmt", flag_value="json", help="JSON output.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV output.")
+@click.option("--since", default=None, help="Only jobs started at or after T (ISO-8601 or -24h).")
+@click.option("--job", "job_id", default=None, help="Only this job id.")
+@settings_options
+@handle_errors
+def report_cmd(
+    fmt: str | None, since: str | None, job_id: str | None, config_path: str | None, db: str | None
+) -> None:
+    """Jobs recorded in the store, with energy, gCO2e and cost, and the totals.
+
+    \b
+    Examples:
+      carbonwatch report
+      carbonwatch report --json --since -24h
+      carbonwatch report --csv > jobs.csv
+    """
+    settings = load(config_path, db=db)
+    since_s = parse_time(since) if since else None
+    with open_store(settings.db_path, read_only=True) as store:
+        rows = store.jobs(since_s=since_s, job_id=job_id)
+    if job_id and not rows:
+        raise InputError(f"no job with id {job_id!r} in {settings.db_path}")
+    jobs = [job_view(r) for r in rows]
+    costs = [j["cost"] for j in jobs]
+    totals = {
+        "jobs": len(jobs),
+        "energy_j": math.fsum(j["energy_j"] for j in jobs),
+        "co2e_g": math.fsum(j["co2e_g"] for j in jobs),
+        "cost": math.fsum(c for c in costs if c is not None) if any(c is not None for c in costs)
+        else None,
+        "jobs_with_unknown_cost": sum(1 for c in costs if c is None),
+    }
+    if fmt == "json":
+        echo_json({"jobs": jobs, "totals": totals})
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(jobs)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    if not jobs:
+        click.echo("No jobs recorded yet. Wrap one: carbonwatch run -- python train.py")
+        return
+    click.echo(f"{'id':<12} {'name':<20} {'kind':<9} {'status':<11} {'duration':>9} "
+               f"{'energy J':>12} {'gCO2e':>10} {'cost':>10}")
+    for j in jobs:
+        dur = f"{j['duration_s']:.1f}s" if j["duration_s"] is not None else "running"
+        cost = f"{j['cost']:.4f}" if j["cost"] is not None else "unknown"
+        click.echo(f"{j['id']:<12} {j['name'][:20]:<20} {j['kind']:<9} {j['status']:<11} "
+                   f"{dur:>9} {j['energy_j']:>12.1f} {j['co2e_g']:>10.3f} {cost:>10}")
+    t = totals
+    cost = f"{t['cost']:.4f}" if t["cost"] is not None else "unknown"
+    click.echo(f"total: {t['jobs']} jobs, {t['energy_j']:.1f} J ({t['energy_j'] / 3.6e6:.6f} kWh), "
+               f"{t['co2e_g']:.3f} gCO2e, cost {cost}")

@@ -1,0 +1,78 @@
+"""``carbonwatch run -- CMD``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from carbonwatch.cli.common import echo_json, handle_errors, intensity_source, load, settings_options
+from carbonwatch.collectors.detect import build_collectors
+from carbonwatch.runner import format_summary, run_command
+from carbonwatch.store import open_store
+
+
+@click.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option("--name", default=None, help="Job name (default: the command's name).")
+@click.option(
+    "--kind", type=click.Choice(["training", "inference", "other"]), default="other",
+    show_default=True,
+)
+@click.option("--model", default=None, help="Model this job trains or serves.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
+@click.option("--backend", default=None, help="GPU backend: auto | nvml | none | replay:DIR.")
+@settings_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@handle_errors
+def run_cmd(
+    name: str | None,
+    kind: str,
+    model: str | None,
+    as_json: bool,
+    backend: str | None,
+    config_path: str | None,
+    db: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND, measure the energy of its whole process tree, record and print it.
+
+    \b
+    Example:
+      carbonwatch run --name resnet --kind training -- python train.py --epochs 3
+
+    Exits with COMMAND's own exit code. SIGINT/SIGTERM are forwarded to the command; the record
+    is written either way.
+    """
+    settings = load(config_path, db=db, backend=backend)
+    collectors, notes = build_collectors(
+        settings.backend, rapl_root=settings.rapl_root
+    )
+    for note in notes:
+        click.echo(f"carbonwatch: {note}", err=True)
+    store = open_store(settings.db_path)
+    try:
+        result = run_command(
+            list(command),
+            settings=settings,
+            collectors=collectors,
+            intensity=intensity_source(settings),
+            store=store,
+            name=name,
+            kind=kind,
+            model=model,
+        )
+    except FileNotFoundError as exc:
+        click.echo(f"carbonwatch: error: {exc}", err=True)
+        sys.exit(127)
+    finally:
+        for collector in collectors:
+            collector.close()
+        store.close()
+    if as_json:
+        echo_json(result.as_json())
+    else:
+        click.echo(format_summary(result), err=True)  # stdout stays the command's
+    sys.exit(result.exit_code)

@@ -1,0 +1,325 @@
+"""``carbonwatch run -- CMD``: run a command, measure its whole process tree, record the job.
+
+The command is started directly (never through a shell) in its own process group, so a signal
+forwarded to the group reaches every process of the tree. SIGINT, SIGTERM and SIGHUP sent to the
+wrapper are forwarded; the wrapper then waits for the command, closes the measurement and writes
+the record before exiting with the command's own exit code (128+N when a signal N ended it)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from carbonwatch.accounting import Pricing
+from carbonwatch.attribution import IDLE
+from carbonwatch.clock import Clock, SystemClock
+from carbonwatch.collectors.base import Collector
+from carbonwatch.config import Settings
+from carbonwatch.grid.types import IntensitySource
+from carbonwatch.ledger import Ledger
+from carbonwatch.model import DeviceInfo
+from carbonwatch.sampler import Sampler
+from carbonwatch.store import Store
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    name: str
+    kind: str
+    argv: list[str]
+    started_s: float
+    ended_s: float
+    exit_code: int
+    energy_j: float
+    energy_j_by_device: dict[str, float]
+    energy_j_by_class: dict[str, float]
+    device_energy_j: float  # everything the devices used meanwhile (idle and others included)
+    idle_energy_j: float
+    co2e_g: float
+    cost: float | None
+    currency: str
+    provenance: dict[str, Any]
+    devices: list[DeviceInfo] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended_s - self.started_s
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "kind": self.kind,
+            "command": self.argv,
+            "started": _iso(self.started_s),
+            "ended": _iso(self.ended_s),
+            "duration_s": self.duration_s,
+            "exit_code": self.exit_code,
+            "energy_j": self.energy_j,
+            "energy_kwh": self.energy_j / 3.6e6,
+            "energy_j_by_device": self.energy_j_by_device,
+            "energy_j_by_class": self.energy_j_by_class,
+            "device_energy_j": self.device_energy_j,
+            "idle_energy_j": self.idle_energy_j,
+            "co2e_g": self.co2e_g,
+            "cost": self.cost,
+            "currency": self.currency,
+            "provenance": self.provenance,
+            "pids": self.pids,
+        }
+
+
+def _iso(t_s: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+class ProcessTree:
+    """The pids of a command's tree, children that appear later included. Pids that exited stay
+    members, so the energy of a short-lived child seen once is still owned by the job."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self.pids: set[int] = {root_pid}
+
+    def refresh(self) -> set[int]:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.root_pid)
+            for child in root.children(recursive=True):
+                self.pids.add(child.pid)
+        return self.pids
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    settings: Settings,
+    collectors: Sequence[Collector],
+    intensity: IntensitySource,
+    store: Store | None,
+    name: str | None = None,
+    kind: str = "other",
+    model: str | None = None,
+    identity: str | None = None,
+    clock: Clock | None = None,
+) -> JobResult:
+    clock = clock or SystemClock()
+    if not argv:
+        raise ValueError("no command given: use `carbonwatch run -- CMD ARGS...`")
+    argv = list(argv)
+    name = name or os.path.basename(argv[0])
+    pricing = Pricing.from_settings(settings)
+    consumer_holder: dict[str, str] = {}
+
+    def phase_of(consumer: str) -> tuple[str, str]:
+        if consumer == IDLE:
+            return "idle", ""
+        if consumer == consumer_holder.get("key"):
+            return kind, model or ""
+        return "other", ""
+
+    ledger = Ledger(pricing, phase_of)
+    tree: ProcessTree | None = None
+
+    def owners() -> dict[int | str, str]:
+        if tree is None:
+            return {}
+        key = consumer_holder["key"]
+        return {pid: key for pid in tree.refresh()}
+
+    sampler = Sampler(
+        collectors,
+        intensity=intensity,
+        owners=owners,
+        sinks=[ledger],
+        idle_policy=settings.idle_policy,
+        power_interval_s=settings.power_interval_s,
+        counter_interval_s=settings.counter_interval_s,
+    )
+    started_s = clock.time()
+    sampler.start(started_s)
+    try:
+        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    tree = ProcessTree(child.pid)
+    job_id = None
+    if store is not None:
+        job_id = store.insert_job(
+            name=name,
+            kind=kind,
+            model=model,
+            command=argv,
+            pids=[child.pid],
+            identity=identity,
+            source="run",
+            status="running",
+            started_s=started_s,
+            currency=pricing.currency,
+        )
+    consumer_holder["key"] = f"job:{job_id or child.pid}"
+
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        while True:
+            now_s = clock.time()
+            next_s = sampler.step(now_s)
+            try:
+                child.wait(timeout=max(0.0, min(next_s - clock.time(), 0.5)))
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    ended_s = clock.time()
+    sampler.flush(ended_s)
+    returncode = child.returncode
+    exit_code = returncode if returncode >= 0 else 128 - returncode
+
+    result = _result(
+        job_id or str(child.pid),
+        name,
+        kind,
+        argv,
+        started_s,
+        ended_s,
+        exit_code,
+        ledger,
+        consumer_holder["key"],
+        pricing,
+        sampler.devices(),
+        sorted(tree.pids),
+    )
+    if store is not None and job_id is not None:
+        status = "finished" if exit_code == 0 else ("interrupted" if received else "failed")
+        store.add_energy_minutes(ledger.drain_minute_rows())
+        store.update_job(
+            job_id,
+            status=status,
+            ended_s=ended_s,
+            exit_code=exit_code,
+            pids=result.pids,
+            energy_j=result.energy_j,
+            energy_by_device=result.energy_j_by_device,
+            co2e_g=result.co2e_g,
+            cost=result.cost,
+            provenance=result.provenance,
+        )
+    return result
+
+
+def _result(
+    job_id: str,
+    name: str,
+    kind: str,
+    argv: list[str],
+    started_s: float,
+    ended_s: float,
+    exit_code: int,
+    ledger: Ledger,
+    key: str,
+    pricing: Pricing,
+    devices: list[DeviceInfo],
+    pids: list[int],
+) -> JobResult:
+    mine = ledger.totals.get(key)
+    energy_by_device = dict(mine.energy_by_device) if mine else {}
+    energy_by_class = dict(mine.energy_by_class) if mine else {}
+    # Device-hours: the job held each device class it drew energy from for its whole duration.
+    hours = (ended_s - started_s) / 3600
+    used = {d.device_id: d.device_class.value for d in devices if energy_by_device.get(d.device_id)}
+    device_hours: dict[str, float] = {}
+    for cls in used.values():
+        device_hours[cls] = device_hours.get(cls, 0.0) + hours
+    cost = None
+    if pricing.known:
+        cost = (mine.cost if mine else 0.0) + pricing.device_hours_cost(device_hours)
+    idle = ledger.totals.get(IDLE)
+    intensity_kinds = sorted(mine.intensity_kinds) if mine else []
+    provenance = {
+        "energy": {d.device_id: f"{d.provenance.value} ({d.method})" for d in devices},
+        "energy_by_class": dict(mine.provenance_by_class) if mine else {},
+        "carbon": {
+            "intensity": ", ".join(sorted(mine.intensity_providers)) if mine else "",
+            "kind": ", ".join(intensity_kinds),
+            "pue": pricing.pue,
+        },
+        "cost": (
+            f"energy at {pricing.price_per_kwh} {pricing.currency}/kWh"
+            + (f" + device-hours {device_hours}" if any(device_hours.values()) else "")
+            if pricing.known
+            else "unknown: no energy_price_per_kwh configured"
+        ),
+        "attribution": "the tree's share of each device's active energy (GPU SM share, CPU "
+        "time, RSS); idle energy reported separately",
+    }
+    return JobResult(
+        job_id=job_id,
+        name=name,
+        kind=kind,
+        argv=argv,
+        started_s=started_s,
+        ended_s=ended_s,
+        exit_code=exit_code,
+        energy_j=mine.energy_j if mine else 0.0,
+        energy_j_by_device=energy_by_device,
+        energy_j_by_class=energy_by_class,
+        device_energy_j=ledger.device_total_j(),
+        idle_energy_j=idle.energy_j if idle else 0.0,
+        co2e_g=mine.co2e_g if mine else 0.0,
+        cost=cost,
+        currency=pricing.currency,
+        provenance=provenance,
+        devices=devices,
+        pids=pids,
+    )
+
+
+def format_summary(result: JobResult) -> str:
+    """The human summary printed after a run."""
+    lines = [
+        f"carbonwatch: {result.name} ({result.kind}) exited {result.exit_code} "
+        f"after {result.duration_s:.1f} s  [job {result.job_id}]",
+    ]
+    prov = result.provenance["energy"]
+    for device_id, energy_j in sorted(result.energy_j_by_device.items()):
+        lines.append(
+            f"  energy {device_id:<6} {energy_j:12.1f} J  {energy_j / 3.6e6:.6f} kWh"
+            f"  ({prov.get(device_id, 'unknown')})"
+        )
+    lines.append(f"  energy total  {result.energy_j:12.1f} J  {result.energy_j / 3.6e6:.6f} kWh")
+    lines.append(
+        f"  devices meanwhile {result.device_energy_j:.1f} J, of which idle "
+        f"{result.idle_energy_j:.1f} J (kept separate) and other processes "
+        f"{max(0.0, result.device_energy_j - result.idle_energy_j - result.energy_j):.1f} J"
+    )
+    carbon = result.provenance["carbon"]
+    lines.append(
+        f"  emissions {result.co2e_g:.3f} gCO2e  ({carbon['kind']} intensity from "
+        f"{carbon['intensity']}, PUE {carbon['pue']})"
+    )
+    if result.cost is None:
+        lines.append("  cost unknown (set energy_price_per_kwh in the config or CARBONWATCH_ENERGY_PRICE_PER_KWH)")
+    else:
+        lines.append(f"  cost {result.cost:.6f} {result.currency}  ({result.provenance['cost']})")
+    return "\n".join(lines)
