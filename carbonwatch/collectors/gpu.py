@@ -1,0 +1,484 @@
+"""The GPU seam (vendor-neutral protocols) and the collector that turns GPU readings into intervals.
+
+The cumulative energy counter is the truth: it is read about once a second (``collect``) and each
+interval's energy is the counter delta. Power, read about ten times a second (``poll``), only shapes
+that energy in time (``segments``) and stands in for the counter where it is missing or reset.
+Backends (``nvml``, ``replay``) raise only :mod:`carbonwatch.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from carbonwatch.clock import Clock
+from carbonwatch.errors import DeviceError, DeviceLost, DeviceTimeout, NotSupported
+from carbonwatch.model import DeviceClass, DeviceInfo, DeviceState, EnergyInterval, Provenance
+
+log = logging.getLogger(__name__)
+
+METHOD_COUNTER = "nvml-energy-counter"
+METHOD_POWER_INTEGRAL = "nvml-power-integral"
+
+# A reading above this is a sensor glitch, not a GPU (the largest parts draw ~1.2 kW; NVML has been
+# seen to return 0xFFFFFFFF mW). Such samples are dropped rather than integrated.
+MAX_PLAUSIBLE_POWER_W = 5_000.0
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One per-process utilisation sample, as ``nvmlDeviceGetProcessUtilization`` reports it."""
+
+    pid: int
+    ts_us: int  # the device's sample time, Unix microseconds
+    sm_pct: float
+    mem_pct: float = 0.0
+
+
+class GpuDevice(Protocol):
+    """One GPU. Every method raises only carbonwatch errors (NotSupported, DeviceLost, ...)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def uuid(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def total_energy_mj(self) -> int:
+        """Cumulative energy in millijoules since the driver loaded (NotSupported if absent)."""
+
+    def power_mw(self) -> int:
+        """Current board power in milliwatts."""
+
+    def utilization_pct(self) -> float:
+        """Whole-device busy percentage (recorded for reference; not used for accounting)."""
+
+    def process_utilization(self, since_us: int) -> list[ProcessSample]:
+        """Per-process SM samples newer than ``since_us`` (Unix microseconds); [] when none."""
+
+    def compute_pids(self) -> list[int]:
+        """Pids holding a compute context on the device."""
+
+
+class GpuBackend(Protocol):
+    def device_count(self) -> int: ...
+
+    def device(self, index: int) -> GpuDevice: ...
+
+    def close(self) -> None: ...
+
+
+def gpu_device_id(index: int) -> str:
+    """Device ids follow the physical (NVML) index, never the CUDA ordinal a job sees."""
+    return f"gpu{index}"
+
+
+# --- CUDA_VISIBLE_DEVICES ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuRef:
+    index: int  # physical (NVML) index
+    uuid: str  # "GPU-..." as NVML reports it
+
+    @property
+    def device_id(self) -> str:
+        return gpu_device_id(self.index)
+
+
+def resolve_visible_devices(
+    env_value: str | None,
+    gpus: Sequence[GpuRef],
+    mig_parents: Mapping[str, str] | None = None,
+) -> list[GpuRef]:
+    """Map a ``CUDA_VISIBLE_DEVICES`` value to the physical GPUs it exposes, in CUDA ordinal order.
+
+    Follows CUDA's rules: unset means every GPU, an empty value none; entries are indices, ``GPU-``
+    UUIDs or unique UUID prefixes, or MIG identifiers; parsing stops at the first entry that is
+    invalid, unknown, ambiguous or repeated (CUDA then exposes only the devices before it).
+    A MIG entry maps to its parent GPU: old-style ``MIG-GPU-<uuid>/<gi>/<ci>`` carries the parent,
+    new-style ``MIG-<uuid>`` needs ``mig_parents`` (MIG uuid -> parent GPU uuid) from the backend.
+    Several MIG slices of one GPU map to that GPU once.
+    """
+    if env_value is None:
+        return list(gpus)
+    by_index = {g.index: g for g in gpus}
+    out: list[GpuRef] = []
+    for raw in env_value.split(","):
+        entry = raw.strip()
+        if not entry:
+            break
+        ref = _resolve_entry(entry, gpus, by_index, mig_parents or {})
+        if ref is None:
+            break
+        if ref in out:
+            if entry.upper().startswith("MIG-"):
+                continue  # two slices of one GPU: the GPU is visible once
+            break  # CUDA treats a repeated device as invalid
+        out.append(ref)
+    return out
+
+
+def _resolve_entry(
+    entry: str,
+    gpus: Sequence[GpuRef],
+    by_index: Mapping[int, GpuRef],
+    mig_parents: Mapping[str, str],
+) -> GpuRef | None:
+    if entry.isdigit():
+        return by_index.get(int(entry))
+    upper = entry.upper()
+    if upper.startswith("MIG-GPU-"):
+        return _by_uuid_prefix(entry[4:].split("/")[0], gpus)
+    if upper.startswith("MIG-"):
+        for mig_uuid, parent in mig_parents.items():
+            if mig_uuid.upper().startswith(upper):
+                return _by_uuid_prefix(parent, gpus)
+        return None
+    return _by_uuid_prefix(entry, gpus)
+
+
+def _by_uuid_prefix(prefix: str, gpus: Sequence[GpuRef]) -> GpuRef | None:
+    want = prefix.upper()
+    if not want.startswith("GPU-"):
+        want = "GPU-" + want
+    hits = [g for g in gpus if g.uuid.upper().startswith(want)]
+    return hits[0] if len(hits) == 1 else None  # ambiguous prefixes are invalid for CUDA too
+
+
+# --- the collector -------------------------------------------------------------------------------
+
+
+@dataclass
+class _GpuState:
+    device: GpuDevice
+    device_id: str
+    uuid: str
+    name: str
+    use_counter: bool = True
+    lost: bool = False
+    detail: str = ""
+    start_s: float | None = None  # interval start: the previous successful counter read
+    counter_mj: int | None = None  # counter at start_s (None in power-integral mode)
+    # (t_s, power_w) samples after start_s; the last sample at or before start_s is carried over
+    # so the interval's first stretch has a level to integrate.
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    carry: tuple[float, float] | None = None
+    min_power_w: float | None = None
+    last_seen_us: int = 0
+    last_shares: dict[int | str, float] = field(default_factory=dict)
+    reset_logged: bool = False
+
+
+class GpuCollector:
+    """Collector over every device of a :class:`GpuBackend`.
+
+    The first ``poll``/``collect`` opens each device's interval by reading its counter; with a
+    ``clock`` the interval is opened at construction instead, at ``clock.time()``.
+    ``idle_power_w`` fixes the idle baseline; left None it is learned per device (see ``_idle_w``).
+    """
+
+    def __init__(
+        self,
+        backend: GpuBackend,
+        clock: Clock | None = None,
+        idle_power_w: float | None = None,
+    ) -> None:
+        self._backend = backend
+        self._idle_power_w = idle_power_w
+        self._states: list[_GpuState] = []
+        for index in range(backend.device_count()):
+            device = backend.device(index)
+            self._states.append(
+                _GpuState(
+                    device=device,
+                    device_id=gpu_device_id(device.index),
+                    uuid=device.uuid,
+                    name=device.name,
+                )
+            )
+        if clock is not None:
+            now_s = clock.time()
+            for st in self._states:
+                self._open(st, now_s)
+
+    # -- Collector protocol --
+
+    def devices(self) -> list[DeviceInfo]:
+        out = []
+        for st in self._states:
+            if st.lost:
+                state = DeviceState.LOST
+            elif not st.use_counter:
+                state = DeviceState.DEGRADED
+            else:
+                state = DeviceState.OK
+            out.append(
+                DeviceInfo(
+                    device_id=st.device_id,
+                    device_class=DeviceClass.GPU,
+                    name=st.name,
+                    method=METHOD_COUNTER if st.use_counter else METHOD_POWER_INTEGRAL,
+                    provenance=Provenance.MEASURED if st.use_counter else Provenance.ESTIMATED,
+                    uuid=st.uuid,
+                    state=state,
+                    detail=st.detail,
+                )
+            )
+        return out
+
+    def gpu_refs(self) -> list[GpuRef]:
+        """The devices as (physical index, uuid), for :func:`resolve_visible_devices`."""
+        return [GpuRef(st.device.index, st.uuid) for st in self._states]
+
+    def poll(self, now_s: float) -> None:
+        for st in self._states:
+            if st.lost:
+                continue
+            if st.start_s is None:
+                self._open(st, now_s)
+                if st.start_s is None or st.lost:
+                    continue
+            try:
+                power_w = st.device.power_mw() / 1000.0
+            except DeviceTimeout:
+                continue
+            except DeviceLost as exc:
+                self._mark_lost(st, exc)
+                continue
+            except DeviceError:
+                continue  # no power reading: the counter still measures; shaping degrades to flat
+            self._add_sample(st, now_s, power_w)
+
+    def collect(self, now_s: float) -> list[EnergyInterval]:
+        out: list[EnergyInterval] = []
+        for st in self._states:
+            if st.lost:
+                # Lost during a poll: close its books once with what the power samples saw.
+                interval = self._flush_lost(st)
+            elif st.start_s is None:
+                self._open(st, now_s)
+                continue
+            else:
+                interval = self._collect_one(st, now_s)
+            if interval is not None:
+                out.append(interval)
+        return out
+
+    def close(self) -> None:
+        self._backend.close()
+
+    # -- internals --
+
+    def _open(self, st: _GpuState, now_s: float) -> None:
+        """Start the first interval: read the counter baseline (or learn that there is none)."""
+        st.start_s = now_s
+        st.last_seen_us = int(now_s * 1e6)
+        if st.use_counter:
+            try:
+                st.counter_mj = st.device.total_energy_mj()
+            except NotSupported as exc:
+                self._to_power_integral(st, exc)
+            except DeviceLost as exc:
+                self._mark_lost(st, exc)
+            except DeviceError:
+                st.start_s = None  # timed out or failed: try again on the next call
+
+    def _add_sample(self, st: _GpuState, t_s: float, power_w: float) -> None:
+        # NVML reports 0 W only when the sensor fails (a powered GPU never draws 0 W), and absurd
+        # values are glitches: neither may shape energy nor become the learned idle baseline.
+        if not 0.0 < power_w <= MAX_PLAUSIBLE_POWER_W:
+            return
+        if st.start_s is not None and t_s <= st.start_s:
+            st.carry = (t_s, power_w)
+        elif st.samples and st.samples[-1][0] >= t_s:
+            st.samples[-1] = (st.samples[-1][0], power_w)  # same instant polled twice: keep one
+        else:
+            st.samples.append((t_s, power_w))
+        if st.min_power_w is None or power_w < st.min_power_w:
+            st.min_power_w = power_w
+
+    def _collect_one(self, st: _GpuState, now_s: float) -> EnergyInterval | None:
+        assert st.start_s is not None
+        start_s = st.start_s
+        if now_s <= start_s:
+            return None
+        method, provenance = METHOD_COUNTER, Provenance.MEASURED
+        energy_j: float | None = None
+        new_counter_mj: int | None = None
+        if st.use_counter:
+            try:
+                new_counter_mj = st.device.total_energy_mj()
+            except DeviceTimeout:
+                return None  # keep the interval open; the next read covers it
+            except DeviceLost as exc:
+                self._mark_lost(st, exc)
+                return self._flush_lost(st)
+            except NotSupported as exc:
+                self._to_power_integral(st, exc)
+            except DeviceError as exc:
+                # Any other failure (permission, unknown driver error): like a timeout, keep the
+                # interval open rather than lose the energy it covers.
+                log.warning("%s: energy counter read failed, retrying: %s", st.device_id, exc)
+                return None
+            else:
+                assert st.counter_mj is not None
+                delta_mj = new_counter_mj - st.counter_mj
+                if delta_mj >= 0:
+                    energy_j = delta_mj / 1000.0
+                # Otherwise a driver reload or GPU reset restarted the counter: the new reading
+                # becomes the baseline (in _advance) and this one interval is estimated from power.
+                elif not st.reset_logged:
+                    log.warning(
+                        "%s: energy counter went back (%d -> %d mJ); treating it as a reset, "
+                        "this interval is estimated from power",
+                        st.device_id,
+                        st.counter_mj,
+                        new_counter_mj,
+                    )
+                    st.reset_logged = True
+        pieces = _power_pieces(st.carry, st.samples, start_s, now_s)
+        if energy_j is None:
+            method, provenance = METHOD_POWER_INTEGRAL, Provenance.ESTIMATED
+            energy_j = sum(e for _, e in pieces)
+            segments = tuple(pieces) if pieces else ((now_s, 0.0),)
+        else:
+            segments = _scale_segments(pieces, energy_j, now_s)
+        shares = self._shares(st)
+        st.last_shares = shares
+        idle_w = self._idle_w(st)
+        idle_energy_j = min(energy_j, idle_w * (now_s - start_s)) if idle_w is not None else 0.0
+        self._advance(st, now_s, new_counter_mj)
+        return EnergyInterval(
+            device_id=st.device_id,
+            device_class=DeviceClass.GPU,
+            start_s=start_s,
+            end_s=now_s,
+            energy_j=energy_j,
+            idle_energy_j=idle_energy_j,
+            provenance=provenance,
+            method=method,
+            shares=shares,
+            segments=segments,
+        )
+
+    def _idle_w(self, st: _GpuState) -> float | None:
+        # Idle baseline: the configured idle power, else the lowest plausible power sample seen so
+        # far on this device. The learned value only falls over time, so a GPU that starts busy
+        # over-reports idle at first and converges once it rests (the trace idles at ~80-125 W).
+        # Without any sample yet the baseline is unknown and all energy counts as active.
+        return self._idle_power_w if self._idle_power_w is not None else st.min_power_w
+
+    def _advance(self, st: _GpuState, now_s: float, counter_mj: int | None) -> None:
+        st.start_s = now_s
+        st.counter_mj = counter_mj if st.use_counter else None
+        last = st.samples[-1] if st.samples else st.carry
+        st.carry = last
+        st.samples = []
+
+    def _shares(self, st: _GpuState) -> dict[int | str, float]:
+        """Per-pid SM share over the interval; equal weights over compute pids when none is busy."""
+        sm_by_pid: dict[int | str, float] = {}
+        try:
+            samples = st.device.process_utilization(st.last_seen_us)
+        except DeviceError:
+            samples = []  # not offered (MIG, vGPU) or timed out: fall back to compute pids
+        for s in samples:
+            st.last_seen_us = max(st.last_seen_us, s.ts_us)
+            if s.sm_pct > 0:
+                sm_by_pid[s.pid] = sm_by_pid.get(s.pid, 0.0) + float(s.sm_pct)
+        if sm_by_pid:
+            return sm_by_pid
+        try:
+            pids = st.device.compute_pids()
+        except DeviceError:
+            pids = []
+        return {pid: 1.0 for pid in sorted(set(pids))}
+
+    def _to_power_integral(self, st: _GpuState, exc: NotSupported) -> None:
+        st.use_counter = False
+        st.counter_mj = None
+        st.detail = f"energy counter unavailable ({exc}); integrating power samples"
+        log.warning("%s: %s", st.device_id, st.detail)
+
+    def _mark_lost(self, st: _GpuState, exc: DeviceLost) -> None:
+        st.lost = True
+        st.detail = f"device lost: {exc}"
+        log.error("%s: %s", st.device_id, st.detail)
+
+    def _flush_lost(self, st: _GpuState) -> EnergyInterval | None:
+        """Energy between the last counter read and the loss, estimated from the power samples seen.
+
+        Nothing is emitted for time after the last sample, so no interval extends past the loss."""
+        if st.start_s is None or not st.samples:
+            st.start_s = None
+            return None
+        end_s = st.samples[-1][0]
+        pieces = _power_pieces(st.carry, st.samples, st.start_s, end_s)
+        energy_j = sum(e for _, e in pieces)
+        idle_w = self._idle_w(st)
+        duration_s = end_s - st.start_s
+        interval = EnergyInterval(
+            device_id=st.device_id,
+            device_class=DeviceClass.GPU,
+            start_s=st.start_s,
+            end_s=end_s,
+            energy_j=energy_j,
+            idle_energy_j=min(energy_j, idle_w * duration_s) if idle_w is not None else 0.0,
+            provenance=Provenance.ESTIMATED,
+            method=METHOD_POWER_INTEGRAL,
+            # The lost device can no longer say who used it: keep the previous interval's consumers.
+            shares=dict(st.last_shares),
+            segments=tuple(pieces),
+        )
+        st.samples = []
+        st.start_s = None  # closed: later calls emit nothing more
+        return interval
+
+
+def _power_pieces(
+    carry: tuple[float, float] | None,
+    samples: Sequence[tuple[float, float]],
+    start_s: float,
+    end_s: float,
+) -> list[tuple[float, float]]:
+    """Trapezoid integral of power over [start_s, end_s] as (piece_end_s, energy_j) pieces.
+
+    The level at start_s is the last sample before it (else the first sample inside); after the last
+    sample the level holds until end_s. One piece ends at each sample time, one at end_s.
+    """
+    inside = [(t, p) for t, p in samples if start_s < t <= end_s]
+    if carry is not None:
+        level0 = carry[1]
+    elif inside:
+        level0 = inside[0][1]
+    else:
+        return []
+    points = [(start_s, level0), *inside]
+    if points[-1][0] < end_s:
+        points.append((end_s, points[-1][1]))
+    return [
+        (t1, (p0 + p1) / 2.0 * (t1 - t0))
+        for (t0, p0), (t1, p1) in zip(points, points[1:], strict=False)
+    ]
+
+
+def _scale_segments(
+    pieces: Sequence[tuple[float, float]], energy_j: float, end_s: float
+) -> tuple[tuple[float, float], ...]:
+    """Scale the power shape so the segments sum exactly to the counter's energy."""
+    shape_j = sum(e for _, e in pieces)
+    if shape_j <= 0.0:
+        return ((end_s, energy_j),)
+    factor = energy_j / shape_j
+    scaled = [(t, e * factor) for t, e in pieces]
+    # Put the float rounding residue in the last segment so the sum is exact.
+    residue = energy_j - sum(e for _, e in scaled)
+    t_last, e_last = scaled[-1]
+    scaled[-1] = (t_last, e_last + residue)
+    return tuple(scaled)

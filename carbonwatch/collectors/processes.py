@@ -1,0 +1,304 @@
+"""Who used the CPU and memory: a psutil process scanner behind the :class:`ProcessSource` seam.
+
+CPU collectors ask a ProcessSource for a :class:`ProcessSnapshot` at each ``collect`` and turn two
+consecutive snapshots into shares with :func:`cpu_shares` / :func:`rss_shares`. By default every pid
+is its own key and the attribution layer, which owns the job registry, maps pids to jobs. With
+``key_all_pids=False`` only *watched* trees (a root pid and every descendant, including children
+that appear later) are keyed by pid and the rest of the machine is lumped under OTHER. Either way,
+busy CPU time that no process accounts for (interrupts, processes unreadable to us) is OTHER too.
+
+CPU seconds are *charged* so that a watched tree's total is complete even for short-lived children:
+a process is charged its own user+system time, plus the CPU time of children it reaped
+(``children_user + children_system``) minus what those children were already charged while the
+scanner could see them. A child that lived and died between two scans is never seen, yet its time
+reaches its parent's reaped counter and is charged there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psutil
+
+from carbonwatch.model import OTHER
+
+_ATTRS = ["pid", "ppid", "create_time", "cpu_times", "memory_info"]
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    ppid: int
+    create_time_s: float  # with the pid, the identity of a process (pids get reused)
+    cpu_s: float  # cumulative CPU seconds charged to this process (see the module docstring)
+    rss_bytes: int  # 0 once exited
+    alive: bool = True
+
+
+@dataclass(frozen=True)
+class ProcessSnapshot:
+    """The machine's processes at ``t_s``; exited ones are kept a while with their final charge."""
+
+    t_s: float
+    procs: Mapping[int, ProcInfo]
+    # pids keyed individually in shares; None keys every pid (the rest go to OTHER)
+    watched: frozenset[int] | None = None
+    busy_cpu_s: float | None = None  # machine-wide cumulative busy CPU seconds, if known
+
+
+def busy_cpu_seconds(times: Any) -> float:
+    """Busy CPU seconds in a ``psutil.cpu_times()`` result: everything but idle, iowait and steal.
+    Guest time is subtracted because Linux already counts it inside user and nice."""
+    extra = ("idle", "iowait", "steal", "guest", "guest_nice")
+    return sum(times) - sum(getattr(times, name, 0.0) for name in extra)
+
+
+class ProcessSource(Protocol):
+    def snapshot(self, now_s: float) -> ProcessSnapshot:
+        """The processes at now_s. Calling twice with the same now_s returns the same snapshot, so
+        several collectors of one sampling tick can share a source."""
+
+
+def cpu_deltas(prev: ProcessSnapshot, cur: ProcessSnapshot) -> dict[int, float]:
+    """CPU seconds each pid was charged between two snapshots (pids with zero omitted)."""
+    out: dict[int, float] = {}
+    for pid, info in cur.procs.items():
+        before = prev.procs.get(pid)
+        if before is not None and before.create_time_s == info.create_time_s:
+            delta = info.cpu_s - before.cpu_s
+        else:
+            delta = info.cpu_s  # born since prev (or the pid was reused): all its charge is new
+        if delta > 0:
+            out[pid] = delta
+    return out
+
+
+def cpu_shares(prev: ProcessSnapshot | None, cur: ProcessSnapshot) -> dict[int | str, float]:
+    """pid -> CPU seconds in (prev.t_s, cur.t_s]; unwatched pids and unexplained busy: OTHER."""
+    if prev is None:
+        return {}
+    deltas = cpu_deltas(prev, cur)
+    shares = _key_watched(deltas, cur.watched)
+    if prev.busy_cpu_s is not None and cur.busy_cpu_s is not None:
+        unexplained_s = (cur.busy_cpu_s - prev.busy_cpu_s) - sum(deltas.values())
+        if unexplained_s > 0:
+            shares[OTHER] = shares.get(OTHER, 0.0) + unexplained_s
+    return shares
+
+
+def rss_shares(cur: ProcessSnapshot) -> dict[int | str, float]:
+    """pid -> resident bytes (unwatched pids as OTHER)."""
+    rss = {pid: float(p.rss_bytes) for pid, p in cur.procs.items() if p.alive and p.rss_bytes > 0}
+    return _key_watched(rss, cur.watched)
+
+
+def _key_watched(
+    values: Mapping[int, float], watched: frozenset[int] | None
+) -> dict[int | str, float]:
+    if watched is None:
+        return dict(values)
+    out: dict[int | str, float] = {}
+    other = 0.0
+    for pid, v in values.items():
+        if pid in watched:
+            out[pid] = v
+        else:
+            other += v
+    if other > 0:
+        out[OTHER] = other
+    return out
+
+
+@dataclass
+class _Tracked:
+    ppid: int
+    create_time_s: float
+    own_s: float  # user + system
+    reaped_s: float  # children_user + children_system
+    charged_s: float
+    rss_bytes: int
+    exited_s: float | None = None
+
+
+@dataclass
+class _Tree:
+    members: set[int] = field(default_factory=set)
+
+
+class ProcessScanner:
+    """Scans all processes with psutil (``process_iter`` with attrs reads each one in one pass).
+
+    ``watch(pid)`` follows a pid and all its descendants (``descendants()``); with
+    ``key_all_pids=False`` only watched trees are keyed in shares. Exited processes are remembered
+    for ``exited_ttl_s`` with their last charge, so a child that ran between two scans still counts
+    and ``descendants()`` still lists it.
+    """
+
+    def __init__(
+        self,
+        exited_ttl_s: float = 300.0,
+        key_all_pids: bool = True,
+        iter_processes: Callable[..., Iterable[Any]] = psutil.process_iter,
+        cpu_times: Callable[[], Any] | None = psutil.cpu_times,
+    ) -> None:
+        self._ttl_s = exited_ttl_s
+        self._key_all = key_all_pids
+        self._iter = iter_processes
+        self._cpu_times = cpu_times
+        self._procs: dict[int, _Tracked] = {}
+        self._trees: dict[int, _Tree] = {}
+        self._last: ProcessSnapshot | None = None
+
+    def watch(self, root_pid: int) -> None:
+        """Track root_pid's tree individually from the next scan on."""
+        self._trees.setdefault(root_pid, _Tree({root_pid}))
+
+    def unwatch(self, root_pid: int) -> None:
+        self._trees.pop(root_pid, None)
+
+    def descendants(self, root_pid: int, include_exited: bool = True) -> set[int]:
+        """root_pid's descendants (not itself). For a watched root: every one seen since watching,
+        exited ones too unless ``include_exited`` is False; otherwise from the last scan's tree."""
+        tree = self._trees.get(root_pid)
+        if tree is not None:
+            pids = tree.members - {root_pid}
+        else:
+            pids = _subtree(root_pid, self._children_map(alive_only=True)) - {root_pid}
+        if include_exited:
+            return set(pids)
+        return {p for p in pids if p in self._procs and self._procs[p].exited_s is None}
+
+    def cpu_seconds(self, pid: int) -> float:
+        """Cumulative CPU seconds charged to pid since the scanner first saw it (0 if unknown)."""
+        tracked = self._procs.get(pid)
+        return tracked.charged_s if tracked else 0.0
+
+    def snapshot(self, now_s: float) -> ProcessSnapshot:
+        if self._last is not None and self._last.t_s == now_s:
+            return self._last
+        busy_cpu_s = busy_cpu_seconds(self._cpu_times()) if self._cpu_times else None
+        self._scan(now_s)
+        self._update_trees()
+        watched: set[int] = set()
+        for tree in self._trees.values():
+            watched |= tree.members
+        self._last = ProcessSnapshot(
+            t_s=now_s,
+            procs={
+                pid: ProcInfo(t.ppid, t.create_time_s, t.charged_s, t.rss_bytes, t.exited_s is None)
+                for pid, t in self._procs.items()
+            },
+            watched=None if self._key_all else frozenset(watched),
+            busy_cpu_s=busy_cpu_s,
+        )
+        return self._last
+
+    scan = snapshot
+
+    # -- internals --
+
+    def _scan(self, now_s: float) -> None:
+        updates: dict[int, tuple[float, float, int, int]] = {}  # pid -> own_s, reaped_s, rss, ppid
+        born: set[int] = set()
+        for proc in self._iter(attrs=_ATTRS, ad_value=None):
+            info = proc.info
+            times, create_time = info.get("cpu_times"), info.get("create_time")
+            if times is None or create_time is None:
+                continue  # access denied or gone mid-scan: nothing to charge
+            pid, ppid = info["pid"], info.get("ppid") or 0
+            own_s = times.user + times.system
+            reaped_s = getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+            mem = info.get("memory_info")
+            rss = mem.rss if mem is not None else 0
+            old = self._procs.get(pid)
+            if old is None or old.create_time_s != create_time or old.exited_s is not None:
+                self._forget(pid)
+                # New to us: everything it and its reaped children used is new since it was born.
+                self._procs[pid] = _Tracked(
+                    ppid, create_time, own_s, reaped_s, own_s + reaped_s, rss
+                )
+                born.add(pid)
+            else:
+                updates[pid] = (own_s, reaped_s, rss, ppid)
+        # Children that vanished this scan: their parent's reaped counter now includes their final
+        # total, of which they were already charged own + reaped as last seen.
+        vanished_s_by_parent: dict[int, float] = {}
+        for pid, t in self._procs.items():
+            if t.exited_s is None and pid not in updates and pid not in born:
+                t.exited_s = now_s
+                t.rss_bytes = 0
+                vanished_s_by_parent[t.ppid] = (
+                    vanished_s_by_parent.get(t.ppid, 0.0) + t.own_s + t.reaped_s
+                )
+        for pid, (own_s, reaped_s, rss, ppid) in updates.items():
+            t = self._procs[pid]
+            reaped_new_s = reaped_s - t.reaped_s - vanished_s_by_parent.get(pid, 0.0)
+            t.charged_s += max(0.0, own_s - t.own_s) + max(0.0, reaped_new_s)
+            t.own_s, t.reaped_s, t.rss_bytes, t.ppid = own_s, reaped_s, rss, ppid
+        expired = [
+            pid
+            for pid, t in self._procs.items()
+            if t.exited_s is not None and now_s - t.exited_s > self._ttl_s
+        ]
+        for pid in expired:
+            self._forget(pid)
+
+    def _forget(self, pid: int) -> None:
+        if pid in self._procs:
+            del self._procs[pid]
+            for root, tree in self._trees.items():
+                if pid != root:
+                    tree.members.discard(pid)
+
+    def _children_map(self, alive_only: bool = False) -> dict[int, list[int]]:
+        children: dict[int, list[int]] = {}
+        for pid, t in self._procs.items():
+            if alive_only and t.exited_s is not None:
+                continue
+            children.setdefault(t.ppid, []).append(pid)
+        return children
+
+    def _update_trees(self) -> None:
+        # Membership is sticky: a child re-parented to init when its parent exits still belongs
+        # to the job that started it.
+        if not self._trees:
+            return
+        children = self._children_map()
+        for tree in self._trees.values():
+            for member in list(tree.members):
+                tree.members |= _subtree(member, children)
+
+
+def _subtree(root: int, children: Mapping[int, list[int]]) -> set[int]:
+    out = {root}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in out:
+                out.add(child)
+                stack.append(child)
+    return out
+
+
+class ShareTracker:
+    """One collector's view of a shared ProcessSource: shares over its own intervals."""
+
+    def __init__(self, source: ProcessSource | None) -> None:
+        self._source = source
+        self._prev: ProcessSnapshot | None = None
+
+    def cpu(self, now_s: float) -> dict[int | str, float]:
+        """CPU seconds per watched pid (rest as OTHER) since this tracker's previous call."""
+        if self._source is None:
+            return {}
+        cur = self._source.snapshot(now_s)
+        shares = cpu_shares(self._prev, cur)
+        self._prev = cur
+        return shares
+
+    def rss(self, now_s: float) -> dict[int | str, float]:
+        """Resident bytes per watched pid (rest as OTHER) at now_s."""
+        if self._source is None:
+            return {}
+        return rss_shares(self._source.snapshot(now_s))

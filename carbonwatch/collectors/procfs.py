@@ -1,0 +1,86 @@
+"""A fast process listing for the 1 Hz scan: one read of ``/proc/<pid>/stat`` per process.
+
+psutil's ``process_iter(attrs=[...])`` reads several files and builds objects per process; at
+~300 processes and 1 Hz that alone costs a few % of a core. Everything the scanner needs (ppid,
+CPU times including reaped children, start time, RSS) is in the one ``stat`` line, so this reads
+just that. It is a drop-in for ``ProcessScanner(iter_processes=...)``; the proc root is a parameter
+so tests can build a fake ``/proc`` tree. Off Linux, use psutil's iterator (the default)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    user: float
+    system: float
+    children_user: float
+    children_system: float
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    rss: int
+
+
+@dataclass(frozen=True)
+class ProcEntry:
+    """Shaped like psutil's ``Process`` as seen through ``process_iter(attrs=...)``: ``.info``."""
+
+    info: dict[str, Any]
+
+
+def _boot_time_s(root: Path) -> float:
+    for line in (root / "stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise OSError(f"no btime in {root / 'stat'}")
+
+
+class ProcfsIterator:
+    """Callable like ``psutil.process_iter(attrs=..., ad_value=...)``; yields ProcEntry."""
+
+    def __init__(self, proc_root: str | Path = "/proc") -> None:
+        self.root = Path(proc_root)
+        self._root_s = str(self.root)
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._boot_s = _boot_time_s(self.root)
+
+    @staticmethod
+    def available(proc_root: str | Path = "/proc") -> bool:
+        return (Path(proc_root) / "self" / "stat").exists() and (Path(proc_root) / "stat").exists()
+
+    def __call__(self, attrs: Any = None, ad_value: Any = None) -> Iterator[ProcEntry]:
+        ticks, page, boot_s, root = self._ticks, self._page, self._boot_s, self._root_s
+        for name in os.listdir(root):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"{root}/{name}/stat", "rb") as fh:
+                    raw = fh.read()
+            except OSError:  # exited between listdir and open, or not readable
+                continue
+            # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+            fields = raw[raw.rfind(b")") + 2 :].split()
+            if len(fields) < 22:
+                continue
+            yield ProcEntry(
+                {
+                    "pid": int(name),
+                    "ppid": int(fields[1]),
+                    "cpu_times": CpuTimes(
+                        int(fields[11]) / ticks,
+                        int(fields[12]) / ticks,
+                        int(fields[13]) / ticks,
+                        int(fields[14]) / ticks,
+                    ),
+                    "create_time": boot_s + int(fields[19]) / ticks,
+                    "memory_info": MemoryInfo(int(fields[21]) * page),
+                }
+            )

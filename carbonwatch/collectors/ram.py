@@ -1,0 +1,91 @@
+"""Memory energy from a documented model, where RAPL has no DRAM domain.
+
+Model: 0.375 W per GiB of installed memory, codecarbon 2.x's rule (``RAM.power_per_GB = 3 / 8``,
+"3 watts of power for every 8GB of DDR3 or DDR4 memory", citing Crucial's "How much power does
+memory use?"). codecarbon 3.x estimates per DIMM instead (5 W per x86 slot, guessing the slot count
+from the size); the per-GB rule needs no guess and scales with the memory actually installed.
+DRAM power barely depends on how much is in use, so the whole installed size draws power; the idle
+part is the share of memory *not* in use, and the active part is split by resident set size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psutil
+
+from carbonwatch.collectors.processes import ProcessSource, ShareTracker
+from carbonwatch.model import DeviceClass, DeviceInfo, EnergyInterval, Provenance
+
+METHOD = "ram-model"
+W_PER_GIB = 3.0 / 8.0
+GIB = 1024**3
+
+
+def _psutil_memory() -> tuple[int, int]:
+    vm = psutil.virtual_memory()
+    return vm.total, vm.total - vm.available
+
+
+class RamModelCollector:
+    """Estimated RAM energy for device "ram".
+
+    ``memory`` is a callable returning (total_bytes, used_bytes), psutil's virtual memory by default
+    (used = total - available, so page cache that can be dropped counts as unused)."""
+
+    def __init__(
+        self,
+        processes: ProcessSource | None = None,
+        w_per_gib: float = W_PER_GIB,
+        memory: Callable[[], tuple[int, int]] = _psutil_memory,
+    ) -> None:
+        self._w_per_gib = w_per_gib
+        self._memory = memory
+        self._shares = ShareTracker(processes)
+        self._start_s: float | None = None
+
+    def devices(self) -> list[DeviceInfo]:
+        total_bytes, _ = self._memory()
+        return [
+            DeviceInfo(
+                device_id="ram",
+                device_class=DeviceClass.RAM,
+                name=f"RAM {total_bytes / GIB:.1f} GiB",
+                method=METHOD,
+                provenance=Provenance.ESTIMATED,
+                detail=f"{self._w_per_gib:g} W/GiB of installed memory (codecarbon's 3 W per 8 GB)",
+            )
+        ]
+
+    def poll(self, now_s: float) -> None:
+        if self._start_s is None:
+            self._start_s = now_s
+
+    def collect(self, now_s: float) -> list[EnergyInterval]:
+        if self._start_s is None:
+            self._start_s = now_s
+            return []
+        start_s = self._start_s
+        if now_s <= start_s:
+            return []
+        total_bytes, used_bytes = self._memory()
+        energy_j = self._w_per_gib * total_bytes / GIB * (now_s - start_s)
+        used_fraction = min(max(used_bytes / total_bytes, 0.0), 1.0) if total_bytes > 0 else 0.0
+        self._start_s = now_s
+        return [
+            EnergyInterval(
+                device_id="ram",
+                device_class=DeviceClass.RAM,
+                start_s=start_s,
+                end_s=now_s,
+                energy_j=energy_j,
+                idle_energy_j=energy_j * (1.0 - used_fraction),
+                provenance=Provenance.ESTIMATED,
+                method=METHOD,
+                shares=self._shares.rss(now_s),
+                segments=((now_s, energy_j),),
+            )
+        ]
+
+    def close(self) -> None:
+        pass
