@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,14 @@ class ProcessTree:
         return self.pids
 
 
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited, without reaping it (WNOWAIT)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def run_command(
     argv: Sequence[str],
     *,
@@ -180,20 +189,18 @@ def run_command(
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        while True:
-            now_s = clock.time()
-            next_s = sampler.step(now_s)
-            try:
-                child.wait(timeout=max(0.0, min(next_s - clock.time(), 0.5)))
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        while not _exited(child.pid):
+            next_s = sampler.step(clock.time())
+            time.sleep(max(0.0, min(next_s - clock.time(), 0.05)))
+        # The child is a zombie now: its final CPU times are still readable, so the last interval
+        # is attributed to it before it is reaped (after reaping, its time would show up only in
+        # the wrapper's own children counters, outside the job's tree).
+        ended_s = clock.time()
+        sampler.flush(ended_s)
+        returncode = child.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    ended_s = clock.time()
-    sampler.flush(ended_s)
-    returncode = child.returncode
     exit_code = returncode if returncode >= 0 else 128 - returncode
 
     result = _result(
@@ -247,10 +254,11 @@ def _result(
     energy_by_class = dict(mine.energy_by_class) if mine else {}
     # Device-hours: the job held each device class it drew energy from for its whole duration.
     hours = (ended_s - started_s) / 3600
-    used = {d.device_id: d.device_class.value for d in devices if energy_by_device.get(d.device_id)}
     device_hours: dict[str, float] = {}
-    for cls in used.values():
-        device_hours[cls] = device_hours.get(cls, 0.0) + hours
+    for d in devices:
+        cls = d.device_class.value
+        if energy_by_device.get(d.device_id) and pricing.device_hour_rates.get(cls):
+            device_hours[cls] = device_hours.get(cls, 0.0) + hours
     cost = None
     if pricing.known:
         cost = (mine.cost if mine else 0.0) + pricing.device_hours_cost(device_hours)

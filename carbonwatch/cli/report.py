@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from datetime import UTC, datetime
 
 import click
 
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
 from carbonwatch.errors import InputError
-from carbonwatch.scheduler.durations import parse_time
+from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
 from carbonwatch.store import open_store
 
 COLUMNS = ("id", "name", "kind", "model", "status", "started", "duration_s", "energy_j",
@@ -22,6 +23,14 @@ def _iso(t_s: float | None) -> str | None:
     if t_s is None:
         return None
     return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _since_s(text: str) -> float:
+    """ISO-8601, ``now``, or a look-back such as ``-24h``."""
+    now_s = time.time()
+    if text.strip().startswith("-"):
+        return now_s - parse_duration_s(text.strip()[1:])
+    return parse_time_s(text, now_s)
 
 
 def job_view(row: dict) -> dict:
@@ -65,7 +74,7 @@ def report_cmd(
       carbonwatch report --csv > jobs.csv
     """
     settings = load(config_path, db=db)
-    since_s = parse_time(since) if since else None
+    since_s = _since_s(since) if since else None
     with open_store(settings.db_path, read_only=True) as store:
         rows = store.jobs(since_s=since_s, job_id=job_id)
     if job_id and not rows:

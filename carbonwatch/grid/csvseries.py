@@ -1,0 +1,203 @@
+"""Any intensity time series as CSV: a local file or an http(s) URL.
+
+Columns are found, not configured: the timestamp column by name (``timestamp``, ``datetime``,
+``time``, ``from``, ``point_time``, ...) or, failing that, the first column whose first value is
+a date-time (which also covers a file whose first header cell is empty, like EIA-930's WAAT).
+The intensity column by name (``avg_CI``, ``carbon_intensity``, ``intensity``, ``moer``,
+``value``, ...). A name with ``lbs`` is taken as lbs/MWh and converted. Empty, ``nan`` or ``NA``
+cells are gaps, not points; a negative or non-numeric value is an error naming its line.
+Timestamps without a zone are UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from carbonwatch.clock import Clock, SystemClock
+from carbonwatch.errors import InputError, ProviderError
+from carbonwatch.grid.http import HttpPolicy
+from carbonwatch.grid.parse import LB_PER_MWH_TO_G_PER_KWH, spans
+from carbonwatch.grid.types import IntensityPoint
+
+NAME = "csv"
+_TIME_NAMES = (
+    "timestamp",
+    "datetime",
+    "date_time",
+    "time",
+    "start",
+    "start_time",
+    "from",
+    "point_time",
+    "period_start",
+    "date",
+    "",
+)
+_VALUE_NAMES = (
+    "avg_ci",
+    "carbon_intensity_g_per_kwh",
+    "intensity_g_per_kwh",
+    "carbon_intensity",
+    "intensity",
+    "ci",
+    "moer",
+    "co2_moer",
+    "value",
+    "forecast",
+)
+_MISSING = frozenset({"", "nan", "na", "n/a", "null", "none", "-"})
+
+
+def _parse_when(text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _pick_columns(header: list[str], first: list[str]) -> tuple[int, int]:
+    names = [h.strip().lower() for h in header]
+    time_col = next((names.index(n) for n in _TIME_NAMES if n in names), None)
+    if time_col is None or (time_col < len(first) and _parse_when(first[time_col]) is None):
+        time_col = next((i for i, cell in enumerate(first) if _parse_when(cell) is not None), None)
+    if time_col is None:
+        raise InputError(f"no timestamp column found among {header}")
+    value_col = next((names.index(n) for n in _VALUE_NAMES if n in names), None)
+    if value_col is None:
+        value_col = next(
+            (i for i, n in enumerate(names) if "intensity" in n or "co2" in n or "lbs" in n), None
+        )
+    if value_col is None or value_col == time_col:
+        raise InputError(f"no intensity column found among {header} (e.g. 'avg_CI', 'intensity')")
+    return time_col, value_col
+
+
+def read_intensity_csv(
+    text: str,
+    *,
+    zone: str = "",
+    kind: str = "forecast",
+    provider: str = NAME,
+    fetched_at_s: float | None = None,
+    default_step_s: float = 3600.0,
+) -> list[IntensityPoint]:
+    """Parse CSV text into sorted points; raise InputError naming the bad line."""
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if len(rows) < 2:
+        raise InputError("CSV has no data rows")
+    header, body = rows[0], rows[1:]
+    time_col, value_col = _pick_columns(header, body[0])
+    scale = LB_PER_MWH_TO_G_PER_KWH if "lbs" in header[value_col].lower() else 1.0
+    parsed: list[tuple[float, float]] = []
+    for line_no, row in enumerate(body, start=2):
+        if max(time_col, value_col) >= len(row):
+            raise InputError(f"line {line_no}: too few cells")
+        cell = row[value_col].strip()
+        if cell.lower() in _MISSING:
+            continue  # a gap in the series
+        start_s = _parse_when(row[time_col])
+        if start_s is None:
+            raise InputError(f"line {line_no}: cannot parse time {row[time_col]!r}")
+        try:
+            value = float(cell) * scale
+        except ValueError as exc:
+            raise InputError(f"line {line_no}: intensity {cell!r} is not a number") from exc
+        if math.isnan(value):
+            continue
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"line {line_no}: intensity {cell!r} is not finite and >= 0")
+        parsed.append((start_s, value))
+    if not parsed:
+        raise InputError("CSV has no usable intensity values")
+    parsed.sort()
+    ends = spans([s for s, _ in parsed], default_step_s)
+    return [
+        IntensityPoint(s, e, v, kind, "average", provider, zone, fetched_at_s)
+        for (s, v), (_, e) in zip(parsed, ends, strict=True)
+    ]
+
+
+class CsvProvider:
+    """A Provider over a CSV file or URL (``provider_url``); ``kind`` labels its points."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        kind: str = "forecast",
+        policy: HttpPolicy = HttpPolicy(),
+        clock: Clock | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if not source:
+            raise ProviderError("csv: no file or URL configured (provider_url)")
+        self.source = source
+        self.kind = kind
+        self.policy = policy
+        self.clock = clock or SystemClock()
+        self.session = session
+
+    async def _text(self) -> str:
+        if self.source.startswith(("http://", "https://")):
+            return await self._download()
+        try:
+            return await asyncio.to_thread(Path(self.source).read_text, encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProviderError(f"csv: cannot read {self.source}: {exc}") from exc
+
+    async def _download(self) -> str:
+        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_s)
+        try:
+            if self.session is None:
+                async with aiohttp.ClientSession() as session:
+                    return await self._get(session, timeout)
+            return await self._get(self.session, timeout)
+        except TimeoutError as exc:
+            raise ProviderError(f"csv: {self.source} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderError(f"csv: cannot fetch ({type(exc).__name__})") from exc
+
+    async def _get(self, session: aiohttp.ClientSession, timeout: aiohttp.ClientTimeout) -> str:
+        async with session.get(self.source, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise ProviderError(f"csv: HTTP {resp.status}")
+            return await resp.text()
+
+    async def _points(self, zone: str) -> list[IntensityPoint]:
+        text = await self._text()
+        try:
+            return read_intensity_csv(
+                text, zone=zone, kind=self.kind, fetched_at_s=self.clock.time()
+            )
+        except InputError as exc:
+            raise ProviderError(f"csv: {self.source}: {exc}") from exc
+
+    async def latest(self, zone: str) -> IntensityPoint:
+        now_s = self.clock.time()
+        for point in await self._points(zone):
+            if point.start_s <= now_s < point.end_s:
+                return point
+        raise ProviderError(f"csv: {self.source} has no point covering now")
+
+    async def forecast(self, zone: str) -> list[IntensityPoint]:
+        now_s = self.clock.time()
+        points = [p for p in await self._points(zone) if p.end_s > now_s]
+        if not points:
+            raise ProviderError(f"csv: {self.source} has no points from now on")
+        return points

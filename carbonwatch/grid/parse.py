@@ -1,0 +1,71 @@
+"""Validation shared by the providers: times and intensities from untrusted JSON.
+
+A provider that answers NaN, a negative intensity, a string or a missing field raises
+ProviderError here, so no unusable point can reach accounting or the planner."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from carbonwatch.errors import ProviderError
+
+LB_PER_MWH_TO_G_PER_KWH = 0.453592  # 1 lb = 453.592 g, 1 MWh = 1000 kWh
+
+
+def parse_time_s(raw: Any, where: str) -> float:
+    """ISO-8601 (``Z`` or an offset; naive means UTC) to Unix seconds."""
+    if not isinstance(raw, str) or not raw:
+        raise ProviderError(f"{where}: expected an ISO-8601 time, got {raw!r}")
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError as exc:
+        raise ProviderError(f"{where}: cannot parse time {raw!r}") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def iso_utc(t_s: float) -> str:
+    """Unix seconds to ``2026-12-01T06:00:00Z``."""
+    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def intensity_value(raw: Any, where: str, *, scale: float = 1.0) -> float:
+    """A finite, non-negative intensity in g/kWh (``scale`` converts from the provider's unit)."""
+    # bool is an int subclass; a provider answering true is broken, not "1 g/kWh".
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ProviderError(f"{where}: intensity must be a number, got {raw!r}")
+    value = float(raw) * scale
+    if not math.isfinite(value):
+        raise ProviderError(f"{where}: intensity is not finite ({raw!r})")
+    if value < 0:
+        raise ProviderError(f"{where}: intensity is negative ({raw!r})")
+    return value
+
+
+def field(obj: Any, key: str, where: str) -> Any:
+    """``obj[key]`` where obj must be a JSON object holding key."""
+    if not isinstance(obj, Mapping) or key not in obj:
+        raise ProviderError(f"{where}: response lacks the field {key!r}")
+    return obj[key]
+
+
+def array(obj: Any, key: str, where: str) -> list[Any]:
+    value = field(obj, key, where)
+    if not isinstance(value, list):
+        raise ProviderError(f"{where}: field {key!r} should be a list")
+    return value
+
+
+def spans(starts_s: list[float], default_step_s: float) -> list[tuple[float, float]]:
+    """Give each point start an end: the series' step (smallest positive gap between starts).
+
+    Using the step, not "the next start", keeps a missing point a gap instead of stretching its
+    neighbour over it."""
+    ordered = sorted(set(starts_s))
+    gaps = [b - a for a, b in zip(ordered, ordered[1:], strict=False) if b > a]
+    step_s = min(gaps) if gaps else default_step_s
+    return [(s, s + step_s) for s in starts_s]

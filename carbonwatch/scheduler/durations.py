@@ -1,0 +1,56 @@
+"""Parse the durations and times users type: ``45m``, ``2h``, ``1h30m``, ``PT1H30M``,
+``2026-12-01T06:00:00Z``, ``+12h``, ``now``."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+
+from carbonwatch.errors import InputError
+
+_UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_COMPACT = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_ISO = re.compile(
+    r"P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
+)
+
+
+def parse_duration_s(text: str) -> float:
+    """``45m``, ``2h``, ``1h30m``, ``1d``, ``90s`` or ISO-8601 ``PT1H30M``; must be > 0."""
+    raw = text.strip().lower().replace(" ", "")
+    seconds: float | None = None
+    iso = _ISO.fullmatch(raw.upper())
+    if iso and raw.upper() not in ("P", "PT"):
+        seconds = sum(float(v) * _UNIT_S[k.lower()] for k, v in iso.groupdict().items() if v)
+    elif raw and _COMPACT.sub("", raw) == "":
+        units = [u for _, u in _COMPACT.findall(raw)]
+        if len(set(units)) == len(units) and units == sorted(units, key="dhms".index):
+            seconds = sum(float(n) * _UNIT_S[u] for n, u in _COMPACT.findall(raw))
+    if seconds is None:
+        raise InputError(f"cannot parse duration {text!r}; use e.g. 45m, 2h, 1h30m, 1d or PT1H30M")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InputError(f"duration {text!r} must be more than zero")
+    return seconds
+
+
+def parse_time_s(text: str, now_s: float) -> float:
+    """``now``, ``+12h`` (relative to now) or ISO-8601 with ``Z`` or an offset, to Unix seconds.
+
+    A time without a zone is refused rather than guessed: a deadline read in the wrong zone is
+    missed by hours."""
+    raw = text.strip()
+    if raw.lower() == "now":
+        return now_s
+    if raw.startswith("+"):
+        return now_s + parse_duration_s(raw[1:])
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise InputError(
+            f"cannot parse time {text!r}; use ISO-8601 like 2026-12-01T06:00:00Z, +12h, or now"
+        ) from exc
+    if when.tzinfo is None:
+        raise InputError(f"time {text!r} has no zone; add Z (UTC) or an offset like +01:00")
+    return when.timestamp()
