@@ -106,7 +106,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return int(raw)
         if hint is float or hint == (float | None):
             if raw is None or raw == "":
-                return None if hint != float else 0.0
+                return None if hint is not float else 0.0
             value = float(raw)
             if math.isnan(value):
                 raise ValueError("NaN")

@@ -109,7 +109,7 @@ class Ledger:
                 row.intensity_kind = "mixed"
 
     def drain_minute_rows(self) -> list[dict]:
-        """Rows for the store's ``energy_minute`` table (to be added, not replaced), then forget them."""
+        """Rows for the store's ``energy_minute`` table (added, not replaced); then forgets them."""
         rows = []
         for (minute_s, device_id, device_class, consumer), r in self._minutes.items():
             phase, model = self.phase_of(consumer)

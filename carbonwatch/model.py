@@ -1,7 +1,7 @@
 """Plain value types shared by collectors, attribution, accounting and the store.
 
-Units are in the names: ``energy_j`` joules, ``power_w`` watts, ``*_s`` Unix seconds (UTC) for points
-in time and seconds for durations."""
+Units are in the names: ``energy_j`` joules, ``power_w`` watts, ``*_s`` Unix seconds (UTC) for
+points in time and seconds for durations."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ class DeviceInfo:
     device_id: str  # stable within a node: "gpu0", "cpu0", "ram"
     device_class: DeviceClass
     name: str
-    method: str  # e.g. "nvml-energy-counter", "nvml-power-integral", "rapl", "tdp-model", "ram-model"
+    # e.g. "nvml-energy-counter", "nvml-power-integral", "rapl", "tdp-model", "ram-model"
+    method: str
     provenance: Provenance
     uuid: str | None = None
     state: DeviceState = DeviceState.OK

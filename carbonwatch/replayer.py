@@ -95,9 +95,7 @@ def replay_trace(
     processes = []
     for pid, role in sorted(roles.items()):
         totals = ledger.totals.get(f"pid:{pid}")
-        processes.append(
-            {"pid": pid, "role": role, "energy_j": totals.energy_j if totals else 0.0}
-        )
+        processes.append({"pid": pid, "role": role, "energy_j": totals.energy_j if totals else 0.0})
     idle = ledger.totals.get(IDLE)
     other = ledger.totals.get(OTHER)
     device = collector.devices()[0]

@@ -327,7 +327,10 @@ def format_summary(result: JobResult) -> str:
         f"{carbon['intensity']}, PUE {carbon['pue']})"
     )
     if result.cost is None:
-        lines.append("  cost unknown (set energy_price_per_kwh in the config or CARBONWATCH_ENERGY_PRICE_PER_KWH)")
+        lines.append(
+            "  cost unknown (set energy_price_per_kwh in the config, "
+            "or CARBONWATCH_ENERGY_PRICE_PER_KWH)"
+        )
     else:
         lines.append(f"  cost {result.cost:.6f} {result.currency}  ({result.provenance['cost']})")
     return "\n".join(lines)

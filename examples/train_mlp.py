@@ -12,7 +12,9 @@ import time
 import numpy as np
 
 
-def spirals(n_per_class: int, classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def spirals(
+    n_per_class: int, classes: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for c in range(classes):
         r = np.linspace(0.05, 1.0, n_per_class)

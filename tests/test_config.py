@@ -10,7 +10,13 @@ def test_precedence_defaults_toml_env_flags(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('country = "FRA"\npue = 1.2\nenergy_price_per_kwh = 0.2\nport = 9000\n')
     s = load_settings(cfg, env={})
-    assert (s.country, s.pue, s.energy_price_per_kwh, s.port, s.currency) == ("FRA", 1.2, 0.2, 9000, "USD")
+    assert (s.country, s.pue, s.energy_price_per_kwh, s.port, s.currency) == (
+        "FRA",
+        1.2,
+        0.2,
+        9000,
+        "USD",
+    )
     s = load_settings(cfg, env={"CARBONWATCH_PUE": "1.5", "CARBONWATCH_PORT": "9100"})
     assert (s.pue, s.port) == (1.5, 9100)
     s = load_settings(cfg, env={"CARBONWATCH_PUE": "1.5"}, flags={"pue": 1.1, "port": None})

@@ -64,7 +64,9 @@ def test_active_energy_is_split_by_sm_share_each_interval():
             other_pid = ({416, 438} - {pid}).pop()
             assert f"pid:{other_pid}" not in item.parts
     assert both > 0 and only_one > 0  # the trace exercises both cases
-    assert any(i.interval.active_energy_j > 0 and len(i.interval.shares) == 1 for i in report.intervals)
+    assert any(
+        i.interval.active_energy_j > 0 and len(i.interval.shares) == 1 for i in report.intervals
+    )
 
 
 def test_trace_with_a_missing_or_malformed_file_is_a_clear_error(tmp_path):

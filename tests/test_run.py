@@ -30,7 +30,11 @@ def _env(tmp_path, **extra):
 def _run(tmp_path, *cmd, **kw):
     return subprocess.run(
         [sys.executable, "-m", "carbonwatch", "run", *cmd],
-        capture_output=True, text=True, env=_env(tmp_path), timeout=120, **kw,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=120,
+        **kw,
     )
 
 
@@ -38,8 +42,9 @@ def test_a_shell_with_two_python_workers_is_one_job(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(s=1.5))
     script = f"{sys.executable} {worker} & {sys.executable} {worker} & wait"
-    out = _run(tmp_path, "--json", "--name", "two-workers", "--kind", "training", "--", "sh", "-c",
-               script)
+    out = _run(
+        tmp_path, "--json", "--name", "two-workers", "--kind", "training", "--", "sh", "-c", script
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["exit_code"] == 0 and result["kind"] == "training"
@@ -59,8 +64,12 @@ def test_a_shell_with_two_python_workers_is_one_job(tmp_path):
 
 
 def test_more_cpu_time_means_more_energy(tmp_path):
-    short = json.loads(_run(tmp_path, "--json", "--", sys.executable, "-c", WORKER.format(s=0.3)).stdout)
-    long = json.loads(_run(tmp_path, "--json", "--", sys.executable, "-c", WORKER.format(s=2.5)).stdout)
+    short = json.loads(
+        _run(tmp_path, "--json", "--", sys.executable, "-c", WORKER.format(s=0.3)).stdout
+    )
+    long = json.loads(
+        _run(tmp_path, "--json", "--", sys.executable, "-c", WORKER.format(s=2.5)).stdout
+    )
     assert long["energy_j_by_device"]["cpu"] > 2 * short["energy_j_by_device"]["cpu"]
 
 
@@ -86,18 +95,34 @@ def test_the_command_is_not_run_through_a_shell(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_the_wrapper_stops_the_tree_and_the_record_is_written(tmp_path, sig):
     child = tmp_path / "child.py"
-    child.write_text(textwrap.dedent("""
+    child.write_text(
+        textwrap.dedent("""
         import signal, sys, time
         print("ready", flush=True)
         try:
             time.sleep(60)
         except KeyboardInterrupt:
             sys.exit(130)
-    """))
+    """)
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "carbonwatch", "run", "--json", "--name", "sleepy", "--",
-         "sh", "-c", f"{sys.executable} {child}; echo after"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+        [
+            sys.executable,
+            "-m",
+            "carbonwatch",
+            "run",
+            "--json",
+            "--name",
+            "sleepy",
+            "--",
+            "sh",
+            "-c",
+            f"{sys.executable} {child}; echo after",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
     )
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.5)
@@ -106,7 +131,7 @@ def test_signal_to_the_wrapper_stops_the_tree_and_the_record_is_written(tmp_path
     stdout, stderr = proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 10  # the 60 s sleep did not run out
     assert proc.returncode != 0
-    result = json.loads(stdout[stdout.index("{"):])
+    result = json.loads(stdout[stdout.index("{") :])
     assert result["exit_code"] == proc.returncode
     with sqlite3.connect(tmp_path / "cw.db") as db:
         status, ended = db.execute("SELECT status, ended_s FROM jobs").fetchone()

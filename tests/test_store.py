@@ -10,9 +10,20 @@ from carbonwatch.store.migrations import MIGRATIONS
 
 
 def _row(**kw):
-    row = dict(minute_s=60, device_id="gpu0", device_class="gpu", consumer="job:a", phase="training",
-               model="m", energy_j=10.0, co2e_g=1.0, cost=0.1, intensity_g_per_kwh=100.0,
-               intensity_kind="static", provenance="measured")
+    row = dict(
+        minute_s=60,
+        device_id="gpu0",
+        device_class="gpu",
+        consumer="job:a",
+        phase="training",
+        model="m",
+        energy_j=10.0,
+        co2e_g=1.0,
+        cost=0.1,
+        intensity_g_per_kwh=100.0,
+        intensity_kind="static",
+        provenance="measured",
+    )
     row.update(kw)
     return row
 
@@ -27,8 +38,9 @@ def test_new_store_is_wal_and_migrated(tmp_path):
 
 def test_minute_rollups_add_up_and_mark_estimates(tmp_path):
     with open_store(tmp_path / "s.db") as store:
-        store.add_energy_minutes([_row(), _row(energy_j=30.0, intensity_g_per_kwh=200.0,
-                                               provenance="estimated")])
+        store.add_energy_minutes(
+            [_row(), _row(energy_j=30.0, intensity_g_per_kwh=200.0, provenance="estimated")]
+        )
         (row,) = store.db.query("SELECT * FROM energy_minute")
     assert row["energy_j"] == 40.0
     assert row["intensity_g_per_kwh"] == pytest.approx(175.0)
@@ -38,8 +50,9 @@ def test_minute_rollups_add_up_and_mark_estimates(tmp_path):
 def test_names_with_quotes_and_semicolons_are_stored_verbatim(tmp_path):
     name = "x'); DROP TABLE jobs; --"
     with open_store(tmp_path / "s.db") as store:
-        job_id = store.insert_job(name=name, kind="training", source="run", status="running",
-                                  started_s=1.0)
+        job_id = store.insert_job(
+            name=name, kind="training", source="run", status="running", started_s=1.0
+        )
         assert store.job(job_id)["name"] == name
 
 
@@ -55,8 +68,9 @@ def test_reader_of_missing_or_corrupt_file_gets_a_clear_error(tmp_path):
 def test_reader_sees_writer_commits(tmp_path):
     path = tmp_path / "s.db"
     with open_store(path) as writer:
-        writer.insert_job(id="j1", name="a", kind="other", source="run", status="running",
-                          started_s=1.0)
+        writer.insert_job(
+            id="j1", name="a", kind="other", source="run", status="running", started_s=1.0
+        )
         with open_store(path, read_only=True) as reader:
             assert [j["id"] for j in reader.jobs()] == ["j1"]
             with pytest.raises(sqlite3.OperationalError):

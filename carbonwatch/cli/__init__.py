@@ -11,6 +11,7 @@ import click
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
     "run": "carbonwatch.cli.run:run_cmd",
+    "daemon": "carbonwatch.cli.daemon:daemon_cmd",
     "report": "carbonwatch.cli.report:report_cmd",
     "devices": "carbonwatch.cli.devices:devices_cmd",
     "replay": "carbonwatch.cli.replay:replay_cmd",

@@ -20,12 +20,19 @@ from carbonwatch.grid.types import IntensitySource
 def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--config and --db, shared by every command that reads settings or the store."""
     fn = click.option(
-        "--db", "db", type=click.Path(dir_okay=False), default=None,
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False),
+        default=None,
         help="SQLite store (default: <user data dir>/carbonwatch/carbonwatch.db).",
     )(fn)
     fn = click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-        envvar="CARBONWATCH_CONFIG", help="TOML settings file.",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar="CARBONWATCH_CONFIG",
+        help="TOML settings file.",
     )(fn)
     return fn
 

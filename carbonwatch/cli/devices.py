@@ -15,7 +15,9 @@ from carbonwatch.collectors.detect import build_collectors
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @settings_options
 @handle_errors
-def devices_cmd(backend: str | None, as_json: bool, config_path: str | None, db: str | None) -> None:
+def devices_cmd(
+    backend: str | None, as_json: bool, config_path: str | None, db: str | None
+) -> None:
     """List the devices carbonwatch measures on this machine, and how (measured or estimated).
 
     \b
@@ -30,18 +32,24 @@ def devices_cmd(backend: str | None, as_json: bool, config_path: str | None, db:
         for c in collectors:
             c.close()
     if as_json:
-        echo_json({
-            "devices": [
-                {k: (v.value if hasattr(v, "value") else v)
-                 for k, v in dataclasses.asdict(d).items()}
-                for d in devices
-            ],
-            "notes": notes,
-        })
+        echo_json(
+            {
+                "devices": [
+                    {
+                        k: (v.value if hasattr(v, "value") else v)
+                        for k, v in dataclasses.asdict(d).items()
+                    }
+                    for d in devices
+                ],
+                "notes": notes,
+            }
+        )
         return
     for d in devices:
-        click.echo(f"{d.device_id:<6} {d.device_class.value:<4} {d.name[:40]:<40} "
-                   f"{d.provenance.value:<9} {d.method:<22} {d.state.value}")
+        click.echo(
+            f"{d.device_id:<6} {d.device_class.value:<4} {d.name[:40]:<40} "
+            f"{d.provenance.value:<9} {d.method:<22} {d.state.value}"
+        )
         if d.detail:
             click.echo(f"       {d.detail}")
     for note in notes:

@@ -15,8 +15,20 @@ from carbonwatch.errors import InputError
 from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
 from carbonwatch.store import open_store
 
-COLUMNS = ("id", "name", "kind", "model", "status", "started", "duration_s", "energy_j",
-           "co2e_g", "cost", "currency", "exit_code")
+COLUMNS = (
+    "id",
+    "name",
+    "kind",
+    "model",
+    "status",
+    "started",
+    "duration_s",
+    "energy_j",
+    "co2e_g",
+    "cost",
+    "currency",
+    "exit_code",
+)
 
 
 def _iso(t_s: float | None) -> str | None:
@@ -85,7 +97,8 @@ def report_cmd(
         "jobs": len(jobs),
         "energy_j": math.fsum(j["energy_j"] for j in jobs),
         "co2e_g": math.fsum(j["co2e_g"] for j in jobs),
-        "cost": math.fsum(c for c in costs if c is not None) if any(c is not None for c in costs)
+        "cost": math.fsum(c for c in costs if c is not None)
+        if any(c is not None for c in costs)
         else None,
         "jobs_with_unknown_cost": sum(1 for c in costs if c is None),
     }
@@ -102,14 +115,20 @@ def report_cmd(
     if not jobs:
         click.echo("No jobs recorded yet. Wrap one: carbonwatch run -- python train.py")
         return
-    click.echo(f"{'id':<12} {'name':<20} {'kind':<9} {'status':<11} {'duration':>9} "
-               f"{'energy J':>12} {'gCO2e':>10} {'cost':>10}")
+    click.echo(
+        f"{'id':<12} {'name':<20} {'kind':<9} {'status':<11} {'duration':>9} "
+        f"{'energy J':>12} {'gCO2e':>10} {'cost':>10}"
+    )
     for j in jobs:
         dur = f"{j['duration_s']:.1f}s" if j["duration_s"] is not None else "running"
         cost = f"{j['cost']:.4f}" if j["cost"] is not None else "unknown"
-        click.echo(f"{j['id']:<12} {j['name'][:20]:<20} {j['kind']:<9} {j['status']:<11} "
-                   f"{dur:>9} {j['energy_j']:>12.1f} {j['co2e_g']:>10.3f} {cost:>10}")
+        click.echo(
+            f"{j['id']:<12} {j['name'][:20]:<20} {j['kind']:<9} {j['status']:<11} "
+            f"{dur:>9} {j['energy_j']:>12.1f} {j['co2e_g']:>10.3f} {cost:>10}"
+        )
     t = totals
     cost = f"{t['cost']:.4f}" if t["cost"] is not None else "unknown"
-    click.echo(f"total: {t['jobs']} jobs, {t['energy_j']:.1f} J ({t['energy_j'] / 3.6e6:.6f} kWh), "
-               f"{t['co2e_g']:.3f} gCO2e, cost {cost}")
+    click.echo(
+        f"total: {t['jobs']} jobs, {t['energy_j']:.1f} J ({t['energy_j'] / 3.6e6:.6f} kWh), "
+        f"{t['co2e_g']:.3f} gCO2e, cost {cost}"
+    )

@@ -6,7 +6,13 @@ import sys
 
 import click
 
-from carbonwatch.cli.common import echo_json, handle_errors, intensity_source, load, settings_options
+from carbonwatch.cli.common import (
+    echo_json,
+    handle_errors,
+    intensity_source,
+    load,
+    settings_options,
+)
 from carbonwatch.collectors.detect import build_collectors
 from carbonwatch.runner import format_summary, run_command
 from carbonwatch.store import open_store
@@ -18,7 +24,9 @@ from carbonwatch.store import open_store
 )
 @click.option("--name", default=None, help="Job name (default: the command's name).")
 @click.option(
-    "--kind", type=click.Choice(["training", "inference", "other"]), default="other",
+    "--kind",
+    type=click.Choice(["training", "inference", "other"]),
+    default="other",
     show_default=True,
 )
 @click.option("--model", default=None, help="Model this job trains or serves.")
@@ -47,9 +55,7 @@ def run_cmd(
     is written either way.
     """
     settings = load(config_path, db=db, backend=backend)
-    collectors, notes = build_collectors(
-        settings.backend, rapl_root=settings.rapl_root
-    )
+    collectors, notes = build_collectors(settings.backend, rapl_root=settings.rapl_root)
     for note in notes:
         click.echo(f"carbonwatch: {note}", err=True)
     store = open_store(settings.db_path)

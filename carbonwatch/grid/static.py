@@ -103,7 +103,9 @@ def world_average() -> IntensityPoint:
     return _point(world_average_g_per_kwh(), "WORLD", "world-average")
 
 
-def resolve_static(country: str = "", cloud_provider: str = "", cloud_region: str = "") -> IntensityPoint:
+def resolve_static(
+    country: str = "", cloud_provider: str = "", cloud_region: str = ""
+) -> IntensityPoint:
     """The static point for the configured location, most specific first."""
     if cloud_provider or cloud_region:
         return cloud_region_intensity(cloud_provider, cloud_region)

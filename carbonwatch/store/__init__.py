@@ -6,6 +6,7 @@ lets run beside the writer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import uuid
@@ -136,10 +137,8 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for key in JSON_COLUMNS:
         if isinstance(out.get(key), str):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 out[key] = json.loads(out[key])
-            except json.JSONDecodeError:
-                pass
     return out
 
 
