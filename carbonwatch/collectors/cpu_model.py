@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib.util
 import io
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from carbonwatch.codecarbon_data import codecarbon_data_path
 from carbonwatch.collectors.processes import ProcessSource, ShareTracker, busy_cpu_seconds
 from carbonwatch.model import DeviceClass, DeviceInfo, EnergyInterval, Provenance
 
@@ -38,19 +38,6 @@ def power_from_load_w(tdp_w: float, load: float) -> float:
     """codecarbon's load model: 10 % of TDP at idle, rising with the cube of load to 100 %."""
     load = min(max(load, 0.0), 1.0)
     return tdp_w * (IDLE_FRACTION + (1.0 - IDLE_FRACTION) * load**3)
-
-
-def codecarbon_data_path(relative: str) -> Path | None:
-    """A file under the installed codecarbon package's ``data/`` directory, found without importing
-    codecarbon (its ``__init__`` imports the tracker, which is slow and probes hardware)."""
-    spec = importlib.util.find_spec("codecarbon")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for base in spec.submodule_search_locations:
-        path = Path(base) / "data" / relative
-        if path.is_file():
-            return path
-    return None
 
 
 @functools.cache

@@ -15,9 +15,10 @@ import csv
 import json
 import math
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from carbonwatch.codecarbon_data import codecarbon_data_path
 from carbonwatch.errors import UnknownZone
 from carbonwatch.grid.types import IntensityPoint
 
@@ -25,8 +26,13 @@ PROVIDER = "codecarbon-static"
 _FOREVER_S = (0.0, math.inf)
 
 
-def _data_file(*parts: str) -> Any:
-    return resources.files("codecarbon").joinpath("data", *parts)
+def _data_file(*parts: str) -> Path:
+    """A file of codecarbon's bundled data, found without importing codecarbon (its package
+    imports the tracker: slow, and it probes hardware)."""
+    path = codecarbon_data_path("/".join(parts))
+    if path is None:
+        raise UnknownZone(f"codecarbon's data file {'/'.join(parts)} is not installed")
+    return path
 
 
 @cache
