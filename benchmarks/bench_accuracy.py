@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.replay import Fault, FaultKind, load_trace
 from carbonwatch.replayer import replay_trace
 
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "h200-shared-gpu"
@@ -41,6 +41,9 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     print(f"carbonwatch (counter 1 s, power 0.1 s): {report.total_energy_j:.1f} J, "
           f"error {report.error_pct:+.3f} %  (replay took {elapsed:.2f} s)")
+    fallback = replay_trace(trace_dir, faults=[Fault(FaultKind.COUNTER_UNSUPPORTED)])
+    print(f"carbonwatch, counter NotSupported -> power integral at 0.1 s ({fallback.provenance}): "
+          f"{fallback.total_energy_j:.1f} J, error {fallback.error_pct:+.2f} %")
     for interval_s in (0.1, 1.0, 5.0, 15.0):
         e = polled_power_energy_j(trace, interval_s)
         print(f"plain power polling every {interval_s:>4} s: {e:8.1f} J, "

@@ -7,6 +7,7 @@ on a live node, with a ManualClock stepping through the trace."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from carbonwatch.accounting import Pricing
 from carbonwatch.attribution import IDLE
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
-from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
+from carbonwatch.collectors.replay import Fault, ReplayGpuBackend, load_trace
 from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.ledger import Ledger
@@ -64,10 +65,11 @@ def replay_trace(
     counter_interval_s: float = 1.0,
     intensity: IntensitySource | None = None,
     pricing: Pricing | None = None,
+    faults: Sequence[Fault] = (),
 ) -> ReplayReport:
     trace = load_trace(trace_dir)
     clock = ManualClock(trace.start_s)
-    backend = ReplayGpuBackend(trace, clock)
+    backend = ReplayGpuBackend(trace, clock, faults=faults)
     collector = GpuCollector(backend)
     roles = {pid: role for role, pid in trace.pids.items()}
     ledger = Ledger(pricing or Pricing())
