@@ -22,8 +22,10 @@ from carbonwatch.accounting import Pricing
 from carbonwatch.attribution import IDLE
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.collectors.base import Collector
+from carbonwatch.collectors.processes import ProcessScanner
 from carbonwatch.config import Settings
 from carbonwatch.grid.types import IntensitySource
+from carbonwatch.identity import JOIN_TAG, Members, claim_job, run_member
 from carbonwatch.ledger import Ledger
 from carbonwatch.model import DeviceInfo
 from carbonwatch.sampler import Sampler
@@ -52,6 +54,7 @@ class JobResult:
     provenance: dict[str, Any]
     devices: list[DeviceInfo] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    cpu_time_s: float | None = None  # CPU seconds of the whole tree, when a scanner saw it
 
     @property
     def duration_s(self) -> float:
@@ -78,6 +81,7 @@ class JobResult:
             "currency": self.currency,
             "provenance": self.provenance,
             "pids": self.pids,
+            "cpu_time_s": self.cpu_time_s,
         }
 
 
@@ -123,6 +127,7 @@ def run_command(
     model: str | None = None,
     identity: str | None = None,
     clock: Clock | None = None,
+    processes: ProcessScanner | None = None,
 ) -> JobResult:
     clock = clock or SystemClock()
     if not argv:
@@ -130,6 +135,31 @@ def run_command(
     argv = list(argv)
     name = name or os.path.basename(argv[0])
     pricing = Pricing.from_settings(settings)
+    # --- job identity (carbonwatch.identity): the ranks of one job on this node are one job. The
+    # first wrapper leads and measures every rank's tree; a later one joins and only runs.
+    members: Members | None = None
+    claimed_id: str | None = None
+    if store is not None and identity:
+        claim = claim_job(
+            store,
+            identity,
+            {
+                "name": name,
+                "kind": kind,
+                "model": model,
+                "command": argv,
+                "pids": [],
+                "source": "run",
+                "status": "running",
+                "started_s": clock.time(),
+                "currency": pricing.currency,
+            },
+        )
+        if not claim.leader:
+            exit_code, row = run_member(argv, claim, store)
+            return _member_result(row, argv, exit_code, claim.leader_pid, pricing.currency)
+        claimed_id, members = claim.job_id, Members(store, claim.job_id)
+    # --- end of the job identity hook
     consumer_holder: dict[str, str] = {}
 
     def phase_of(consumer: str) -> tuple[str, str]:
@@ -146,7 +176,7 @@ def run_command(
         if tree is None:
             return {}
         key = consumer_holder["key"]
-        return {pid: key for pid in tree.refresh()}
+        return {pid: key for pid in tree.refresh() | (members.pids() if members else set())}
 
     sampler = Sampler(
         collectors,
@@ -162,10 +192,15 @@ def run_command(
     try:
         child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
     except OSError as exc:
+        if store is not None and claimed_id is not None:  # job identity hook: no orphan row
+            store.update_job(claimed_id, status="failed", ended_s=clock.time(), exit_code=127)
         raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
     tree = ProcessTree(child.pid)
     job_id = None
-    if store is not None:
+    if store is not None and claimed_id is not None:  # job identity hook: inserted by claim_job
+        job_id = claimed_id
+        store.update_job(job_id, pids=[child.pid], started_s=started_s)
+    elif store is not None:
         job_id = store.insert_job(
             name=name,
             kind=kind,
@@ -192,6 +227,9 @@ def run_command(
         while not _exited(child.pid):
             next_s = sampler.step(clock.time())
             time.sleep(max(0.0, min(next_s - clock.time(), 0.05)))
+        while members is not None and (members.running() or not members.close()):  # identity
+            next_s = sampler.step(clock.time())
+            time.sleep(max(0.0, min(next_s - clock.time(), 0.05)))
         # The child is a zombie now: its final CPU times are still readable, so the last interval
         # is attributed to it before it is reaped (after reaping, its time would show up only in
         # the wrapper's own children counters, outside the job's tree).
@@ -215,10 +253,14 @@ def run_command(
         consumer_holder["key"],
         pricing,
         sampler.devices(),
-        sorted(tree.pids),
+        sorted(tree.pids | (members.pids() if members else set())),
     )
+    if processes is not None:
+        result.cpu_time_s = sum(processes.cpu_seconds(pid) for pid in tree.pids)
     if store is not None and job_id is not None:
         status = "finished" if exit_code == 0 else ("interrupted" if received else "failed")
+        if status == "finished" and members is not None and any(members.exit_codes()):
+            status = "failed"  # job identity hook: a rank that joined failed
         store.add_energy_minutes(ledger.drain_minute_rows())
         store.update_job(
             job_id,
@@ -303,12 +345,57 @@ def _result(
     )
 
 
+def _member_result(
+    row: dict[str, Any], argv: list[str], exit_code: int, leader_pid: int, currency: str
+) -> JobResult:
+    """A wrapper that joined a running job (carbonwatch.identity): the whole job's figures, as its
+    leading wrapper recorded them."""
+    joined = {
+        "job_id": row.get("id"),
+        "identity": row.get("identity"),
+        "leader_pid": leader_pid,
+        "status": row.get("status"),
+    }
+    members = ((row.get("tags") or {}).get(JOIN_TAG) or {}).get("members", [])
+    return JobResult(
+        job_id=str(row.get("id")),
+        name=row.get("name") or os.path.basename(argv[0]),
+        kind=row.get("kind") or "other",
+        argv=argv,
+        started_s=row.get("started_s") or 0.0,
+        ended_s=row.get("ended_s") or time.time(),
+        exit_code=exit_code,
+        energy_j=row.get("energy_j") or 0.0,
+        energy_j_by_device=dict(row.get("energy_by_device") or {}),
+        energy_j_by_class={},
+        device_energy_j=0.0,
+        idle_energy_j=0.0,
+        co2e_g=row.get("co2e_g") or 0.0,
+        cost=row.get("cost"),
+        currency=row.get("currency") or currency,
+        provenance={**(row.get("provenance") or {}), "joined": joined},
+        pids=sorted({*(row.get("pids") or []), *(m["pid"] for m in members if m.get("pid"))}),
+    )
+
+
 def format_summary(result: JobResult) -> str:
     """The human summary printed after a run."""
     lines = [
         f"carbonwatch: {result.name} ({result.kind}) exited {result.exit_code} "
         f"after {result.duration_s:.1f} s  [job {result.job_id}]",
     ]
+    joined = result.provenance.get("joined")
+    if joined:  # job identity: this wrapper joined a job that another wrapper measures
+        lines.append(
+            f"  joined the running job with identity {joined['identity']}, measured by "
+            f"wrapper pid {joined['leader_pid']}: figures are all its ranks' "
+            f"(job {joined['status']})"
+        )
+        lines.append(
+            f"  energy total  {result.energy_j:12.1f} J  {result.energy_j / 3.6e6:.6f}"
+            f" kWh, emissions {result.co2e_g:.3f} gCO2e"
+        )
+        return "\n".join(lines)
     prov = result.provenance["energy"]
     for device_id, energy_j in sorted(result.energy_j_by_device.items()):
         lines.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -13,7 +14,9 @@ from carbonwatch.cli.common import (
     load,
     settings_options,
 )
-from carbonwatch.collectors.detect import build_collectors
+from carbonwatch.collectors.detect import build_collectors, default_process_scanner
+from carbonwatch.config import Settings
+from carbonwatch.identity import identity_from_env
 from carbonwatch.runner import format_summary, run_command
 from carbonwatch.store import open_store
 
@@ -55,7 +58,14 @@ def run_cmd(
     is written either way.
     """
     settings = load(config_path, db=db, backend=backend)
-    collectors, notes = build_collectors(settings.backend, rapl_root=settings.rapl_root)
+    found = identity_from_env(os.environ)  # Slurm job, torchrun run, pod: ranks are one job
+    identity = found.key if found else None
+    if backend is None:  # an explicit backend means: measure here, with it
+        _run_with_daemon_if_any(settings, command, name, kind, model, as_json, identity)
+    scanner = default_process_scanner()
+    collectors, notes = build_collectors(
+        settings.backend, rapl_root=settings.rapl_root, processes=scanner
+    )
     for note in notes:
         click.echo(f"carbonwatch: {note}", err=True)
     store = open_store(settings.db_path)
@@ -69,6 +79,8 @@ def run_cmd(
             name=name,
             kind=kind,
             model=model,
+            identity=identity,
+            processes=scanner,
         )
     except FileNotFoundError as exc:
         click.echo(f"carbonwatch: error: {exc}", err=True)
@@ -82,3 +94,43 @@ def run_cmd(
     else:
         click.echo(format_summary(result), err=True)  # stdout stays the command's
     sys.exit(result.exit_code)
+
+
+def _run_with_daemon_if_any(
+    settings: Settings,
+    command: tuple[str, ...],
+    name: str | None,
+    kind: str,
+    model: str | None,
+    as_json: bool,
+    identity: str | None = None,
+) -> None:
+    """A running daemon already measures this node: register the command with it (and exit with
+    the command's code) rather than measure twice. Returns only when no daemon answers."""
+    from carbonwatch.daemon.attach import run_if_daemon  # stdlib only, no aiohttp
+    from carbonwatch.identity import run_with_daemon
+
+    try:
+        if identity:  # ranks of one job merge into one daemon job; the last to exit ends it
+            attached = run_with_daemon(
+                list(command),
+                settings=settings,
+                identity=identity,
+                name=name,
+                kind=kind,
+                model=model,
+            )
+        else:
+            attached = run_if_daemon(
+                list(command), settings=settings, name=name, kind=kind, model=model
+            )
+    except FileNotFoundError as exc:
+        click.echo(f"carbonwatch: error: {exc}", err=True)
+        sys.exit(127)
+    if attached is None:
+        return
+    if as_json:
+        echo_json(attached.as_json())
+    else:
+        click.echo(attached.summary(), err=True)  # stdout stays the command's
+    sys.exit(attached.exit_code)
