@@ -75,3 +75,17 @@ def test_reader_sees_writer_commits(tmp_path):
             assert [j["id"] for j in reader.jobs()] == ["j1"]
             with pytest.raises(sqlite3.OperationalError):
                 reader.conn.execute("DELETE FROM jobs")
+
+
+def test_a_batch_of_rollups_is_atomic(tmp_path):
+    with open_store(tmp_path / "s.db") as store:
+        with pytest.raises(sqlite3.IntegrityError):
+            store.add_energy_minutes([_row(), _row(minute_s=120), _row(consumer=None)])
+        assert list(store.db.query("SELECT * FROM energy_minute")) == []
+
+
+def test_paths_with_uri_characters_open_read_only(tmp_path):
+    path = tmp_path / "odd?name#1.db"
+    open_store(path).close()
+    with open_store(path, read_only=True) as reader:
+        assert reader.jobs() == []

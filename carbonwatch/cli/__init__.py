@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "intensity": "carbonwatch.cli.grid:intensity_cmd",
     "plan": "carbonwatch.cli.grid:plan_cmd",
     "estimate": "carbonwatch.cli.grid:estimate_cmd",
+    "dashboard": "carbonwatch.cli.dashboard:dashboard_cmd",
+    "submit": "carbonwatch.cli.schedule:submit_cmd",
+    "queue": "carbonwatch.cli.schedule:queue_cmd",
+    "cancel": "carbonwatch.cli.schedule:cancel_cmd",
 }
 
 

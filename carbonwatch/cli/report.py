@@ -72,10 +72,24 @@ def job_view(row: dict) -> dict:
 @click.option("--csv", "fmt", flag_value="csv", help="CSV output.")
 @click.option("--since", default=None, help="Only jobs started at or after T (ISO-8601 or -24h).")
 @click.option("--job", "job_id", default=None, help="Only this job id.")
+@click.option("--model", default=None, help="A per-model energy and emissions statement.")
+@click.option(
+    "--format",
+    "statement_format",
+    type=click.Choice(["md", "json"]),
+    default="md",
+    help="Format of the --model statement.",
+)
 @settings_options
 @handle_errors
 def report_cmd(
-    fmt: str | None, since: str | None, job_id: str | None, config_path: str | None, db: str | None
+    fmt: str | None,
+    since: str | None,
+    job_id: str | None,
+    model: str | None,
+    statement_format: str,
+    config_path: str | None,
+    db: str | None,
 ) -> None:
     """Jobs recorded in the store, with energy, gCO2e and cost, and the totals.
 
@@ -84,8 +98,19 @@ def report_cmd(
       carbonwatch report
       carbonwatch report --json --since -24h
       carbonwatch report --csv > jobs.csv
+      carbonwatch report --model resnet50 --format md > STATEMENT.md
     """
     settings = load(config_path, db=db)
+    if model is not None:
+        from carbonwatch.statement import model_statement, render_markdown
+
+        with open_store(settings.db_path, read_only=True) as store:
+            statement = model_statement(store, model)
+        if statement_format == "json" or fmt == "json":
+            echo_json(statement)
+        else:
+            click.echo(render_markdown(statement))
+        return
     since_s = _since_s(since) if since else None
     with open_store(settings.db_path, read_only=True) as store:
         rows = store.jobs(since_s=since_s, job_id=job_id)

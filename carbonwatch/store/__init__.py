@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     if read_only:
         if not path.exists():
             raise StoreError(f"store {path} does not exist (nothing recorded yet?)")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -73,16 +75,31 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write. The connection is in autocommit mode (so the daemon's writer can
+        BEGIN IMMEDIATE itself); inside an open transaction this joins it instead of nesting."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
     # --- jobs -------------------------------------------------------------------------------
     def insert_job(self, **fields: Any) -> str:
         job_id = fields.pop("id", None) or uuid.uuid4().hex[:12]
         row = {"id": job_id, **_encode(fields)}
-        with self.conn:
+        with self.transaction():
             self.db["jobs"].insert(row)
         return job_id
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        with self.conn:
+        with self.transaction():
             self.db["jobs"].update(job_id, _encode(fields))
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -122,7 +139,7 @@ class Store:
         """
         rows = list(rows)
         if rows:
-            with self.conn:
+            with self.transaction():
                 self.conn.executemany(sql, rows)
 
 

@@ -94,7 +94,7 @@ def m001_initial(conn: sqlite3.Connection) -> None:
             id INTEGER PRIMARY KEY,
             received_s REAL NOT NULL,
             calls INTEGER NOT NULL,
-            dropped_before INTEGER NOT NULL DEFAULT 0  -- spans the client dropped while we were away
+            dropped_before INTEGER NOT NULL DEFAULT 0  -- spans the client dropped meanwhile
         );
 
         -- Grid intensity: actuals and forecasts, each with where and when it came from.
@@ -136,4 +136,186 @@ def m001_initial(conn: sqlite3.Connection) -> None:
 
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """
+    )
+
+
+@migration
+def m002_dashboard_reads(conn: sqlite3.Connection) -> None:
+    """The zone each minute's energy was used in, and indexes for the dashboard's range reads.
+
+    ``zone`` lets a store that holds several grid zones (a merged fleet store, or a node moved
+    between regions) be split by zone; '' means "the node's configured zone". Guarded, because
+    the column is plain data any writer may add."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(energy_minute)")}
+    if "zone" not in columns:
+        conn.execute("ALTER TABLE energy_minute ADD COLUMN zone TEXT NOT NULL DEFAULT ''")
+
+
+@migration
+def m003_daemon_calls(conn: sqlite3.Connection) -> None:
+    """What the daemon needs to prove that nothing acknowledged is lost and to split calls' energy:
+
+    - ``call_batches.pending``: the batch's request body, kept until all its calls are settled, so
+      a restart after a crash re-reads the spans it acknowledged; ``consumers`` how its pids and
+      models were resolved to jobs then.
+    - per-job call totals: energy of the calls themselves and the service's energy between calls,
+      so ``calls_energy_j + between_calls_j`` can be checked against the job's attributed energy.
+    """
+    conn.executescript(
+        """
+        ALTER TABLE call_batches ADD COLUMN pending BLOB;
+        ALTER TABLE call_batches ADD COLUMN consumers TEXT;
+        CREATE INDEX call_batches_pending ON call_batches (id) WHERE pending IS NOT NULL;
+        ALTER TABLE jobs ADD COLUMN calls INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN calls_energy_j REAL NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN between_calls_j REAL NOT NULL DEFAULT 0;
+        CREATE INDEX jobs_status ON jobs (status);
+        """
+    )
+
+
+# Hour and day rollups of the minute tables, kept exact by triggers so that no writer has to know
+# about them. The dashboard and the statement read whole days and hours from these and only the
+# partial days and hours at a range's edges from finer tables: grouping 30 days of a busy node's
+# minute rows (2.5 million) takes seconds, its days a few milliseconds. Every write path is
+# covered (insert, the additive ON CONFLICT DO UPDATE, update, delete), so the sums equal the
+# minute sums up to float rounding. Writers must not use INSERT OR REPLACE on the minute tables:
+# SQLite fires no delete trigger for a replaced row unless recursive_triggers is on, and the
+# rollups would count it twice.
+ROLLUP_LEVELS = (("hour", 3600), ("day", 86400))
+_ENERGY_GROUP = (
+    "device_id, device_class, consumer, phase, model, zone, provenance, intensity_kind"
+)
+_ENERGY_SUMS = "energy_j, co2e_g, cost, intensity_energy, minutes"
+
+
+def _energy_upsert(level: str, seconds: int, row: str, sign: str) -> str:
+    """An upsert adding (sign '+') or removing (sign '-') minute row ``row`` (NEW or OLD)."""
+    # Built from the constants above and "NEW"/"OLD" only, never from data.
+    r, key = row, f"{level}_s, {_ENERGY_GROUP}"
+    return f"""
+        INSERT INTO energy_{level} ({key}, {_ENERGY_SUMS}) VALUES (
+            {r}.minute_s - {r}.minute_s % {seconds}, {r}.device_id, {r}.device_class,
+            {r}.consumer, {r}.phase, {r}.model, {r}.zone, {r}.provenance, {r}.intensity_kind,
+            {sign}{r}.energy_j, {sign}{r}.co2e_g, {sign}{r}.cost,
+            {sign}({r}.energy_j * {r}.intensity_g_per_kwh), {sign}1)
+        ON CONFLICT ({key}) DO UPDATE SET
+            energy_j = energy_j + excluded.energy_j, co2e_g = co2e_g + excluded.co2e_g,
+            cost = cost + excluded.cost,
+            intensity_energy = intensity_energy + excluded.intensity_energy,
+            minutes = minutes + excluded.minutes;"""  # noqa: S608
+
+
+def _call_upsert(level: str, seconds: int, row: str, sign: str) -> str:
+    r = row
+    return f"""
+        INSERT INTO call_{level} ({level}_s, model, calls, busy_s, energy_j, co2e_g, cost, minutes)
+        VALUES ({r}.minute_s - {r}.minute_s % {seconds}, {r}.model, {sign}{r}.calls,
+            {sign}{r}.busy_s, {sign}{r}.energy_j, {sign}{r}.co2e_g, {sign}{r}.cost, {sign}1)
+        ON CONFLICT ({level}_s, model) DO UPDATE SET
+            calls = calls + excluded.calls, busy_s = busy_s + excluded.busy_s,
+            energy_j = energy_j + excluded.energy_j, co2e_g = co2e_g + excluded.co2e_g,
+            cost = cost + excluded.cost, minutes = minutes + excluded.minutes;"""  # noqa: S608
+
+
+def _rollup_statements(level: str, seconds: int) -> list[str]:
+    t = f"{level}_s"
+    return [
+        f"""CREATE TABLE energy_{level} (
+            {t} INTEGER NOT NULL, device_id TEXT NOT NULL, device_class TEXT NOT NULL,
+            consumer TEXT NOT NULL, phase TEXT NOT NULL, model TEXT NOT NULL, zone TEXT NOT NULL,
+            provenance TEXT NOT NULL, intensity_kind TEXT NOT NULL,
+            energy_j REAL NOT NULL, co2e_g REAL NOT NULL, cost REAL NOT NULL,
+            intensity_energy REAL NOT NULL,  -- sum of energy_j * intensity_g_per_kwh
+            minutes INTEGER NOT NULL,        -- minute rows summed (idle consumer: minutes seen)
+            PRIMARY KEY ({t}, {_ENERGY_GROUP})) WITHOUT ROWID""",
+        f"CREATE INDEX energy_{level}_consumer ON energy_{level} (consumer, {t})",
+        f"""CREATE TABLE call_{level} (
+            {t} INTEGER NOT NULL, model TEXT NOT NULL, calls INTEGER NOT NULL,
+            busy_s REAL NOT NULL, energy_j REAL NOT NULL, co2e_g REAL NOT NULL, cost REAL NOT NULL,
+            minutes INTEGER NOT NULL, PRIMARY KEY ({t}, model)) WITHOUT ROWID""",
+        f"""INSERT INTO energy_{level} ({t}, {_ENERGY_GROUP}, {_ENERGY_SUMS})
+            SELECT minute_s - minute_s % {seconds}, {_ENERGY_GROUP}, SUM(energy_j), SUM(co2e_g),
+                SUM(cost), SUM(energy_j * intensity_g_per_kwh), COUNT(*)
+            FROM energy_minute GROUP BY 1, {_ENERGY_GROUP}""",  # noqa: S608
+        f"""INSERT INTO call_{level} ({t}, model, calls, busy_s, energy_j, co2e_g, cost, minutes)
+            SELECT minute_s - minute_s % {seconds}, model, SUM(calls), SUM(busy_s),
+                SUM(energy_j), SUM(co2e_g), SUM(cost), COUNT(*) FROM call_minute GROUP BY 1, 2""",  # noqa: S608
+    ]
+
+
+@migration
+def m004_rollups(conn: sqlite3.Connection) -> None:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'energy_hour'"
+    ).fetchone()
+    if exists:  # created, backfilled and committed by an earlier run cut short before user_version
+        return
+    statements = ["CREATE INDEX IF NOT EXISTS call_minute_model ON call_minute (model, minute_s)"]
+    for level, seconds in ROLLUP_LEVELS:
+        statements += _rollup_statements(level, seconds)
+    for table, upsert in (("energy_minute", _energy_upsert), ("call_minute", _call_upsert)):
+        add = "".join(upsert(level, seconds, "NEW", "+") for level, seconds in ROLLUP_LEVELS)
+        remove = "".join(upsert(level, seconds, "OLD", "-") for level, seconds in ROLLUP_LEVELS)
+        statements += [
+            f"CREATE TRIGGER {table}_rollup_ai AFTER INSERT ON {table} BEGIN{add} END",
+            f"CREATE TRIGGER {table}_rollup_ad AFTER DELETE ON {table} BEGIN{remove} END",
+            f"CREATE TRIGGER {table}_rollup_au AFTER UPDATE ON {table} BEGIN{remove}{add} END",
+        ]
+    # One transaction: a crash leaves either nothing or tables, backfill and triggers together.
+    conn.execute("BEGIN")
+    try:
+        for sql in statements:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+@migration
+def m005_deferred_runs_and_actuals(conn: sqlite3.Connection) -> None:
+    """What the carbon-aware scheduler and the actuals correction need.
+
+    - ``energy_minute.co2e_g_forecast``: the figure first costed with a forecast intensity, kept
+      when actuals arrive and ``co2e_g`` is recomputed (NULL: never corrected).
+    - ``deferred_jobs``: the job's kind, provider and URL (per-job overrides of the settings),
+      what the plan was based on, the energy expected from the name's history, and what happened
+      when it ran: the wrapper's pid and start time (to find it again after a daemon restart),
+      the real run windows (interruptible jobs pause between them), the running time so far,
+      exit code, a human message and the log file. Guarded column by column, so a run cut short
+      before ``user_version`` was written can be repeated."""
+    wanted = {
+        "energy_minute": [("co2e_g_forecast", "REAL")],
+        "deferred_jobs": [
+            ("kind", "TEXT NOT NULL DEFAULT 'training'"),
+            ("provider", "TEXT NOT NULL DEFAULT ''"),
+            ("provider_url", "TEXT NOT NULL DEFAULT ''"),
+            ("plan_basis", "TEXT"),  # forecast | no_forecast
+            ("forecast_via", "TEXT"),  # provider | cache | static
+            ("expected_energy_j", "REAL"),
+            ("expected_baseline_co2e_g", "REAL"),
+            ("started_s", "REAL"),
+            ("ended_s", "REAL"),
+            ("exit_code", "INTEGER"),
+            ("wrapper_pid", "INTEGER"),
+            ("wrapper_created_s", "REAL"),  # psutil create_time: guards against pid reuse
+            ("runs", "TEXT NOT NULL DEFAULT '[]'"),  # JSON [[start_s, end_s|null], ...]
+            ("ran_s", "REAL NOT NULL DEFAULT 0"),
+            ("message", "TEXT"),
+            ("log_path", "TEXT"),
+        ],
+    }
+    for table, columns in wanted.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS deferred_jobs_status ON deferred_jobs (status, submitted_s)"
+    )
+    # Partial: only the minutes still awaiting actuals are indexed, so the index stays small.
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS energy_minute_forecast ON energy_minute (minute_s)"
+        " WHERE intensity_kind = 'forecast'"
     )
