@@ -1,0 +1,149 @@
+"""Call ingestion through the daemon's HTTP API, end to end: a real daemon process (replaying the
+H200 trace, so it samples while it ingests), clients POSTing batches of spans; every reply means
+the batch is committed. Reports calls/s, request latency p50/p99, the daemon's CPU (and calls per
+CPU-second, which moves less than calls/s when other work shares the machine), and how long the
+spans then take to settle into per-call energy.
+
+    .venv/bin/python benchmarks/bench_ingest.py [--seconds 10] [--batch 5000] [--clients 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from carbonwatch.collectors.replay import load_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACE = ROOT / "tests" / "fixtures" / "h200-shared-gpu"
+PID = 438  # the trace's inference server
+
+
+def start_daemon(
+    db: Path, *extra: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")}
+    env.update(extra_env or {})
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "carbonwatch", "daemon", "--db", str(db), "--port", "0",
+         "--backend", f"replay:{TRACE}", *extra],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe empty
+            return proc, match.group(1)
+    raise RuntimeError("daemon did not start")
+
+
+def bodies(batch: int, count: int, end_s: float) -> list[bytes]:
+    """Pre-encoded request bodies, so the client spends its CPU on HTTP, not on json.dumps.
+
+    The spans lie in the minute before ``end_s`` (the replay's start), like calls a busy service
+    reported moments ago: they settle as soon as the settle window has passed."""
+    out = []
+    step_s = 60.0 / (batch * count)
+    for b in range(count):
+        base = end_s - 60.0 + b * batch * step_s
+        calls = [{"model": "bench", "start": base + i * step_s,
+                  "end": base + i * step_s + step_s * 0.8, "pid": PID,
+                  "tags": {"batch": 1 << (i % 11)}} for i in range(batch)]
+        out.append(json.dumps({"calls": calls}).encode())
+    return out
+
+
+async def load(url: str, payloads: list[bytes], batch: int, seconds: float,
+               clients: int) -> tuple[int, list[float], float]:
+    latencies: list[float] = []
+    sent = 0
+    deadline = time.monotonic() + seconds
+
+    async def client(session: aiohttp.ClientSession, offset: int) -> None:
+        nonlocal sent
+        i = offset
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            async with session.post(f"{url}/v1/calls", data=payloads[i % len(payloads)],
+                                    headers={"Content-Type": "application/json"}) as resp:
+                body = await resp.json()
+            latencies.append(time.perf_counter() - t)
+            if resp.status != 200 or body["accepted"] != batch:
+                raise RuntimeError(f"refused: {resp.status} {body}")
+            sent += batch
+            i += clients
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session, k) for k in range(clients)))
+    return sent, latencies, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=5000, help="calls per request (<= 10000)")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent requests")
+    parser.add_argument("--raw-log", type=int, default=None,
+                        help="raw call log rows kept (default: the setting's default, 100000)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        extra_env = {}
+        if args.raw_log is not None:
+            extra_env["CARBONWATCH_RAW_CALL_LOG_MAX"] = str(args.raw_log)
+        proc, url = start_daemon(Path(tmp) / "bench.db", extra_env=extra_env)
+        try:
+            daemon = psutil.Process(proc.pid)
+            payloads = bodies(args.batch, 16, load_trace(TRACE).start_s)
+            asyncio.run(load(url, payloads[:1], args.batch, 0.5, 1))  # warm up
+            cpu0 = daemon.cpu_times()
+            sent, latencies, elapsed = asyncio.run(
+                load(url, payloads, args.batch, args.seconds, args.clients))
+            cpu1 = daemon.cpu_times()
+            settle_t = time.perf_counter()
+
+            async def pending() -> int:
+                async with aiohttp.ClientSession() as s, s.get(f"{url}/healthz") as r:
+                    return (await r.json())["pending_calls"]
+
+            while asyncio.run(pending()) > 0:
+                time.sleep(0.2)
+            settled_s = time.perf_counter() - settle_t
+            rss_mb = daemon.memory_info().rss / 2**20
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+    cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    q = statistics.quantiles(latencies, n=100)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
+    print(f"ingest: {sent} calls in {len(latencies)} requests of {args.batch} over {elapsed:.1f} s"
+          f" with {args.clients} concurrent clients")
+    print(f"  throughput {sent / elapsed:,.0f} calls/s ({len(latencies) / elapsed:.1f} req/s)")
+    print(f"  latency p50 {q[49] * 1e3:.1f} ms, p99 {q[98] * 1e3:.1f} ms per request")
+    print(f"  daemon CPU {cpu_s / elapsed * 100:.0f} % of one core while ingesting "
+          f"({sent / cpu_s:,.0f} calls per daemon CPU-second, {cpu_s / sent * 1e6:.1f} us a call);"
+          f" RSS {rss_mb:.0f} MB")
+    print(f"  all spans settled into per-call energy {settled_s:.1f} s after the last reply "
+          "(the settle window is 5 s)")
+
+
+if __name__ == "__main__":
+    main()

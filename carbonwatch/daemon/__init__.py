@@ -1,0 +1,9 @@
+"""The carbonwatch daemon: an aiohttp sidecar that samples continuously, attributes energy to the
+jobs and inference services it knows, and serves a versioned JSON API and Prometheus ``/metrics``.
+
+Modules: ``server`` (lifecycle, signals), ``app`` (routes), ``validation`` (request bodies),
+``state`` (shared in-memory state), ``sampling`` (the sampler thread), ``writer`` (the one
+SQLite writer thread), ``storeops`` (its SQL), ``registry`` (jobs and their pids), ``metrics``,
+``openapi``, ``replayclock``.
+``attach`` is the stdlib-only client ``carbonwatch run`` uses to register with a running daemon.
+"""

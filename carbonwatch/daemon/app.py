@@ -1,0 +1,288 @@
+"""The aiohttp application: routes, auth and error handling.
+
+Every refusal is a 4xx JSON ``{"error": "..."}`` naming the problem, and is decided before
+anything is written, so a refused request leaves the store as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from carbonwatch.daemon import storeops, validation
+from carbonwatch.daemon.metrics import render
+from carbonwatch.daemon.openapi import DOCUMENT
+from carbonwatch.daemon.registry import Job
+from carbonwatch.daemon.validation import ApiError, bad
+from carbonwatch.errors import StoreError
+
+if TYPE_CHECKING:
+    from carbonwatch.daemon.server import Daemon
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DAEMON = web.AppKey("daemon", object)
+JOB_STATUSES = ("running", "finished", "failed", "interrupted", "lost")
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error(exc.status, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"request body too large; the limit is {validation.MAX_BODY_BYTES} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason if exc.status != 405 else
+                     f"method {request.method} not allowed on {request.path}")
+    except StoreError as exc:
+        return error(503, f"store unavailable: {exc}")
+
+
+def auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        # compare_digest: the time taken does not reveal how much of the token matched
+        if not hmac.compare_digest(given, expected):
+            reason = "missing" if not given else "wrong"
+            return error(401, f"{reason} bearer token: send 'Authorization: Bearer <token>'")
+        return await handler(request)
+
+    return require_token
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    middlewares = [errors_as_json]
+    if daemon.token:
+        middlewares.insert(0, auth_middleware(daemon.token))
+    app = web.Application(client_max_size=validation.MAX_BODY_BYTES, middlewares=middlewares)
+    app[DAEMON] = daemon
+    app.router.add_post("/v1/jobs", create_job)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{id}", get_job)
+    app.router.add_post("/v1/jobs/{id}/end", end_job)
+    app.router.add_post("/v1/calls", post_calls)
+    app.router.add_get("/v1/summary", summary)
+    app.router.add_get("/v1/devices", devices)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    scheduler = getattr(daemon, "scheduler", None)
+    if scheduler is not None:
+        from carbonwatch.scheduler.routes import add_scheduler_routes
+
+        add_scheduler_routes(app, scheduler)
+    return app
+
+
+def _daemon(request: web.Request) -> Daemon:
+    return request.app[DAEMON]  # type: ignore[return-value]
+
+
+async def _body(request: web.Request, *, allow_empty: bool = False) -> Any:
+    return validation.parse_json(await request.read(), allow_empty=allow_empty)
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+async def create_job(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    spec = validation.new_job(await _body(request))
+    state = d.state
+    with state.lock:
+        reg = state.registry
+        same = reg.by_identity(spec.identity) if spec.identity else None
+        for pid in spec.pids:
+            owner = reg.owner_of_pid(pid)
+            if owner is not None and owner is not same:
+                raise ApiError(409, f"pid {pid} already belongs to running job {owner.id} "
+                                    f"({owner.name!r}); end that job first")
+        if same is not None:
+            reg.add_pids(same, spec.pids)
+            pids = set(same.pids)
+            future = d.writer.submit(lambda s: storeops.set_job_pids(s.conn, same.id, pids))
+            job, status = same, 200
+        else:
+            now_s = d.clock.time()
+            job = Job(id=state.new_id(), name=spec.name, kind=spec.kind, model=spec.model,
+                      pids=set(spec.pids), started_s=now_s, source="api", identity=spec.identity,
+                      serves_calls=spec.kind == "inference")
+            row = {"id": job.id, "name": spec.name, "kind": spec.kind, "model": spec.model,
+                   "command": spec.command, "pids": spec.pids, "tags": spec.tags,
+                   "identity": spec.identity, "source": "api", "started_s": now_s,
+                   **d.job_accounting()}
+            # Queued before the job is visible to the sampler: its row precedes its energy.
+            future = d.writer.submit(lambda s: storeops.insert_job(s.conn, row))
+            reg.add(job)
+            status = 201
+    try:
+        await asyncio.wrap_future(future)
+    except StoreError:
+        if status == 201:
+            with state.lock:
+                state.registry.remove(job.id)
+        raise
+    body: dict[str, Any] = {"id": job.id}
+    if status == 200:
+        body["merged"] = True
+    return web.json_response(body, status=status)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    status = request.query.get("status")
+    if status is not None and status not in JOB_STATUSES:
+        raise bad(f"status: must be one of {', '.join(JOB_STATUSES)}")
+    raw_limit = request.query.get("limit", "100")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise bad(f"limit: expected an integer, got {raw_limit[:32]!r}") from None
+    if not 1 <= limit <= 1000:
+        raise bad("limit: must be between 1 and 1000")
+    rows = await _daemon(request).read(lambda s: storeops.list_jobs(s, status, limit))
+    return web.json_response({"jobs": [job_view(r) for r in rows]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["id"]
+    row = await _daemon(request).read(lambda s: s.job(job_id))
+    if row is None:
+        raise ApiError(404, f"no job with id {job_id[:64]!r}")
+    return web.json_response(job_view(row))
+
+
+async def end_job(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    job_id = request.match_info["id"]
+    exit_code = validation.job_end(await _body(request, allow_empty=True))
+    with d.state.lock:
+        running = job_id in d.state.registry.running
+    if not running:
+        row = await d.read(lambda s: s.job(job_id))
+        if row is None:
+            raise ApiError(404, f"no job with id {job_id[:64]!r}")
+        raise ApiError(409, f"job {job_id} already ended (status {row['status']})")
+    if not d.loop.alive():
+        raise ApiError(503, "the sampler is not running; cannot close the job's energy")
+    status = "finished" if exit_code in (None, 0) else "failed"
+    try:
+        written = await asyncio.wrap_future(
+            d.loop.request(lambda: d.loop.end_job(job_id, status, exit_code))
+        )
+    except KeyError:
+        raise ApiError(409, f"job {job_id} already ended") from None
+    await asyncio.wrap_future(written)
+    row = await d.read(lambda s: s.job(job_id))
+    return web.json_response(job_view(row))
+
+
+def job_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "model": row.get("model"),
+        "status": row["status"],
+        "source": row["source"],
+        "identity": row.get("identity"),
+        "pids": row.get("pids") or [],
+        "tags": row.get("tags") or {},
+        "command": row.get("command"),
+        "started_s": row["started_s"],
+        "ended_s": row.get("ended_s"),
+        "exit_code": row.get("exit_code"),
+        "energy_j": row["energy_j"],
+        "energy_j_by_device": row.get("energy_by_device") or {},
+        "co2e_g": row["co2e_g"],
+        "cost": row.get("cost"),
+        "currency": row.get("currency"),
+        "calls": row.get("calls", 0),
+        "calls_energy_j": row.get("calls_energy_j", 0.0),
+        "between_calls_j": row.get("between_calls_j", 0.0),
+        "provenance": row.get("provenance") or {},
+    }
+
+
+# --- calls -------------------------------------------------------------------------------------
+
+
+async def post_calls(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    body = await request.read()
+    batch = validation.call_batch(validation.parse_json(body, check_nesting=False))
+    state = d.state
+    by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time())
+    batch_id = state.new_batch_id()
+    rows = [d.service_row(job) for job in created]
+    received_s = time.time()
+    n = len(batch.spans)
+
+    def write(store: Any) -> None:
+        for row in rows:
+            storeops.insert_job(store.conn, row)
+        storeops.insert_call_batch(store.conn, batch_id, received_s, n, batch.dropped, body,
+                                   resolution)
+
+    future = d.writer.submit(write)
+    state.register(created)  # after the insert is queued: see create_job
+    await asyncio.wrap_future(future)
+    # Committed: from here a crash re-reads the batch from the store, so it is acknowledged.
+    state.accept(batch_id, by_consumer)
+    return web.json_response({"accepted": n, "batch_id": batch_id})
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+async def summary(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    group_by = request.query.get("group_by", "phase")
+    if group_by not in ("phase", "model", "job"):
+        raise bad("group_by: must be one of phase, model, job")
+    since_s = validation.query_seconds(request.query.get("since"), "since")
+    until_s = validation.query_seconds(request.query.get("until"), "until")
+    if since_s is not None and until_s is not None and until_s < since_s:
+        raise bad("until: must be >= since")
+    groups = await d.read(lambda s: storeops.summary(s.conn, group_by, since_s, until_s))
+    known = d.pricing.known
+    for g in groups:
+        g["currency"] = d.pricing.currency
+        if not known:
+            g["cost"] = None  # unknown, not zero
+    return web.json_response({"group_by": group_by, "groups": groups})
+
+
+async def devices(request: web.Request) -> web.Response:
+    return web.json_response({"devices": _daemon(request).device_views()})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = _daemon(request).health_view()
+    return web.json_response(health, status=200 if health["ok"] else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    payload = render(_daemon(request).prometheus)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})

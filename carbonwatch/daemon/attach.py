@@ -1,0 +1,181 @@
+"""``carbonwatch run`` with a daemon running: register the command's process with it instead of
+measuring a second time (two samplers on one node would read every counter twice).
+
+Stdlib only (http.client), so ``carbonwatch run`` pays for neither aiohttp nor the daemon's
+imports. When no daemon answers, :func:`run_if_daemon` returns None and the wrapper measures on
+its own. ``daemon_url = "none"`` (``CARBONWATCH_DAEMON_URL=none``) turns the look-up off."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from carbonwatch.config import Settings
+from carbonwatch.errors import CarbonwatchError
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PROBE_TIMEOUT_S = 0.5
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the daemon's --socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class DaemonClient:
+    def __init__(self, url: str, token: str = "", timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        if self.url.startswith("unix:"):
+            return UnixHTTPConnection(self.url[len("unix:"):], timeout_s)
+        parts = urlsplit(self.url)
+        return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                          timeout=timeout_s)
+
+    def request(self, method: str, path: str, body: Any = None,
+                timeout_s: float | None = None) -> tuple[int, Any]:
+        conn = self._connection(timeout_s or self.timeout_s)
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers=headers)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"null")
+        finally:
+            conn.close()
+
+
+def daemon_url(settings: Settings) -> str | None:
+    if settings.daemon_url.lower() == "none":
+        return None
+    if settings.daemon_url:
+        return settings.daemon_url
+    if settings.socket:
+        return f"unix:{settings.socket}"
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host  # noqa: S104
+    return f"http://{host}:{settings.port}"
+
+
+def find_daemon(settings: Settings) -> DaemonClient | None:
+    """A client for the daemon that answers /healthz, or None (nothing listening)."""
+    url = daemon_url(settings)
+    if url is None:
+        return None
+    client = DaemonClient(url, settings.token)
+    try:
+        status, body = client.request("GET", "/healthz", timeout_s=PROBE_TIMEOUT_S)
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    return client if status in (200, 503) and isinstance(body, dict) else None
+
+
+@dataclass
+class AttachedRun:
+    """A command measured by the daemon: the daemon's job record, plus what the wrapper saw."""
+
+    job: dict[str, Any]
+    argv: list[str]
+    exit_code: int
+    url: str
+
+    def as_json(self) -> dict[str, Any]:
+        j = self.job
+        return {
+            "job_id": j["id"], "name": j["name"], "kind": j["kind"], "command": self.argv,
+            "started": _iso(j["started_s"]), "ended": _iso(j["ended_s"]),
+            "duration_s": j["ended_s"] - j["started_s"], "exit_code": self.exit_code,
+            "energy_j": j["energy_j"], "energy_kwh": j["energy_j"] / 3.6e6,
+            "energy_j_by_device": j["energy_j_by_device"], "co2e_g": j["co2e_g"],
+            "cost": j["cost"], "currency": j["currency"], "provenance": j["provenance"],
+            "pids": j["pids"], "measured_by": self.url,
+        }
+
+    def summary(self) -> str:
+        j = self.job
+        lines = [
+            f"carbonwatch: {j['name']} ({j['kind']}) exited {self.exit_code} after "
+            f"{j['ended_s'] - j['started_s']:.1f} s  [job {j['id']}, measured by the daemon at "
+            f"{self.url}]",
+        ]
+        how = j["provenance"].get("energy", {})
+        for device_id, energy_j in sorted(j["energy_j_by_device"].items()):
+            lines.append(f"  energy {device_id:<6} {energy_j:12.1f} J  {energy_j / 3.6e6:.6f} kWh"
+                         f"  ({how.get(device_id, 'unknown')})")
+        lines.append(f"  energy total  {j['energy_j']:12.1f} J  {j['energy_j'] / 3.6e6:.6f} kWh")
+        carbon = j["provenance"].get("carbon", {})
+        lines.append(f"  emissions {j['co2e_g']:.3f} gCO2e  ({carbon.get('kind', '?')} intensity "
+                     f"from {carbon.get('intensity', '?')}, PUE {carbon.get('pue', '?')})")
+        if j["cost"] is None:
+            lines.append("  cost unknown (no energy price configured on the daemon)")
+        else:
+            lines.append(f"  cost {j['cost']:.6f} {j['currency']}")
+        return "\n".join(lines)
+
+
+def _iso(t_s: float) -> str:
+    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def run_if_daemon(
+    argv: Sequence[str], *, settings: Settings, name: str | None, kind: str,
+    model: str | None,
+) -> AttachedRun | None:
+    """Run ``argv`` as a job of the running daemon; None when no daemon answers (nothing run).
+
+    The command runs in its own process group and SIGINT/SIGTERM/SIGHUP are forwarded to it, as
+    in :mod:`carbonwatch.runner`; its exit code is returned (128+N when signal N ended it)."""
+    client = find_daemon(settings)
+    if client is None:
+        return None
+    argv = list(argv)
+    try:
+        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    status, body = client.request("POST", "/v1/jobs", {
+        "name": name or os.path.basename(argv[0]), "kind": kind, "model": model,
+        "pid": child.pid, "command": argv,
+    })
+    if status not in (200, 201):
+        child.kill()
+        child.wait()
+        raise CarbonwatchError(f"the daemon at {client.url} refused the job: {body}")
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        returncode = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    exit_code = returncode if returncode >= 0 else 128 - returncode
+    status, job = client.request("POST", f"/v1/jobs/{body['id']}/end", {"exit_code": exit_code})
+    if status != 200:
+        raise CarbonwatchError(f"the daemon at {client.url} could not end job {body['id']}: {job}")
+    return AttachedRun(job=job, argv=argv, exit_code=exit_code, url=client.url)

@@ -1,0 +1,239 @@
+"""The OpenAPI 3 document served at ``GET /v1/openapi.json``, written by hand and kept in step
+with the routes by a test (every route is documented, every documented path is routed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carbonwatch.daemon.validation import MAX_BODY_BYTES, MAX_CALLS_PER_REQUEST
+from carbonwatch.scheduler.routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "malformed JSON or an invalid field (the message names it)",
+        401: "missing or wrong bearer token",
+        404: "no such job",
+        409: "conflict (pid owned by another job, job already ended)",
+        413: f"body larger than {MAX_BODY_BYTES} bytes",
+        503: "the store or the sampler cannot serve the request now",
+    }
+    return {str(c): _json(_ERROR, text[c]) for c in (*codes, 401)}
+
+
+_TAGS = {
+    "type": "object",
+    "maxProperties": 64,
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+}
+
+_JOB = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["training", "inference", "other"]},
+        "model": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["running", "finished", "failed", "interrupted",
+                                              "lost"]},
+        "source": {"type": "string"},
+        "identity": {"type": ["string", "null"]},
+        "pids": {"type": "array", "items": {"type": "integer"}},
+        "tags": _TAGS,
+        "started_s": {"type": "number", "description": "Unix seconds"},
+        "ended_s": {"type": ["number", "null"]},
+        "exit_code": {"type": ["integer", "null"]},
+        "energy_j": {"type": "number"},
+        "energy_j_by_device": {"type": "object", "additionalProperties": {"type": "number"}},
+        "co2e_g": {"type": "number"},
+        "cost": {"type": ["number", "null"], "description": "null: no energy price configured"},
+        "currency": {"type": ["string", "null"]},
+        "calls": {"type": "integer", "description": "settled inference calls"},
+        "calls_energy_j": {"type": "number", "description": "energy of the calls themselves"},
+        "between_calls_j": {"type": "number",
+                            "description": "service energy while no call ran"},
+        "provenance": {"type": "object"},
+    },
+}
+
+_JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "carbonwatch daemon",
+        "version": "1",
+        "description": "Energy, gCO2e and cost per job and per inference call on one node. "
+        "Loopback by default; off loopback every request needs `Authorization: Bearer <token>`. "
+        "Times are Unix seconds (UTC). Errors are JSON `{\"error\": \"...\"}`.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"],
+                      "properties": {"error": {"type": "string"}}},
+            "Job": _JOB,
+        },
+    },
+    "security": [{"bearer": []}, {}],
+    "paths": {
+        "/v1/jobs": {
+            "post": {
+                "summary": "Register a job (its pids and their process trees are attributed to it)",
+                "description": "A running job with the same `identity` (Slurm job, pod, torchrun "
+                "group) is the same job: its pids are added and 200 is returned.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["name", "kind"],
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 256},
+                        "kind": {"type": "string", "enum": ["training", "inference", "other"]},
+                        "model": {"type": "string"},
+                        "pid": {"type": "integer", "minimum": 1},
+                        "pids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                        "tags": _TAGS,
+                        "identity": {"type": "string"},
+                        "command": {"type": "array", "items": {"type": "string"}},
+                    },
+                }}}},
+                "responses": {
+                    "201": _json({"type": "object", "properties": {"id": {"type": "string"}}},
+                                 "created"),
+                    "200": _json({"type": "object", "properties": {
+                        "id": {"type": "string"}, "merged": {"type": "boolean"}}},
+                        "merged into the running job with the same identity"),
+                    **_errors(400, 409, 413, 503),
+                },
+            },
+            "get": {
+                "summary": "List jobs, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
+                        "running", "finished", "failed", "interrupted", "lost"]}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                "default": 100}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}},
+                        "jobs"),
+                    **_errors(400),
+                },
+            },
+        },
+        "/v1/jobs/{id}": {
+            "get": {
+                "summary": "One job, with its energy, emissions, cost and provenance",
+                "parameters": [_JOB_ID],
+                "responses": {"200": _json({"$ref": "#/components/schemas/Job"}, "the job"),
+                              **_errors(404)},
+            },
+        },
+        "/v1/jobs/{id}/end": {
+            "post": {
+                "summary": "End a job: its energy up to now is closed and written",
+                "parameters": [_JOB_ID],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"exit_code": {"type": "integer"}}}}}},
+                "responses": {"200": _json({"$ref": "#/components/schemas/Job"}, "the ended job"),
+                              **_errors(400, 404, 409, 413, 503)},
+            },
+        },
+        "/v1/calls": {
+            "post": {
+                "summary": "Report inference call spans; answered once the batch is committed",
+                "description": "A call's pid maps to the job that owns it; an unknown pid gets an "
+                "inference service job (kind inference, source api). A call without pid goes to "
+                "its model's service if exactly one runs. Each call's energy is its service's "
+                "energy split by overlap time, settled a few seconds after the call ends.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["calls"],
+                    "properties": {
+                        "calls": {"type": "array", "maxItems": MAX_CALLS_PER_REQUEST, "items": {
+                            "type": "object",
+                            "required": ["model", "start", "end"],
+                            "properties": {
+                                "model": {"type": "string", "minLength": 1},
+                                "start": {"type": "number", "description": "Unix seconds"},
+                                "end": {"type": "number", "description": ">= start"},
+                                "pid": {"type": "integer", "minimum": 1},
+                                "tags": _TAGS,
+                            },
+                        }},
+                        "dropped": {"type": "integer", "minimum": 0,
+                                    "description": "spans the client dropped since its last "
+                                    "successful batch"},
+                    },
+                }}}},
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "accepted": {"type": "integer"}, "batch_id": {"type": "integer"}}},
+                        "committed"),
+                    **_errors(400, 413, 503),
+                },
+            },
+        },
+        "/v1/summary": {
+            "get": {
+                "summary": "Energy, emissions, cost and calls grouped by phase, model or job",
+                "description": "Minute resolution: `since` is rounded down to its minute.",
+                "parameters": [
+                    {"name": "group_by", "in": "query", "schema": {
+                        "type": "string", "enum": ["phase", "model", "job"], "default": "phase"}},
+                    {"name": "since", "in": "query", "schema": {"type": "string"},
+                     "description": "Unix seconds or ISO-8601 with a zone"},
+                    {"name": "until", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object", "properties": {"groups": {
+                        "type": "array", "items": {"type": "object", "properties": {
+                            "key": {"type": "string"}, "energy_j": {"type": "number"},
+                            "co2e_g": {"type": "number"}, "cost": {"type": ["number", "null"]},
+                            "currency": {"type": "string"}, "calls": {"type": "integer"}}}}}},
+                        "groups"),
+                    **_errors(400),
+                },
+            },
+        },
+        "/v1/devices": {
+            "get": {
+                "summary": "Measured devices: method, provenance, state, last interval",
+                "responses": {"200": _json({"type": "object"}, "devices"), **_errors()},
+            },
+        },
+        "/v1/openapi.json": {
+            "get": {"summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}},
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Sampling health: each device's state and last-sample age",
+                "responses": {
+                    "200": _json({"type": "object"}, "sampling (or a replay that has ended)"),
+                    "503": _json({"type": "object"}, "the sampler is stuck or stopped"),
+                    **_errors(),
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition (cumulative counters, health gauges)",
+                "responses": {"200": {"description": "text/plain; version=0.0.4",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_errors()},
+            },
+        },
+    },
+}
+
+# The scheduler's routes document themselves beside their handlers.
+DOCUMENT["paths"].update(OPENAPI_PATHS)
+DOCUMENT["components"]["schemas"].update(OPENAPI_SCHEMAS)

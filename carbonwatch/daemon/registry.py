@@ -1,0 +1,152 @@
+"""The jobs and inference services the daemon knows, and which pids belong to which.
+
+Consumers are keyed ``job:<id>``. A job owns its registered pids and, on a live node, every
+descendant of them (``ProcessTree``, as the wrapper does), so ranks and workers a job forks are
+charged to it. Replayed pids belong to the machine the trace was recorded on, so their trees are
+never looked up here.
+
+Not thread-safe on its own: :class:`~carbonwatch.daemon.state.DaemonState` guards it with its lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from carbonwatch.attribution import IDLE
+from carbonwatch.runner import ProcessTree
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    kind: str
+    model: str | None
+    pids: set[int]
+    started_s: float
+    source: str
+    identity: str | None = None
+    serves_calls: bool = False  # its energy is split over call spans (CallLedger)
+    auto: bool = False  # registered by its first call rather than by a client
+    trees: dict[int, ProcessTree] = field(default_factory=dict)
+
+    @property
+    def consumer(self) -> str:
+        return consumer_of(self.id)
+
+    def all_pids(self) -> set[int]:
+        """Registered pids and their trees' members (sampling thread only: it refreshes trees)."""
+        out = set(self.pids)
+        for tree in self.trees.values():
+            out |= tree.pids
+        return out
+
+
+def consumer_of(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def job_from_row(row: dict[str, Any]) -> Job:
+    """A running job reloaded from the store after a restart."""
+    kind = row["kind"]
+    return Job(
+        id=row["id"],
+        name=row["name"],
+        kind=kind,
+        model=row.get("model"),
+        pids=set(row.get("pids") or []),
+        started_s=row["started_s"],
+        source=row["source"],
+        identity=row.get("identity"),
+        serves_calls=kind == "inference" or (row.get("calls") or 0) > 0,
+        auto=bool((row.get("tags") or {}).get("auto")),
+    )
+
+
+class Registry:
+    def __init__(self, track_trees: bool) -> None:
+        self.track_trees = track_trees
+        self.running: dict[str, Job] = {}
+        self._by_pid: dict[int, str] = {}
+        # Running jobs, and ended ones until the next flush: minute rows drained after a job
+        # ended still need its phase, model and name.
+        self._known: dict[str, Job] = {}
+        self._ended: list[Job] = []
+
+    # --- changes ---------------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        self.running[job.id] = job
+        self._known[job.consumer] = job
+        self.add_pids(job, job.pids)
+
+    def add_pids(self, job: Job, pids: set[int] | tuple[int, ...]) -> None:
+        for pid in pids:
+            job.pids.add(pid)
+            self._by_pid[pid] = job.id
+            if self.track_trees and pid not in job.trees:
+                job.trees[pid] = ProcessTree(pid)
+
+    def remove(self, job_id: str) -> Job | None:
+        job = self.running.pop(job_id, None)
+        if job is not None:
+            self._ended.append(job)
+            for pid in job.pids:
+                if self._by_pid.get(pid) == job_id:
+                    del self._by_pid[pid]
+        return job
+
+    def forget_ended(self) -> None:
+        """After a flush has drained their last rows: ended jobs are no longer needed in memory."""
+        for job in self._ended:
+            if job.id not in self.running:
+                self._known.pop(job.consumer, None)
+        self._ended.clear()
+
+    # --- look-ups --------------------------------------------------------------------------
+
+    def owner_of_pid(self, pid: int) -> Job | None:
+        job_id = self._by_pid.get(pid)
+        return self.running.get(job_id) if job_id is not None else None
+
+    def by_identity(self, identity: str) -> Job | None:
+        return next((j for j in self.running.values() if j.identity == identity), None)
+
+    def services_of_model(self, model: str) -> list[Job]:
+        return [j for j in self.running.values() if j.serves_calls and j.model == model]
+
+    def job_for_consumer(self, consumer: str) -> Job | None:
+        return self._known.get(consumer)
+
+    def owner_snapshot(self) -> list[tuple[str, set[int], list[ProcessTree]]]:
+        """(consumer, registered pids, process trees) per running job: taken under the state lock,
+        so the trees can then be refreshed (slow: a /proc scan) without holding it."""
+        return [(j.consumer, set(j.pids), list(j.trees.values())) for j in self.running.values()]
+
+    def phase_of(self, consumer: str) -> tuple[str, str]:
+        """Ledger's PhaseOf: (phase, model) of a consumer key."""
+        if consumer == IDLE:
+            return "idle", ""
+        job = self._known.get(consumer)
+        if job is None:
+            return "other", ""
+        return job.kind, job.model or ""
+
+    def label_of(self, consumer: str) -> str:
+        """The ``job`` label of a consumer in /metrics: the job's name; '' for idle and other."""
+        job = self._known.get(consumer)
+        return job.name if job is not None else ""
+
+    def vanished(self) -> list[Job]:
+        """Running jobs none of whose processes is alive any more (live nodes only)."""
+        if not self.track_trees:
+            return []
+        gone = []
+        for job in self.running.values():
+            pids = job.all_pids()
+            if pids and not any(psutil.pid_exists(p) for p in pids):
+                gone.append(job)
+        return gone

@@ -1,0 +1,208 @@
+"""The sampling thread: drives the Sampler on its cadence, flushes to the writer, ends jobs.
+
+A thread rather than an asyncio task because collector reads block (an NVML energy-counter read
+takes ~4 ms, eight GPUs ~32 ms a second): on the event loop they would delay every request. All
+collector calls happen on this one thread, so collectors need no locking; requests that must touch
+them (ending a job closes the open intervals first) are queued here with :meth:`request`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from carbonwatch.clock import Clock
+from carbonwatch.daemon import storeops
+from carbonwatch.daemon.metrics import MetricTotals
+from carbonwatch.daemon.rawlog import RawCallLog
+from carbonwatch.daemon.state import DaemonState, Flush
+from carbonwatch.daemon.writer import Writer
+from carbonwatch.sampler import Sampler
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_STOP = object()
+
+
+class SamplingLoop:
+    def __init__(
+        self,
+        *,
+        sampler: Sampler,
+        state: DaemonState,
+        writer: Writer,
+        totals: MetricTotals,
+        clock: Clock,
+        speed: float = 1.0,
+        end_s: float | None = None,
+        flush_every_s: float = 1.0,
+        housekeeping_every_s: float = 5.0,
+        raw_log_max: int = 100_000,
+        resume_key: str = "sampled_until_s",
+    ) -> None:
+        self.sampler = sampler
+        self.state = state
+        self.writer = writer
+        self.totals = totals
+        self.clock = clock
+        self.speed = speed
+        self.end_s = end_s  # replay: where the trace ends and sampling stops
+        self.flush_every_s = flush_every_s
+        self.housekeeping_every_s = housekeeping_every_s
+        self.raw_log = RawCallLog(writer, raw_log_max)
+        self.resume_key = resume_key  # meta key: where the written energy ends (replay resumes)
+        self.sampling = True
+        self.last_tick_mono: float | None = None  # real time of the loop's last turn
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="carbonwatch-sampler", daemon=True)
+        self._done: Future[None] = Future()
+
+    # --- control (other threads) ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self.last_tick_mono = time.monotonic()  # starting counts as a turn: not stuck yet
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Final flush (sampler, call ledger, minute rows) written before this returns."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._done.result(timeout=timeout_s)
+
+    def request(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the sampling thread; its result (or exception) comes in the future."""
+        future: Future[T] = Future()
+        self._queue.put((fn, future))
+        return future
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+            self.close_sampling()
+            self.flush(final=True).result()
+        except BaseException as exc:  # noqa: BLE001 - reported through stop()
+            log.exception("sampling loop failed")
+            self._done.set_exception(exc)
+        else:
+            self._done.set_result(None)
+
+    def _loop(self) -> None:
+        start = getattr(self.clock, "start", None)
+        if start is not None:
+            start()  # a replay clock stands still until sampling begins
+        next_due_s = self.sampler.step(self.clock.time())
+        mono = time.monotonic()
+        next_flush, next_housekeeping = mono + self.flush_every_s, mono + self.housekeeping_every_s
+        while True:
+            mono = time.monotonic()
+            self.last_tick_mono = mono
+            wait_s = min(next_flush, next_housekeeping) - mono
+            if self.sampling:
+                wait_s = min(wait_s, (next_due_s - self.clock.time()) / self.speed)
+            try:
+                item = self._queue.get(timeout=max(0.0, wait_s))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            if item is not None:
+                fn, future = item
+                try:
+                    future.set_result(fn())
+                except Exception as exc:  # noqa: BLE001 - the requester gets it
+                    future.set_exception(exc)
+            if self.sampling:
+                now_s = self.clock.time()
+                if self.end_s is not None and now_s >= self.end_s:
+                    self.close_sampling()
+                    log.info("replay reached the end of the trace; sampling stopped, serving on")
+                elif now_s >= next_due_s:
+                    next_due_s = self.sampler.step(now_s)
+            mono = time.monotonic()
+            if mono >= next_flush:
+                self.flush()
+                next_flush = mono + self.flush_every_s
+            if mono >= next_housekeeping:
+                self._end_vanished()
+                next_housekeeping = mono + self.housekeeping_every_s
+
+    def close_sampling(self) -> None:
+        """Close every open interval (at the trace's end for a replay) and stop sampling."""
+        if not self.sampling:
+            return
+        now_s = self.clock.time()
+        if self.end_s is not None:
+            now_s = min(now_s, self.end_s)
+        self.sampler.flush(now_s)
+        self.sampling = False
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def flush(
+        self, *, final: bool = False, also: Callable[[Any], None] | None = None
+    ) -> Future[None]:
+        """Queue the minute rows and settled calls (and ``also(store)``) as one write."""
+        work = self.state.collect_flush(self.clock.time(), final=final,
+                                        log_calls=self.raw_log.keep > 0)
+        if work.empty() and also is None:
+            done: Future[None] = Future()
+            done.set_result(None)  # nothing new: an idle node does not write every few seconds
+            return done
+
+        def task(store: Any) -> None:
+            work.write(store, self.resume_key)
+            if also is not None:
+                also(store)
+
+        future = self.writer.submit(task)
+        future.add_done_callback(lambda f, w=work: self._published(f, w))
+        self.raw_log.add(work.call_rows)  # best effort, whenever the writer is idle
+        return future
+
+    def _published(self, future: Future[None], work: Flush) -> None:
+        if future.exception() is None:
+            work.published(self.totals)
+        else:
+            log.error("flush not written, %d minute rows lost: %s", len(work.energy_rows),
+                      future.exception())
+
+    def end_job(self, job_id: str, status: str, exit_code: int | None) -> Future[None]:
+        """On the sampling thread: close the open intervals so the job's energy up to now is
+        counted, stop attributing to it, and write its rows and its end in one transaction."""
+        if self.sampling:
+            now_s = self.clock.time()
+            if self.end_s is not None:
+                now_s = min(now_s, self.end_s)
+            self.sampler.flush(now_s)
+        ended_s = self.clock.time()
+        with self.state.lock:
+            job = self.state.registry.remove(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        pids = job.all_pids()
+
+        def also(store: Any) -> None:
+            storeops.end_job(store.conn, job_id, status=status, ended_s=ended_s,
+                             exit_code=exit_code, pids=pids)
+
+        return self.flush(also=also)
+
+    def _end_vanished(self) -> None:
+        with self.state.lock:
+            gone = self.state.registry.vanished()
+        for job in gone:
+            # A service registered by its first call ends when its process does; a job that
+            # registered itself should have said so: its end was not seen.
+            status = "finished" if job.auto else "lost"
+            log.info("job %s (%s): its processes are gone; marking it %s", job.id, job.name, status)
+            self.end_job(job.id, status, None)

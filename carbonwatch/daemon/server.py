@@ -1,0 +1,414 @@
+"""Build the daemon from settings, serve it, and shut it down cleanly (in the manner of uvicorn's
+``server.py``: the CLI only parses flags).
+
+Start: refuse a non-loopback bind without a token; open the store on the writer thread; reload
+what a previous run left (running jobs, call batches acknowledged but not yet settled, counters);
+listen; then start sampling. SIGTERM/SIGINT: stop accepting, let in-flight requests finish, close
+every open interval, settle every call, write it all, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from carbonwatch.accounting import Pricing
+from carbonwatch.clock import Clock, SystemClock
+from carbonwatch.collectors.base import Collector
+from carbonwatch.config import Settings
+from carbonwatch.daemon import storeops, validation
+from carbonwatch.daemon.app import make_app
+from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
+from carbonwatch.daemon.registry import Job, Registry, job_from_row
+from carbonwatch.daemon.replayclock import ReplayClock
+from carbonwatch.daemon.sampling import SamplingLoop
+from carbonwatch.daemon.state import DaemonState
+from carbonwatch.daemon.writer import Writer
+from carbonwatch.errors import ConfigError
+from carbonwatch.grid.types import IntensitySource
+from carbonwatch.sampler import Sampler
+from carbonwatch.store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+REPLAY_PREFIX = "replay:"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere, so it needs a token
+
+
+def check_bind(settings: Settings) -> None:
+    """Off loopback the API must be authenticated: refuse to start without a token."""
+    if settings.socket:
+        return  # a Unix socket is guarded by its file permissions
+    if not is_loopback(settings.host) and not settings.token:
+        raise ConfigError(
+            f"refusing to listen on {settings.host}:{settings.port} without a token: off loopback "
+            "every request must carry one. Set CARBONWATCH_TOKEN (or token in the config file), "
+            "or listen on 127.0.0.1"
+        )
+
+
+class Reader:
+    """Read-only store access on one worker thread, so queries never block the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._store: Store | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carbonwatch-reader")
+
+    def _call(self, fn: Callable[[Store], T]) -> T:
+        if self._store is None:
+            self._store = Store(self._path, read_only=True)
+        return fn(self._store)
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self._store is not None:
+                self._store.close()
+
+        self._pool.submit(shut).result()
+        self._pool.shutdown()
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        intensity: IntensitySource,
+        replay_speed: float = 1.0,
+        replay_gpus: int = 1,
+        node: str | None = None,
+        flush_every_s: float = 1.0,
+        housekeeping_every_s: float = 5.0,
+    ) -> None:
+        check_bind(settings)
+        self.settings = settings
+        self.token = settings.token
+        self.intensity = intensity
+        self.pricing = Pricing.from_settings(settings)
+        self.node = node or str(settings.extra.get("node") or socket.gethostname())
+        self.replay_gpus = replay_gpus
+        self.flush_every_s = flush_every_s
+        self.housekeeping_every_s = housekeeping_every_s
+        self.notes: list[str] = []
+        self.writer = Writer(settings.db_path)
+        self.reader = Reader(settings.db_path)
+        self.totals = MetricTotals()
+        self.speed = replay_speed if settings.backend.startswith(REPLAY_PREFIX) else 1.0
+        self.clock: Clock = SystemClock()
+        self.end_s: float | None = None
+        self.url = ""
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.writer.start()
+        resume_key = "sampled_until_s"
+        collectors: list[Collector]
+        scanner = None
+        if self.settings.backend.startswith(REPLAY_PREFIX):
+            collectors, resume_key = self._replay_collectors()
+        else:
+            from carbonwatch.collectors.detect import build_collectors, default_process_scanner
+
+            # CPU and RAM shares come from one scanner; the state tells it the jobs' trees.
+            scanner = default_process_scanner()
+            collectors, notes = build_collectors(
+                self.settings.backend, rapl_root=self.settings.rapl_root, clock=self.clock,
+                processes=scanner,
+            )
+            self.notes += notes
+        # Replayed pids belong to the recording machine: their trees are not looked up here.
+        self.registry = Registry(track_trees=scanner is not None)
+        self.state = DaemonState(pricing=self.pricing, registry=self.registry, speed=self.speed,
+                                 scanner=scanner)
+        self.sampler = Sampler(
+            collectors,
+            intensity=self.intensity,
+            owners=self.state.owners,
+            sinks=[self.state.on_interval],
+            idle_policy=self.settings.idle_policy,
+            power_interval_s=self.settings.power_interval_s,
+            counter_interval_s=self.settings.counter_interval_s,
+        )
+        self.provenance = self._provenance()
+        self._reload()
+        self.loop = SamplingLoop(
+            sampler=self.sampler, state=self.state, writer=self.writer, totals=self.totals,
+            clock=self.clock, speed=self.speed, end_s=self.end_s,
+            flush_every_s=self.flush_every_s, housekeeping_every_s=self.housekeeping_every_s,
+            raw_log_max=self.settings.raw_call_log_max,
+            resume_key=resume_key,
+        )
+        self.prometheus = DaemonCollector(
+            self.totals, self._metric_health, self.node,
+            self.pricing.currency if self.pricing.known else None,
+        )
+        # A sampler silent for this long (real seconds) is stuck.
+        self.stuck_after_s = max(10.0, 3 * self.settings.counter_interval_s / self.speed)
+        # Deferred (carbon-aware) jobs; started in serve(), once the URL their wrappers report to
+        # is known.
+        from carbonwatch.scheduler.service import SchedulerService
+
+        self.scheduler = SchedulerService(self.settings, read=self.read, write=self.writer.run)
+
+    def _replay_collectors(self) -> tuple[list[Collector], str]:
+        """The trace's GPU (``replay_gpus`` copies), served in trace time at ``replay_speed``.
+
+        Built here rather than by ``detect`` because the daemon resumes a replay where the store
+        left off: trace time must equal clock time, not start again at the clock's start."""
+        from carbonwatch.collectors.gpu import GpuCollector
+        from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
+
+        trace_dir = self.settings.backend[len(REPLAY_PREFIX):]
+        if not trace_dir:
+            raise ConfigError("backend 'replay:DIR' needs a trace directory after 'replay:'")
+        trace = load_trace(trace_dir)
+        resume_key = f"replay_until_s:{Path(trace_dir).resolve()}"
+        until_s = self.writer.call(lambda s: storeops.get_meta(s.conn, resume_key))
+        start_s = trace.start_s
+        if isinstance(until_s, int | float) and trace.start_s < until_s:
+            start_s = min(float(until_s), trace.end_s)
+            self.notes.append(f"replay: resuming at trace time {start_s:.3f} "
+                              f"({start_s - trace.start_s:.1f} s into the trace)")
+        self.clock = ReplayClock(start_s, self.speed)
+        self.end_s = trace.end_s
+        backend = ReplayGpuBackend(trace, self.clock, devices=self.replay_gpus)
+        self.notes.append(
+            f"GPU: replaying {trace.directory} ({trace.gpu_name} x{self.replay_gpus}, "
+            f"{trace.end_s - trace.start_s:.1f} s of trace at {self.speed:g}x); "
+            "CPU and RAM not measured"
+        )
+        return [GpuCollector(backend, clock=self.clock)], resume_key
+
+    def _provenance(self) -> dict[str, Any]:
+        point = self.intensity.intensity_at(self.clock.time())
+        pricing = self.pricing
+        return {
+            "energy": {d.device_id: f"{d.provenance.value} ({d.method})"
+                       for d in self.sampler.devices()},
+            "carbon": {"intensity": point.provider, "kind": point.kind, "zone": point.zone,
+                       "pue": pricing.pue},
+            "cost": (f"energy at {pricing.price_per_kwh} {pricing.currency}/kWh" if pricing.known
+                     else "unknown: no energy_price_per_kwh configured"),
+            "attribution": "the job's share of each device's active energy (GPU SM share, CPU "
+            "time, RSS) per interval; idle energy reported separately",
+        }
+
+    def job_accounting(self) -> dict[str, Any]:
+        """Columns every new job row starts with."""
+        return {"cost": 0.0 if self.pricing.known else None, "currency": self.pricing.currency,
+                "provenance": self.provenance}
+
+    def service_row(self, job: Job) -> dict[str, Any]:
+        """The jobs row of an inference service registered by its first call."""
+        return {"id": job.id, "name": job.name, "kind": job.kind, "model": job.model,
+                "command": None, "pids": sorted(job.pids), "tags": {"auto": True},
+                "identity": None, "source": job.source, "started_s": job.started_s,
+                **self.job_accounting()}
+
+    def _reload(self) -> None:
+        """What a previous run left: running jobs, unsettled batches, counter totals."""
+        state = self.state
+        for row in self.writer.call(storeops.running_jobs):
+            self.registry.add(job_from_row(row))
+        if self.registry.running:
+            self.notes.append(f"resumed {len(self.registry.running)} running job(s)")
+
+        def seeds(store: Store) -> tuple[Any, ...]:
+            conn = store.conn
+            energy = storeops.energy_totals(conn)
+            ids = {c[len(storeops.JOB_ID_PREFIX):] for c, *_ in energy
+                   if c.startswith(storeops.JOB_ID_PREFIX)}
+            max_batch = conn.execute("SELECT MAX(id) FROM call_batches").fetchone()[0] or 0
+            return (energy, storeops.job_names(conn, ids), storeops.calls_by_model(conn),
+                    max_batch, storeops.pending_batches(conn))
+
+        energy, names, calls, max_batch, pending = self.writer.call(seeds)
+        self.totals.add_energy(
+            ((names.get(c[len(storeops.JOB_ID_PREFIX):], "") if c.startswith("job:") else "",
+              model, phase, device), e, g, cost)
+            for c, phase, model, device, e, g, cost in energy
+        )
+        self.totals.add_calls(calls)
+        state.set_next_batch_id(max_batch + 1)
+        now_s = self.clock.time()
+        for batch_id, body, known in pending:
+            try:
+                batch = validation.call_batch(validation.parse_json(body, check_nesting=False))
+            except validation.ApiError as exc:  # cannot happen for a body we accepted
+                log.error("call batch %d cannot be re-read (%s); left pending", batch_id, exc)
+                continue
+            by_consumer, _, created = state.resolve(batch.spans, now_s, known=known)
+            if created:
+                rows = [self.service_row(j) for j in created]
+                self.writer.call(lambda s, rows=rows: [storeops.insert_job(s.conn, r)
+                                                       for r in rows])
+                state.register(created)
+            state.accept(batch_id, by_consumer)
+        if pending:
+            self.notes.append(f"re-read {len(pending)} acknowledged call batch(es) not yet settled")
+
+    # --- serving -------------------------------------------------------------------------------
+
+    async def serve(
+        self, on_ready: Callable[[str], None] = lambda url: None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Serve until SIGTERM/SIGINT, or until ``stop`` is set (in-process use, no signals)."""
+        app = make_app(self)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+        await runner.setup()
+        settings = self.settings
+        try:
+            if settings.socket:
+                path = Path(settings.socket)
+                if path.is_socket():
+                    path.unlink()  # a stale socket from a previous run
+                site: web.BaseSite = web.UnixSite(runner, str(path))
+                await site.start()
+                os.chmod(path, 0o660)
+                self.url = f"unix:{path}"
+            else:
+                site = web.TCPSite(runner, settings.host, settings.port)
+                await site.start()
+                host, port = runner.addresses[0][:2]
+                self.url = f"http://{_url_host(host)}:{port}"
+        except OSError as exc:
+            await runner.cleanup()
+            where = settings.socket or f"{settings.host}:{settings.port}"
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        self.loop.start()
+        try:
+            await self.scheduler.start(self.url)
+            on_ready(self.url)
+            await stop.wait()
+        finally:
+            log.info("shutting down: finishing requests, then the final flush")
+            await self.scheduler.stop()  # launches no more; launched jobs run on
+            await runner.cleanup()  # stop accepting; in-flight requests finish
+            await asyncio.to_thread(self.loop.stop)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+    async def read(self, fn: Callable[[Store], T]) -> T:
+        return await self.reader.run(fn)
+
+    # --- health --------------------------------------------------------------------------------
+
+    def device_views(self) -> list[dict[str, Any]]:
+        now_s = self.clock.time()
+        with self.state.lock:
+            status = dict(self.state.devices)
+        out = []
+        for d in self.sampler.devices():
+            st = status.get(d.device_id)
+            out.append({
+                "device_id": d.device_id,
+                "class": d.device_class.value,
+                "name": d.name,
+                "method": d.method,
+                "provenance": d.provenance.value,
+                "state": d.state.value,
+                "detail": d.detail,
+                "uuid": d.uuid,
+                # real seconds, also when replaying faster than real time
+                "last_sample_age_s": (now_s - st.last_end_s) / self.speed if st else None,
+                "power_w": st.power_w if st else None,
+            })
+        return out
+
+    def _sampling_status(self) -> tuple[bool, str]:
+        """(healthy, status): unhealthy when the sampling thread died or has not turned for
+        ``stuck_after_s`` (a hung driver call)."""
+        loop = self.loop
+        if not loop.alive():
+            return False, "stopped"
+        tick = loop.last_tick_mono
+        if tick is None or time.monotonic() - tick > self.stuck_after_s:
+            return False, "stuck"
+        if not loop.sampling:
+            return True, "replay finished" if self.end_s is not None else "not sampling"
+        return True, "sampling"
+
+    def health_view(self) -> dict[str, Any]:
+        ok, status = self._sampling_status()
+        devices = [{k: d[k] for k in ("device_id", "state", "last_sample_age_s")}
+                   for d in self.device_views()]
+        return {"ok": ok, "status": status, "node": self.node,
+                "collector_errors": self.sampler.errors,
+                "pending_calls": self.state.pending_calls(), "devices": devices}
+
+    def _metric_health(self) -> Health:
+        devices = self.device_views()
+        return Health(
+            up=self._sampling_status()[0],
+            collector_errors=self.sampler.errors,
+            device_power_w={d["device_id"]: d["power_w"] for d in devices
+                            if d["power_w"] is not None},
+            device_age_s={d["device_id"]: d["last_sample_age_s"] for d in devices
+                          if d["last_sample_age_s"] is not None},
+        )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def run_daemon(
+    settings: Settings,
+    *,
+    intensity: IntensitySource,
+    replay_speed: float = 1.0,
+    replay_gpus: int = 1,
+    on_ready: Callable[[str], None] = lambda url: None,
+    on_note: Callable[[str], None] = lambda note: None,
+) -> None:
+    """Run until SIGTERM/SIGINT. Raises CarbonwatchError (a ConfigError for a refused bind)."""
+    daemon = Daemon(settings, intensity=intensity, replay_speed=replay_speed,
+                    replay_gpus=replay_gpus)
+    try:
+        daemon.open()
+        # Under ingestion the daemon holds ~10^5-10^6 call spans awaiting settlement; with the
+        # default thresholds the cyclic GC rescans them all dozens of times a second (~10 % of
+        # the CPU at 100k calls/s). Spans hold no cycles, so collect far less often, and move
+        # start-up's objects (modules, tables) out of the collector's sight.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        for note in daemon.notes:
+            on_note(note)
+        asyncio.run(daemon.serve(on_ready))
+    finally:
+        daemon.close()
+
+

@@ -1,0 +1,346 @@
+"""The daemon's shared in-memory state, between the HTTP handlers (event loop thread) and the
+sampling thread, behind one lock held only for in-memory work (never across I/O).
+
+What lives here: the job registry, the energy :class:`~carbonwatch.ledger.Ledger` (minute rows not
+yet written), the :class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet
+split), and the progress of each acknowledged call batch. A batch's settled calls are held until
+the whole batch is settled and then written with ``pending`` cleared in one transaction, so after a
+crash a batch is either fully rolled up or fully re-read: never counted twice, never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from carbonwatch.accounting import Pricing
+from carbonwatch.calls import CallLedger, CallSpan
+from carbonwatch.daemon import storeops
+from carbonwatch.daemon.metrics import EnergyKey, MetricTotals
+from carbonwatch.daemon.registry import Job, Registry
+from carbonwatch.ledger import Ledger
+from carbonwatch.sampler import AttributedInterval
+from carbonwatch.store import Store
+
+UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
+SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
+HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it has
+
+
+class Watcher(Protocol):
+    """What the state needs of a process scanner (collectors.processes.ProcessScanner)."""
+
+    def watch(self, root_pid: int) -> None: ...
+
+    def unwatch(self, root_pid: int) -> None: ...
+
+
+@dataclass
+class DeviceStatus:
+    last_end_s: float  # clock time the device's last interval closed
+    power_w: float  # average power over that interval
+
+
+class _Batch:
+    """An acknowledged batch's settled calls, held until all of it is settled."""
+
+    __slots__ = ("batch_id", "remaining", "settled", "consumers")
+
+    def __init__(self, batch_id: int, size: int) -> None:
+        self.batch_id = batch_id
+        self.remaining = size
+        self.settled: list[tuple[CallSpan, float, float, float]] = []  # CallLedger's per_call
+        self.consumers: list[str] = []  # parallel to ``settled``
+
+
+@dataclass
+class Flush:
+    """Everything one flush writes in one transaction; built under the lock, written outside it."""
+
+    energy_rows: list[dict[str, Any]]
+    batch_ids: list[int]
+    call_rows: list[tuple[Any, ...]]
+    call_minutes: list[dict[str, Any]]
+    job_calls: dict[str, tuple[int, float]]
+    between_j: dict[str, float]
+    metric_energy: list[tuple[EnergyKey, float, float, float]]
+    sampled_until_s: float | None
+
+    def empty(self) -> bool:
+        return not (self.energy_rows or self.batch_ids or self.between_j or self.call_rows)
+
+    def write(self, store: Store, resume_key: str) -> None:
+        """The part that must commit together (the raw call log is written apart: see
+        SamplingLoop.flush)."""
+        conn = store.conn
+        storeops.add_energy_minutes(store, self.energy_rows)
+        storeops.settle_batches(
+            conn, self.batch_ids, self.call_minutes, self.job_calls, self.between_j
+        )
+        if self.sampled_until_s is not None:
+            storeops.set_meta(conn, resume_key, self.sampled_until_s)
+
+    def published(self, totals: MetricTotals) -> None:
+        """After commit: the counters grow by what the store now holds."""
+        totals.add_energy(self.metric_energy)
+        totals.add_calls({r["model"]: r["calls"] for r in self.call_minutes})
+
+
+class DaemonState:
+    def __init__(
+        self, *, pricing: Pricing, registry: Registry, speed: float = 1.0,
+        scanner: Watcher | None = None, new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+    ) -> None:
+        self.lock = threading.Lock()
+        self.pricing = pricing
+        self.registry = registry
+        self.ledger = Ledger(pricing, registry.phase_of)
+        # Spans carry the clock's (trace) time: scale the real-time windows by the replay speed.
+        self.calls = CallLedger(
+            settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,
+            horizon_s=HORIZON_REAL_S * speed,
+        )
+        self.devices: dict[str, DeviceStatus] = {}
+        self.scanner = scanner
+        self._watched: set[int] = set()  # root pids the scanner watches (sampling thread only)
+        self.new_id = new_id
+        self._span_batch: dict[int, tuple[_Batch, str]] = {}  # id(span) -> (batch, consumer)
+        self._next_batch_id = 1
+        self._completed: list[_Batch] = []  # batches completed outside a flush (refused spans)
+
+    # --- the sampler's sink (sampling thread) ------------------------------------------------
+
+    def on_interval(self, item: AttributedInterval) -> None:
+        iv = item.interval
+        with self.lock:
+            self.ledger.add(item)
+            for consumer, energy_j in item.parts.items():
+                job = self.registry.job_for_consumer(consumer)
+                if job is not None and job.serves_calls:
+                    self.calls.add_interval(consumer, item, energy_j)
+            duration_s = iv.end_s - iv.start_s
+            power_w = iv.energy_j / duration_s if duration_s > 0 else 0.0
+            self.devices[iv.device_id] = DeviceStatus(iv.end_s, power_w)
+
+    def owners(self) -> dict[int | str, str]:
+        """The sampler's pid -> consumer map, process trees refreshed outside the lock.
+
+        Runs on the sampling thread before each collect, so it is also where the process scanner
+        (not thread-safe) learns which trees to report individually rather than as OTHER."""
+        with self.lock:
+            snapshot = self.registry.owner_snapshot()
+        out: dict[int | str, str] = {}
+        for consumer, pids, trees in snapshot:
+            roots = set(pids)
+            for tree in trees:
+                pids |= tree.refresh()
+            for pid in pids:
+                out[pid] = consumer
+            if self.scanner is not None:
+                for pid in roots - self._watched:
+                    self.scanner.watch(pid)
+                self._watched |= roots
+        if self.scanner is not None:
+            for pid in self._watched - out.keys():
+                self.scanner.unwatch(pid)
+            self._watched &= out.keys()
+        return out
+
+    # --- call batches (event loop thread) ----------------------------------------------------
+
+    def set_next_batch_id(self, batch_id: int) -> None:
+        self._next_batch_id = max(self._next_batch_id, batch_id)
+
+    def resolve(
+        self, spans: Sequence[CallSpan], now_s: float, known: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, list[CallSpan]], dict[str, str], list[Job]]:
+        """Group spans by consumer. A pid maps to the job that owns it; an unknown pid gets an
+        inference service job of its own (pid, model); a call without pid goes to its model's
+        service if exactly one runs. ``known`` replays a stored resolution (after a restart).
+
+        Returns (spans by consumer, the resolution to store with the batch, jobs created)."""
+        by_consumer: dict[str, list[CallSpan]] = defaultdict(list)
+        resolution: dict[str, str] = {}
+        created: list[Job] = []
+        cache: dict[tuple[int | None, str], str] = {}
+        with self.lock:
+            for span in spans:
+                pid = span.pid
+                key = (pid, span.model) if pid is None else (pid, "")
+                consumer = cache.get(key)
+                if consumer is None:
+                    consumer = self._resolve_one(pid, span.model, now_s, known, created)
+                    cache[key] = consumer
+                    where = f"pid:{pid}" if pid is not None else f"model:{span.model}"
+                    resolution[where] = consumer
+                by_consumer[consumer].append(span)
+        return by_consumer, resolution, created
+
+    def _resolve_one(
+        self, pid: int | None, model: str, now_s: float, known: Mapping[str, str] | None,
+        created: list[Job],
+    ) -> str:
+        if known is not None:
+            stored = known.get(f"pid:{pid}" if pid is not None else f"model:{model}")
+            if stored is not None:
+                return stored
+        reg = self.registry
+        if pid is None:
+            services = reg.services_of_model(model)
+            return services[0].consumer if len(services) == 1 else UNATTRIBUTED + model
+        job = reg.owner_of_pid(pid)
+        if job is None:
+            # Registered by the caller (register()) once its insert is queued to the writer, so
+            # no flush can reach the store before the job's row does.
+            job = Job(id=self.new_id(), name=f"{model} (pid {pid})", kind="inference",
+                      model=model, pids={pid}, started_s=now_s, source="api", serves_calls=True,
+                      auto=True)
+            created.append(job)
+        elif not job.serves_calls:
+            job.serves_calls = True  # a job that reports calls has its energy split over them
+        return job.consumer
+
+    def register(self, jobs: Sequence[Job]) -> None:
+        with self.lock:
+            for job in jobs:
+                self.registry.add(job)
+
+    def new_batch_id(self) -> int:
+        with self.lock:
+            batch_id = self._next_batch_id
+            self._next_batch_id += 1
+            return batch_id
+
+    def accept(self, batch_id: int, by_consumer: Mapping[str, list[CallSpan]]) -> None:
+        """Hand a committed batch's spans to the CallLedger."""
+        total = sum(len(spans) for spans in by_consumer.values())
+        if total == 0:
+            return
+        batch = _Batch(batch_id, total)
+        with self.lock:
+            span_batch = self._span_batch
+            for consumer, spans in by_consumer.items():
+                tag = (batch, consumer)
+                for span in spans:
+                    span_batch[id(span)] = tag
+                dropped_before = self.calls.dropped_spans
+                self.calls.add_spans(consumer, spans)
+                refused = self.calls.dropped_spans - dropped_before
+                if refused:  # over the ledger's memory bound: settled at once with no energy
+                    refused_calls = [(span, 0.0, 0.0, 0.0) for span in spans[-refused:]]
+                    self._settle(refused_calls, self._completed)
+
+    # --- flushing (sampling thread) ----------------------------------------------------------
+
+    def collect_flush(self, now_s: float, *, final: bool = False, log_calls: bool = True) -> Flush:
+        with self.lock:
+            rows = self.ledger.drain_minute_rows()
+            settlement = self.calls.flush() if final else self.calls.settle(now_s)
+            completed, self._completed = self._completed, []
+            self._settle(settlement.per_call, completed)
+            label_of = self.registry.label_of
+            metric_energy = [
+                ((label_of(r["consumer"]), r["model"], r["phase"], r["device_id"]),
+                 r["energy_j"], r["co2e_g"], r["cost"])
+                for r in rows
+            ]
+            sampled_until_s = self.ledger.last_s
+            self.registry.forget_ended()
+        call_rows, call_minutes, job_calls = _rollup(completed, log_calls)
+        return Flush(
+            energy_rows=rows,
+            batch_ids=[b.batch_id for b in completed],
+            call_rows=call_rows,
+            call_minutes=call_minutes,
+            job_calls=job_calls,
+            between_j={c: e for c, e in settlement.between_calls_j.items() if e},
+            metric_energy=metric_energy,
+            sampled_until_s=sampled_until_s,
+        )
+
+    def _settle(
+        self, per_call: Sequence[tuple[CallSpan, float, float, float]], completed: list[_Batch]
+    ) -> None:
+        """File each settled call under its batch; collect the batches now complete."""
+        pop = self._span_batch.pop
+        for item in per_call:
+            batch, consumer = pop(id(item[0]))
+            batch.settled.append(item)
+            batch.consumers.append(consumer)
+            batch.remaining -= 1
+            if not batch.remaining:
+                completed.append(batch)
+
+    def pending_calls(self) -> int:
+        with self.lock:
+            return len(self._span_batch)
+
+
+def _rollup(
+    batches: Sequence[_Batch], log_calls: bool = True,
+) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]], dict[str, tuple[int, float]]]:
+    """Raw log rows, call_minute rows and per-consumer (calls, energy) for completed batches.
+
+    The CallLedger's own ``minute_rows`` mix calls of several batches, some not yet complete;
+    these rows cover exactly the completed batches, so they can commit with ``pending`` cleared.
+    One pass, few allocations: this runs for every call the daemon ingests."""
+    call_rows: list[tuple[Any, ...]] = []
+    row = call_rows.append
+    minutes: dict[tuple[float, str], list[float]] = {}
+    per_consumer: dict[str, list[float]] = {}
+    tag_json = _tag_json
+    for batch in batches:
+        batch_id = batch.batch_id
+        for (span, energy_j, carbon_g, cost), consumer in zip(
+            batch.settled, batch.consumers, strict=True
+        ):
+            start_s, end_s, model = span.start_s, span.end_s, span.model
+            if log_calls:
+                tags = span.tags
+                row((batch_id, model, span.pid, start_s, end_s,
+                     tag_json(tags) if tags else "{}", energy_j))
+            key = (start_s // 60.0 * 60.0, model)
+            acc = minutes.get(key)
+            if acc is None:
+                minutes[key] = [1, end_s - start_s, energy_j, carbon_g, cost]
+            else:
+                acc[0] += 1
+                acc[1] += end_s - start_s
+                acc[2] += energy_j
+                acc[3] += carbon_g
+                acc[4] += cost
+            by_job = per_consumer.get(consumer)
+            if by_job is None:
+                per_consumer[consumer] = [1, energy_j]
+            else:
+                by_job[0] += 1
+                by_job[1] += energy_j
+    call_minutes = [
+        {"minute_s": int(minute_s), "model": model, "calls": int(n), "busy_s": busy_s,
+         "energy_j": energy_j, "co2e_g": carbon_g, "cost": cost}
+        for (minute_s, model), (n, busy_s, energy_j, carbon_g, cost) in minutes.items()
+    ]
+    job_calls = {c: (int(n), e) for c, (n, e) in per_consumer.items()}
+    return call_rows, call_minutes, job_calls
+
+
+_TAG_JSON: dict[str, str] = {}
+
+
+def _tag_json(tags: Mapping[str, Any]) -> str:
+    """Tags as JSON for the raw log, cached: services repeat a few tag sets (batch sizes,
+    routes) millions of times. Bounded, so unique tags (request ids) cannot grow it forever.
+    Keyed by repr, which (unlike the items) tells True, 1 and 1.0 apart."""
+    key = repr(tags)
+    text = _TAG_JSON.get(key)
+    if text is None:
+        text = json.dumps(dict(tags))
+        if len(_TAG_JSON) >= 4096:
+            _TAG_JSON.clear()
+        _TAG_JSON[key] = text
+    return text

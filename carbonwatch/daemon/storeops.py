@@ -1,0 +1,244 @@
+"""The daemon's SQL: writes that run inside one writer task's transaction (``Store`` helpers join
+it), and reads for the API. A call batch, or a flush of minute rows together with the job totals
+they add to, commits as one transaction."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from carbonwatch.store import Store, _decode
+
+CALL_MINUTE_UPSERT = """
+    INSERT INTO call_minute (minute_s, model, calls, busy_s, energy_j, co2e_g, cost)
+    VALUES (:minute_s, :model, :calls, :busy_s, :energy_j, :co2e_g, :cost)
+    ON CONFLICT (minute_s, model) DO UPDATE SET
+        calls = calls + excluded.calls, busy_s = busy_s + excluded.busy_s,
+        energy_j = energy_j + excluded.energy_j, co2e_g = co2e_g + excluded.co2e_g,
+        cost = cost + excluded.cost
+"""
+
+JOB_ID_PREFIX = "job:"
+
+
+# --- writes (inside a writer task) ---------------------------------------------------------------
+
+
+def insert_job(conn: sqlite3.Connection, row: Mapping[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO jobs (id, name, kind, model, command, pids, tags, identity, source, status,"
+        " started_s, cost, currency, provenance) VALUES (:id, :name, :kind, :model, :command,"
+        " :pids, :tags, :identity, :source, 'running', :started_s, :cost, :currency, :provenance)",
+        {
+            **row,
+            "command": json.dumps(row["command"]) if row.get("command") is not None else None,
+            "pids": json.dumps(sorted(row["pids"])),
+            "tags": json.dumps(row.get("tags") or {}),
+            "provenance": json.dumps(row.get("provenance") or {}),
+        },
+    )
+
+
+def set_job_pids(conn: sqlite3.Connection, job_id: str, pids: Iterable[int]) -> None:
+    conn.execute("UPDATE jobs SET pids = ? WHERE id = ?", [json.dumps(sorted(pids)), job_id])
+
+
+def end_job(
+    conn: sqlite3.Connection, job_id: str, *, status: str, ended_s: float, exit_code: int | None,
+    pids: Iterable[int],
+) -> None:
+    conn.execute(
+        "UPDATE jobs SET status = ?, ended_s = ?, exit_code = ?, pids = ? WHERE id = ?",
+        [status, ended_s, exit_code, json.dumps(sorted(pids)), job_id],
+    )
+
+
+def add_energy_minutes(store: Store, rows: Sequence[dict[str, Any]]) -> None:
+    """Add minute rows, and the same energy to the jobs' totals, so that a job's energy_j always
+    equals the sum of its energy_minute rows (both commit together)."""
+    if not rows:
+        return
+    store.add_energy_minutes(rows)
+    conn = store.conn
+    per_job: dict[str, list[Any]] = {}
+    for r in rows:
+        consumer = r["consumer"]
+        if not consumer.startswith(JOB_ID_PREFIX):
+            continue
+        acc = per_job.setdefault(consumer[len(JOB_ID_PREFIX):], [0.0, 0.0, 0.0, defaultdict(float)])
+        acc[0] += r["energy_j"]
+        acc[1] += r["co2e_g"]
+        acc[2] += r["cost"]
+        acc[3][r["device_id"]] += r["energy_j"]
+    for job_id, (energy_j, carbon_g, cost, by_device) in per_job.items():
+        found = conn.execute("SELECT energy_by_device FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if found is None:
+            continue
+        merged = json.loads(found[0] or "{}")
+        for device_id, e in by_device.items():
+            merged[device_id] = merged.get(device_id, 0.0) + e
+        conn.execute(
+            "UPDATE jobs SET energy_j = energy_j + ?, co2e_g = co2e_g + ?,"
+            " cost = CASE WHEN cost IS NULL THEN NULL ELSE cost + ? END, energy_by_device = ?"
+            " WHERE id = ?",
+            [energy_j, carbon_g, cost, json.dumps(merged), job_id],
+        )
+
+
+def insert_call_batch(
+    conn: sqlite3.Connection, batch_id: int, received_s: float, calls: int, dropped: int,
+    body: bytes, consumers: Mapping[str, str],
+) -> None:
+    """The batch and its request body (``pending`` until every call in it is settled)."""
+    conn.execute(
+        "INSERT INTO call_batches (id, received_s, calls, dropped_before, pending, consumers)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [batch_id, received_s, calls, dropped, body if calls else None, json.dumps(consumers)],
+    )
+
+
+def settle_batches(
+    conn: sqlite3.Connection,
+    batch_ids: Sequence[int],
+    minute_rows: Sequence[Mapping[str, Any]],
+    job_calls: Mapping[str, tuple[int, float]],
+    between_j: Mapping[str, float],
+) -> None:
+    """Record settled batches: minute rollups, per-job call totals, and clear the batches'
+    pending bodies (they no longer need re-reading after a restart)."""
+    if minute_rows:
+        conn.executemany(CALL_MINUTE_UPSERT, minute_rows)
+    for consumer, (calls, energy_j) in job_calls.items():
+        if consumer.startswith(JOB_ID_PREFIX):
+            conn.execute(
+                "UPDATE jobs SET calls = calls + ?, calls_energy_j = calls_energy_j + ?"
+                " WHERE id = ?",
+                [calls, energy_j, consumer[len(JOB_ID_PREFIX):]],
+            )
+    for consumer, energy_j in between_j.items():
+        if consumer.startswith(JOB_ID_PREFIX):
+            conn.execute(
+                "UPDATE jobs SET between_calls_j = between_calls_j + ? WHERE id = ?",
+                [energy_j, consumer[len(JOB_ID_PREFIX):]],
+            )
+    if batch_ids:
+        conn.executemany(
+            "UPDATE call_batches SET pending = NULL WHERE id = ?", [(b,) for b in batch_ids]
+        )
+
+
+def log_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], keep: int) -> None:
+    """Append settled calls to the raw call log and keep only its newest ``keep`` rows (ids only
+    grow, so trimming is one range delete)."""
+    if not rows or keep <= 0:
+        return
+    conn.executemany(
+        "INSERT INTO calls (batch_id, model, pid, start_s, end_s, tags, energy_j)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.execute("DELETE FROM calls WHERE id <= (SELECT MAX(id) FROM calls) - ?", [keep])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET"
+        " value = excluded.value",
+        [key, json.dumps(value)],
+    )
+
+
+# --- reads (any connection) ------------------------------------------------------------------
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> Any:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def running_jobs(store: Store) -> list[dict[str, Any]]:
+    return [_decode(r) for r in store.db.query("SELECT * FROM jobs WHERE status = 'running'")]
+
+
+def pending_batches(conn: sqlite3.Connection) -> list[tuple[int, bytes, dict[str, str]]]:
+    rows = conn.execute(
+        "SELECT id, pending, consumers FROM call_batches WHERE pending IS NOT NULL ORDER BY id"
+    ).fetchall()
+    return [(int(i), bytes(body), json.loads(consumers or "{}")) for i, body, consumers in rows]
+
+
+def energy_totals(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, float, float, float]]:
+    """(consumer, phase, model, device_id, energy_j, co2e_g, cost) summed over all time."""
+    return conn.execute(
+        "SELECT consumer, phase, model, device_id, SUM(energy_j), SUM(co2e_g), SUM(cost)"
+        " FROM energy_minute GROUP BY consumer, phase, model, device_id"
+    ).fetchall()
+
+
+def job_names(conn: sqlite3.Connection, job_ids: Iterable[str]) -> dict[str, str]:
+    ids = list(job_ids)
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        out.update(conn.execute(f"SELECT id, name FROM jobs WHERE id IN ({marks})", chunk))  # noqa: S608
+    return out
+
+
+def calls_by_model(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT model, SUM(calls) FROM call_minute GROUP BY model"))
+
+
+def list_jobs(store: Store, status: str | None, limit: int) -> list[dict[str, Any]]:
+    sql, args = "SELECT * FROM jobs", []
+    if status is not None:
+        sql += " WHERE status = ?"
+        args.append(status)
+    sql += " ORDER BY started_s DESC, id LIMIT ?"
+    args.append(limit)
+    return [_decode(r) for r in store.db.query(sql, args)]
+
+
+def summary(
+    conn: sqlite3.Connection, group_by: str, since_s: float | None, until_s: float | None
+) -> list[dict[str, Any]]:
+    """Energy, carbon and cost per phase, model or job over [since, until) at minute resolution;
+    calls from the per-model call rollups (per job: the job's settled calls)."""
+    lo = -math.inf if since_s is None else math.floor(since_s / 60) * 60
+    hi = math.inf if until_s is None else until_s
+    column = {"phase": "phase", "model": "model", "job": "consumer"}[group_by]
+    rows = conn.execute(
+        f"SELECT {column}, SUM(energy_j), SUM(co2e_g), SUM(cost) FROM energy_minute"  # noqa: S608
+        " WHERE minute_s >= ? AND minute_s < ? GROUP BY 1 ORDER BY 2 DESC",
+        [lo, hi],
+    ).fetchall()
+    groups = {
+        key: {"key": key, "energy_j": e or 0.0, "co2e_g": g or 0.0, "cost": c or 0.0, "calls": 0}
+        for key, e, g, c in rows
+    }
+    if group_by in ("phase", "model"):
+        calls = conn.execute(
+            "SELECT model, SUM(calls) FROM call_minute WHERE minute_s >= ? AND minute_s < ?"
+            " GROUP BY model",
+            [lo, hi],
+        ).fetchall()
+        for model, n in calls:
+            key = "inference" if group_by == "phase" else model
+            group = groups.setdefault(
+                key, {"key": key, "energy_j": 0.0, "co2e_g": 0.0, "cost": 0.0, "calls": 0}
+            )
+            group["calls"] += int(n or 0)
+    else:
+        ids = [k[len(JOB_ID_PREFIX):] for k in groups if k.startswith(JOB_ID_PREFIX)]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, name, n in conn.execute(
+                f"SELECT id, name, calls FROM jobs WHERE id IN ({marks})", chunk  # noqa: S608
+            ):
+                groups[JOB_ID_PREFIX + job_id].update(name=name, calls=int(n))
+    return list(groups.values())

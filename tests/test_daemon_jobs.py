@@ -1,0 +1,108 @@
+"""Jobs through the API: register, merge ranks by identity, end; calls without a pid; live
+process trees; and /healthz turning 503 when the sampler hangs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from daemon_helpers import MODEL, InProcessDaemon
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def test_job_lifecycle_identity_merge_and_summary(tmp_path):
+    with InProcessDaemon(tmp_path / "cw.db", replay_speed=30) as d:
+        status, train = d.request("POST", "/v1/jobs", {
+            "name": "llm-pretrain", "kind": "training", "model": "llm", "pid": 416,
+            "identity": "slurm-77", "tags": {"team": "nlp"}})
+        assert status == 201
+        # A second rank of the same Slurm job on this node is the same job, never a second one.
+        status, rank = d.request("POST", "/v1/jobs", {
+            "name": "llm-pretrain", "kind": "training", "pid": 417, "identity": "slurm-77"})
+        assert (status, rank) == (200, {"id": train["id"], "merged": True})
+        status, serve = d.request("POST", "/v1/jobs", {"name": "server", "kind": "inference",
+                                                       "model": MODEL, "pids": [438]})
+        assert status == 201
+        # A call without a pid goes to its model's only service.
+        status, body = d.request("POST", "/v1/calls", {"calls": [
+            {"model": MODEL, "start": 1795697490.0, "end": 1795697490.5},
+            {"model": "nobody-serves-this", "start": 1795697490.0, "end": 1795697490.2}]})
+        assert status == 200 and body["accepted"] == 2
+        d.wait_for(d.replay_finished)
+        d.wait_for(lambda: d.request("GET", f"/v1/jobs/{train['id']}")[1]["energy_j"] > 0)
+
+        status, ended = d.request("POST", f"/v1/jobs/{train['id']}/end", {"exit_code": 2})
+        assert (ended["status"], ended["exit_code"], ended["pids"]) == ("failed", 2, [416, 417])
+        assert ended["energy_j"] > 0 and ended["tags"] == {"team": "nlp"}
+        assert ended["provenance"]["energy"] == {"gpu0": "measured (nvml-energy-counter)"}
+        status, running = d.request("GET", "/v1/jobs?status=running")
+        assert [j["id"] for j in running["jobs"]] == [serve["id"]]
+        # The pid is free again once its job ended.
+        status, _ = d.request("POST", "/v1/jobs", {"name": "again", "kind": "other", "pid": 416})
+        assert status == 201
+
+        status, by_job = d.request("GET", "/v1/summary?group_by=job")
+        keys = {g["key"] for g in by_job["groups"]}
+        assert {f"job:{train['id']}", f"job:{serve['id']}", "idle"} <= keys
+    # Stopped (SIGTERM path): every call settled, the pid-less one with its model's service.
+    with InProcessDaemon(tmp_path / "cw.db") as d:
+        status, job = d.request("GET", f"/v1/jobs/{serve['id']}")
+        assert job["calls"] == 1
+        status, by_model = d.request("GET", "/v1/summary?group_by=model")
+        calls = {g["key"]: g["calls"] for g in by_model["groups"]}
+        assert calls[MODEL] == 1 and calls["nobody-serves-this"] == 1
+
+
+def test_a_live_job_owns_its_process_tree_and_ends_when_its_processes_are_gone(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with InProcessDaemon(tmp_path / "cw.db", backend="none",
+                             housekeeping_every_s=0.2) as d:
+            status, job = d.request("POST", "/v1/jobs", {"name": "sleeper", "kind": "other",
+                                                         "pid": child.pid})
+            assert status == 201
+            child.kill()
+            child.wait()
+            d.wait_for(lambda: d.request("GET", f"/v1/jobs/{job['id']}")[1]["status"] == "lost",
+                       timeout_s=20)
+    finally:
+        child.kill()
+
+
+class Hanging:
+    """A collector whose reads hang (a wedged driver call) until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def devices(self) -> list:
+        return []
+
+    def poll(self, now_s: float) -> None:
+        self.release.wait(30)
+
+    def collect(self, now_s: float) -> list:
+        return []
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_healthz_is_503_while_the_sampler_hangs_and_200_once_it_recovers(tmp_path):
+    hanging = Hanging()
+
+    def prepare(daemon) -> None:
+        daemon.sampler.collectors.append(hanging)
+        daemon.stuck_after_s = 0.5
+
+    with InProcessDaemon(tmp_path / "cw.db", backend="none", prepare=prepare) as d:
+        d.wait_for(lambda: d.request("GET", "/healthz")[0] == 503, timeout_s=10)
+        status, health = d.request("GET", "/healthz")
+        assert health["status"] == "stuck" and not health["ok"]
+        status, metrics = d.request("GET", "/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        (up,) = families["carbonwatch_up"].samples
+        assert up.value == 0.0
+        hanging.release.set()
+        d.wait_for(lambda: d.request("GET", "/healthz")[0] == 200, timeout_s=10)
