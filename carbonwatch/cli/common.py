@@ -13,7 +13,6 @@ import click
 
 from carbonwatch.config import Settings, load_settings
 from carbonwatch.errors import CarbonwatchError
-from carbonwatch.grid.static import StaticSource, resolve_static
 from carbonwatch.grid.types import IntensitySource
 
 
@@ -57,10 +56,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def intensity_source(settings: Settings) -> IntensitySource:
-    """The intensity source accounting uses: static by default."""
-    return StaticSource(
-        resolve_static(settings.country, settings.cloud_provider, settings.cloud_region)
-    )
+    """The intensity source accounting uses: the provider's series (cached and fetched) with the
+    static average where it has no point; static alone by default (provider = "static")."""
+    from carbonwatch.grid.accounting import accounting_source
+
+    return accounting_source(settings)
 
 
 def echo_json(obj: Any) -> None:

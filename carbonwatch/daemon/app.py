@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from carbonwatch.daemon import storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
-from carbonwatch.daemon.registry import Job
+from carbonwatch.daemon.registry import Job, ended_by_tag
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import StoreError
 
@@ -124,7 +124,7 @@ async def create_job(request: web.Request) -> web.Response:
             now_s = d.clock.time()
             job = Job(id=state.new_id(), name=spec.name, kind=spec.kind, model=spec.model,
                       pids=set(spec.pids), started_s=now_s, source="api", identity=spec.identity,
-                      serves_calls=spec.kind == "inference")
+                      serves_calls=spec.kind == "inference", ended_by=ended_by_tag(spec.tags))
             row = {"id": job.id, "name": spec.name, "kind": spec.kind, "model": spec.model,
                    "command": spec.command, "pids": spec.pids, "tags": spec.tags,
                    "identity": spec.identity, "source": "api", "started_s": now_s,
@@ -246,6 +246,8 @@ async def post_calls(request: web.Request) -> web.Response:
     await asyncio.wrap_future(future)
     # Committed: from here a crash re-reads the batch from the store, so it is acknowledged.
     state.accept(batch_id, by_consumer)
+    if batch.dropped:
+        d.totals.add_dropped(batch.dropped)
     return web.json_response({"accepted": n, "batch_id": batch_id})
 
 

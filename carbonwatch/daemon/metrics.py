@@ -3,20 +3,28 @@ one-method Collector protocol).
 
 The totals are seeded from the store at start and grow only by what the writer has committed, so
 the counters equal the store, a restart continues them, and a crash at worst steps them back to
-what was committed (Prometheus reads a decrease as a counter reset)."""
+what was committed (Prometheus reads a decrease as a counter reset).
+
+Bounded series: a job's series are labelled with its id, so every job adds series. Once a job has
+ended ``retention_s`` ago its series are *folded*: each one's value is added to the series with
+the same model, phase and device and ``job_id=""`` (idle and other energy live there too), and the
+job's own series is no longer exported. The sum over all series never changes at a fold, and every
+exported series only ever grows, so per-node, per-model and per-phase totals stay exact counters;
+only the per-job detail of old jobs leaves Prometheus (the store keeps it)."""
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-EnergyKey = tuple[str, str, str, str]  # job (name), model, phase, device
-ENERGY_LABELS = ("job", "model", "phase", "device")
+EnergyKey = tuple[str, str, str, str, str]  # job_id, job_name, model, phase, device
+ENERGY_LABELS = ("job_id", "job_name", "model", "phase", "device")
+FOLDED_MEMORY = 4096  # recently folded job ids remembered, so late energy joins the fold
 
 
 @dataclass(frozen=True)
@@ -30,15 +38,24 @@ class Health:
 
 
 class MetricTotals:
+    """Counter values keyed by their labels; thread-safe (the writer's callbacks add, scrapes
+    read)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._energy: dict[EnergyKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self._calls: dict[str, int] = defaultdict(int)
+        self._dropped = 0
+        self._ended: dict[str, float] = {}  # job id -> ended_s, its series not folded yet
+        self._folded: OrderedDict[str, None] = OrderedDict()
 
     def add_energy(self, items: Iterable[tuple[EnergyKey, float, float, float]]) -> None:
         """(key, energy_j, co2e_g, cost) items, after they are committed."""
         with self._lock:
+            folded = self._folded
             for key, energy_j, carbon_g, cost in items:
+                if key[0] in folded:  # energy that arrived after its job was folded
+                    key = ("", "", *key[2:])
                 acc = self._energy[key]
                 acc[0] += energy_j
                 acc[1] += carbon_g
@@ -49,24 +66,59 @@ class MetricTotals:
             for model, n in by_model.items():
                 self._calls[model] += n
 
-    def snapshot(self) -> tuple[dict[EnergyKey, list[float]], dict[str, int]]:
+    def add_dropped(self, spans: int) -> None:
+        """Spans a client reported dropping before it could send them (a batch's ``dropped``)."""
         with self._lock:
-            return {k: list(v) for k, v in self._energy.items()}, dict(self._calls)
+            self._dropped += spans
+
+    def job_ended(self, job_id: str, ended_s: float) -> None:
+        """The job's series may be folded once ``ended_s`` is older than the retention."""
+        with self._lock:
+            if job_id not in self._folded:
+                self._ended[job_id] = ended_s
+
+    def fold(self, ended_before_s: float) -> int:
+        """Fold the series of jobs that ended before ``ended_before_s``; returns how many jobs."""
+        with self._lock:
+            due = {j for j, t in self._ended.items() if t < ended_before_s}
+            if not due:
+                return 0
+            energy = self._energy
+            for key in [k for k in energy if k[0] in due]:
+                values = energy.pop(key)
+                acc = energy[("", "", *key[2:])]
+                for i, v in enumerate(values):
+                    acc[i] += v
+            for job_id in due:
+                del self._ended[job_id]
+                self._folded[job_id] = None
+            while len(self._folded) > FOLDED_MEMORY:
+                self._folded.popitem(last=False)
+            return len(due)
+
+    def snapshot(self) -> tuple[dict[EnergyKey, list[float]], dict[str, int], int]:
+        with self._lock:
+            return {k: list(v) for k, v in self._energy.items()}, dict(self._calls), self._dropped
 
 
 class DaemonCollector:
     """Renders the totals and the health callback as metric families, with a ``node`` label."""
 
     def __init__(
-        self, totals: MetricTotals, health: Callable[[], Health], node: str, currency: str | None
+        self, totals: MetricTotals, health: Callable[[], Health], node: str, currency: str | None,
+        *, now: Callable[[], float] | None = None, retention_s: float = 3600.0,
     ) -> None:
         self.totals = totals
         self.health = health
         self.node = node
         self.currency = currency  # None: no price configured, so no cost counter (unknown != 0)
+        self.now = now  # the clock jobs' ended_s is in; None: never fold
+        self.retention_s = retention_s
 
     def collect(self) -> Iterator[Metric]:
-        energy, calls = self.totals.snapshot()
+        if self.now is not None:
+            self.totals.fold(self.now() - self.retention_s)
+        energy, calls, dropped = self.totals.snapshot()
         labels = [*ENERGY_LABELS, "node"]
         joules = CounterMetricFamily(
             "carbonwatch_energy_joules", "Energy attributed, in joules.", labels=labels
@@ -94,6 +146,13 @@ class DaemonCollector:
         for model, n in sorted(calls.items()):
             served.add_metric([model, self.node], n)
         yield served
+        lost = CounterMetricFamily(
+            "carbonwatch_inference_spans_dropped",
+            "Call spans clients reported dropping before sending (their buffer was full).",
+            labels=["node"],
+        )
+        lost.add_metric([self.node], dropped)
+        yield lost
 
         health = self.health()
         power = GaugeMetricFamily(

@@ -31,6 +31,9 @@ class Job:
     identity: str | None = None
     serves_calls: bool = False  # its energy is split over call spans (CallLedger)
     auto: bool = False  # registered by its first call rather than by a client
+    # Who ends it (the ``ended_by`` tag, e.g. the Slurm epilog): then it is left running when its
+    # processes are gone, since its opener, not its processes, says when it is over.
+    ended_by: str | None = None
     trees: dict[int, ProcessTree] = field(default_factory=dict)
 
     @property
@@ -63,7 +66,13 @@ def job_from_row(row: dict[str, Any]) -> Job:
         identity=row.get("identity"),
         serves_calls=kind == "inference" or (row.get("calls") or 0) > 0,
         auto=bool((row.get("tags") or {}).get("auto")),
+        ended_by=ended_by_tag(row.get("tags")),
     )
+
+
+def ended_by_tag(tags: dict[str, Any] | None) -> str | None:
+    value = (tags or {}).get("ended_by")
+    return None if value in (None, "", False) else str(value)
 
 
 class Registry:
@@ -135,17 +144,25 @@ class Registry:
             return "other", ""
         return job.kind, job.model or ""
 
-    def label_of(self, consumer: str) -> str:
-        """The ``job`` label of a consumer in /metrics: the job's name; '' for idle and other."""
+    def label_of(self, consumer: str) -> tuple[str, str]:
+        """The ``job_id`` and ``job_name`` labels of a consumer in /metrics; '' for idle and
+        other."""
         job = self._known.get(consumer)
-        return job.name if job is not None else ""
+        if job is not None:
+            return job.id, job.name
+        if consumer.startswith("job:"):
+            return consumer[len("job:"):], ""
+        return "", ""
 
     def vanished(self) -> list[Job]:
-        """Running jobs none of whose processes is alive any more (live nodes only)."""
+        """Running jobs none of whose processes is alive any more (live nodes only), except those
+        their opener ends (``ended_by``)."""
         if not self.track_trees:
             return []
         gone = []
         for job in self.running.values():
+            if job.ended_by is not None:
+                continue
             pids = job.all_pids()
             if pids and not any(psutil.pid_exists(p) for p in pids):
                 gone.append(job)

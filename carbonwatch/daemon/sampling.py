@@ -195,7 +195,12 @@ class SamplingLoop:
             storeops.end_job(store.conn, job_id, status=status, ended_s=ended_s,
                              exit_code=exit_code, pids=pids)
 
-        return self.flush(also=also)
+        future = self.flush(also=also)
+        # Once written (and its last energy published: that callback came first), the job's
+        # series may be folded after the retention.
+        future.add_done_callback(
+            lambda f: f.exception() is None and self.totals.job_ended(job_id, ended_s))
+        return future
 
     def _end_vanished(self) -> None:
         with self.state.lock:

@@ -28,7 +28,7 @@ from carbonwatch.accounting import Pricing
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.config import Settings
-from carbonwatch.daemon import storeops, validation
+from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
 from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
@@ -109,7 +109,7 @@ class Daemon:
         self.token = settings.token
         self.intensity = intensity
         self.pricing = Pricing.from_settings(settings)
-        self.node = node or str(settings.extra.get("node") or socket.gethostname())
+        self.node = node or settings.node or socket.gethostname()
         self.replay_gpus = replay_gpus
         self.flush_every_s = flush_every_s
         self.housekeeping_every_s = housekeeping_every_s
@@ -145,11 +145,12 @@ class Daemon:
         self.registry = Registry(track_trees=scanner is not None)
         self.state = DaemonState(pricing=self.pricing, registry=self.registry, speed=self.speed,
                                  scanner=scanner)
+        self.interval_logs = hooks.sinks_for(self.settings.extra)
         self.sampler = Sampler(
             collectors,
             intensity=self.intensity,
             owners=self.state.owners,
-            sinks=[self.state.on_interval],
+            sinks=[self.state.on_interval, *self.interval_logs],
             idle_policy=self.settings.idle_policy,
             power_interval_s=self.settings.power_interval_s,
             counter_interval_s=self.settings.counter_interval_s,
@@ -166,6 +167,7 @@ class Daemon:
         self.prometheus = DaemonCollector(
             self.totals, self._metric_health, self.node,
             self.pricing.currency if self.pricing.known else None,
+            now=self.clock.time, retention_s=self.settings.metrics_job_retention_s,
         )
         # A sampler silent for this long (real seconds) is stuck.
         self.stuck_after_s = max(10.0, 3 * self.settings.counter_interval_s / self.speed)
@@ -196,7 +198,8 @@ class Daemon:
                               f"({start_s - trace.start_s:.1f} s into the trace)")
         self.clock = ReplayClock(start_s, self.speed)
         self.end_s = trace.end_s
-        backend = ReplayGpuBackend(trace, self.clock, devices=self.replay_gpus)
+        faults = hooks.replay_faults(self.settings.extra.get("replay_faults"), trace.start_s)
+        backend = ReplayGpuBackend(trace, self.clock, devices=self.replay_gpus, faults=faults)
         self.notes.append(
             f"GPU: replaying {trace.directory} ({trace.gpu_name} x{self.replay_gpus}, "
             f"{trace.end_s - trace.start_s:.1f} s of trace at {self.speed:g}x); "
@@ -238,22 +241,32 @@ class Daemon:
         if self.registry.running:
             self.notes.append(f"resumed {len(self.registry.running)} running job(s)")
 
+        prefix = storeops.JOB_ID_PREFIX
+
         def seeds(store: Store) -> tuple[Any, ...]:
             conn = store.conn
             energy = storeops.energy_totals(conn)
-            ids = {c[len(storeops.JOB_ID_PREFIX):] for c, *_ in energy
-                   if c.startswith(storeops.JOB_ID_PREFIX)}
+            ids = {c[len(prefix):] for c, *_ in energy if c.startswith(prefix)}
             max_batch = conn.execute("SELECT MAX(id) FROM call_batches").fetchone()[0] or 0
-            return (energy, storeops.job_names(conn, ids), storeops.calls_by_model(conn),
-                    max_batch, storeops.pending_batches(conn))
+            return (energy, storeops.job_names_and_ends(conn, ids),
+                    storeops.calls_by_model(conn), storeops.dropped_spans(conn), max_batch,
+                    storeops.pending_batches(conn))
 
-        energy, names, calls, max_batch, pending = self.writer.call(seeds)
+        energy, jobs, calls, dropped, max_batch, pending = self.writer.call(seeds)
+        unknown = ("", 0.0)  # a consumer with no jobs row: nameless, long ended
         self.totals.add_energy(
-            ((names.get(c[len(storeops.JOB_ID_PREFIX):], "") if c.startswith("job:") else "",
-              model, phase, device), e, g, cost)
+            ((c[len(prefix):], jobs.get(c[len(prefix):], unknown)[0], model, phase, device)
+             if c.startswith(prefix) else ("", "", model, phase, device), e, g, cost)
             for c, phase, model, device, e, g, cost in energy
         )
+        # Ended jobs fold at the first scrape once past the retention, as before the restart.
+        for c, *_ in energy:
+            if c.startswith(prefix):
+                ended_s = jobs.get(c[len(prefix):], unknown)[1]
+                if ended_s is not None:
+                    self.totals.job_ended(c[len(prefix):], ended_s)
         self.totals.add_calls(calls)
+        self.totals.add_dropped(dropped)
         state.set_next_batch_id(max_batch + 1)
         now_s = self.clock.time()
         for batch_id, body, known in pending:
@@ -319,6 +332,8 @@ class Daemon:
     def close(self) -> None:
         self.reader.close()
         self.writer.close()
+        for log_ in getattr(self, "interval_logs", ()):
+            log_.close()
 
     async def read(self, fn: Callable[[Store], T]) -> T:
         return await self.reader.run(fn)

@@ -245,7 +245,7 @@ class DaemonState:
             self._settle(settlement.per_call, completed)
             label_of = self.registry.label_of
             metric_energy = [
-                ((label_of(r["consumer"]), r["model"], r["phase"], r["device_id"]),
+                ((*label_of(r["consumer"]), r["model"], r["phase"], r["device_id"]),
                  r["energy_j"], r["co2e_g"], r["cost"])
                 for r in rows
             ]

@@ -179,18 +179,30 @@ def energy_totals(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, fl
     ).fetchall()
 
 
-def job_names(conn: sqlite3.Connection, job_ids: Iterable[str]) -> dict[str, str]:
+def job_names_and_ends(
+    conn: sqlite3.Connection, job_ids: Iterable[str]
+) -> dict[str, tuple[str, float | None]]:
+    """id -> (name, ended_s); ended_s is None while the job runs."""
     ids = list(job_ids)
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, float | None]] = {}
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         marks = ",".join("?" * len(chunk))
-        out.update(conn.execute(f"SELECT id, name FROM jobs WHERE id IN ({marks})", chunk))  # noqa: S608
+        for job_id, name, status, ended_s in conn.execute(
+            f"SELECT id, name, status, ended_s FROM jobs WHERE id IN ({marks})", chunk  # noqa: S608
+        ):
+            out[job_id] = (name, None if status == "running" else float(ended_s or 0.0))
     return out
 
 
 def calls_by_model(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT model, SUM(calls) FROM call_minute GROUP BY model"))
+
+
+def dropped_spans(conn: sqlite3.Connection) -> int:
+    """Spans clients reported dropping, over every batch received."""
+    return int(conn.execute("SELECT COALESCE(SUM(dropped_before), 0) FROM call_batches")
+               .fetchone()[0])
 
 
 def list_jobs(store: Store, status: str | None, limit: int) -> list[dict[str, Any]]:

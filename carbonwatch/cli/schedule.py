@@ -1,0 +1,260 @@
+"""``carbonwatch submit``, ``queue`` and ``cancel``: the carbon-aware scheduler, through the
+running daemon (which plans, persists and launches the jobs). Stdlib HTTP only."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import time
+from typing import Any
+
+import click
+
+from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
+from carbonwatch.config import Settings
+from carbonwatch.errors import CarbonwatchError
+from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
+
+PAUSE_CONTRACT = """\
+Interruptible jobs (--interruptible) run only in the lowest-carbon slots before the deadline.
+At the end of a slot the daemon sends SIGSTOP to every process group of the job (the wrapper's
+and the command's) and SIGCONT at the start of the next. A paused job keeps its memory, GPU
+memory and connections, and its wall clock runs on: it must tolerate being frozen for hours (no
+collective-op watchdogs, leases or heartbeats that time out across a pause). If it cannot,
+leave out --interruptible and use checkpoints instead: submit one contiguous job per stretch of
+work, each resuming from the last checkpoint. A job still running after its last slot is left
+to finish."""
+
+
+class DaemonUnavailable(CarbonwatchError):
+    pass
+
+
+def _client(settings: Settings) -> Any:
+    from carbonwatch.daemon.attach import DaemonClient, daemon_url
+
+    url = daemon_url(settings)
+    if url is None:
+        raise DaemonUnavailable("daemon_url is 'none': submit, queue and cancel need the daemon")
+    return DaemonClient(url, settings.token, timeout_s=60.0)
+
+
+def _call(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    client = _client(settings)
+    try:
+        status, payload = client.request(method, path, body)
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise DaemonUnavailable(
+            f"no carbonwatch daemon answers at {client.url} ({reason}); start one with "
+            "`carbonwatch daemon` (or set daemon_url / CARBONWATCH_DAEMON_URL)"
+        ) from None
+    except ValueError:
+        raise DaemonUnavailable(f"{client.url} did not answer like a carbonwatch daemon") from None
+    if status == 404 and not path.startswith("/v1/deferred/"):
+        raise DaemonUnavailable(
+            f"the daemon at {client.url} has no scheduler (an older carbonwatch?)"
+        )
+    return status, payload
+
+
+def _fail(status: int, payload: Any) -> None:
+    message = payload.get("error") if isinstance(payload, dict) else None
+    raise CarbonwatchError(message or f"the daemon answered HTTP {status}")
+
+
+def _fmt_g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _windows(view: dict[str, Any]) -> str:
+    """``2026-12-01T02:00:00Z -> 04:00:00Z``; the end's date only when it differs."""
+    return ", ".join(
+        f"{w['start']} -> {w['end'][11:] if w['end'][:10] == w['start'][:10] else w['end']}"
+        for w in view["plan"]
+    )
+
+
+@click.command(
+    "submit",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    epilog=PAUSE_CONTRACT,
+)
+@click.option(
+    "--deadline",
+    required=True,
+    help="Finish by: ISO-8601 with a zone (2026-12-01T06:00:00Z) or +12h from now.",
+)
+@click.option(
+    "--duration",
+    required=True,
+    help="How long the job runs (45m, 2h, 1h30m), or 'auto': the mean of the "
+    "finished runs with the same --name.",
+)
+@click.option(
+    "--interruptible",
+    is_flag=True,
+    help="Run in the lowest-carbon slots, paused (SIGSTOP) between them: see below.",
+)
+@click.option("--zone", default=None, help="Grid zone (default: the daemon's).")
+@click.option(
+    "--provider",
+    default=None,
+    help="static | electricitymaps | watttime | ukgrid | carbonaware | csv "
+    "(default: the daemon's).",
+)
+@click.option("--provider-url", default=None, help="Provider base URL, or the CSV file/URL.")
+@click.option("--name", default=None, help="Job name (default: the command's name).")
+@click.option(
+    "--kind",
+    type=click.Choice(["training", "inference", "other"]),
+    default="training",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the queued job as JSON.")
+@settings_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@handle_errors
+def submit_cmd(
+    deadline: str,
+    duration: str,
+    interruptible: bool,
+    zone: str | None,
+    provider: str | None,
+    provider_url: str | None,
+    name: str | None,
+    kind: str,
+    as_json: bool,
+    config_path: str | None,
+    db: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Defer COMMAND to the lowest-carbon time before its deadline.
+
+    The running daemon plans the start on the zone's forecast, keeps the job across restarts,
+    and launches it then as `carbonwatch run --name NAME -- COMMAND`, in this directory and with
+    this environment, so it is measured like any other job. With no usable forecast it runs at
+    the latest start that meets the deadline (or at once: setting no_forecast_policy).
+
+    \b
+    Examples:
+      carbonwatch submit --deadline +12h --duration 2h --name nightly -- python train.py
+      carbonwatch submit --deadline 2026-12-01T06:00:00Z --duration auto --name nightly \\
+          --zone DE --provider electricitymaps --interruptible -- python train.py --resume
+    """
+    settings = load(config_path, db=db)
+    now_s = time.time()
+    body: dict[str, Any] = {
+        "command": list(command),
+        "deadline_s": parse_time_s(deadline, now_s),
+        "interruptible": interruptible,
+        "kind": kind,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+    }
+    if duration.strip().lower() == "auto":
+        body["duration"] = "auto"
+    else:
+        body["duration_s"] = parse_duration_s(duration)
+        if body["deadline_s"] < now_s + body["duration_s"]:
+            raise CarbonwatchError(
+                f"the deadline {deadline!r} is before now + {duration}: the job could not "
+                "finish in time"
+            )
+    for key, value in (("name", name), ("zone", zone), ("provider", provider)):
+        if value is not None:
+            body[key] = value
+    if provider_url is not None:
+        is_url = provider_url.startswith(("http://", "https://"))
+        # The daemon reads a CSV path from its own working directory: send it absolute.
+        body["provider_url"] = provider_url if is_url else os.path.abspath(provider_url)
+    status, view = _call(settings, "POST", "/v1/deferred", body)
+    if status != 201:
+        _fail(status, view)
+    for warning in view.get("warnings") or []:
+        click.echo(f"carbonwatch: warning: {warning}", err=True)
+    if as_json:
+        echo_json(view)
+        return
+    click.echo(f"queued {view['id']} ({view['name']}): {_windows(view)}")
+    if view["plan_basis"] == "no_forecast":
+        click.echo(
+            "  no usable forecast: planned by the daemon's no_forecast_policy "
+            "(latest safe start, or now)"
+        )
+    if view["expected_saving_pct"] is not None:
+        click.echo(
+            f"  mean intensity {view['plan_intensity_g_per_kwh']:.1f} gCO2e/kWh, "
+            f"{view['expected_saving_pct']:.1f}% below starting now"
+        )
+    if view["expected_co2e_g"] is not None:
+        click.echo(
+            f"  expected {view['expected_co2e_g']:.2f} gCO2e "
+            f"(now: {_fmt_g(view['expected_baseline_co2e_g'])})"
+        )
+
+
+@click.command("queue")
+@click.option("--active", is_flag=True, help="Only queued, running and paused jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@settings_options
+@handle_errors
+def queue_cmd(active: bool, as_json: bool, config_path: str | None, db: str | None) -> None:
+    """Deferred jobs: status, plan windows, expected gCO2e and saving, deadline.
+
+    \b
+    Examples:
+      carbonwatch queue
+      carbonwatch queue --active --json
+    """
+    settings = load(config_path, db=db)
+    status, payload = _call(settings, "GET", "/v1/deferred" + ("?active=1" if active else ""))
+    if status != 200:
+        _fail(status, payload)
+    views = payload["deferred"]
+    if as_json:
+        echo_json(views)
+        return
+    if not views:
+        click.echo("no deferred jobs")
+        return
+    click.echo(
+        f"{'ID':<12}  {'NAME':<16} {'STATUS':<9} {'EXP gCO2e':>9} {'SAVING':>7}  "
+        f"{'DEADLINE':<20}  PLAN (UTC)"
+    )
+    for v in views:
+        saving = v["realised_saving_pct"] if v["status"] == "done" else v["expected_saving_pct"]
+        click.echo(
+            f"{v['id']:<12}  {v['name'][:16]:<16} {v['status']:<9} "
+            f"{_fmt_g(v['expected_co2e_g']):>9} {_fmt_pct(saving):>7}  "
+            f"{v['deadline']:<20}  {_windows(v)}"
+        )
+
+
+@click.command("cancel")
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the cancelled job as JSON.")
+@settings_options
+@handle_errors
+def cancel_cmd(job_id: str, as_json: bool, config_path: str | None, db: str | None) -> None:
+    """Cancel deferred job ID: a queued job is dropped; a running one is terminated (SIGTERM to
+    its process groups, SIGKILL a few seconds later).
+
+    \b
+    Example:
+      carbonwatch cancel 3f2a9c81d0e4
+    """
+    settings = load(config_path, db=db)
+    from urllib.parse import quote
+
+    status, view = _call(settings, "DELETE", f"/v1/deferred/{quote(job_id, safe='')}")
+    if status != 200:
+        _fail(status, view)
+    if as_json:
+        echo_json(view)
+        return
+    click.echo(f"{view['id']} ({view['name']}): {view['status']}")

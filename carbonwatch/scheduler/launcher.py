@@ -1,0 +1,136 @@
+"""Start a deferred job through the wrapper, pause and resume it, end it.
+
+The job runs as ``python -m carbonwatch run --name N --kind K -- CMD`` in the submitter's cwd and
+environment, so it is measured like any other job (the wrapper registers it with this daemon).
+The wrapper starts in a new session (its own process group, no controlling terminal), so it
+outlives a daemon restart and a Ctrl-C meant for the daemon never reaches it.
+
+Pause and resume are SIGSTOP and SIGCONT to every process group of the wrapper's tree: the wrapper
+starts CMD in a group of its own, so signalling the wrapper's group alone would stop only the
+wrapper."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+# Settings the wrapper must take from the daemon, not from the submitter's environment.
+DAEMON_ENV = ("CARBONWATCH_DAEMON_URL", "CARBONWATCH_TOKEN", "CARBONWATCH_DB")
+
+
+def wrapper_argv(name: str, kind: str, command: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "carbonwatch",
+        "run",
+        "--name",
+        name,
+        "--kind",
+        kind,
+        "--",
+        *command,
+    ]
+
+
+def launch(
+    name: str,
+    kind: str,
+    command: Sequence[str],
+    *,
+    cwd: str | None,
+    env: Mapping[str, str],
+    daemon_env: Mapping[str, str],
+    log_path: Path,
+) -> subprocess.Popen[bytes]:
+    """Start the wrapper; its output (and CMD's) goes to ``log_path``. Raises OSError."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {k: v for k, v in env.items() if k not in DAEMON_ENV}
+    full_env.update(daemon_env)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 - argv, never a shell
+            wrapper_argv(name, kind, command),
+            cwd=cwd or None,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def created_s(pid: int) -> float | None:
+    """The process's start time (to tell it from a later process given the same pid)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def alive(pid: int, created: float | None) -> bool:
+    """Whether ``pid`` is still the process started at ``created`` and has not exited."""
+    try:
+        proc = psutil.Process(pid)
+        if created is not None and abs(proc.create_time() - created) > 0.5:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def groups(pid: int) -> list[int]:
+    """Process groups of ``pid`` and its descendants, the wrapper's (``pid``'s) last."""
+    found: list[int] = []
+    try:
+        procs = [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]
+    except psutil.Error:
+        return found
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+            group = os.getpgid(proc.pid)
+            if group in found:
+                found.remove(group)
+            found.append(group)
+    return found
+
+
+def signal_groups(group_ids: Sequence[int], signum: int) -> int:
+    """Send ``signum`` to each process group; returns how many got it."""
+    sent = 0
+    for group in group_ids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signum)
+            sent += 1
+    return sent
+
+
+def pause(pid: int) -> list[int]:
+    """SIGSTOP every group of the tree; returns the groups (resume them even if the wrapper
+    is gone by then)."""
+    found = groups(pid)
+    signal_groups(found, signal.SIGSTOP)
+    return found
+
+
+def resume(pid: int, known: Sequence[int] = ()) -> int:
+    return signal_groups(list(dict.fromkeys([*known, *groups(pid)])), signal.SIGCONT)
+
+
+def terminate(pid: int) -> list[int]:
+    """SIGTERM every group of the tree (then SIGCONT: a stopped process acts on SIGTERM only
+    once continued); returns the groups, for a SIGKILL if they outlive the grace period."""
+    found = groups(pid)
+    signal_groups(found, signal.SIGTERM)
+    signal_groups(found, signal.SIGCONT)
+    return found
+
+
+def kill(group_ids: Sequence[int]) -> None:
+    signal_groups(group_ids, signal.SIGKILL)

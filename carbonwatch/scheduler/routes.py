@@ -1,0 +1,311 @@
+"""HTTP routes of the carbon-aware scheduler, mounted on the daemon's aiohttp app.
+
+``POST /v1/deferred`` submit · ``GET /v1/deferred`` the queue · ``GET /v1/deferred/{id}`` one job ·
+``DELETE /v1/deferred/{id}`` cancel. Refusals are the daemon's JSON errors (``{"error": ...}``)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from carbonwatch.daemon import validation
+from carbonwatch.daemon.validation import ApiError, bad
+from carbonwatch.errors import ConfigError, InputError
+from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
+from carbonwatch.scheduler.peer import peer_uid
+from carbonwatch.scheduler.service import Conflict, NotFound, SchedulerService, Submission
+
+SERVICE = web.AppKey("scheduler", SchedulerService)
+MAX_ARGS = 4096
+MAX_ARG = 64 * 1024
+MAX_ENV = 4096
+_FIELDS = frozenset(
+    {
+        "command",
+        "name",
+        "kind",
+        "deadline",
+        "deadline_s",
+        "duration",
+        "duration_s",
+        "interruptible",
+        "zone",
+        "provider",
+        "provider_url",
+        "cwd",
+        "env",
+    }
+)
+
+
+def add_scheduler_routes(app: web.Application, service: SchedulerService) -> None:
+    app[SERVICE] = service
+    app.router.add_post("/v1/deferred", submit)
+    app.router.add_get("/v1/deferred", queue)
+    app.router.add_get("/v1/deferred/{id}", get)
+    app.router.add_delete("/v1/deferred/{id}", cancel)
+
+
+def _service(request: web.Request) -> SchedulerService:
+    return request.app[SERVICE]
+
+
+def _may_run_commands(request: web.Request, service: SchedulerService) -> None:
+    """Without a token, only the daemon's own user (or root) may make it run or kill commands
+    (see :mod:`carbonwatch.scheduler.peer`). With one, the auth middleware has checked it."""
+    if service.settings.token:
+        return
+    uid = peer_uid(request.transport)
+    if uid is None or uid not in (0, os.geteuid()):
+        who = "an unknown user" if uid is None else f"uid {uid}"
+        raise ApiError(
+            403,
+            f"{who} may not run commands as this daemon's user (uid {os.geteuid()}); "
+            "configure a token (CARBONWATCH_TOKEN) to allow it",
+        )
+
+
+def _opt_text(body: Mapping[str, Any], key: str, max_len: int = 4096) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    return validation.text(value, key, max_len=max_len) if value != "" else ""
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad(f"{where}: expected a finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def _submission(body: Any, now_s: float) -> Submission:
+    if not isinstance(body, dict):
+        raise bad("expected a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise bad(f"unknown field(s): {', '.join(unknown)}")
+    command = body.get("command")
+    if (
+        not isinstance(command, list)
+        or not command
+        or len(command) > MAX_ARGS
+        or not all(isinstance(a, str) and len(a) <= MAX_ARG for a in command)
+    ):
+        raise bad("command: expected a non-empty list of strings (argv)")
+    try:
+        if "deadline_s" in body:
+            deadline_s = _number(body["deadline_s"], "deadline_s")
+        elif isinstance(body.get("deadline"), str):
+            deadline_s = parse_time_s(body["deadline"], now_s)
+        else:
+            raise bad("deadline: give deadline_s (Unix seconds) or deadline (ISO-8601 or +12h)")
+        raw = body.get("duration_s", body.get("duration"))
+        if raw is None:
+            raise bad("duration: give duration_s (seconds) or duration ('2h' or 'auto')")
+        if raw == "auto":
+            duration_s = None
+        elif isinstance(raw, str):
+            duration_s = parse_duration_s(raw)
+        else:
+            duration_s = _number(raw, "duration_s")
+            if duration_s <= 0:
+                raise bad("duration_s: must be > 0")
+    except InputError as exc:
+        raise bad(str(exc)) from None
+    kind = body.get("kind", "training")
+    if kind not in validation.JOB_KINDS:
+        raise bad(f"kind: must be one of {', '.join(validation.JOB_KINDS)}")
+    interruptible = body.get("interruptible", False)
+    if not isinstance(interruptible, bool):
+        raise bad("interruptible: expected true or false")
+    cwd = _opt_text(body, "cwd")
+    if cwd and not (os.path.isabs(cwd) and os.path.isdir(cwd)):
+        raise bad(f"cwd: {cwd!r} is not an existing absolute directory on the daemon's host")
+    env = body.get("env", {})
+    if (
+        not isinstance(env, dict)
+        or len(env) > MAX_ENV
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise bad("env: expected an object of string values")
+    return Submission(
+        command=list(command),
+        deadline_s=deadline_s,
+        duration_s=duration_s,
+        name=_opt_text(body, "name", validation.MAX_TEXT) or "",
+        kind=kind,
+        interruptible=interruptible,
+        zone=_opt_text(body, "zone", validation.MAX_TEXT),
+        provider=_opt_text(body, "provider", validation.MAX_TEXT) or None,
+        provider_url=_opt_text(body, "provider_url"),
+        cwd=cwd or None,
+        env=env,
+    )
+
+
+async def submit(request: web.Request) -> web.Response:
+    service = _service(request)
+    _may_run_commands(request, service)
+    sub = _submission(validation.parse_json(await request.read()), service.clock.time())
+    try:
+        view = await service.submit(sub)
+    except (InputError, ConfigError) as exc:
+        raise bad(str(exc)) from None
+    return web.json_response(view, status=201)
+
+
+async def queue(request: web.Request) -> web.Response:
+    active = request.query.get("active", "0").lower() in ("1", "true", "yes")
+    raw_limit = request.query.get("limit", "100")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise bad(f"limit: expected an integer, got {raw_limit[:32]!r}") from None
+    if not 1 <= limit <= 1000:
+        raise bad("limit: must be between 1 and 1000")
+    views = await _service(request).queue(active_only=active, limit=limit)
+    return web.json_response({"deferred": views})
+
+
+async def get(request: web.Request) -> web.Response:
+    try:
+        view = await _service(request).get(request.match_info["id"])
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    return web.json_response(view)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    service = _service(request)
+    _may_run_commands(request, service)
+    try:
+        view = await service.cancel(request.match_info["id"])
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except Conflict as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.json_response(view)
+
+
+_DEFERRED = {"$ref": "#/components/schemas/Deferred"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json({"$ref": "#/components/schemas/Error"}, description)
+
+
+# Merged into the daemon's OpenAPI document (carbonwatch.daemon.openapi).
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "Deferred": {
+        "type": "object",
+        "description": "A deferred job: its plan, expected and realised carbon. Times are UTC "
+        "ISO-8601, with Unix-second twins (*_s).",
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["queued", "running", "paused", "done", "failed", "cancelled"],
+            },
+            "command": {"type": "array", "items": {"type": "string"}},
+            "deadline": {"type": "string"},
+            "duration_s": {"type": "number"},
+            "interruptible": {"type": "boolean"},
+            "plan": {"type": "array", "items": {"type": "object"}},
+            "plan_basis": {"type": ["string", "null"], "enum": ["forecast", "no_forecast", None]},
+            "expected_co2e_g": {"type": ["number", "null"]},
+            "expected_saving_pct": {"type": ["number", "null"]},
+            "job_id": {"type": ["string", "null"]},
+            "realised_co2e_g": {"type": ["number", "null"]},
+            "realised_baseline_co2e_g": {"type": ["number", "null"]},
+            "message": {"type": ["string", "null"]},
+        },
+    },
+    "DeferredRequest": {
+        "type": "object",
+        "required": ["command"],
+        "additionalProperties": False,
+        "properties": {
+            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": list(validation.JOB_KINDS)},
+            "deadline_s": {"type": "number"},
+            "deadline": {"type": "string", "description": "ISO-8601 with a zone, or +12h"},
+            "duration_s": {"type": "number"},
+            "duration": {"type": "string", "description": "2h, 1h30m, PT2H, or auto"},
+            "interruptible": {"type": "boolean"},
+            "zone": {"type": "string"},
+            "provider": {"type": "string"},
+            "provider_url": {"type": "string"},
+            "cwd": {"type": "string", "description": "absolute directory to run in"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+}
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/deferred": {
+        "post": {
+            "summary": "Defer a job to the lowest-carbon time before its deadline",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DeferredRequest"}}
+                },
+            },
+            "responses": {
+                "201": _json(_DEFERRED, "planned and queued"),
+                "400": _err("invalid field, deadline too soon, or no history for 'auto'"),
+                "401": _err("missing or wrong bearer token"),
+                "403": _err("no token configured and the caller is not the daemon's user"),
+            },
+        },
+        "get": {
+            "summary": "Deferred jobs, newest first (?active=1: queued, running, paused)",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {"deferred": {"type": "array", "items": _DEFERRED}},
+                    },
+                    "deferred jobs",
+                ),
+                "400": _err("invalid query"),
+                "401": _err("missing or wrong bearer token"),
+            },
+        },
+    },
+    "/v1/deferred/{id}": {
+        "get": {
+            "summary": "One deferred job",
+            "parameters": [_ID],
+            "responses": {
+                "200": _json(_DEFERRED, "the job"),
+                "404": _err("no such deferred job"),
+                "401": _err("missing or wrong bearer token"),
+            },
+        },
+        "delete": {
+            "summary": "Cancel: a queued job is dropped, a running one terminated",
+            "parameters": [_ID],
+            "responses": {
+                "200": _json(_DEFERRED, "cancelled"),
+                "404": _err("no such deferred job"),
+                "409": _err("the job already ended"),
+                "401": _err("missing or wrong bearer token"),
+                "403": _err("no token configured and the caller is not the daemon's user"),
+            },
+        },
+    },
+}

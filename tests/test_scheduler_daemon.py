@@ -1,0 +1,450 @@
+"""The carbon-aware scheduler end to end: a real daemon process, the real CLI, real jobs.
+
+Forecasts are EIA-930 hours (CISO, 2022-01-01) shifted to now and squeezed to a few seconds
+each, served by the csv provider, so a plan puts the start seconds ahead."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import pytest
+from daemon_helpers import DaemonProcess
+
+EIA_CISO = Path(__file__).parent / "fixtures" / "eia930" / "CISO_NG_avgCI.csv"
+# Appends its start time to the file given (one line per run), then spins for 1.5 s: long
+# enough for the daemon's sampler to see it.
+MARKER = (
+    "import sys, time\n"
+    "t = time.time(); open(sys.argv[1], 'a').write(f'{t}\\n')\n"
+    "while time.time() - t < 1.5: pass\n"
+)
+# Appends a timestamp every 0.1 s, n times: a gap in them is a pause.
+TICKER = (
+    "import sys, time\n"
+    "for _ in range(int(sys.argv[2])):\n"
+    "    open(sys.argv[1], 'a').write(f'{time.time()}\\n'); time.sleep(0.1)\n"
+)
+# Writes its pid, then sleeps.
+SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+
+
+def _eia_values(first_hour: int, count: int) -> list[float]:
+    lines = EIA_CISO.read_text().splitlines()[1 + first_hour : 1 + first_hour + count]
+    return [float(line.rsplit(",", 1)[1]) for line in lines]
+
+
+def _shifted_csv(path: Path, values: list[float], start_s: float, slot_s: float) -> Path:
+    """``values`` as consecutive slots of ``slot_s`` from ``start_s``."""
+    rows = [
+        f"{datetime.fromtimestamp(start_s + i * slot_s, UTC).isoformat()},{v}"
+        for i, v in enumerate(values)
+    ]
+    path.write_text("timestamp,avg_CI\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "cfg"), XDG_DATA_HOME=str(tmp_path / "data"))
+    env.update(extra)
+    return env
+
+
+def _cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "carbonwatch", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        cwd=cwd,
+    )
+
+
+def _ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    return out
+
+
+def _refused(out: subprocess.CompletedProcess, text: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    assert text in out.stderr, out.stderr
+
+
+def _deferred(daemon: DaemonProcess, job_id: str) -> dict:
+    status, view = daemon.request("GET", f"/v1/deferred/{job_id}")
+    assert status == 200, view
+    return view
+
+
+def _wait_status(
+    daemon: DaemonProcess, job_id: str, statuses: tuple[str, ...], timeout_s: float = 60.0
+) -> dict:
+    return daemon.wait_for(
+        lambda: (v := _deferred(daemon, job_id))["status"] in statuses and v,
+        timeout_s,
+        every_s=0.1,
+    )
+
+
+def _submit(env: dict[str, str], *args: str) -> dict:
+    return json.loads(_ok(_cli(env, "submit", "--json", *args)).stdout)
+
+
+def test_a_restarted_daemon_runs_queued_jobs_at_their_planned_times(tmp_path):
+    # Hours 14..29: evening high, solar midday low at hour 19 (index 5), 3 s a slot. The margins
+    # (15 s to the planned start) leave room for a restart on a loaded machine.
+    t0 = int(time.time())
+    csv = _shifted_csv(tmp_path / "ciso.csv", _eia_values(14, 16), t0, 3.0)
+    marker, late_marker = tmp_path / "started.txt", tmp_path / "late.txt"
+    env = _env(
+        tmp_path,
+        CARBONWATCH_PROVIDER="csv",
+        CARBONWATCH_PROVIDER_URL=str(csv),
+        CARBONWATCH_ZONE="CISO",
+    )
+    daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env).start()
+    try:
+        env["CARBONWATCH_DAEMON_URL"] = daemon.url
+        view = _submit(
+            env,
+            "--deadline",
+            "+40s",
+            "--duration",
+            "2s",
+            "--name",
+            "marker",
+            "--",
+            sys.executable,
+            "-c",
+            MARKER,
+            str(marker),
+        )
+        planned_s = view["plan"][0]["start_s"]
+        assert view["status"] == "queued" and view["plan_basis"] == "forecast"
+        assert planned_s == pytest.approx(t0 + 5 * 3.0)  # the hour-19 slot
+        assert view["expected_saving_pct"] > 40  # vs the evening hours at submit
+        # A second job, with no forecast, planned for the latest safe start: 6 s from now.
+        late = _submit(
+            env,
+            "--deadline",
+            "+10s",
+            "--duration",
+            "4s",
+            "--provider",
+            "static",
+            "--name",
+            "late",
+            "--",
+            sys.executable,
+            "-c",
+            MARKER,
+            str(late_marker),
+        )
+        late_planned_s = late["plan"][0]["start_s"]
+        assert late["plan_basis"] == "no_forecast"
+
+        daemon.kill()  # kill -9: only the store remembers the jobs
+        time.sleep(max(0.0, late_planned_s + 0.3 - time.time()))  # down at "late"'s start
+        daemon.start()
+        env["CARBONWATCH_DAEMON_URL"] = daemon.url  # a new port
+        assert time.time() < planned_s - 0.5, "the restart took too long for this test"
+        assert not marker.exists()
+        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=40)
+        late_done = _wait_status(daemon, late["id"], ("done", "failed"), timeout_s=20)
+        # The finished run is history now: "auto" takes its duration, and its energy per
+        # second gives an expected gCO2e.
+        auto = _submit(
+            env, "--deadline", "+1h", "--duration", "auto", "--name", "marker", "--", "true"
+        )
+        _ok(_cli(env, "cancel", auto["id"]))
+    finally:
+        daemon.stop()
+    assert done["status"] == "done", done
+    (started,) = [float(line) for line in marker.read_text().split()]  # ran exactly once
+    assert planned_s <= started < view["deadline_s"]
+    assert done["ended_s"] < view["deadline_s"]
+    # Measured like any other job, and compared with running at submit time.
+    assert done["job_id"] and done["realised_co2e_g"] > 0
+    # Measured at hour 19's intensity; at submit the evening hours were much dirtier.
+    assert done["realised_baseline_co2e_g"] > 1.5 * done["realised_co2e_g"]
+    assert done["realised_saving_pct"] > 30
+    # Its start passed while the daemon was down: started at once.
+    assert late_done["status"] == "done" and "daemon was down" in late_done["message"]
+    (late_started,) = [float(line) for line in late_marker.read_text().split()]
+    assert late_planned_s < late_started
+    assert auto["duration_s"] == pytest.approx(done["ended_s"] - done["started_s"], rel=0.5)
+    assert auto["expected_co2e_g"] > 0
+
+
+def test_a_queued_job_is_replanned_when_a_newer_forecast_arrives(tmp_path):
+    t0 = int(time.time())
+    high, low = _eia_values(14, 1)[0], _eia_values(19, 1)[0]
+    csv = tmp_path / "ciso.csv"
+    _shifted_csv(csv, [high] * 8 + [low] + [high] * 3, t0, 3.0)
+    config = tmp_path / "cw.toml"
+    config.write_text("scheduler_refresh_s = 1\n")
+    marker = tmp_path / "started.txt"
+    env = _env(
+        tmp_path,
+        CARBONWATCH_PROVIDER="csv",
+        CARBONWATCH_PROVIDER_URL=str(csv),
+        CARBONWATCH_ZONE="CISO",
+    )
+    with DaemonProcess(
+        tmp_path / "cw.db", "--backend", "none", "--config", str(config), env=env
+    ) as daemon:
+        env["CARBONWATCH_DAEMON_URL"] = daemon.url
+        out = _ok(
+            _cli(
+                env,
+                "submit",
+                "--json",
+                "--deadline",
+                "+40s",
+                "--duration",
+                "2s",
+                "--name",
+                "marker",
+                "--",
+                sys.executable,
+                "-c",
+                MARKER,
+                str(marker),
+            )
+        )
+        view = json.loads(out.stdout)
+        assert view["plan"][0]["start_s"] == t0 + 24
+        # A newer forecast: the low slot is now 12 s sooner.
+        newer = _shifted_csv(tmp_path / "newer.csv", [high] * 4 + [low] + [high] * 7, t0, 3.0)
+        newer.replace(csv)
+        moved = daemon.wait_for(
+            lambda: (v := _deferred(daemon, view["id"]))["plan"][0]["start_s"] == t0 + 12 and v,
+            timeout_s=10,
+            every_s=0.1,
+        )
+        assert "re-planned" in moved["message"] and moved["status"] == "queued"
+        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=30)
+    assert done["status"] == "done", done
+    (started,) = [float(line) for line in marker.read_text().split()]
+    assert t0 + 12 <= started < t0 + 24
+
+
+def test_submit_queue_and_cancel_through_the_cli(tmp_path):
+    env = _env(tmp_path)
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
+        env["CARBONWATCH_DAEMON_URL"] = daemon.url
+        # Static provider: no forecast, so the latest start that meets the deadline.
+        out = _ok(
+            _cli(
+                env,
+                "submit",
+                "--deadline",
+                "+3h",
+                "--duration",
+                "1h",
+                "--name",
+                "nightly",
+                "--",
+                "python",
+                "train.py",
+            )
+        )
+        assert "queued" in out.stdout and "no usable forecast" in out.stdout
+        queue = json.loads(_ok(_cli(env, "queue", "--json")).stdout)
+        (job,) = queue
+        assert (job["name"], job["status"], job["plan_basis"]) == (
+            "nightly",
+            "queued",
+            "no_forecast",
+        )
+        assert job["plan"][0]["end_s"] == pytest.approx(job["deadline_s"])
+        assert job["command"] == ["python", "train.py"] and "env" not in job
+        table = _ok(_cli(env, "queue")).stdout
+        assert job["id"] in table and "nightly" in table and job["deadline"] in table
+
+        out = _ok(_cli(env, "cancel", job["id"]))
+        assert "cancelled" in out.stdout
+        assert _deferred(daemon, job["id"])["status"] == "cancelled"
+        _refused(_cli(env, "cancel", job["id"]), "already ended")
+        _refused(_cli(env, "cancel", "nosuchjob"), "no deferred job with id 'nosuchjob'")
+
+        # A running job is terminated, its whole tree.
+        pid_file = tmp_path / "pid"
+        out = _ok(
+            _cli(
+                env,
+                "submit",
+                "--json",
+                "--deadline",
+                "+31s",
+                "--duration",
+                "30s",
+                "--name",
+                "sleeper",
+                "--",
+                sys.executable,
+                "-c",
+                SLEEPER,
+                str(pid_file),
+            )
+        )
+        sleeper = json.loads(out.stdout)
+        _wait_status(daemon, sleeper["id"], ("running",), timeout_s=20)
+        daemon.wait_for(pid_file.exists, timeout_s=20)
+        pid = int(pid_file.read_text())
+        cancelled = json.loads(_ok(_cli(env, "cancel", "--json", sleeper["id"])).stdout)
+        assert cancelled["status"] == "cancelled"
+        with pytest.raises(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                raise psutil.NoSuchProcess(pid)
+
+        # Bad input: one clear line, exit 2, never a traceback.
+        _refused(
+            _cli(env, "submit", "--deadline", "+1h", "--duration", "2h", "--", "true"),
+            "before now + 2h",
+        )
+        _refused(
+            _cli(env, "submit", "--deadline", "+1h", "--duration", "banana", "--", "true"),
+            "cannot parse duration 'banana'",
+        )
+        _refused(
+            _cli(env, "submit", "--deadline", "tomorrow", "--duration", "1h", "--", "true"),
+            "cannot parse time 'tomorrow'",
+        )
+        _refused(
+            _cli(
+                env,
+                "submit",
+                "--deadline",
+                "+1h",
+                "--duration",
+                "auto",
+                "--name",
+                "never-ran",
+                "--",
+                "true",
+            ),
+            "no finished job named 'never-ran'",
+        )
+        _refused(
+            _cli(
+                env,
+                "submit",
+                "--deadline",
+                "+1h",
+                "--duration",
+                "5m",
+                "--provider",
+                "nope",
+                "--",
+                "true",
+            ),
+            "unknown provider 'nope'",
+        )
+
+
+def test_without_a_daemon_the_commands_say_so(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens on it once closed
+    env = _env(tmp_path, CARBONWATCH_DAEMON_URL=f"http://127.0.0.1:{port}")
+    for args in (
+        ("queue",),
+        ("cancel", "x"),
+        ("submit", "--deadline", "+1h", "--duration", "5m", "--", "true"),
+    ):
+        _refused(_cli(env, *args), "no carbonwatch daemon answers")
+
+
+def test_an_interruptible_job_is_paused_between_its_slots(tmp_path):
+    # Two low slots (CISO's hour 19, then hour 20) apart, high ones around them, 4 s a slot.
+    t0 = int(time.time()) + 2
+    high, low = _eia_values(5, 1)[0], _eia_values(19, 2)
+    values = [high, low[0], high, low[1], high, high]
+    csv = _shifted_csv(tmp_path / "ciso.csv", values, t0, 4.0)
+    ticks = tmp_path / "ticks.txt"
+    env = _env(tmp_path)
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
+        env["CARBONWATCH_DAEMON_URL"] = daemon.url
+        view = _submit(
+            env,
+            "--interruptible",
+            "--deadline",
+            "+40s",
+            "--duration",
+            "8s",
+            "--zone",
+            "CISO",
+            "--provider",
+            "csv",
+            "--provider-url",
+            str(csv),
+            "--name",
+            "ticker",
+            "--",
+            sys.executable,
+            "-c",
+            TICKER,
+            str(ticks),
+            "50",
+        )
+        windows = [(w["start_s"], w["end_s"]) for w in view["plan"]]
+        assert windows == [(t0 + 4, t0 + 8), (t0 + 12, t0 + 16)]
+        paused = _wait_status(daemon, view["id"], ("paused",), timeout_s=20)
+        assert paused["runs"][0][1] == pytest.approx(t0 + 8, abs=0.5)
+        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=40)
+    assert done["status"] == "done", done
+    stamps = [float(x) for x in ticks.read_text().split()]
+    assert len(stamps) == 50
+    gaps = [(b - a, a, b) for a, b in zip(stamps, stamps[1:], strict=False)]
+    longest, before, after = max(gaps)
+    assert longest > 3.0  # frozen between the slots
+    assert before < t0 + 8 + 0.3 and after >= t0 + 12 - 0.3
+    assert len(done["runs"]) == 2 and done["runs"][1][0] == pytest.approx(t0 + 12, abs=0.5)
+
+
+def test_a_job_running_across_a_daemon_restart_is_still_recorded(tmp_path):
+    """The wrapper runs in its own session: SIGTERM to the daemon leaves it running, and the
+    restarted daemon (same address) watches it to the end and records the run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = _env(tmp_path)
+    daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none", "--port", port, env=env)
+    daemon.start()
+    try:
+        env["CARBONWATCH_DAEMON_URL"] = daemon.url
+        view = _submit(
+            env,
+            "--deadline",
+            "+10s",
+            "--duration",
+            "9s",
+            "--name",
+            "across",
+            "--",
+            sys.executable,
+            "-c",
+            "import time; time.sleep(8)",
+        )
+        _wait_status(daemon, view["id"], ("running",), timeout_s=20)
+        assert daemon.stop() == 0
+        daemon.start()
+        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=30)
+        status, job = daemon.request("GET", f"/v1/jobs/{done['job_id']}")
+    finally:
+        daemon.stop()
+    assert done["status"] == "done" and done["exit_code"] == 0, done
+    assert status == 200 and job["status"] == "finished" and job["name"] == "across"
+    assert done["realised_co2e_g"] == job["co2e_g"]

@@ -1,0 +1,95 @@
+"""Who may make the daemon run a command: without a token, only its own user (or root)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pwd
+import socket
+import time
+
+import pytest
+from daemon_helpers import InProcessDaemon
+
+from carbonwatch.scheduler.peer import peer_uid
+
+
+class _Transport:
+    """What peer_uid reads from an asyncio transport."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> object:
+        return {
+            "socket": self.sock,
+            "peername": self.sock.getpeername(),
+            "sockname": self.sock.getsockname(),
+        }[name]
+
+
+def test_the_peer_of_a_loopback_tcp_connection_is_found_in_proc():
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()),
+    ):
+        conn, _ = server.accept()
+        with conn:
+            assert peer_uid(_Transport(conn)) == os.geteuid()
+
+
+def test_the_peer_of_a_unix_socket_comes_from_the_kernel():
+    left, right = socket.socketpair()
+    with left, right:
+        assert peer_uid(_Transport(left)) == os.geteuid()
+
+
+def test_an_unknown_transport_has_no_peer():
+    assert peer_uid(None) is None
+
+
+def _post_as(uid: int, url: str, body: dict) -> tuple[int, dict]:
+    """POST from a forked child running as ``uid`` (no interpreter to exec as that user)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to uid, send, report, exit without running any cleanup
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request(
+                "POST", "/v1/deferred", json.dumps(body), {"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            os.write(write_end, json.dumps([resp.status, json.loads(resp.read())]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    status, payload = json.loads(data)
+    return status, payload
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_local_user_may_not_submit_without_a_token(tmp_path):
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    with InProcessDaemon(tmp_path / "cw.db") as daemon:
+        body = {"command": ["true"], "deadline_s": time.time() + 7200, "duration_s": 60}
+        status, payload = _post_as(nobody, daemon.url, body)
+        assert status == 403 and f"uid {nobody} may not run commands" in payload["error"]
+        # The daemon's own user may.
+        status, view = daemon.request("POST", "/v1/deferred", body)
+        assert status == 201, view
+        status, _ = daemon.request("DELETE", f"/v1/deferred/{view['id']}")
+        assert status == 200
+        status, listing = daemon.request("GET", "/v1/deferred")
+        assert [v["status"] for v in listing["deferred"]] == ["cancelled"]
+        assert '"env"' not in json.dumps(listing)  # the captured environment never leaves
