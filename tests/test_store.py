@@ -89,3 +89,8 @@ def test_paths_with_uri_characters_open_read_only(tmp_path):
     open_store(path).close()
     with open_store(path, read_only=True) as reader:
         assert reader.jobs() == []
+
+
+def test_a_new_store_is_readable_by_its_owner_only(tmp_path):
+    open_store(tmp_path / "s.db").close()
+    assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600

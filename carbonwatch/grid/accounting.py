@@ -281,7 +281,7 @@ def accounting_source(
         fallback,
         cache_path=settings.db_path,
         clock=clock,
-        refresh_every_s=float(settings.extra.get("intensity_refresh_s", 900.0)),
+        refresh_every_s=settings.intensity_refresh_s,
     )
     return source.start() if background else source
 

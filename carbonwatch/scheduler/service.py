@@ -129,7 +129,7 @@ class SchedulerService:
         self._write = write
         self.clock = clock or SystemClock()
         self.refresh_every_s = refresh_every_s or float(
-            settings.extra.get("scheduler_refresh_s", 900.0)
+            settings.scheduler_refresh_s
         )
         self.grace_s = grace_s
         self.poll_s = poll_s

@@ -31,6 +31,10 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Owner-only: deferred jobs keep their submitter's environment, which may hold secrets.
+            # SQLite gives the -wal and -shm files the database file's mode.
+            path.touch(mode=0o600)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     return conn
