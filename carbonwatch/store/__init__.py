@@ -7,18 +7,20 @@ lets run beside the writer."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import StoreError
 from carbonwatch.store.migrations import MIGRATIONS
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 JSON_COLUMNS = ("command", "pids", "tags", "energy_by_device", "provenance", "plan", "env")
 
@@ -58,13 +60,26 @@ class Store:
                     raise StoreError(f"{self.path} is not a carbonwatch store (no schema)")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        self.db = sqlite_utils.Database(self.conn)
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
             step(self.conn)
             self.conn.execute(f"PRAGMA user_version = {int(number)}")
+
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, for callers that want its table API. Imported
+        on first use: it pulls in pandas (~0.25 s), which `carbonwatch run` never needs."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts (parameterised SQL only)."""
+        cursor = self.conn.execute(sql, args)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     @property
     def schema_version(self) -> int:
@@ -98,16 +113,25 @@ class Store:
     def insert_job(self, **fields: Any) -> str:
         job_id = fields.pop("id", None) or uuid.uuid4().hex[:12]
         row = {"id": job_id, **_encode(fields)}
+        columns = ", ".join(row)  # keys are our own column names, never user input
+        marks = ", ".join(f":{k}" for k in row)
         with self.transaction():
-            self.db["jobs"].insert(row)
+            self.conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", row)  # noqa: S608
         return job_id
 
     def update_job(self, job_id: str, **fields: Any) -> None:
+        values = _encode(fields)
+        if not values:
+            return
+        assignments = ", ".join(f"{k} = :{k}" for k in values)  # our own column names
         with self.transaction():
-            self.db["jobs"].update(job_id, _encode(fields))
+            self.conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = :_id",  # noqa: S608
+                {**values, "_id": job_id},
+            )
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+        rows = self.query("SELECT * FROM jobs WHERE id = ?", [job_id])
         return _decode(rows[0]) if rows else None
 
     def jobs(self, since_s: float | None = None, job_id: str | None = None) -> list[dict[str, Any]]:
@@ -118,7 +142,7 @@ class Store:
         if job_id is not None:
             sql += " AND id = ?"
             args.append(job_id)
-        return [_decode(r) for r in self.db.query(sql + " ORDER BY started_s", args)]
+        return [_decode(r) for r in self.query(sql + " ORDER BY started_s", args)]
 
     # --- energy rollups -----------------------------------------------------------------------
     def add_energy_minutes(self, rows: Iterable[dict[str, Any]]) -> None:
