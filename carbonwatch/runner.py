@@ -305,12 +305,14 @@ def _result(
     if pricing.known:
         cost = (mine.cost if mine else 0.0) + pricing.device_hours_cost(device_hours)
     idle = ledger.totals.get(IDLE)
-    intensity_kinds = sorted(mine.intensity_kinds) if mine else []
+    # Where the job drew nothing, the devices' intervals still say which intensity applied.
+    seen = mine if mine and mine.intensity_providers else next(iter(ledger.totals.values()), None)
+    intensity_kinds = sorted(seen.intensity_kinds) if seen else []
     provenance = {
         "energy": {d.device_id: f"{d.provenance.value} ({d.method})" for d in devices},
         "energy_by_class": dict(mine.provenance_by_class) if mine else {},
         "carbon": {
-            "intensity": ", ".join(sorted(mine.intensity_providers)) if mine else "",
+            "intensity": ", ".join(sorted(seen.intensity_providers)) if seen else "unknown",
             "kind": ", ".join(intensity_kinds),
             "pue": pricing.pue,
         },
