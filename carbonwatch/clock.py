@@ -42,3 +42,26 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.set(self._now_s + seconds)
+
+
+class SteadyClock:
+    """Wall time that does not step: the wall clock's reading when built, plus the monotonic
+    time elapsed since. A collector measuring on it neither invents energy when the wall clock
+    jumps forward (an interval an hour long) nor stalls when it jumps back (an interval that
+    would end before it began); :class:`carbonwatch.daemon.sampling.WallTimeLabels` moves its
+    intervals back onto the wall clock for the record."""
+
+    def __init__(self, wall: Clock) -> None:
+        self._wall = wall
+        self._origin_s = wall.time()
+        self._origin_mono = wall.monotonic()
+
+    def time(self) -> float:
+        return self._origin_s + (self._wall.monotonic() - self._origin_mono)
+
+    def monotonic(self) -> float:
+        return self._wall.monotonic()
+
+    def offset_s(self) -> float:
+        """How far the wall clock has stepped since this clock was built (wall - steady)."""
+        return self._wall.time() - self.time()

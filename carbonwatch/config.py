@@ -64,6 +64,12 @@ class Settings:
     watttime_password: str = ""
     no_forecast_policy: str = "latest"  # latest | now
     raw_call_log_max: int = 100_000
+    scheduler_refresh_s: float = 900.0  # how often queued jobs are re-planned on a newer forecast
+    intensity_refresh_s: float = 900.0  # how often accounting refetches the intensity series
+    node: str = ""  # the daemon's `node` label on /metrics; empty: the host name
+    # /metrics keeps a job's own series until this long after it ended (daemon clock seconds),
+    # then folds them into the node's job_id="" series, so ended jobs do not grow it forever.
+    metrics_job_retention_s: float = 3600.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,7 +86,8 @@ class Settings:
         price = self.energy_price_per_kwh
         if price is not None and not (math.isfinite(price) and price >= 0):
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
-        for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s"):
+        for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
+                     "metrics_job_retention_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")

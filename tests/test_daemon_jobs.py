@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 from daemon_helpers import MODEL, InProcessDaemon
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,18 +57,41 @@ def test_job_lifecycle_identity_merge_and_summary(tmp_path):
 
 def test_a_live_job_owns_its_process_tree_and_ends_when_its_processes_are_gone(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # A job its opener ends (the Slurm prolog's, tagged ended_by) outlives its processes.
+    held = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with InProcessDaemon(tmp_path / "cw.db", backend="none",
                              housekeeping_every_s=0.2) as d:
             status, job = d.request("POST", "/v1/jobs", {"name": "sleeper", "kind": "other",
                                                          "pid": child.pid})
             assert status == 201
-            child.kill()
-            child.wait()
+            status, slurm = d.request("POST", "/v1/jobs", {
+                "name": "slurm-4242", "kind": "training", "pid": held.pid,
+                "identity": "slurm:4242", "tags": {"ended_by": "epilog"}})
+            assert status == 201
+            for proc in (child, held):
+                proc.kill()
+                proc.wait()
             d.wait_for(lambda: d.request("GET", f"/v1/jobs/{job['id']}")[1]["status"] == "lost",
                        timeout_s=20)
+            assert d.request("GET", f"/v1/jobs/{slurm['id']}")[1]["status"] == "running"
+            status, ended = d.request("POST", f"/v1/jobs/{slurm['id']}/end", {"exit_code": 0})
+            assert (status, ended["status"]) == (200, "finished")
+        # After a restart too (the tag is read back from the store).
+        with InProcessDaemon(tmp_path / "cw.db", backend="none",
+                             housekeeping_every_s=0.2) as d:
+            status, reopened = d.request("POST", "/v1/jobs", {
+                "name": "slurm-4243", "kind": "training", "pid": held.pid,
+                "tags": {"ended_by": "epilog"}})
+            assert status == 201
+        with InProcessDaemon(tmp_path / "cw.db", backend="none",
+                             housekeeping_every_s=0.2) as d:
+            d.wait_for(lambda: d.daemon.loop.last_tick_mono is not None)
+            time.sleep(1.0)  # five housekeeping turns
+            assert d.request("GET", f"/v1/jobs/{reopened['id']}")[1]["status"] == "running"
     finally:
         child.kill()
+        held.kill()
 
 
 class Hanging:

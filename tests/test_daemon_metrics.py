@@ -37,7 +37,7 @@ def test_metrics_parse_equal_the_store_and_continue_after_a_restart(tmp_path):
         (power,) = families["carbonwatch_device_power_watts"]
         assert power.labels == {"device": "gpu0", "node": "node-a"} and power.value > 0
         sample = families["carbonwatch_energy_joules"][0]
-        assert set(sample.labels) == {"job", "model", "phase", "device", "node"}
+        assert set(sample.labels) == {"job_id", "job_name", "model", "phase", "device", "node"}
         assert sample.name == "carbonwatch_energy_joules_total"
         assert "carbonwatch_cost" not in families  # no price configured: unknown, not zero
 

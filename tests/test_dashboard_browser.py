@@ -8,84 +8,25 @@ Screenshots land in test-artifacts/ (gitignored). Without a Chromium the tests s
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_helpers import CHROMIUM_ARGS, NO_CHROMIUM, Server, find_chromium
+from browser_helpers import no_traceback as _no_traceback
+from browser_helpers import screenshot as _shot
 from seed import SeedSpec, seed_store
 
 from carbonwatch.store import open_store
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 SPEC = SeedSpec(days=2.0, gpus=4, training_jobs=6, calls=1_500_000, zones=("CISO", "ERCO"))
 
-
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("CARBONWATCH_CHROMIUM"), shutil.which("chromium"),
-                      shutil.which("chromium-browser"), "/usr/bin/chromium"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-CHROMIUM = _chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium found (install Debian's chromium, or set "
-    "CARBONWATCH_CHROMIUM to a Chromium binary); browser tests need a real browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``carbonwatch dashboard`` in a subprocess, as a user would start it."""
-
-    def __init__(self, db: Path, home: Path, refresh_s: float = 30.0) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "XDG_CONFIG_HOME": str(home), "XDG_DATA_HOME": str(home)}
-        env.pop("CARBONWATCH_CONFIG", None)
-        self.log = home / f"dashboard-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from carbonwatch.cli import main; main()", "dashboard",
-             "--db", str(db), "--port", str(self.port), "--refresh", str(refresh_s)],
-            env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-
-    def wait(self, timeout_s: float = 60.0) -> Server:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dashboard exited: {self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + "/", timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"dashboard did not start: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 
 @pytest.fixture(scope="module")
@@ -195,16 +136,6 @@ def _assert_totals_equal(shown: dict, expected: dict) -> None:
         for phase, value in shown[metric].items():
             assert value == pytest.approx(phases.get(phase, 0.0), rel=1e-9, abs=1e-9), \
                 (metric, phase)
-
-
-def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
-
-
-def _no_traceback(page) -> None:
-    text = page.inner_text("body")
-    assert "Traceback" not in text and "File \"" not in text
 
 
 def test_overview_equals_the_store_and_follows_the_range(servers, stores, page):

@@ -43,7 +43,7 @@ def daemon_flags() -> set[str]:
 def exposed_metrics() -> set[str]:
     """Every sample name the daemon's /metrics can carry (a priced node, one job, one call)."""
     totals = MetricTotals()
-    totals.add_energy([(("train", "m", "training", "gpu0"), 1.0, 1.0, 1.0)])
+    totals.add_energy([(("j1", "train", "m", "training", "gpu0"), 1.0, 1.0, 1.0)])
     totals.add_calls({"m": 1})
     health = Health(
         up=True, collector_errors=0, device_power_w={"gpu0": 1.0}, device_age_s={"gpu0": 1.0}
@@ -78,7 +78,8 @@ def test_systemd_unit_runs_the_daemon_with_flags_it_has_and_a_writable_store():
     config = DEPLOY / "systemd" / "config.toml"
     assert str(config.name) in service["ExecStart"]
     settings = tomllib.loads(config.read_text())
-    assert set(settings) <= {f for f in Settings.__dataclass_fields__} | {"node"}
+    assert set(settings) <= set(Settings.__dataclass_fields__)
+    assert "node" in config.read_text()  # the node label is a setting, shown commented out
 
 
 # --- Kubernetes ------------------------------------------------------------------------------
@@ -98,12 +99,18 @@ def test_daemonset_has_host_pid_the_nvidia_runtime_and_a_persistent_store():
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostPID"] is True and pod["runtimeClassName"] == "nvidia"
     (container,) = pod["containers"]
-    command = " ".join(container["args"])
-    assert flags_in(command.split("exec ", 1)[1]) <= daemon_flags()
+    assert "command" not in container  # the image's entrypoint, `carbonwatch`; no shell
+    assert 'ENTRYPOINT ["carbonwatch"]' in (DEPLOY / "Dockerfile").read_text()
+    assert container["args"][0] == "daemon"
+    command = shlex.join(container["args"])
+    assert flags_in(command) <= daemon_flags()
     env = {e["name"]: e for e in container["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
     assert env["CARBONWATCH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "carbonwatch-token"
-    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # The node label is the Kubernetes node name, through the `node` setting's variable.
+    assert env["CARBONWATCH_NODE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert all(n.removeprefix("CARBONWATCH_").lower() in Settings.__dataclass_fields__
+               for n in env if n.startswith("CARBONWATCH_"))
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "--db " + mounts["store"] in command and "hostPath" in volumes["store"]
@@ -131,7 +138,7 @@ def test_metrics_service_and_pod_monitor_reach_the_daemons_port():
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
-    assert endpoint["honorLabels"] is False  # the daemon's `job` label arrives as exported_job
+    assert endpoint["honorLabels"] is False  # the daemon's labels never collide with targets
     assert endpoint["authorization"]["credentials"]["name"] == "carbonwatch-token"
 
 

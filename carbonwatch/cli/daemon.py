@@ -16,6 +16,8 @@ from carbonwatch.cli.common import handle_errors, intensity_source, load, settin
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False), default=None,
               help="Listen on this Unix socket instead of TCP.")
 @click.option("--backend", default=None, help="GPU backend: auto | nvml | none | replay:DIR.")
+@click.option("--node", default=None, help="The node label on /metrics (default: the host name; "
+              "CARBONWATCH_NODE, or node in the config file).")
 @click.option("--replay-speed", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Trace seconds per real second, for replay:DIR.")
 @click.option("--replay-gpus", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -27,6 +29,7 @@ def daemon_cmd(
     port: int | None,
     socket_path: str | None,
     backend: str | None,
+    node: str | None,
     replay_speed: float,
     replay_gpus: int,
     config_path: str | None,
@@ -44,7 +47,7 @@ def daemon_cmd(
     \b
     Examples:
       carbonwatch daemon
-      CARBONWATCH_TOKEN=s3cret carbonwatch daemon --host 0.0.0.0
+      CARBONWATCH_TOKEN=s3cret carbonwatch daemon --host 0.0.0.0 --node gpu-node-001
       carbonwatch daemon --db /tmp/cw.db --backend replay:tests/fixtures/h200-shared-gpu \\
           --replay-speed 10
     """
@@ -54,7 +57,8 @@ def daemon_cmd(
         sys.modules["pandas"] = None  # type: ignore[assignment]
     from carbonwatch.daemon.server import run_daemon  # aiohttp only when the daemon runs
 
-    settings = load(config_path, db=db, host=host, port=port, socket=socket_path, backend=backend)
+    settings = load(config_path, db=db, host=host, port=port, socket=socket_path, backend=backend,
+                    node=node)
 
     def ready(url: str) -> None:
         click.echo(f"carbonwatch: daemon listening on {url} (store {settings.db_path})", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
             raise
         return error(exc.status, exc.reason if exc.status != 405 else
                      f"method {request.method} not allowed on {request.path}")
-    except StoreError as exc:
+    except (StoreError, sqlite3.Error) as exc:  # sqlite3: a read on the reader's connection
         return error(503, f"store unavailable: {exc}")
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,10 @@ from carbonwatch.errors import CarbonwatchError
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PROBE_TIMEOUT_S = 0.5
+# With daemon_url set explicitly (the scheduler sets it for the jobs it launches) a daemon is
+# expected: one restarting is waited for this long rather than measured beside, which would
+# count the node twice.
+EXPLICIT_URL_WAIT_S = 10.0
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -79,17 +84,24 @@ def daemon_url(settings: Settings) -> str | None:
     return f"http://{host}:{settings.port}"
 
 
-def find_daemon(settings: Settings) -> DaemonClient | None:
-    """A client for the daemon that answers /healthz, or None (nothing listening)."""
+def find_daemon(settings: Settings, wait_s: float = 0.0) -> DaemonClient | None:
+    """A client for the daemon that answers /healthz, or None (nothing listening, after trying
+    for ``wait_s``)."""
     url = daemon_url(settings)
     if url is None:
         return None
     client = DaemonClient(url, settings.token)
-    try:
-        status, body = client.request("GET", "/healthz", timeout_s=PROBE_TIMEOUT_S)
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
-    return client if status in (200, 503) and isinstance(body, dict) else None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            status, body = client.request("GET", "/healthz", timeout_s=PROBE_TIMEOUT_S)
+        except (OSError, http.client.HTTPException, ValueError):
+            status, body = 0, None
+        if status in (200, 503) and isinstance(body, dict):
+            return client
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
 
 
 @dataclass
@@ -147,7 +159,7 @@ def run_if_daemon(
 
     The command runs in its own process group and SIGINT/SIGTERM/SIGHUP are forwarded to it, as
     in :mod:`carbonwatch.runner`; its exit code is returned (128+N when signal N ended it)."""
-    client = find_daemon(settings)
+    client = find_daemon(settings, EXPLICIT_URL_WAIT_S if settings.daemon_url else 0.0)
     if client is None:
         return None
     argv = list(argv)

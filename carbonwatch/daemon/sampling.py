@@ -8,6 +8,7 @@ them (ending a job closes the open intervals first) are queued here with :meth:`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -16,20 +17,60 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from carbonwatch.clock import Clock
+from carbonwatch.clock import Clock, SteadyClock
+from carbonwatch.collectors.base import Collector
 from carbonwatch.daemon import storeops
 from carbonwatch.daemon.metrics import MetricTotals
 from carbonwatch.daemon.rawlog import RawCallLog
 from carbonwatch.daemon.state import DaemonState, Flush
 from carbonwatch.daemon.writer import Writer
+from carbonwatch.model import DeviceInfo, EnergyInterval
 from carbonwatch.sampler import Sampler
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = object()
+STEP_TOLERANCE_S = 0.5
+
+
+class WallTimeLabels:
+    """A collector measuring on a :class:`SteadyClock`, its intervals labelled in wall time.
+
+    Durations (and so modelled energy, RAM x seconds) come from the steady clock; the interval
+    times recorded (minute rows, the intensity looked up, overlap with call spans, which clients
+    stamp with the wall clock) are the wall clock's. After a step the labels jump with the wall
+    clock, and nothing is invented or lost."""
+
+    def __init__(self, inner: Collector, steady: SteadyClock) -> None:
+        self.inner = inner
+        self.steady = steady
+
+    def devices(self) -> list[DeviceInfo]:
+        return self.inner.devices()
+
+    def poll(self, now_s: float) -> None:
+        self.inner.poll(now_s)
+
+    def collect(self, now_s: float) -> list[EnergyInterval]:
+        intervals = self.inner.collect(now_s)
+        offset_s = self.steady.offset_s()
+        # Below half a second the two clocks differ by read jitter (and tiny NTP steps): left
+        # alone, so that consecutive intervals meet exactly.
+        if not intervals or abs(offset_s) < STEP_TOLERANCE_S:
+            return intervals
+        return [dataclasses.replace(
+            iv, start_s=iv.start_s + offset_s, end_s=iv.end_s + offset_s,
+            segments=tuple((t + offset_s, e) for t, e in iv.segments),
+        ) for iv in intervals]
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class SamplingLoop:
+    """``clock`` is the wall clock of the record; ``steady`` (default: ``clock``, right for a
+    replay, whose clock never steps) paces the sampler: see :class:`WallTimeLabels`."""
+
     def __init__(
         self,
         *,
@@ -38,6 +79,7 @@ class SamplingLoop:
         writer: Writer,
         totals: MetricTotals,
         clock: Clock,
+        steady: Clock | None = None,
         speed: float = 1.0,
         end_s: float | None = None,
         flush_every_s: float = 1.0,
@@ -50,6 +92,7 @@ class SamplingLoop:
         self.writer = writer
         self.totals = totals
         self.clock = clock
+        self.steady = steady or clock
         self.speed = speed
         self.end_s = end_s  # replay: where the trace ends and sampling stops
         self.flush_every_s = flush_every_s
@@ -61,6 +104,9 @@ class SamplingLoop:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="carbonwatch-sampler", daemon=True)
         self._done: Future[None] = Future()
+        # Flushes whose write failed, oldest first, with their ``also``: written by the next.
+        self._unwritten: list[tuple[Flush, Callable[[Any], None] | None]] = []
+        self._retry_lock = threading.Lock()
 
     # --- control (other threads) ---------------------------------------------------------------
 
@@ -100,7 +146,7 @@ class SamplingLoop:
         start = getattr(self.clock, "start", None)
         if start is not None:
             start()  # a replay clock stands still until sampling begins
-        next_due_s = self.sampler.step(self.clock.time())
+        next_due_s = self.sampler.step(self.steady.time())
         mono = time.monotonic()
         next_flush, next_housekeeping = mono + self.flush_every_s, mono + self.housekeeping_every_s
         while True:
@@ -108,7 +154,7 @@ class SamplingLoop:
             self.last_tick_mono = mono
             wait_s = min(next_flush, next_housekeeping) - mono
             if self.sampling:
-                wait_s = min(wait_s, (next_due_s - self.clock.time()) / self.speed)
+                wait_s = min(wait_s, (next_due_s - self.steady.time()) / self.speed)
             try:
                 item = self._queue.get(timeout=max(0.0, wait_s))
             except queue.Empty:
@@ -122,7 +168,7 @@ class SamplingLoop:
                 except Exception as exc:  # noqa: BLE001 - the requester gets it
                     future.set_exception(exc)
             if self.sampling:
-                now_s = self.clock.time()
+                now_s = self.steady.time()
                 if self.end_s is not None and now_s >= self.end_s:
                     self.close_sampling()
                     log.info("replay reached the end of the trace; sampling stopped, serving on")
@@ -140,7 +186,7 @@ class SamplingLoop:
         """Close every open interval (at the trace's end for a replay) and stop sampling."""
         if not self.sampling:
             return
-        now_s = self.clock.time()
+        now_s = self.steady.time()
         if self.end_s is not None:
             now_s = min(now_s, self.end_s)
         self.sampler.flush(now_s)
@@ -151,36 +197,60 @@ class SamplingLoop:
     def flush(
         self, *, final: bool = False, also: Callable[[Any], None] | None = None
     ) -> Future[None]:
-        """Queue the minute rows and settled calls (and ``also(store)``) as one write."""
+        """Queue the minute rows and settled calls (and ``also(store)``) as one write.
+
+        A write that fails (disk full, database locked past the busy timeout) is kept and
+        written again, before its own rows, by the next flush: measured energy and settled
+        calls wait in memory for the store rather than being dropped."""
         work = self.state.collect_flush(self.clock.time(), final=final,
                                         log_calls=self.raw_log.keep > 0)
-        if work.empty() and also is None:
+        with self._retry_lock:
+            retrying = bool(self._unwritten)
+        if work.empty() and also is None and not retrying:
             done: Future[None] = Future()
             done.set_result(None)  # nothing new: an idle node does not write every few seconds
             return done
+        taken: list[tuple[Flush, Callable[[Any], None] | None]] = []
 
         def task(store: Any) -> None:
+            with self._retry_lock:  # flushes that failed before, oldest first
+                taken.extend(self._unwritten)
+                self._unwritten.clear()
+            for old, old_also in taken:
+                old.write(store, self.resume_key)
+                if old_also is not None:
+                    old_also(store)
             work.write(store, self.resume_key)
             if also is not None:
                 also(store)
 
         future = self.writer.submit(task)
-        future.add_done_callback(lambda f, w=work: self._published(f, w))
+        # Runs before the next flush is queued: on the writer thread as the write ends, or here
+        # if it has already ended (every flush is queued from this thread).
+        future.add_done_callback(lambda f: self._published(f, [*taken, (work, also)]))
         self.raw_log.add(work.call_rows)  # best effort, whenever the writer is idle
         return future
 
-    def _published(self, future: Future[None], work: Flush) -> None:
+    def _published(
+        self, future: Future[None], works: list[tuple[Flush, Callable[[Any], None] | None]]
+    ) -> None:
         if future.exception() is None:
-            work.published(self.totals)
-        else:
-            log.error("flush not written, %d minute rows lost: %s", len(work.energy_rows),
-                      future.exception())
+            for work, _ in works:
+                work.published(self.totals)
+            if len(works) > 1:
+                log.warning("store writable again: wrote %d flushes kept since it failed",
+                            len(works) - 1)
+            return
+        with self._retry_lock:
+            self._unwritten[:0] = works
+        log.error("flush not written (%s); %d minute rows kept for the next flush",
+                  future.exception(), sum(len(w.energy_rows) for w, _ in works))
 
     def end_job(self, job_id: str, status: str, exit_code: int | None) -> Future[None]:
         """On the sampling thread: close the open intervals so the job's energy up to now is
         counted, stop attributing to it, and write its rows and its end in one transaction."""
         if self.sampling:
-            now_s = self.clock.time()
+            now_s = self.steady.time()
             if self.end_s is not None:
                 now_s = min(now_s, self.end_s)
             self.sampler.flush(now_s)
@@ -196,10 +266,10 @@ class SamplingLoop:
                              exit_code=exit_code, pids=pids)
 
         future = self.flush(also=also)
-        # Once written (and its last energy published: that callback came first), the job's
-        # series may be folded after the retention.
-        future.add_done_callback(
-            lambda f: f.exception() is None and self.totals.job_ended(job_id, ended_s))
+        # Once its last energy is published (that callback came first), the job's series may be
+        # folded after the retention; a failed write is retried with its end, and energy
+        # published after a fold joins the fold.
+        future.add_done_callback(lambda f: self.totals.job_ended(job_id, ended_s))
         return future
 
     def _end_vanished(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from carbonwatch.accounting import Pricing
-from carbonwatch.clock import Clock, SystemClock
+from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
@@ -33,10 +33,10 @@ from carbonwatch.daemon.app import make_app
 from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
-from carbonwatch.daemon.sampling import SamplingLoop
+from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
 from carbonwatch.daemon.state import DaemonState
 from carbonwatch.daemon.writer import Writer
-from carbonwatch.errors import ConfigError
+from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.sampler import Sampler
 from carbonwatch.store import Store
@@ -103,6 +103,7 @@ class Daemon:
         node: str | None = None,
         flush_every_s: float = 1.0,
         housekeeping_every_s: float = 5.0,
+        clock: Clock | None = None,
     ) -> None:
         check_bind(settings)
         self.settings = settings
@@ -118,7 +119,7 @@ class Daemon:
         self.reader = Reader(settings.db_path)
         self.totals = MetricTotals()
         self.speed = replay_speed if settings.backend.startswith(REPLAY_PREFIX) else 1.0
-        self.clock: Clock = SystemClock()
+        self.clock: Clock = clock or SystemClock()  # wall time; a replay replaces it
         self.end_s: float | None = None
         self.url = ""
 
@@ -126,20 +127,32 @@ class Daemon:
 
     def open(self) -> None:
         self.writer.start()
+        try:
+            self._open()
+        except StoreError as exc:  # e.g. a corrupt page met while reloading
+            raise StoreError(f"cannot start on the store {self.settings.db_path}: {exc}. "
+                             "If the file is damaged, restore a backup or move it aside") from None
+
+    def _open(self) -> None:
         resume_key = "sampled_until_s"
         collectors: list[Collector]
         scanner = None
         if self.settings.backend.startswith(REPLAY_PREFIX):
             collectors, resume_key = self._replay_collectors()
+            steady = self.clock  # trace time never steps
         else:
             from carbonwatch.collectors.detect import build_collectors, default_process_scanner
 
+            # Collectors measure on a clock the wall clock's steps cannot move; their intervals
+            # are labelled in wall time (see WallTimeLabels).
+            steady = SteadyClock(self.clock)
             # CPU and RAM shares come from one scanner; the state tells it the jobs' trees.
             scanner = default_process_scanner()
             collectors, notes = build_collectors(
-                self.settings.backend, rapl_root=self.settings.rapl_root, clock=self.clock,
+                self.settings.backend, rapl_root=self.settings.rapl_root, clock=steady,
                 processes=scanner,
             )
+            collectors = [WallTimeLabels(c, steady) for c in collectors]
             self.notes += notes
         # Replayed pids belong to the recording machine: their trees are not looked up here.
         self.registry = Registry(track_trees=scanner is not None)
@@ -159,7 +172,7 @@ class Daemon:
         self._reload()
         self.loop = SamplingLoop(
             sampler=self.sampler, state=self.state, writer=self.writer, totals=self.totals,
-            clock=self.clock, speed=self.speed, end_s=self.end_s,
+            clock=self.clock, steady=steady, speed=self.speed, end_s=self.end_s,
             flush_every_s=self.flush_every_s, housekeeping_every_s=self.housekeeping_every_s,
             raw_log_max=self.settings.raw_call_log_max,
             resume_key=resume_key,

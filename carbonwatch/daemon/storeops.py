@@ -161,7 +161,10 @@ def get_meta(conn: sqlite3.Connection, key: str) -> Any:
 
 
 def running_jobs(store: Store) -> list[dict[str, Any]]:
-    return [_decode(r) for r in store.db.query("SELECT * FROM jobs WHERE status = 'running'")]
+    """The daemon's running jobs. Not those a wrapper measures on its own (source 'run'): the
+    wrapper writes their energy itself, and the daemon measuring them too would count it twice."""
+    return [_decode(r) for r in store.db.query(
+        "SELECT * FROM jobs WHERE status = 'running' AND source != 'run'")]
 
 
 def pending_batches(conn: sqlite3.Connection) -> list[tuple[int, bytes, dict[str, str]]]:

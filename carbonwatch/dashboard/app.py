@@ -18,36 +18,49 @@ from dash import Dash, Input, Output, dcc, html
 from carbonwatch.dashboard import data
 from carbonwatch.dashboard.components import guarded
 from carbonwatch.dashboard.figures import when
-from carbonwatch.dashboard.pages import devices, grid, jobs, models, overview
+from carbonwatch.dashboard.pages import devices, fleet, grid, jobs, models, overview
 from carbonwatch.dashboard.style import CSS
+from carbonwatch.fleet import FleetClient
 
 
 @dataclass(frozen=True)
 class Context:
-    """What every page needs: where the store is and how to print money."""
+    """What every page needs: where the store is (None: no local store), how to print money, and
+    the fleet's Prometheus (None: no Fleet page)."""
 
-    db_path: Path
+    db_path: Path | None
     currency: str = "USD"
+    fleet: FleetClient | None = None
 
 
 NAV = (("/", "Overview"), ("/models", "Models"), ("/jobs", "Jobs"),
        ("/grid", "Grid & schedule"), ("/devices", "Devices"))
+FLEET_NAV = ("/fleet", "Fleet")
 
 
-def create_app(db_path: str | Path, *, refresh_s: float = 30.0, currency: str = "USD") -> Dash:
-    ctx = Context(Path(db_path), currency)
+def create_app(
+    db_path: str | Path | None, *, refresh_s: float = 30.0, currency: str = "USD",
+    prometheus_url: str | None = None, fleet_client: FleetClient | None = None,
+) -> Dash:
+    """The app over a store (``db_path``), the fleet through Prometheus (``prometheus_url``, or a
+    ready ``fleet_client``), or both. Without a store the local pages say so."""
+    if fleet_client is None and prometheus_url:
+        fleet_client = FleetClient(prometheus_url)
+    ctx = Context(None if db_path is None else Path(db_path), currency, fleet_client)
     # Styles are inlined in the page: no assets folder to ship as package data.
     app = Dash(__name__, title="carbonwatch", update_title=None,
                suppress_callback_exceptions=True, include_assets_files=False)
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
-    app.layout = _shell(refresh_s)
+    app.layout = _shell(refresh_s, NAV + ((FLEET_NAV,) if fleet_client else ()))
     _register_shell(app, ctx)
     for page in (overview, models, jobs, grid, devices):
         page.register(app, ctx)
+    if fleet_client is not None:
+        fleet.register(app, ctx)
     return app
 
 
-def _shell(refresh_s: float) -> html.Div:
+def _shell(refresh_s: float, nav: tuple[tuple[str, str], ...]) -> html.Div:
     ranges = [{"label": label, "value": key} for key, label, _ in data.RANGES]
     return html.Div([
         dcc.Location(id="url"),
@@ -56,7 +69,7 @@ def _shell(refresh_s: float) -> html.Div:
             html.Div([html.Span("carbonwatch", className="cw-brand"),
                       html.Nav([dcc.Link(label, href=href, className="cw-nav-link",
                                          id=f"nav-{label.split()[0].lower()}")
-                                for href, label in NAV])], className="cw-topbar"),
+                                for href, label in nav])], className="cw-topbar"),
             html.Div([
                 dcc.RadioItems(id="range", options=ranges, value="all", inline=True,
                                className="cw-range"),
@@ -78,6 +91,8 @@ def _register_shell(app: Dash, ctx: Context) -> None:
             return jobs.detail_layout(path.removeprefix("/jobs/"))
         pages = {"/": overview, "/models": models, "/jobs": jobs, "/grid": grid,
                  "/devices": devices}
+        if ctx.fleet is not None:
+            pages["/fleet"] = fleet
         page = pages.get(path)
         if page is None:
             return html.Div([html.H3("No such page"), html.P(f"{path} is not a page here."),
@@ -93,10 +108,15 @@ def _register_shell(app: Dash, ctx: Context) -> None:
     @guarded(on_error=lambda _div, exc: (html.Span(exc.title, className="cw-bad"), [],
                                          {"display": "none"}))
     def status(_n: int | None, _path: str | None) -> tuple[Any, list[dict[str, str]], dict]:
+        fleet_text = (f"fleet: Prometheus at {ctx.fleet.prometheus.base_url}"
+                      if ctx.fleet is not None else "")
+        if ctx.db_path is None:
+            return html.Span(f"{fleet_text} · no local store"), [], {"display": "none"}
         s = data.store_status(ctx.db_path)
         text = (f"{Path(s.path).name} · read-only · schema v{s.schema_version} · "
                 + (f"data {when(s.first_s)} → {when(s.end_s)}" if s.end_s else "no data yet")
-                + f" · {s.jobs} jobs ({s.running} running)")
+                + f" · {s.jobs} jobs ({s.running} running)"
+                + (f" · {fleet_text}" if fleet_text else ""))
         zones = [{"label": z or "node zone", "value": z} for z in s.zones]
         return (html.Span(text, title=s.path), zones,
                 {"display": "block"} if len(s.zones) > 1 else {"display": "none"})

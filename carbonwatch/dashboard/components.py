@@ -24,7 +24,8 @@ def message(exc: DataUnavailable) -> html.Div:
         return first_run(exc)
     return html.Div(
         [html.H3(exc.title), html.P(exc.detail),
-         html.P(exc.hint, className="cw-hint") if exc.hint else None],
+         html.P(exc.hint, className="cw-hint") if exc.hint else None,
+         dcc.Link("Open the Fleet page", href="/fleet") if exc.kind == "no-store" else None],
         className=f"cw-message cw-{exc.kind}", role="alert",
     )
 

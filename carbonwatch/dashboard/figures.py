@@ -7,6 +7,7 @@ property and cost more than the queries behind them. Times are shown in UTC.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,11 +99,18 @@ def empty_figure(text: str) -> Figure:
 def totals_figure(ov: d.Overview, currency: str) -> Figure:
     """Training, inference, idle and other side by side, one panel per unit. ``customdata``
     carries the unrounded store figures (J, g, currency) for hover and for checking."""
+    return phase_totals_figure(ov.totals, currency, ov.cost_known)
+
+
+def phase_totals_figure(
+    totals: Mapping[str, Mapping[str, float]], currency: str, cost_known: bool
+) -> Figure:
+    """``totals_figure`` of any {phase: {metric: value}} (the overview's, or the fleet's)."""
     phases = list(d.PHASES)
     traces, layout = [], _layout(hovermode="closest", showlegend=False)
     for i, metric in enumerate(d.METRICS, start=1):
         label = METRIC_LABELS[metric] if metric != "cost" else f"Cost ({currency})"
-        raw = [ov.totals[p][metric] for p in phases]
+        raw = [totals.get(p, {}).get(metric, 0.0) for p in phases]
         traces.append({
             "type": "bar", "name": metric, "x": phases, "y": [scaled(metric, v) for v in raw],
             "customdata": raw, "marker": {"color": [PHASE_COLORS[p] for p in phases]},
@@ -112,7 +120,7 @@ def totals_figure(ov: d.Overview, currency: str) -> Figure:
         lo, hi = (i - 1) / 3 + 0.04, i / 3 - 0.04
         layout[f"xaxis{i}"] = {"domain": [lo, hi], "anchor": f"y{i}", "tickangle": -30}
         layout[f"yaxis{i}"] = {"anchor": f"x{i}", "title": {"text": label}, "rangemode": "tozero"}
-        if metric == "cost" and not ov.cost_known:
+        if metric == "cost" and not cost_known:
             layout["annotations"] = [{"text": "cost unknown: no energy price configured",
                                       "xref": f"x{i} domain", "yref": f"y{i} domain", "x": 0.5,
                                       "y": 0.5, "showarrow": False}]

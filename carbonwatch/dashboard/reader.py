@@ -58,9 +58,19 @@ def _uri(path: Path) -> str:
     return f"file:{pathname2url(str(path.resolve()))}?mode=ro"
 
 
+NO_STORE_HINT = "Start the dashboard with --db PATH as well to read a node's store here."
+
+
 @contextmanager
-def read_snapshot(path: Path) -> Iterator[tuple[sqlite3.Connection, Schema]]:
-    """A read-only connection inside one read transaction, and what the schema offers."""
+def read_snapshot(path: Path | None) -> Iterator[tuple[sqlite3.Connection, Schema]]:
+    """A read-only connection inside one read transaction, and what the schema offers. ``path``
+    None: the dashboard has no local store (started with --prometheus only)."""
+    if path is None:
+        raise DataUnavailable(
+            "No local store", "This dashboard was started with --prometheus only: it shows the "
+            "fleet through Prometheus, and has no store of its own to read for this page.",
+            NO_STORE_HINT, kind="no-store",
+        )
     if not path.exists():
         raise DataUnavailable(
             "No store yet", f"{path} does not exist: nothing has been recorded here.",

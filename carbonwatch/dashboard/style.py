@@ -36,6 +36,7 @@ nav { display: flex; gap: 4px; flex-wrap: wrap; }
 .cw-kpi.cw-inference { border-top-color: var(--inf); }
 .cw-kpi.cw-idle { border-top-color: var(--idle); }
 .cw-kpi.cw-good { border-top-color: var(--good); }
+.cw-kpi.cw-alert { border-top-color: var(--bad); }
 .cw-kpi-label { color: var(--muted); font-size: 12px; text-transform: uppercase;
                 letter-spacing: .4px; }
 .cw-kpi-value { font-size: 22px; font-weight: 650; margin: 2px 0; }
@@ -55,7 +56,9 @@ nav { display: flex; gap: 4px; flex-wrap: wrap; }
               border-left: 5px solid var(--bad);
               border-radius: 10px; padding: 14px 20px; margin: 16px 0; max-width: 860px; }
 .cw-message h3 { margin: 0 0 6px; }
-.cw-message.cw-locked { border-left-color: #e0b02f; }
+.cw-message.cw-locked, .cw-message.cw-fleet { border-left-color: #e0b02f; }
+.cw-message.cw-no-store { border-left-color: var(--idle); }
+.cw-stale { color: var(--bad); font-weight: 600; }
 .cw-message.cw-first-run { border-left-color: var(--good); }
 .cw-message code { background: #eef2f6; padding: 2px 6px; border-radius: 4px; }
 .cw-hint { color: var(--muted); }

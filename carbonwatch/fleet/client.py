@@ -22,9 +22,10 @@ MAX_LAST_SEEN_LOOKUPS = 20  # stale nodes whose last-seen time is looked up one 
 
 @dataclass(frozen=True)
 class FleetTotal:
-    """One group's totals. ``group`` maps each group_by name ("job" included) to its value, ''
-    where the series had none (idle and other energy have no job or model). ``cost`` is None
-    when no node prices its energy, or when the group mixes currencies (``currency`` "mixed")."""
+    """One group's totals. ``group`` maps each group_by name to its value, '' where the series had
+    none (idle and other energy, and jobs folded after they ended, have no job_id or model).
+    ``cost`` is None when no node prices its energy, or when the group mixes currencies
+    (``currency`` "mixed")."""
 
     group: Mapping[str, str]
     energy_j: float
@@ -54,18 +55,21 @@ class NodeStatus:
     age_s: float | None
     stale: bool
     reason: str
+    current: bool = True  # Prometheus has a current sample of it (its series count as they are)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# (values of the group labels, currency ('' but for cost), value)
+Rows = list[tuple[tuple[str, ...], str, float]]
+
+
 class FleetClient:
     """Reads fleet totals and node health from Prometheus's HTTP API.
 
-    ``job_label``: the label the daemon's ``job`` arrives as (``exported_job`` with the default
-    ``honor_labels: false``; ``job`` with ``honor_labels: true``). ``lookback_s``: how far back a
-    node that stopped answering is still shown (and counted at its last values).
-    ``stale_after_s``: a node whose latest sample is older than this is stale."""
+    ``lookback_s``: how far back a node that stopped answering is still shown (and counted at its
+    last values). ``stale_after_s``: a node whose latest sample is older than this is stale."""
 
     def __init__(
         self,
@@ -73,13 +77,11 @@ class FleetClient:
         *,
         timeout_s: float = 10.0,
         headers: Mapping[str, str] | None = None,
-        job_label: str = "exported_job",
         lookback_s: float = 3600.0,
         stale_after_s: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.prometheus = PrometheusClient(base_url, timeout_s=timeout_s, headers=headers)
-        self.job_label = job_label
         self.lookback_s = lookback_s
         self.stale_after_s = stale_after_s
         self.clock = clock
@@ -93,36 +95,41 @@ class FleetClient:
         window_s: float | None = None,
         at_s: float | None = None,
         include_stale: bool = True,
+        nodes: Sequence[NodeStatus] | None = None,
     ) -> list[FleetTotal]:
         """Energy, emissions, cost (and calls) per group, largest energy first.
 
-        ``group_by``: any of node, model, phase, device, job (a name or a sequence; () for the
-        whole fleet). ``window_s``: over the last ``window_s`` seconds (reset-safe increase);
-        else cumulative since each node's store began. ``include_stale``: keep nodes that stopped
-        answering at their last values (cumulative totals only)."""
+        ``group_by``: any of node, model, phase, device, job_id, job_name (a name or a sequence;
+        () for the whole fleet). ``window_s``: over the last ``window_s`` seconds (reset-safe
+        increase); else cumulative since each node's store began. ``include_stale``: keep nodes
+        that stopped answering at their last values (cumulative totals only). ``nodes``: what
+        :meth:`nodes` returned for the same ``at_s``, to save asking again."""
         names = (group_by,) if isinstance(group_by, str) else tuple(group_by)
-        by = q.group_labels(names, self.job_label)
-        lookback = self.lookback_s if include_stale else None
+        by = q.group_labels(names)
+        now_s = self.clock() if at_s is None else at_s
+        if window_s is None:
+            frozen: dict[str, float | None] = {}
+            if include_stale:
+                for n in self.nodes(at_s=now_s) if nodes is None else nodes:
+                    if not n.current:
+                        frozen[n.node] = n.last_seen_s
 
-        def run(
-            metric: str, by: Sequence[str]
-        ) -> list[tuple[tuple[str, ...], Mapping[str, str], float]]:
-            expr = q.counter_total(
-                metric, by, job_label=self.job_label, window_s=window_s, lookback_s=lookback
-            )
-            return [
-                (tuple(s.labels.get(b, "") for b in by), s.labels, s.value)
-                for s in self.prometheus.query(expr, at_s)
-            ]
+            def fetch(metric: str, by: Sequence[str]) -> Rows:
+                expr = q.counter_total(metric, by, frozen=frozen, lookback_s=self.lookback_s)
+                return self._rows(expr, by, now_s)
+        else:
 
-        energy = {k: v for k, _, v in run(q.ENERGY, by)}
-        carbon = {k: v for k, _, v in run(q.EMISSIONS, by)}
+            def fetch(metric: str, by: Sequence[str]) -> Rows:
+                return self._window(metric, by, window_s, now_s)
+
+        energy = {k: v for k, _, v in fetch(q.ENERGY, by)}
+        carbon = {k: v for k, _, v in fetch(q.EMISSIONS, by)}
         money: dict[tuple[str, ...], dict[str, float]] = {}
-        for key, labels, value in run(q.COST, by):
-            money.setdefault(key, {})[labels.get("currency", "")] = value
+        for key, currency, value in fetch(q.COST, by):
+            money.setdefault(key, {})[currency] = value
         calls = None
         if set(by) <= {"node", "model"}:  # the calls counter carries only these labels
-            calls = {k: v for k, _, v in run(q.CALLS, by)}
+            calls = {k: v for k, _, v in fetch(q.CALLS, by)}
         out = []
         for key in sorted(energy.keys() | carbon.keys(), key=lambda k: -energy.get(k, 0.0)):
             cost, currency = _one_currency(money.get(key, {}).items())
@@ -136,6 +143,37 @@ class FleetClient:
                     calls=None if calls is None else calls.get(key, 0.0),
                 )
             )
+        return out
+
+    def _rows(self, expr: str, by: Sequence[str], at_s: float) -> Rows:
+        return [
+            (tuple(s.labels.get(b, "") for b in by), s.labels.get("currency", ""), s.value)
+            for s in self.prometheus.query(expr, at_s)
+        ]
+
+    def _window(self, metric: str, by: Sequence[str], window_s: float, at_s: float) -> Rows:
+        """Window totals. Grouped by a job label: each job's own series' increase, and for
+        job_id="" what the jobs leave of the per-(node, device, model, phase) total's increase
+        (idle, other, and jobs whose series were folded or began within the window)."""
+        rest = tuple(b for b in by if b not in q.JOB_LABELS)
+        totals = self._rows(q.window_total(metric, rest, window_s), rest, at_s)
+        if len(rest) == len(by):
+            return totals
+        jobs = self._rows(q.window_jobs(metric, by, window_s), by, at_s)
+        left: dict[tuple[tuple[str, ...], str], float] = {(k, c): v for k, c, v in totals}
+        at = [by.index(b) for b in rest]
+        out: Rows = []
+        for key, currency, value in jobs:
+            if any(key[by.index(j)] for j in q.JOB_LABELS if j in by):
+                sub = (tuple(key[i] for i in at), currency)
+                left[sub] = left.get(sub, 0.0) - value
+                out.append((key, currency, value))
+        whole = {(k, c): v for k, c, v in totals}
+        for (sub, currency), value in left.items():
+            if value <= 1e-9 * abs(whole.get((sub, currency), 0.0)):
+                continue  # the jobs account for all of it (up to rounding)
+            values = dict(zip(rest, sub, strict=True))
+            out.append((tuple(values.get(b, "") for b in by), currency, value))
         return out
 
     # --- nodes -------------------------------------------------------------------------------
@@ -214,6 +252,7 @@ class FleetClient:
             age_s=age,
             stale=bool(reason),
             reason=reason,
+            current=fresh_series,
         )
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from carbonwatch.errors import CarbonwatchError
 
+MAX_GET_BYTES = 4000  # longer queries are POSTed: URLs this long are refused by some proxies
+
 
 class FleetError(CarbonwatchError):
     """Prometheus could not be reached, refused the query, or answered something unexpected."""
@@ -46,8 +48,16 @@ class PrometheusClient:
         self.headers = dict(headers or {})
 
     def _get(self, path: str, params: Mapping[str, str]) -> dict:
-        url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
-        request = urllib.request.Request(url, headers=self.headers)  # noqa: S310 - http(s) URL
+        encoded = urllib.parse.urlencode(params)
+        if len(encoded) <= MAX_GET_BYTES:
+            request = urllib.request.Request(  # noqa: S310 - http(s) URL
+                f"{self.base_url}{path}?{encoded}", headers=self.headers
+            )
+        else:  # a long query (many stale nodes): as a form, which the API also takes
+            request = urllib.request.Request(  # noqa: S310 - http(s) URL
+                f"{self.base_url}{path}", data=encoded.encode(), method="POST",
+                headers={**self.headers, "Content-Type": "application/x-www-form-urlencoded"},
+            )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
                 body = json.loads(resp.read())

@@ -98,7 +98,7 @@ class StoreStatus:
     running: int
 
 
-def store_status(path: Path) -> StoreStatus:
+def store_status(path: Path | None) -> StoreStatus:
     with read_snapshot(path) as (conn, schema):
         span = data_span(conn)
         jobs, running = conn.execute(

@@ -55,7 +55,7 @@ class DevicesView:
         return "; ".join(problems) or "ok"
 
 
-def devices(path: Path, range_key: str, zone: str | None) -> DevicesView:
+def devices(path: Path | None, range_key: str, zone: str | None) -> DevicesView:
     with read_snapshot(path) as (conn, schema):
         span = require_span(conn)
         window = resolve_window(span, range_key)

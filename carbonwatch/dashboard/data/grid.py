@@ -33,7 +33,9 @@ class GridView:
     realised_baseline_g: float
 
 
-def grid(path: Path, range_key: str, zone: str | None, horizon_s: int = 48 * HOUR_S) -> GridView:
+def grid(
+    path: Path | None, range_key: str, zone: str | None, horizon_s: int = 48 * HOUR_S
+) -> GridView:
     with read_snapshot(path) as (conn, _schema):
         span = data_span(conn)
         if span is None:

@@ -32,7 +32,7 @@ def job_rows(conn: sqlite3.Connection, tail: str, args: list[object]) -> list[di
     return out
 
 
-def jobs(path: Path) -> list[dict[str, Any]]:
+def jobs(path: Path | None) -> list[dict[str, Any]]:
     """Every job, newest first. A running job's totals so far come from the rollups (its own row
     is only written when it ends)."""
     with read_snapshot(path) as (conn, schema):
@@ -65,7 +65,7 @@ class JobDetail:
     other_consumers: dict[str, list[str]]  # device -> other jobs seen on it meanwhile
 
 
-def job_detail(path: Path, job_id: str) -> JobDetail | None:
+def job_detail(path: Path | None, job_id: str) -> JobDetail | None:
     with read_snapshot(path) as (conn, schema):
         found = job_rows(conn, "WHERE id = ?", [job_id])
         if not found:

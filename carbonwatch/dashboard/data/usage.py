@@ -61,7 +61,7 @@ class Overview:
         return self.totals["idle"]["energy_j"] / total if total > 0 else None
 
 
-def overview(path: Path, range_key: str, zone: str | None, metric: str = "co2e_g",
+def overview(path: Path | None, range_key: str, zone: str | None, metric: str = "co2e_g",
              curves: int = 8) -> Overview:
     """Totals by phase and provenance, and cumulative curves of the ``curves`` largest models."""
     if metric not in METRICS:
@@ -158,7 +158,7 @@ class ModelsView:
     cost_known: bool
 
 
-def models(path: Path, range_key: str, zone: str | None) -> ModelsView:
+def models(path: Path | None, range_key: str, zone: str | None) -> ModelsView:
     with read_snapshot(path) as (conn, schema):
         window = resolve_window(require_span(conn), range_key)
         energy = rollup(conn, schema, "energy", window.start_s, window.end_s, ("phase", "model"),
@@ -204,7 +204,7 @@ class ModelTrend:
     training_runs: list[dict[str, Any]]
 
 
-def model_trend(path: Path, model: str, range_key: str, zone: str | None) -> ModelTrend:
+def model_trend(path: Path | None, model: str, range_key: str, zone: str | None) -> ModelTrend:
     """A model's per-1,000-call figures over time (at least hourly buckets) and its runs."""
     with read_snapshot(path) as (conn, schema):
         window = resolve_window(require_span(conn), range_key)
