@@ -32,21 +32,20 @@ import contextlib
 import json
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from carbonwatch.daemon.attach import wait_forwarding
+
 if TYPE_CHECKING:
-    from carbonwatch.config import Settings
-    from carbonwatch.daemon.attach import AttachedRun
     from carbonwatch.store import Store
 
 SELF_CGROUP = "/proc/self/cgroup"
@@ -154,7 +153,8 @@ def _alive(stamp: Mapping[str, Any] | None) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -266,7 +266,7 @@ class Members:
         for entry in self.entries:
             if entry.get("exit_code") is not None:
                 continue
-            if entry.get("pid") is not None and _pid_alive(entry["pid"]):
+            if entry.get("pid") is not None and pid_alive(entry["pid"]):
                 return True
             if entry.get("pid") is None and _alive(entry.get("wrapper")):
                 return True
@@ -320,8 +320,7 @@ def run_member(
         _update_member(store, claim.job_id, exit_code=127)
         raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
     _update_member(store, claim.job_id, pid=child.pid)
-    returncode = _wait_forwarding(child)
-    exit_code = returncode if returncode >= 0 else 128 - returncode
+    exit_code = wait_forwarding(child)
     _update_member(store, claim.job_id, exit_code=exit_code)
     deadline = time.monotonic() + wait_leader_s
     while True:
@@ -333,87 +332,3 @@ def run_member(
             store.update_job(claim.job_id, status="lost", ended_s=time.time())
             return exit_code, store.job(claim.job_id) or row
         time.sleep(0.05)
-
-
-def _wait_forwarding(child: subprocess.Popen[Any]) -> int:
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in signals}
-    try:
-        return child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-# --- joining through a running daemon ------------------------------------------------------------
-
-
-def run_with_daemon(
-    argv: Sequence[str],
-    *,
-    settings: Settings,
-    identity: str,
-    name: str | None,
-    kind: str,
-    model: str | None,
-    alive: Callable[[int], bool] = _pid_alive,
-) -> AttachedRun | None:
-    """As :func:`carbonwatch.daemon.attach.run_if_daemon`, for a rank of a job with ``identity``:
-    the daemon merges the ranks' pids into one job (200 ``merged``), and only the last rank to
-    exit ends it, so an early rank does not close the job while the others still run; a job whose
-    opener ends it (tag ``ended_by``, e.g. the Slurm epilog) is left open. None when no daemon
-    answers."""
-    from carbonwatch.daemon.attach import AttachedRun, find_daemon
-    from carbonwatch.errors import CarbonwatchError
-
-    client = find_daemon(settings)
-    if client is None:
-        return None
-    argv = list(argv)
-    try:
-        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
-    status, body = client.request(
-        "POST",
-        "/v1/jobs",
-        {
-            "name": name or os.path.basename(argv[0]),
-            "kind": kind,
-            "model": model,
-            "pid": child.pid,
-            "command": argv,
-            "identity": identity,
-        },
-    )
-    if status not in (200, 201):
-        child.kill()
-        child.wait()
-        raise CarbonwatchError(f"the daemon at {client.url} refused the job: {body}")
-    returncode = _wait_forwarding(child)
-    exit_code = returncode if returncode >= 0 else 128 - returncode
-    job_path = f"/v1/jobs/{body['id']}"
-    # Our child is reaped now. A rank that checks while another still runs leaves the end to it;
-    # of two ranks ending together, the later sees the earlier gone and ends the job.
-    status, job = client.request("GET", job_path)
-    others = [p for p in (job.get("pids", []) if status == 200 else []) if p != child.pid]
-    opener_ends = (job.get("tags") or {}).get("ended_by") if status == 200 else None
-    if (
-        status == 200
-        and job.get("status") == "running"
-        and not opener_ends
-        and not any(map(alive, others))
-    ):
-        status, ended = client.request("POST", f"{job_path}/end", {"exit_code": exit_code})
-        if status not in (200, 409):  # 409: another rank ended it just now
-            raise CarbonwatchError(
-                f"the daemon at {client.url} could not end job {body['id']}: {ended}"
-            )
-        status, job = client.request("GET", job_path)
-    job = {**job, "ended_s": job.get("ended_s") or time.time()}
-    return AttachedRun(job=job, argv=argv, exit_code=exit_code, url=client.url)

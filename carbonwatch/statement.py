@@ -8,14 +8,13 @@ Reads only: works on a read-only ``Store``.
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.errors import InputError
-from carbonwatch.store import Store
+from carbonwatch.store import Store, job_dicts
 
 J_PER_KWH = 3.6e6
 PHASES = ("training", "inference")
@@ -92,17 +91,7 @@ def _jobs(conn: sqlite3.Connection, model: str) -> list[dict[str, Any]]:
     cur = conn.execute(
         "SELECT id, name, kind, status, started_s, ended_s, energy_j, co2e_g, cost, currency, "
         "provenance, energy_by_device FROM jobs WHERE model = ? ORDER BY started_s", [model])
-    names = [c[0] for c in cur.description]
-    out = []
-    for values in cur:
-        row = dict(zip(names, values, strict=True))
-        for key in ("provenance", "energy_by_device"):
-            try:
-                row[key] = json.loads(row[key]) if row[key] else {}
-            except (TypeError, json.JSONDecodeError):
-                row[key] = {}
-        out.append(row)
-    return out
+    return job_dicts(cur)
 
 
 def _figures(energy_j: float, co2e_g: float, cost: float | None) -> dict[str, Any]:

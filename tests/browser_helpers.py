@@ -3,6 +3,7 @@ as subprocesses, for the dashboard's browser tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,7 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -73,6 +77,26 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@contextlib.contextmanager
+def serving(started: Mapping[str, Server]) -> Iterator[dict[str, Server]]:
+    """Servers started together, waited for together (each spends a second or two importing
+    Dash), stopped together however the tests end."""
+    try:
+        yield {name: server.wait() for name, server in started.items()}
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def launch_chromium(playwright, executable: str):
+    """Chromium at ``executable``; a broken install skips the tests, saying why, rather than fail
+    every one of them."""
+    try:
+        return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    except Exception as exc:
+        pytest.skip(f"Chromium at {executable} does not start: {exc}")
 
 
 def screenshot(page, name: str) -> None:

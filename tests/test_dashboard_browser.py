@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_helpers import CHROMIUM_ARGS, NO_CHROMIUM, Server, find_chromium
+from browser_helpers import NO_CHROMIUM, Server, find_chromium, launch_chromium, serving
 from browser_helpers import no_traceback as _no_traceback
 from browser_helpers import screenshot as _shot
 from seed import SeedSpec, seed_store
@@ -49,23 +49,15 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def servers(stores: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[dict[str, Server]]:
     home = tmp_path_factory.mktemp("home")
-    # Started together, waited for together: each spends a second or two importing Dash.
-    started = {name: Server(path, home, refresh_s=1.0 if name in ("live", "locked") else 30.0)
-               for name, path in stores.items()}
-    try:
-        yield {name: server.wait() for name, server in started.items()}
-    finally:
-        for server in started.values():
-            server.stop()
+    with serving({name: Server(path, home, refresh_s=1.0 if name in ("live", "locked") else 30.0)
+                  for name, path in stores.items()}) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     with sync_api.sync_playwright() as p:
-        try:
-            chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:  # a broken install: say why instead of failing every test
-            pytest.skip(f"Chromium at {CHROMIUM} does not start: {exc}")
+        chromium = launch_chromium(p, CHROMIUM)
         yield chromium
         chromium.close()
 

@@ -9,7 +9,14 @@ import math
 from collections.abc import Iterator
 
 import pytest
-from browser_helpers import CHROMIUM_ARGS, NO_CHROMIUM, Server, find_chromium, no_traceback
+from browser_helpers import (
+    NO_CHROMIUM,
+    Server,
+    find_chromium,
+    launch_chromium,
+    no_traceback,
+    serving,
+)
 from browser_helpers import screenshot as shot
 from fleet_helpers import Fleet, running_fleet, wait_for
 from prometheus_helpers import MISSING, PROMETHEUS
@@ -33,25 +40,18 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
 def servers(fleet: Fleet, tmp_path_factory) -> Iterator[dict[str, Server]]:
     home = tmp_path_factory.mktemp("home")
     prometheus = ("--prometheus", fleet.prometheus.url)
-    started = {
+    with serving({
         "fleet": Server(None, home, refresh_s=1.0, args=prometheus),
         # node-a's own store beside the fleet
         "both": Server(fleet.nodes[0].db, home, refresh_s=1.0, args=prometheus),
-    }
-    try:
-        yield {name: server.wait() for name, server in started.items()}
-    finally:
-        for server in started.values():
-            server.stop()
+    }) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def page(servers) -> Iterator[object]:
     with sync_api.sync_playwright() as p:
-        try:
-            chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:  # a broken install: say why instead of failing every test
-            pytest.skip(f"Chromium at {CHROMIUM} does not start: {exc}")
+        chromium = launch_chromium(p, CHROMIUM)
         context = chromium.new_context(viewport={"width": 1366, "height": 900})
         yield context.new_page()
         chromium.close()

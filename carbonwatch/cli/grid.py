@@ -15,8 +15,9 @@ import click
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
-from carbonwatch.errors import InputError, StoreError, UnknownZone
+from carbonwatch.errors import InputError, StoreError
 from carbonwatch.grid import static
+from carbonwatch.grid.accounting import static_point
 from carbonwatch.grid.cache import IntensityCache
 from carbonwatch.grid.chain import Resolved, resolve
 from carbonwatch.grid.csvseries import read_intensity_csv
@@ -60,20 +61,6 @@ def _cache(settings: Settings) -> Iterator[IntensityCache | None]:
         store.close()
 
 
-def _static_point(settings: Settings, zone: str) -> IntensityPoint:
-    """The configured country/cloud region; else the zone read as a country (``DE``,
-    ``US-CAL-CISO`` -> US); else the world average. The provider string says which."""
-    if settings.country or settings.cloud_provider or settings.cloud_region:
-        return static.resolve_static(
-            settings.country, settings.cloud_provider, settings.cloud_region
-        )
-    for code in dict.fromkeys([zone, zone.split("-")[0]]):
-        if code.isalpha() and len(code) in (2, 3):
-            with contextlib.suppress(UnknownZone):
-                return static.country_intensity(code)
-    return static.world_average()
-
-
 def _resolve(settings: Settings, zone: str, *, forecast: bool, clock: Clock) -> Resolved:
     provider = make_provider(settings, clock=clock)
     if provider is not None and not zone:
@@ -83,7 +70,7 @@ def _resolve(settings: Settings, zone: str, *, forecast: bool, clock: Clock) -> 
             resolve(
                 provider,
                 zone,
-                static=lambda: _static_point(settings, zone),
+                static=lambda: static_point(settings, zone),
                 cache=cache,
                 clock=clock,
                 forecast=forecast,

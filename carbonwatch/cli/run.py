@@ -108,22 +108,13 @@ def _run_with_daemon_if_any(
     """A running daemon already measures this node: register the command with it (and exit with
     the command's code) rather than measure twice. Returns only when no daemon answers."""
     from carbonwatch.daemon.attach import run_if_daemon  # stdlib only, no aiohttp
-    from carbonwatch.identity import run_with_daemon
 
     try:
-        if identity:  # ranks of one job merge into one daemon job; the last to exit ends it
-            attached = run_with_daemon(
-                list(command),
-                settings=settings,
-                identity=identity,
-                name=name,
-                kind=kind,
-                model=model,
-            )
-        else:
-            attached = run_if_daemon(
-                list(command), settings=settings, name=name, kind=kind, model=model
-            )
+        # With an identity, ranks of one job merge into one daemon job; the last to exit ends it.
+        attached = run_if_daemon(
+            list(command), settings=settings, name=name, kind=kind, model=model,
+            identity=identity,
+        )
     except FileNotFoundError as exc:
         click.echo(f"carbonwatch: error: {exc}", err=True)
         sys.exit(127)

@@ -1,9 +1,10 @@
 """``carbonwatch run`` with a daemon running: register the command's process with it instead of
 measuring a second time (two samplers on one node would read every counter twice).
 
-Stdlib only (http.client), so ``carbonwatch run`` pays for neither aiohttp nor the daemon's
-imports. When no daemon answers, :func:`run_if_daemon` returns None and the wrapper measures on
-its own. ``daemon_url = "none"`` (``CARBONWATCH_DAEMON_URL=none``) turns the look-up off."""
+Stdlib only (http.client; a rank's liveness check borrows psutil from carbonwatch.identity), so
+``carbonwatch run`` pays for neither aiohttp nor the daemon's imports. When no daemon answers,
+:func:`run_if_daemon` returns None and the wrapper measures on its own. ``daemon_url = "none"``
+(``CARBONWATCH_DAEMON_URL=none``) turns the look-up off."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ PROBE_TIMEOUT_S = 0.5
 # expected: one restarting is waited for this long rather than measured beside, which would
 # count the node twice.
 EXPLICIT_URL_WAIT_S = 10.0
+END_WAIT_S = 60.0  # how long a job's end waits for a daemon that is down (restarting)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -151,30 +153,9 @@ def _iso(t_s: float) -> str:
     return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
 
 
-def run_if_daemon(
-    argv: Sequence[str], *, settings: Settings, name: str | None, kind: str,
-    model: str | None,
-) -> AttachedRun | None:
-    """Run ``argv`` as a job of the running daemon; None when no daemon answers (nothing run).
-
-    The command runs in its own process group and SIGINT/SIGTERM/SIGHUP are forwarded to it, as
-    in :mod:`carbonwatch.runner`; its exit code is returned (128+N when signal N ended it)."""
-    client = find_daemon(settings, EXPLICIT_URL_WAIT_S if settings.daemon_url else 0.0)
-    if client is None:
-        return None
-    argv = list(argv)
-    try:
-        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
-    status, body = client.request("POST", "/v1/jobs", {
-        "name": name or os.path.basename(argv[0]), "kind": kind, "model": model,
-        "pid": child.pid, "command": argv,
-    })
-    if status not in (200, 201):
-        child.kill()
-        child.wait()
-        raise CarbonwatchError(f"the daemon at {client.url} refused the job: {body}")
+def wait_forwarding(child: subprocess.Popen[Any]) -> int:
+    """Wait for ``child`` (started with ``process_group=0``), forwarding SIGINT/SIGTERM/SIGHUP to
+    its process group meanwhile; its exit code, 128+N when signal N ended it."""
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -186,8 +167,104 @@ def run_if_daemon(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    exit_code = returncode if returncode >= 0 else 128 - returncode
-    status, job = client.request("POST", f"/v1/jobs/{body['id']}/end", {"exit_code": exit_code})
-    if status != 200:
-        raise CarbonwatchError(f"the daemon at {client.url} could not end job {body['id']}: {job}")
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def run_if_daemon(
+    argv: Sequence[str],
+    *,
+    settings: Settings,
+    name: str | None,
+    kind: str,
+    model: str | None,
+    identity: str | None = None,
+    alive: Callable[[int], bool] | None = None,
+) -> AttachedRun | None:
+    """Run ``argv`` as a job of the running daemon; None when no daemon answers (nothing run).
+
+    The command runs in its own process group and SIGINT/SIGTERM/SIGHUP are forwarded to it, as
+    in :mod:`carbonwatch.runner`; its exit code is returned (128+N when signal N ended it).
+
+    With ``identity`` the command is one rank of a distributed job: the daemon merges the ranks'
+    pids into one job (200 ``merged``), and only the last rank to exit ends it (``alive`` says
+    whether another rank's pid still runs), so an early rank does not close the job while the
+    others still run; a job whose opener ends it (tag ``ended_by``, e.g. the Slurm epilog) is
+    left open."""
+    # A rank probes once; only a plain run waits for a restarting daemon at an explicit URL.
+    wait_s = EXPLICIT_URL_WAIT_S if settings.daemon_url and not identity else 0.0
+    client = find_daemon(settings, wait_s)
+    if client is None:
+        return None
+    argv = list(argv)
+    try:
+        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    payload = {
+        "name": name or os.path.basename(argv[0]), "kind": kind, "model": model,
+        "pid": child.pid, "command": argv,
+    }
+    if identity:
+        payload["identity"] = identity
+    status, body = client.request("POST", "/v1/jobs", payload)
+    if status not in (200, 201):
+        child.kill()
+        child.wait()
+        raise CarbonwatchError(f"the daemon at {client.url} refused the job: {body}")
+    exit_code = wait_forwarding(child)
+    if identity:
+        job = _end_if_last_rank(client, str(body["id"]), exit_code, child.pid, alive)
+    else:
+        status, job = _end_waiting(client, str(body["id"]), exit_code)
+        if status != 200:
+            raise CarbonwatchError(
+                f"the daemon at {client.url} could not end job {body['id']}: {job}"
+            )
     return AttachedRun(job=job, argv=argv, exit_code=exit_code, url=client.url)
+
+
+def _end_waiting(client: DaemonClient, job_id: str, exit_code: int) -> tuple[int, Any]:
+    """Report the job's end, waiting up to END_WAIT_S for a daemon that is down (restarting):
+    left unreported, the job would stay open and be marked lost."""
+    deadline = time.monotonic() + END_WAIT_S
+    while True:
+        try:
+            return client.request("POST", f"/v1/jobs/{job_id}/end", {"exit_code": exit_code})
+        except (OSError, http.client.HTTPException) as exc:
+            if time.monotonic() >= deadline:
+                raise CarbonwatchError(
+                    f"could not report the end of job {job_id} (exit code {exit_code}) to the "
+                    f"daemon at {client.url} for {END_WAIT_S:g} s: {exc}"
+                ) from None
+            time.sleep(0.5)
+
+
+def _end_if_last_rank(
+    client: DaemonClient,
+    job_id: str,
+    exit_code: int,
+    own_pid: int,
+    alive: Callable[[int], bool] | None,
+) -> dict[str, Any]:
+    """End a merged job unless another rank still runs or its opener ends it; the job's record."""
+    if alive is None:
+        from carbonwatch.identity import pid_alive as alive
+    job_path = f"/v1/jobs/{job_id}"
+    # Our child is reaped now. A rank that checks while another still runs leaves the end to it;
+    # of two ranks ending together, the later sees the earlier gone and ends the job.
+    status, job = client.request("GET", job_path)
+    others = [p for p in (job.get("pids", []) if status == 200 else []) if p != own_pid]
+    opener_ends = (job.get("tags") or {}).get("ended_by") if status == 200 else None
+    if (
+        status == 200
+        and job.get("status") == "running"
+        and not opener_ends
+        and not any(map(alive, others))
+    ):
+        status, ended = client.request("POST", f"{job_path}/end", {"exit_code": exit_code})
+        if status not in (200, 409):  # 409: another rank ended it just now
+            raise CarbonwatchError(
+                f"the daemon at {client.url} could not end job {job_id}: {ended}"
+            )
+        status, job = client.request("GET", job_path)
+    return {**job, "ended_s": job.get("ended_s") or time.time()}

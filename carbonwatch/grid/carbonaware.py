@@ -25,7 +25,7 @@ import aiohttp
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.errors import ProviderError
 from carbonwatch.grid.http import HttpPolicy, Sleep, fetch_json
-from carbonwatch.grid.parse import array, field, intensity_value, parse_time_s
+from carbonwatch.grid.parse import array, field, intensity_value, parse_time_s, positive_number
 from carbonwatch.grid.types import IntensityPoint
 
 NAME = "carbonaware"
@@ -68,9 +68,7 @@ class CarbonAwareSdk:
         points = []
         for row in array(body[0], "forecastData", where):
             start_s = parse_time_s(field(row, "timestamp", where), where)
-            minutes = field(row, "duration", where)
-            if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
-                raise ProviderError(f"{where}: bad duration {minutes!r}")
+            minutes = positive_number(field(row, "duration", where), "duration", where)
             value = intensity_value(field(row, "value", where), where)
             points.append(
                 IntensityPoint(

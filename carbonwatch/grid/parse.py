@@ -46,6 +46,13 @@ def intensity_value(raw: Any, where: str, *, scale: float = 1.0) -> float:
     return value
 
 
+def positive_number(raw: Any, name: str, where: str) -> float:
+    """A JSON number above zero (a period or a duration), else ProviderError naming ``name``."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+        raise ProviderError(f"{where}: bad {name} {raw!r}")
+    return float(raw)
+
+
 def field(obj: Any, key: str, where: str) -> Any:
     """``obj[key]`` where obj must be a JSON object holding key."""
     if not isinstance(obj, Mapping) or key not in obj:

@@ -30,6 +30,7 @@ from carbonwatch.grid.parse import (
     field,
     intensity_value,
     parse_time_s,
+    positive_number,
 )
 from carbonwatch.grid.types import IntensityPoint
 
@@ -119,9 +120,9 @@ class WattTime:
         if units not in _UNITS_SCALE:
             raise ProviderError(f"{where}: unexpected units {units!r}")
         scale = _UNITS_SCALE[units]
-        period_s = meta.get("data_point_period_seconds", 300)
-        if isinstance(period_s, bool) or not isinstance(period_s, int | float) or period_s <= 0:
-            raise ProviderError(f"{where}: bad data_point_period_seconds {period_s!r}")
+        period_s = positive_number(
+            meta.get("data_point_period_seconds", 300), "data_point_period_seconds", where
+        )
         points = []
         for row in array(body, "data", where):
             start_s = parse_time_s(field(row, "point_time", where), where)

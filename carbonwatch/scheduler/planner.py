@@ -168,6 +168,26 @@ def _check(duration_s: float, release_s: float, deadline_s: float) -> None:
         )
 
 
+def _plan(
+    forecast: Forecast,
+    windows: tuple[tuple[float, float], ...],
+    mean_g_per_kwh: float | None,
+    basis: str,
+    interruptible: bool,
+    release_s: float,
+    duration_s: float,
+) -> Plan:
+    """A Plan of ``windows``; its baseline is the same job started at release, whatever chose
+    the windows."""
+    return Plan(
+        windows=windows,
+        mean_intensity_g_per_kwh=mean_g_per_kwh,
+        baseline_intensity_g_per_kwh=forecast.mean_intensity(release_s, release_s + duration_s),
+        basis=basis,
+        interruptible=interruptible,
+    )
+
+
 def _fallback(
     forecast: Forecast,
     duration_s: float,
@@ -180,13 +200,9 @@ def _fallback(
         raise InputError(f"no_forecast_policy must be 'latest' or 'now', got {policy!r}")
     start_s = max(release_s, deadline_s - duration_s) if policy == "latest" else release_s
     end_s = min(start_s + duration_s, deadline_s)
-    return Plan(
-        windows=((start_s, end_s),),
-        mean_intensity_g_per_kwh=forecast.mean_intensity(start_s, end_s),
-        baseline_intensity_g_per_kwh=forecast.mean_intensity(release_s, release_s + duration_s),
-        basis="no_forecast",
-        interruptible=interruptible,
-    )
+    mean = forecast.mean_intensity(start_s, end_s)
+    return _plan(forecast, ((start_s, end_s),), mean, "no_forecast", interruptible,
+                 release_s, duration_s)
 
 
 def plan_contiguous(
@@ -214,13 +230,7 @@ def plan_contiguous(
         return _fallback(forecast, duration_s, release_s, deadline_s, no_forecast_policy, False)
     mean, start_s = best
     end_s = min(start_s + duration_s, deadline_s)  # guard the last ulp of the deadline
-    return Plan(
-        windows=((start_s, end_s),),
-        mean_intensity_g_per_kwh=mean,
-        baseline_intensity_g_per_kwh=forecast.mean_intensity(release_s, release_s + duration_s),
-        basis="forecast",
-        interruptible=False,
-    )
+    return _plan(forecast, ((start_s, end_s),), mean, "forecast", False, release_s, duration_s)
 
 
 def plan_interruptible(
@@ -257,13 +267,8 @@ def plan_interruptible(
             windows[-1] = (windows[-1][0], end_s)
         else:
             windows.append((start_s, end_s))
-    return Plan(
-        windows=tuple(windows),
-        mean_intensity_g_per_kwh=carbon / duration_s,
-        baseline_intensity_g_per_kwh=forecast.mean_intensity(release_s, release_s + duration_s),
-        basis="forecast",
-        interruptible=True,
-    )
+    return _plan(forecast, tuple(windows), carbon / duration_s, "forecast", True,
+                 release_s, duration_s)
 
 
 def plan_job(

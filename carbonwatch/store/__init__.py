@@ -187,5 +187,22 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def job_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """The rows of a ``SELECT ... FROM jobs`` as dicts, ``energy_by_device`` and ``provenance``
+    decoded from JSON; an empty or unreadable value reads as {}, so one bad row never breaks a
+    report or a page."""
+    names = [d[0] for d in cursor.description]
+    out = []
+    for values in cursor:
+        row = dict(zip(names, values, strict=True))
+        for key in ("energy_by_device", "provenance"):
+            try:
+                row[key] = json.loads(row[key]) if row[key] else {}
+            except (TypeError, json.JSONDecodeError):
+                row[key] = {}
+        out.append(row)
+    return out
+
+
 def open_store(path: str | Path, *, read_only: bool = False) -> Store:
     return Store(path, read_only=read_only)

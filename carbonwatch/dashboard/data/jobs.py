@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from carbonwatch.dashboard.data.common import choose_bucket
 from carbonwatch.dashboard.reader import data_span, read_snapshot, rollup
+from carbonwatch.store import job_dicts
 
 # --- jobs -----------------------------------------------------------------------------------
 _JOB_COLUMNS = ("id, name, kind, model, status, started_s, ended_s, exit_code, energy_j, "
@@ -19,17 +19,7 @@ _JOB_COLUMNS = ("id, name, kind, model, status, started_s, ended_s, exit_code, e
 
 def job_rows(conn: sqlite3.Connection, tail: str, args: list[object]) -> list[dict[str, Any]]:
     cur = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {tail}", args)  # noqa: S608 - fixed SQL
-    names = [d[0] for d in cur.description]
-    out = []
-    for values in cur:
-        row = dict(zip(names, values, strict=True))
-        for key in ("energy_by_device", "provenance"):
-            try:
-                row[key] = json.loads(row[key]) if row[key] else {}
-            except (TypeError, json.JSONDecodeError):
-                row[key] = {}
-        out.append(row)
-    return out
+    return job_dicts(cur)
 
 
 def jobs(path: Path | None) -> list[dict[str, Any]]:
