@@ -10,29 +10,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class CpuTimes:
+class CpuTimes(NamedTuple):
+    """Shaped like psutil's ``pcputimes`` (named tuples are cheap to build: ~350 of them a scan)."""
+
     user: float
     system: float
     children_user: float
     children_system: float
 
 
-@dataclass(frozen=True)
-class MemoryInfo:
+class MemoryInfo(NamedTuple):
     rss: int
 
 
-@dataclass(frozen=True)
 class ProcEntry:
     """Shaped like psutil's ``Process`` as seen through ``process_iter(attrs=...)``: ``.info``."""
 
-    info: dict[str, Any]
+    __slots__ = ("info",)
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
 
 
 def _boot_time_s(root: Path) -> float:
@@ -61,11 +62,17 @@ class ProcfsIterator:
         for name in os.listdir(root):
             if not name.isdigit():
                 continue
+            # os.open/os.read: about half the cost of a buffered open() for a one-line file.
             try:
-                with open(f"{root}/{name}/stat", "rb") as fh:
-                    raw = fh.read()
+                fd = os.open(f"{root}/{name}/stat", os.O_RDONLY)
             except OSError:  # exited between listdir and open, or not readable
                 continue
+            try:
+                raw = os.read(fd, 4096)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
             fields = raw[raw.rfind(b")") + 2 :].split()
             if len(fields) < 22:
