@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from daemon_helpers import DaemonProcess
+
+from carbonwatch.daemon.attach import DaemonClient, _end_if_last_rank
 
 # The root only waits; its child burns CPU: only a job that owns the whole tree gets energy.
 BURN = (
@@ -37,3 +43,55 @@ def test_run_registers_with_the_running_daemon_which_measures_the_whole_tree(tmp
     assert cpu_j > 0  # the grandchild's CPU time, charged to the job
     assert job["energy_j"] == out["energy_j"] > 0
     assert not (tmp_path / "run.db").exists()  # the wrapper did not measure a second time
+
+
+class _JobDaemon(BaseHTTPRequestHandler):
+    """Just enough of the daemon for a rank's end: the job, and its end."""
+
+    ended: list[dict] = []
+
+    def _reply(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        status = "finished" if self.ended else "running"
+        self._reply({"id": "j1", "status": status, "pids": [4242], "tags": {}, "ended_s": None})
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        self.ended.append(json.loads(self.rfile.read(length)))
+        self._reply({"id": "j1", "status": "finished"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_rank_ends_its_job_on_a_daemon_that_comes_back_after_a_restart():
+    with socket.socket() as s:  # a port nothing listens on yet: the daemon is restarting
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _JobDaemon.ended = []
+    server: list[ThreadingHTTPServer] = []
+
+    def come_back() -> None:
+        time.sleep(1.0)
+        server.append(ThreadingHTTPServer(("127.0.0.1", port), _JobDaemon))
+        server[0].serve_forever()
+
+    thread = threading.Thread(target=come_back, daemon=True)
+    thread.start()
+    try:
+        client = DaemonClient(f"http://127.0.0.1:{port}", timeout_s=5.0)
+        job = _end_if_last_rank(client, "j1", 0, own_pid=4242, alive=lambda pid: False)
+    finally:
+        while not server:
+            time.sleep(0.05)
+        server[0].shutdown()
+        server[0].server_close()
+    assert _JobDaemon.ended == [{"exit_code": 0}]
+    assert job["status"] == "finished" and job["ended_s"]

@@ -199,7 +199,7 @@ def submit_cmd(
 
 
 @click.command("queue")
-@click.option("--active", is_flag=True, help="Only queued, running and paused jobs.")
+@click.option("--active", is_flag=True, help="Only queued, launching, running and paused jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @settings_options
 @handle_errors

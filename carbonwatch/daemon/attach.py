@@ -226,10 +226,19 @@ def run_if_daemon(
 def _end_waiting(client: DaemonClient, job_id: str, exit_code: int) -> tuple[int, Any]:
     """Report the job's end, waiting up to END_WAIT_S for a daemon that is down (restarting):
     left unreported, the job would stay open and be marked lost."""
+    return _request_waiting(
+        client, "POST", f"/v1/jobs/{job_id}/end", {"exit_code": exit_code}, job_id, exit_code
+    )
+
+
+def _request_waiting(
+    client: DaemonClient, method: str, path: str, body: Any, job_id: str, exit_code: int
+) -> tuple[int, Any]:
+    """One request of a job's end, retried for up to END_WAIT_S while the daemon is down."""
     deadline = time.monotonic() + END_WAIT_S
     while True:
         try:
-            return client.request("POST", f"/v1/jobs/{job_id}/end", {"exit_code": exit_code})
+            return client.request(method, path, body)
         except (OSError, http.client.HTTPException) as exc:
             if time.monotonic() >= deadline:
                 raise CarbonwatchError(
@@ -246,13 +255,18 @@ def _end_if_last_rank(
     own_pid: int,
     alive: Callable[[int], bool] | None,
 ) -> dict[str, Any]:
-    """End a merged job unless another rank still runs or its opener ends it; the job's record."""
+    """End a merged job unless another rank still runs or its opener ends it; the job's record.
+    Like a plain run's end, each request waits for a daemon that is down (restarting)."""
     if alive is None:
         from carbonwatch.identity import pid_alive as alive
+
+    def request(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return _request_waiting(client, method, path, body, job_id, exit_code)
+
     job_path = f"/v1/jobs/{job_id}"
     # Our child is reaped now. A rank that checks while another still runs leaves the end to it;
     # of two ranks ending together, the later sees the earlier gone and ends the job.
-    status, job = client.request("GET", job_path)
+    status, job = request("GET", job_path)
     others = [p for p in (job.get("pids", []) if status == 200 else []) if p != own_pid]
     opener_ends = (job.get("tags") or {}).get("ended_by") if status == 200 else None
     if (
@@ -261,10 +275,10 @@ def _end_if_last_rank(
         and not opener_ends
         and not any(map(alive, others))
     ):
-        status, ended = client.request("POST", f"{job_path}/end", {"exit_code": exit_code})
+        status, ended = request("POST", f"{job_path}/end", {"exit_code": exit_code})
         if status not in (200, 409):  # 409: another rank ended it just now
             raise CarbonwatchError(
                 f"the daemon at {client.url} could not end job {job_id}: {ended}"
             )
-        status, job = client.request("GET", job_path)
+        status, job = request("GET", job_path)
     return {**job, "ended_s": job.get("ended_s") or time.time()}

@@ -46,6 +46,7 @@ class MetricTotals:
         self._energy: dict[EnergyKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self._calls: dict[str, int] = defaultdict(int)
         self._dropped = 0
+        self._rows_dropped = 0  # minute rows dropped while the store refused writes
         self._ended: dict[str, float] = {}  # job id -> ended_s, its series not folded yet
         self._folded: OrderedDict[str, None] = OrderedDict()
 
@@ -70,6 +71,15 @@ class MetricTotals:
         """Spans a client reported dropping before it could send them (a batch's ``dropped``)."""
         with self._lock:
             self._dropped += spans
+
+    def add_rows_dropped(self, rows: int) -> None:
+        """Minute rows dropped: the store refused writes for longer than the daemon keeps them."""
+        with self._lock:
+            self._rows_dropped += rows
+
+    def rows_dropped(self) -> int:
+        with self._lock:
+            return self._rows_dropped
 
     def job_ended(self, job_id: str, ended_s: float) -> None:
         """The job's series may be folded once ``ended_s`` is older than the retention."""
@@ -153,6 +163,13 @@ class DaemonCollector:
         )
         lost.add_metric([self.node], dropped)
         yield lost
+        unstored = CounterMetricFamily(
+            "carbonwatch_store_rows_dropped",
+            "Energy minute rows dropped because the store refused writes for too long.",
+            labels=["node"],
+        )
+        unstored.add_metric([self.node], self.totals.rows_dropped())
+        yield unstored
 
         health = self.health()
         power = GaugeMetricFamily(

@@ -22,7 +22,7 @@ from carbonwatch.collectors.base import Collector
 from carbonwatch.daemon import storeops
 from carbonwatch.daemon.metrics import MetricTotals
 from carbonwatch.daemon.rawlog import RawCallLog
-from carbonwatch.daemon.state import DaemonState, Flush
+from carbonwatch.daemon.state import DaemonState, Flush, merge_flushes
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.model import DeviceInfo, EnergyInterval
 from carbonwatch.sampler import Sampler
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = object()
 STEP_TOLERANCE_S = 0.5
+# Distinct minutes of energy kept in memory while the store refuses writes; older are dropped.
+MAX_UNWRITTEN_MINUTES = 360
 
 
 class WallTimeLabels:
@@ -86,6 +88,7 @@ class SamplingLoop:
         housekeeping_every_s: float = 5.0,
         raw_log_max: int = 100_000,
         resume_key: str = "sampled_until_s",
+        max_unwritten_minutes: int = MAX_UNWRITTEN_MINUTES,
     ) -> None:
         self.sampler = sampler
         self.state = state
@@ -104,8 +107,10 @@ class SamplingLoop:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="carbonwatch-sampler", daemon=True)
         self._done: Future[None] = Future()
-        # Flushes whose write failed, oldest first, with their ``also``: written by the next.
-        self._unwritten: list[tuple[Flush, Callable[[Any], None] | None]] = []
+        # What failed to write, merged into one flush, with the ``also`` of each failed flush in
+        # order: written by the next flush.
+        self._unwritten: list[tuple[Flush, list[Callable[[Any], None]]]] = []
+        self.max_unwritten_minutes = max_unwritten_minutes
         self._retry_lock = threading.Lock()
 
     # --- control (other threads) ---------------------------------------------------------------
@@ -210,16 +215,16 @@ class SamplingLoop:
             done: Future[None] = Future()
             done.set_result(None)  # nothing new: an idle node does not write every few seconds
             return done
-        taken: list[tuple[Flush, Callable[[Any], None] | None]] = []
+        taken: list[tuple[Flush, list[Callable[[Any], None]]]] = []
 
         def task(store: Any) -> None:
-            with self._retry_lock:  # flushes that failed before, oldest first
+            with self._retry_lock:  # what failed before, oldest first
                 taken.extend(self._unwritten)
                 self._unwritten.clear()
             for old, old_also in taken:
                 old.write(store, self.resume_key)
-                if old_also is not None:
-                    old_also(store)
+                for fn in old_also:
+                    fn(store)
             work.write(store, self.resume_key)
             if also is not None:
                 also(store)
@@ -227,24 +232,33 @@ class SamplingLoop:
         future = self.writer.submit(task)
         # Runs before the next flush is queued: on the writer thread as the write ends, or here
         # if it has already ended (every flush is queued from this thread).
-        future.add_done_callback(lambda f: self._published(f, [*taken, (work, also)]))
+        future.add_done_callback(
+            lambda f: self._published(f, [*taken, (work, [also] if also else [])])
+        )
         self.raw_log.add(work.call_rows)  # best effort, whenever the writer is idle
         return future
 
     def _published(
-        self, future: Future[None], works: list[tuple[Flush, Callable[[Any], None] | None]]
+        self, future: Future[None], works: list[tuple[Flush, list[Callable[[Any], None]]]]
     ) -> None:
         if future.exception() is None:
             for work, _ in works:
                 work.published(self.totals)
             if len(works) > 1:
-                log.warning("store writable again: wrote %d flushes kept since it failed",
-                            len(works) - 1)
+                log.warning("store writable again: wrote what was kept since it failed")
             return
         with self._retry_lock:
-            self._unwritten[:0] = works
+            works = [*works, *self._unwritten]
+            # Merged, so that a store that never recovers costs memory per minute waiting, not
+            # per flush; past the cap the oldest minutes are dropped.
+            merged, dropped = merge_flushes([w for w, _ in works], self.max_unwritten_minutes)
+            self._unwritten[:] = [(merged, [fn for _, fns in works for fn in fns])]
+        if dropped:
+            self.totals.add_rows_dropped(dropped)
+            log.error("store still refuses writes: dropped %d minute rows older than the last "
+                      "%d minutes", dropped, self.max_unwritten_minutes)
         log.error("flush not written (%s); %d minute rows kept for the next flush",
-                  future.exception(), sum(len(w.energy_rows) for w, _ in works))
+                  future.exception(), len(merged.energy_rows))
 
     def end_job(self, job_id: str, status: str, exit_code: int | None) -> Future[None]:
         """On the sampling thread: close the open intervals so the job's energy up to now is

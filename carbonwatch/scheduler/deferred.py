@@ -12,7 +12,7 @@ from typing import Any
 
 from carbonwatch.grid.parse import iso_utc
 
-ACTIVE = ("queued", "running", "paused")
+ACTIVE = ("queued", "launching", "running", "paused")
 FINAL = ("done", "failed", "cancelled")
 _JSON = ("command", "env", "plan", "runs")
 

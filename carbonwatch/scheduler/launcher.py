@@ -23,6 +23,9 @@ import psutil
 
 # Settings the wrapper must take from the daemon, not from the submitter's environment.
 DAEMON_ENV = ("CARBONWATCH_DAEMON_URL", "CARBONWATCH_TOKEN", "CARBONWATCH_DB")
+# The deferred job's id, in the wrapper's environment: a daemon killed after starting the
+# wrapper but before recording its pid finds it again by this (see ``find``).
+MARKER_ENV = "CARBONWATCH_DEFERRED_ID"
 
 
 def wrapper_argv(name: str, kind: str, command: Sequence[str]) -> list[str]:
@@ -49,11 +52,13 @@ def launch(
     env: Mapping[str, str],
     daemon_env: Mapping[str, str],
     log_path: Path,
+    deferred_id: str,
 ) -> subprocess.Popen[bytes]:
     """Start the wrapper; its output (and CMD's) goes to ``log_path``. Raises OSError."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {k: v for k, v in env.items() if k not in DAEMON_ENV}
     full_env.update(daemon_env)
+    full_env[MARKER_ENV] = deferred_id
     with log_path.open("ab") as log:
         return subprocess.Popen(  # noqa: S603 - argv, never a shell
             wrapper_argv(name, kind, command),
@@ -64,6 +69,24 @@ def launch(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def find(deferred_id: str) -> tuple[int, float] | None:
+    """(pid, start time) of the live wrapper started for ``deferred_id``, if any. CMD inherits
+    the marker too: the wrapper is the match whose parent is not one."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (
+                proc.environ().get(MARKER_ENV) == deferred_id
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found[proc.pid] = proc
+    for proc in found.values():
+        with contextlib.suppress(psutil.Error):
+            if proc.ppid() not in found:
+                return proc.pid, proc.create_time()
+    return None
 
 
 def created_s(pid: int) -> float | None:

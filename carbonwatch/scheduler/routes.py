@@ -216,7 +216,7 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "status": {
                 "type": "string",
-                "enum": ["queued", "running", "paused", "done", "failed", "cancelled"],
+                "enum": ["queued", "launching", "running", "paused", "done", "failed", "cancelled"],
             },
             "command": {"type": "array", "items": {"type": "string"}},
             "deadline": {"type": "string"},
@@ -272,7 +272,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             },
         },
         "get": {
-            "summary": "Deferred jobs, newest first (?active=1: queued, running, paused)",
+            "summary": "Deferred jobs, newest first (?active=1: not yet ended)",
             "responses": {
                 "200": _json(
                     {

@@ -2,14 +2,16 @@
 
 A job's life (``deferred_jobs.status``)::
 
-    queued --planned start--> running --exit 0--> done
-       |                      |  ^   \\--exit != 0--> failed
-       |          window end  v  |  window start        (interruptible jobs only)
-       |                     paused
+    queued --planned start--> launching --wrapper started--> running --exit 0--> done
+       |                                                |  ^   \\--exit != 0--> failed
+       |                                    window end  v  |  window start  (interruptible only)
+       |                                               paused
        \\--cancel--> cancelled <--cancel (the wrapper's tree is terminated)-- running | paused
 
 Submit plans the job on the zone's forecast (the pure planner), stores the row and arms its
-triggers. Every ``refresh_every_s`` the forecasts of queued jobs are fetched again and a job not
+triggers. A launch is stored as ``launching`` before the wrapper starts, so a daemon killed
+before it records the wrapper's pid looks for that wrapper on restart instead of starting a
+second one. Every ``refresh_every_s`` the forecasts of queued jobs are fetched again and a job not
 yet started is re-planned on the newer forecast. A job runs through the wrapper (see
 :mod:`carbonwatch.scheduler.launcher`), so it is measured like any other; when it ends, its
 measured gCO2e and the same energy profile costed as if run at submit time are stored.
@@ -410,6 +412,8 @@ class SchedulerService:
         for row in rows:
             if row["status"] == "queued":
                 await self._restore_queued(row, now_s)
+            elif row["status"] == "launching":
+                await self._restore_launching(row, now_s)
             elif launcher.alive(row["wrapper_pid"] or 0, row.get("wrapper_created_s")):
                 await self._reattach(row, now_s)
             else:  # it ended while no daemon watched it
@@ -436,6 +440,36 @@ class SchedulerService:
         plan = [[now_s, now_s + row["duration_s"]]]
         await self._update(row["id"], plan=plan, message=message)
         self._arm({**row, "plan": plan})
+
+    async def _restore_launching(self, row: dict[str, Any], now_s: float) -> None:
+        """A previous daemon stopped between storing the launch and storing the wrapper's pid:
+        adopt the wrapper if it started, else launch the job now (once)."""
+        job_id = row["id"]
+        found = launcher.find(job_id)
+        if found is not None:
+            pid, created = found
+            fields = {
+                "status": "running",
+                "wrapper_pid": pid,
+                "wrapper_created_s": created,
+                "runs": [[row.get("started_s") or created, None]],
+            }
+            await self._update(job_id, **fields)
+            log.info("deferred job %s: adopted its wrapper (pid %d)", job_id, pid)
+            await self._reattach({**row, **fields}, now_s)
+            return
+        started_s = row.get("started_s") or now_s
+        job = await self._read(
+            lambda s: deferred.find_job(
+                s.conn, row["name"], row["command"], started_s - 1.0, now_s + 1.0
+            )
+        )
+        if job is not None:  # the wrapper started, ran and ended while no daemon watched it
+            self._running[job_id] = _Running(0, None, None)
+            await self._finish(job_id, None)
+            return
+        await self._launch(job_id)
+        self._arm(row)  # an interruptible job's pauses and resumes
 
     async def _reattach(self, row: dict[str, Any], now_s: float) -> None:
         """A wrapper a previous daemon started is still alive: watch it, and put an
@@ -466,9 +500,12 @@ class SchedulerService:
     async def _launch(self, job_id: str) -> None:
         async with self._lock(job_id):
             row = await self._row(job_id)
-            if row is None or row["status"] != "queued":
+            if row is None or row["status"] not in ("queued", "launching"):
                 return
             now_s = self.clock.time()
+            # Stored before the wrapper starts: a restart finds the wrapper instead of
+            # starting another (see _restore_launching).
+            await self._update(job_id, status="launching", started_s=now_s)
             try:
                 proc = launcher.launch(
                     row["name"],
@@ -478,6 +515,7 @@ class SchedulerService:
                     env=row["env"] or {},
                     daemon_env=self._daemon_env(),
                     log_path=Path(row["log_path"]),
+                    deferred_id=job_id,
                 )
             except OSError as exc:
                 self._disarm(job_id)
