@@ -395,7 +395,7 @@ def format_summary(result: JobResult) -> str:
         )
         lines.append(
             f"  energy total  {result.energy_j:12.1f} J  {result.energy_j / 3.6e6:.6f}"
-            f" kWh, emissions {result.co2e_g:.3f} gCO2e"
+            f" kWh, emissions {result.co2e_g:.4g} gCO2e"
         )
         return "\n".join(lines)
     prov = result.provenance["energy"]
@@ -412,7 +412,7 @@ def format_summary(result: JobResult) -> str:
     )
     carbon = result.provenance["carbon"]
     lines.append(
-        f"  emissions {result.co2e_g:.3f} gCO2e  ({carbon['kind']} intensity from "
+        f"  emissions {result.co2e_g:.4g} gCO2e  ({carbon['kind']} intensity from "
         f"{carbon['intensity']}, PUE {carbon['pue']})"
     )
     if result.cost is None:
@@ -421,5 +421,5 @@ def format_summary(result: JobResult) -> str:
             "or CARBONWATCH_ENERGY_PRICE_PER_KWH)"
         )
     else:
-        lines.append(f"  cost {result.cost:.6f} {result.currency}  ({result.provenance['cost']})")
+        lines.append(f"  cost {result.cost:.4g} {result.currency}  ({result.provenance['cost']})")
     return "\n".join(lines)

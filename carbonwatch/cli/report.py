@@ -146,14 +146,14 @@ def report_cmd(
     )
     for j in jobs:
         dur = f"{j['duration_s']:.1f}s" if j["duration_s"] is not None else "running"
-        cost = f"{j['cost']:.4f}" if j["cost"] is not None else "unknown"
+        cost = f"{j['cost']:.4g}" if j["cost"] is not None else "unknown"
         click.echo(
             f"{j['id']:<12} {j['name'][:20]:<20} {j['kind']:<9} {j['status']:<11} "
-            f"{dur:>9} {j['energy_j']:>12.1f} {j['co2e_g']:>10.3f} {cost:>10}"
+            f"{dur:>9} {j['energy_j']:>12.1f} {j['co2e_g']:>10.4g} {cost:>10}"
         )
     t = totals
-    cost = f"{t['cost']:.4f}" if t["cost"] is not None else "unknown"
+    cost = f"{t['cost']:.4g}" if t["cost"] is not None else "unknown"
     click.echo(
         f"total: {t['jobs']} jobs, {t['energy_j']:.1f} J ({t['energy_j'] / 3.6e6:.6f} kWh), "
-        f"{t['co2e_g']:.3f} gCO2e, cost {cost}"
+        f"{t['co2e_g']:.4g} gCO2e, cost {cost}"
     )
