@@ -105,6 +105,10 @@ def _get(url: str) -> dict:
 
 
 def daemon_check(seconds: float, workdir: Path) -> None:
+    from carbonwatch.collectors.nvml import NvmlBackend
+
+    nvml = NvmlBackend()
+    counter0_mj = nvml.device(0).total_energy_mj()
     port = _free_port()
     env = dict(os.environ, CARBONWATCH_DB=str(workdir / "gpu-check.db"),
                CARBONWATCH_DAEMON_URL=f"http://127.0.0.1:{port}", CARBONWATCH_PORT=str(port))
@@ -133,8 +137,16 @@ def daemon_check(seconds: float, workdir: Path) -> None:
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+    counter_j = (nvml.device(0).total_energy_mj() - counter0_mj) / 1000
     import sqlite3
 
+    with sqlite3.connect(workdir / "gpu-check.db") as db:
+        (stored_j,) = db.execute(
+            "SELECT COALESCE(SUM(energy_j), 0) FROM energy_minute WHERE device_id = 'gpu0'"
+        ).fetchone()
+    # The counter spans the daemon's start-up and shutdown too, so it is a little larger.
+    print(f"gpu0 counter delta over the daemon's life {counter_j:.1f} J; attributed and stored "
+          f"{stored_j:.1f} J ({100 * (stored_j - counter_j) / counter_j:+.2f} %)")
     with sqlite3.connect(workdir / "gpu-check.db") as db:
         rows = db.execute("SELECT tags, COUNT(*), AVG(energy_j) FROM calls "
                           "WHERE energy_j IS NOT NULL GROUP BY tags").fetchall()
