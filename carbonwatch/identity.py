@@ -256,8 +256,13 @@ class Members:
         """Every pid of the members' trees (exited ones stay members, as in ProcessTree)."""
         self._refresh()
         out: set[int] = set()
+        if not self.trees:
+            return out
+        from carbonwatch.runner import children_map  # the runner imports this module's users
+
+        children = children_map()  # one pass over the process table for every rank's tree
         for tree in self.trees.values():
-            out |= tree.refresh()
+            out |= tree.refresh(children)
         return out
 
     def running(self) -> bool:

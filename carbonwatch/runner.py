@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,12 +99,32 @@ class ProcessTree:
         self.root_pid = root_pid
         self.pids: set[int] = {root_pid}
 
-    def refresh(self) -> set[int]:
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.root_pid)
-            for child in root.children(recursive=True):
-                self.pids.add(child.pid)
+    def refresh(self, children: Mapping[int, Sequence[int]] | None = None) -> set[int]:
+        """Add descendants seen now. With ``children`` (from :func:`children_map`, built once per
+        tick) several trees share one pass over the process table instead of one pass each."""
+        if children is None:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(self.root_pid)
+                for child in root.children(recursive=True):
+                    self.pids.add(child.pid)
+            return self.pids
+        stack = [self.root_pid]
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                if child not in self.pids:
+                    self.pids.add(child)
+                    stack.append(child)
         return self.pids
+
+
+def children_map() -> dict[int, list[int]]:
+    """ppid -> child pids of every process now, in one pass over the process table."""
+    out: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info.get("ppid")
+        if ppid:
+            out.setdefault(ppid, []).append(proc.pid)
+    return out
 
 
 def _exited(pid: int) -> bool:

@@ -142,3 +142,19 @@ def test_signal_to_the_wrapper_stops_the_tree_and_the_record_is_written(tmp_path
     with sqlite3.connect(tmp_path / "cw.db") as db:
         status, ended = db.execute("SELECT status, ended_s FROM jobs").fetchone()
     assert status == "interrupted" and ended is not None
+
+
+def test_a_shared_children_map_finds_the_same_tree_as_psutil(tmp_path):
+    from carbonwatch.runner import ProcessTree, children_map
+
+    shell = subprocess.Popen(["sh", "-c", "sleep 5 & sleep 5 & wait"])
+    try:
+        deadline = time.monotonic() + 5
+        while len(ProcessTree(shell.pid).refresh()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        by_psutil = ProcessTree(shell.pid).refresh()
+        by_map = ProcessTree(shell.pid).refresh(children_map())
+        assert len(by_psutil) == 3 and by_map == by_psutil
+    finally:
+        shell.kill()
+        shell.wait()

@@ -24,6 +24,7 @@ from carbonwatch.daemon import storeops
 from carbonwatch.daemon.metrics import EnergyKey, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry
 from carbonwatch.ledger import Ledger
+from carbonwatch.runner import children_map
 from carbonwatch.sampler import AttributedInterval
 from carbonwatch.store import Store
 
@@ -222,10 +223,12 @@ class DaemonState:
         with self.lock:
             snapshot = self.registry.owner_snapshot()
         out: dict[int | str, str] = {}
+        # One pass over the process table serves every job's trees this tick.
+        children = children_map() if any(trees for _, _, trees in snapshot) else {}
         for consumer, pids, trees in snapshot:
             roots = set(pids)
             for tree in trees:
-                pids |= tree.refresh()
+                pids |= tree.refresh(children)
             for pid in pids:
                 out[pid] = consumer
             if self.scanner is not None:
