@@ -68,6 +68,12 @@ class CallSpan:
     pid: int | None = None
     # Not part of the hash: tags are usually a plain dict; equality still compares them.
     tags: Mapping[str, str] = field(default=NO_TAGS, hash=False)
+    # Optional work measures, each finite and >= 0 when given: ``weight`` is any measure of how
+    # much work the call did (batch size, FLOPs); tokens are what LLM serving counts. They shape
+    # how the service's energy is split over its calls; None means "not reported".
+    weight: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
 
 
 @dataclass
