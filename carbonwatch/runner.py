@@ -209,12 +209,36 @@ def run_command(
     )
     started_s = clock.time()
     sampler.start(started_s)
+    # Handlers go in before the child starts: a signal that arrives while the job row is being
+    # written (a slow store on a busy node) must still reach the command, not kill the wrapper and
+    # orphan the command. A signal received before the child exists is delivered right after.
+    received: list[int] = []
+    early: list[int] = []  # received before the child existed
+    child_pid: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if not child_pid:
+            early.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child_pid[0], signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
     except OSError as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if store is not None and claimed_id is not None:  # job identity hook: no orphan row
             store.update_job(claimed_id, status="failed", ended_s=clock.time(), exit_code=127)
         raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    # Python runs signal handlers between bytecodes of this thread: each signal lands either in
+    # ``early`` (before this line) or is forwarded by the handler itself (after it), never both.
+    child_pid.append(child.pid)
+    for signum in early:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
     tree = ProcessTree(child.pid)
     job_id = None
     if store is not None and claimed_id is not None:  # job identity hook: inserted by claim_job
@@ -234,15 +258,6 @@ def run_command(
             currency=pricing.currency,
         )
     consumer_holder["key"] = f"job:{job_id or child.pid}"
-
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         while not _exited(child.pid):
             next_s = sampler.step(clock.time())
