@@ -154,7 +154,10 @@ def evaluate(
     total_limit_pct: float = TOTAL_LIMIT_PCT,
     solo_limit_pct: float = SOLO_LIMIT_PCT,
     min_solo_s: float = MIN_SOLO_S,
+    expect_solo: Sequence[str] = (),
 ) -> list[Check]:
+    """The checks of a run. A role in ``expect_solo`` without a solo phase of ``min_solo_s`` is a
+    failed check of its own (a workload that died early must not pass by having nothing judged)."""
     if not run.intervals:
         return [Check("total: no GPU interval was collected", 0.0, None, total_limit_pct)]
     start_s = min(iv[0] for iv in run.intervals)
@@ -197,6 +200,11 @@ def evaluate(
         ))
         if truth is not None and length > solo_len.get(role, 0.0):
             solo_len[role], solo_rate_w[role] = length, truth / length
+    for role in expect_solo:
+        if role not in solo_len and not any(c.name.endswith(f"{role} vs its active energy")
+                                            for c in checks):
+            checks.append(Check(f"{role} alone: no solo phase of {min_solo_s:g} s or more",
+                                0.0, None, solo_limit_pct))
     for seg in run.segments:
         if len(seg.roles) < 2:
             continue
@@ -323,17 +331,17 @@ def preflight(gpu_index: int) -> str | None:
 class PowerPoller:
     """Polls one GPU's power through pynvml every ``every_s`` on its own thread."""
 
+    nvml: Any  # the pynvml module
     handle: Any
     every_s: float = POLL_S
     samples: list[tuple[float, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _run(self) -> None:
-        import pynvml
-
+        read = self.nvml.nvmlDeviceGetPowerUsage
         t0, k = time.monotonic(), 0
         while not self._stop.is_set():
-            self.samples.append((time.time(), pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000))
+            self.samples.append((time.time(), read(self.handle) / 1000))
             k += 1
             time.sleep(max(0.0, t0 + k * self.every_s - time.monotonic()))
 
@@ -346,16 +354,33 @@ class PowerPoller:
         self._thread.join()
 
 
-def live_run(gpu_index: int, seconds: float, gap_s: float) -> CheckRun:
-    import pynvml
+def workload_argv(role: str, seconds: float) -> list[str]:
+    return [sys.executable, str(WORKLOAD), role, "--seconds", str(seconds)]
+
+
+def live_run(
+    gpu_index: int,
+    seconds: float,
+    gap_s: float,
+    nvml: Any = None,
+    workload: Callable[[str, float], list[str]] = workload_argv,
+) -> CheckRun:
+    """Idle, training alone, idle, inference alone, idle, both, idle, on GPU ``gpu_index``.
+    ``nvml`` (default: pynvml) and ``workload`` (role, seconds -> argv) are the seams a test uses
+    to run this orchestration without a GPU."""
+    if nvml is None:
+        import pynvml as nvml
 
     from carbonwatch.collectors.gpu import GpuCollector, gpu_device_id
     from carbonwatch.collectors.nvml import NvmlBackend
 
-    collector = GpuCollector(NvmlBackend())
-    uuid = next(d.uuid for d in collector.devices() if d.device_id == gpu_device_id(gpu_index))
-    pynvml.nvmlInit()  # the poller's own reference (NVML's init is reference counted)
-    poller = PowerPoller(pynvml.nvmlDeviceGetHandleByIndex(gpu_index))
+    collector = GpuCollector(NvmlBackend(nvml))
+    uuids = [d.uuid for d in collector.devices() if d.device_id == gpu_device_id(gpu_index)]
+    if not uuids:
+        raise RuntimeError(f"GPU {gpu_index} could not be opened (see `carbonwatch devices`)")
+    uuid = uuids[0]
+    nvml.nvmlInit()  # the poller's own reference (NVML's init is reference counted)
+    poller = PowerPoller(nvml, nvml.nvmlDeviceGetHandleByIndex(gpu_index))
     roles: dict[int, str] = {}
     sink = IntervalSink(gpu_device_id(gpu_index))
     sampler = _sampler(collector, lambda: dict(roles), sink)
@@ -378,8 +403,7 @@ def live_run(gpu_index: int, seconds: float, gap_s: float) -> CheckRun:
         sampler.flush(now)
         running = {}
         for role in phase:
-            p = subprocess.Popen([sys.executable, str(WORKLOAD), role, "--seconds", str(seconds)],
-                                 env=env)
+            p = subprocess.Popen(workload(role, seconds), env=env)  # noqa: S603 - our argv
             roles[p.pid] = role
             running[role] = p
             events.append((now, f"{role}_launch"))
@@ -391,6 +415,8 @@ def live_run(gpu_index: int, seconds: float, gap_s: float) -> CheckRun:
                 if p.poll() is not None:
                     events.append((now, f"{role}_exit"))
                     del running[role]
+                    if p.returncode != 0:
+                        raise RuntimeError(f"the {role} workload exited {p.returncode}")
         print(f"phase {' + '.join(phase)}: done", flush=True)
     end = time.time() + gap_s
     wait(lambda: time.time() >= end)
@@ -399,7 +425,7 @@ def live_run(gpu_index: int, seconds: float, gap_s: float) -> CheckRun:
     time.sleep(0.05)
     poller.stop()
     collector.close()
-    pynvml.nvmlShutdown()
+    nvml.nvmlShutdown()
     return CheckRun(poller.samples, sink.intervals, segments_from_events(events, start_s, end_s))
 
 
@@ -419,8 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if why is not None:
             print(f"gpu_check: cannot run here: {why}", file=sys.stderr)
             return 2
-        run = live_run(args.gpu, args.seconds, args.gap)
-    checks = evaluate(run)
+        try:
+            run = live_run(args.gpu, args.seconds, args.gap)
+        except RuntimeError as exc:
+            print(f"gpu_check: could not complete the run: {exc}", file=sys.stderr)
+            return 2
+    checks = evaluate(run, expect_solo=() if args.replay else ("train", "infer"))
     print(format_report(checks))
     if args.daemon and not args.replay:
         from gpu.daemon_check import daemon_check  # benchmarks/gpu/, beside this script

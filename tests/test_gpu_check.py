@@ -137,3 +137,82 @@ def test_the_script_stops_at_once_without_a_gpu_and_checks_a_trace(tmp_path):
     failed = any(line.endswith("FAIL") for line in lines)
     assert out.returncode == (1 if failed else 0)
     assert json.dumps(lines)  # plain text, one check a line
+
+
+def test_an_expected_solo_phase_that_is_missing_fails():
+    checks = gc.evaluate(_run(), expect_solo=("train", "infer"))
+    (missing,) = [c for c in checks if c.passed is False]
+    assert missing.name == "infer alone: no solo phase of 2 s or more"
+    assert gc.exit_code(checks) == 1
+
+
+def test_the_live_orchestration_runs_end_to_end_on_a_fake_gpu():
+    """live_run itself (phases, flushes at launch and exit, the 5 ms poller thread), through the
+    fake pynvml: the GPU draws 100 W idle and 60 W more per running workload (a sleeping child),
+    its counter integrating that in wall time; the workloads are its compute processes."""
+    import threading
+    import time
+
+    import psutil
+    from fake_pynvml import FakeGpu, make_module
+
+    me = psutil.Process()
+    lock = threading.Lock()
+
+    class LiveGpu(FakeGpu):
+        _e_mj, _t, _w = 1e9, None, 100.0
+
+        def _running(self):
+            return [c.pid for c in me.children()
+                    if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+        def _advance(self):
+            with lock:  # the counter: power integrated between reads (the poller reads too)
+                now, watts = time.time(), 100.0 + 60.0 * len(self._running())
+                if self._t is not None:
+                    self._e_mj += self._w * (now - self._t) * 1000
+                self._t, self._w = now, watts
+                return watts
+
+        @property
+        def power_mw(self):
+            return round(self._advance() * 1000)
+
+        @power_mw.setter
+        def power_mw(self, value):
+            pass
+
+        @property
+        def energy_mj(self):
+            self._advance()
+            return round(self._e_mj)
+
+        @energy_mj.setter
+        def energy_mj(self, value):
+            pass
+
+        @property
+        def pids(self):
+            return self._running()
+
+        @pids.setter
+        def pids(self, value):
+            pass
+
+    nv = make_module([LiveGpu("GPU-8932f937-d72c-4106-c12f-20bd9faed9f6")])
+    sleeper = "import time; time.sleep({})"
+    run = gc.live_run(0, 2.5, 0.6, nvml=nv,
+                      workload=lambda role, s: [sys.executable, "-c", sleeper.format(s)])
+    assert nv.init_count() == 0  # every nvmlInit paired with a shutdown
+    names = [s.name for s in run.segments]
+    assert names == ["idle", "train alone", "idle", "infer alone", "idle", "infer + train", "idle"]
+    assert len(run.power) > 1000  # ~200 a second for ~11 s, on a shared machine
+    checks = gc.evaluate(run, expect_solo=("train", "infer"))
+    total, train, infer = checks[:3]
+    assert abs(total.error_pct) < 1.0  # counter vs the independent poll of the same power
+    for solo in (train, infer):  # 60 W above idle, for the workload's ~2.5 s
+        assert solo.truth_j == pytest.approx(60 * 2.5, rel=0.15)
+        # judged, whatever the collector's split gives (whether it passes is the collector's
+        # business: here the interval a process exits in has no process left to credit)
+        assert solo.error_pct is not None and solo.passed is not None
+    assert len(checks) == 5 and all(c.truth_j is not None for c in checks[3:])
