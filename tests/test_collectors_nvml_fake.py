@@ -246,3 +246,13 @@ def test_real_pynvml_errors_map_through_the_same_code():
         raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
     with pytest.raises(NotSupported, match="versioned"), _mapped(pynvml, "x"):
         raise pynvml.NVMLLibraryMismatchError("use a versioned function")
+
+
+def test_a_driver_without_the_mps_call_still_lists_compute_processes():
+    symbols = fake.ALL_SYMBOLS - {"nvmlDeviceGetMPSComputeRunningProcesses_v2",
+                                  "nvmlDeviceGetMPSComputeRunningProcesses_v3"}
+    gpu = FakeGpu(UUID0, pids=[11], mps_pids=[21])
+    dev = _device(gpu, symbols=symbols)
+    assert dev.compute_pids() == [11]
+    gpu.pids = [11, 12]
+    assert dev.compute_pids() == [11, 12]

@@ -136,6 +136,7 @@ class NvmlDevice:
             self._name = _text(nv.nvmlDeviceGetName(self._handle))
         self._mig = self._mig_enabled()
         self.detail = MIG_DETAIL if self._mig else ""
+        self._mps_offered = True
         # The unversioned process calls (which use _v3) until the driver proves to lack _v3.
         self._process_calls: dict[str, str] = {
             "compute": "nvmlDeviceGetComputeRunningProcesses",
@@ -208,8 +209,13 @@ class NvmlDevice:
             except DeviceError as exc:
                 failures.append(exc)
                 continue
-            with contextlib.suppress(DeviceError):  # MPS not running, or not offered: no clients
-                pids.update(self._processes("mps", handle))
+            if self._mps_offered:
+                try:
+                    pids.update(self._processes("mps", handle))
+                except NotSupported:
+                    self._mps_offered = False  # the driver lacks the call: stop asking
+                except DeviceError:
+                    pass  # MPS not answering now: its clients are missed this time only
         if failures and len(failures) == len(handles):
             raise failures[0]
         return sorted(pids)
