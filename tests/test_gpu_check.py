@@ -204,7 +204,9 @@ def test_the_live_orchestration_runs_end_to_end_on_a_fake_gpu():
     run = gc.live_run(0, 2.5, 0.6, nvml=nv,
                       workload=lambda role, s: [sys.executable, "-c", sleeper.format(s)])
     assert nv.init_count() == 0  # every nvmlInit paired with a shutdown
-    names = [s.name for s in run.segments]
+    # the two sleepers of the shared phase may be seen exiting one loop turn apart: a short tail
+    segs = [s for s in run.segments if not (len(s.roles) == 1 and s.end_s - s.start_s < 0.5)]
+    names = [s.name for s in segs]
     assert names == ["idle", "train alone", "idle", "infer alone", "idle", "infer + train", "idle"]
     assert len(run.power) > 1000  # ~200 a second for ~11 s, on a shared machine
     checks = gc.evaluate(run, expect_solo=("train", "infer"))
