@@ -75,3 +75,26 @@ def test_a_recorder_group_records_several_gpus_that_each_replay_to_the_counter(t
         collector = GpuCollector(ReplayGpuBackend(copy, replay_clock))
         intervals = list(drive(collector, replay_clock, copy.start_s, copy.end_s))
         assert math.fsum(i.energy_j for i in intervals) == pytest.approx(source.energy_j)
+
+
+def test_gpus_are_chosen_by_index_uuid_or_mig_uuid_and_lost_ones_left_out():
+    import click
+    import fake_pynvml as fake
+    from fake_pynvml import FakeGpu, FakeMig, make_module
+
+    from carbonwatch.cli.record import _choose
+    from carbonwatch.collectors.nvml import NvmlBackend
+
+    uuids = [f"GPU-{i}{i}{i}{i}0000-1111-2222-3333-444455556666" for i in range(4)]
+    gpus = [FakeGpu(u) for u in uuids]
+    gpus[0].handle_error = fake.NVML_ERROR_NO_PERMISSION  # skipped: positions shift
+    gpus[1].handle_error = fake.NVML_ERROR_GPU_IS_LOST  # listed lost: never recorded
+    gpus[3].migs = [FakeMig("MIG-aaaa1111-2222-3333-4444-555566667777")]
+    backend = NvmlBackend(make_module(gpus))
+    # (backend position, physical index): GPU 1 (lost) is position 0
+    assert _choose(backend, None) == [(1, 2), (2, 3)]
+    assert _choose(backend, "3,GPU-2222,MIG-aaaa,3") == [(2, 3), (1, 2)]
+    for bad in ("1", "0", "GPU-9999"):
+        with pytest.raises(click.BadParameter, match="no GPU"):
+            _choose(backend, bad)
+    backend.close()
