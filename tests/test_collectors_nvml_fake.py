@@ -256,3 +256,62 @@ def test_a_driver_without_the_mps_call_still_lists_compute_processes():
     assert dev.compute_pids() == [11]
     gpu.pids = [11, 12]
     assert dev.compute_pids() == [11, 12]
+
+
+def test_the_shared_h200_trace_through_nvml_on_an_old_driver_keeps_every_joule():
+    """The recorded H200 trace served through the fake pynvml by a driver without the _v3 calls
+    (the issue simulated this at -5.3 %): the device total is the counter delta, and both
+    processes are seen."""
+    import bisect
+    from pathlib import Path
+
+    from carbonwatch.collectors.replay import drive, load_trace
+
+    trace = load_trace(Path(__file__).parent / "fixtures" / "h200-shared-gpu")
+    clock = ManualClock(trace.start_s)
+    windows = trace.pid_windows()
+
+    def at(times, values):
+        return values[max(0, bisect.bisect_right(times, clock.time()) - 1)]
+
+    class TraceGpu(FakeGpu):
+        @property
+        def energy_mj(self):
+            return at(trace.energy_t_s, trace.energy_mj)
+
+        @energy_mj.setter
+        def energy_mj(self, value):
+            pass
+
+        @property
+        def power_mw(self):
+            return at(trace.power_t_s, trace.power_mw)
+
+        @power_mw.setter
+        def power_mw(self, value):
+            pass
+
+        @property
+        def pids(self):
+            return [p for p, (a, b) in windows.items() if a <= clock.time() < b]
+
+        @pids.setter
+        def pids(self, value):
+            pass
+
+        @property
+        def samples(self):
+            return [(r.pid, r.sample_ts_us, int(r.sm_pct), int(r.mem_pct))
+                    for r in trace.process_util if r.t_s <= clock.time()]
+
+        @samples.setter
+        def samples(self, value):
+            pass
+
+    nv = make_module([TraceGpu(UUID0)], symbols=OLD_DRIVER_SYMBOLS)
+    collector = GpuCollector(NvmlBackend(nv))
+    intervals = list(drive(collector, clock, trace.start_s, trace.end_s))
+    assert math.fsum(i.energy_j for i in intervals) == pytest.approx(trace.energy_j, rel=1e-12)
+    assert trace.energy_j == pytest.approx(8758.0, abs=0.05)  # the trace README's figure
+    seen = set().union(*(i.shares for i in intervals))
+    assert seen == {416, 438}
