@@ -134,7 +134,7 @@ class NvmlDevice:
             self._handle = nv.nvmlDeviceGetHandleByIndex(index)
             self._uuid = _text(nv.nvmlDeviceGetUUID(self._handle))
             self._name = _text(nv.nvmlDeviceGetName(self._handle))
-        self._mig = self._mig_enabled()
+        self._mig = self._mig_enabled()  # read once: changing MIG mode needs a GPU reset
         self.detail = MIG_DETAIL if self._mig else ""
         self._mps_offered = True
         # The unversioned process calls (which use _v3) until the driver proves to lack _v3.
