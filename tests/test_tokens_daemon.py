@@ -11,84 +11,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import MODEL, REPLAY, DaemonProcess, fixture_calls
+from daemon_helpers import MODEL, DaemonProcess
 from prometheus_client.parser import text_string_to_metric_families
-
-from carbonwatch.client import Client
-
-CLIENT_MODEL = "client-llm"
-
-
-def _with_tokens(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every fifth call reports nothing; the others a prompt, an output that grows with the
-    batch, and the batch as weight."""
-    out = []
-    for i, call in enumerate(calls):
-        call = dict(call)
-        if i % 5 != 4:
-            batch = call["tags"]["batch"]
-            call.update(tokens_in=100 + (i % 13) * 40, tokens_out=batch * 3 + i % 7,
-                        weight=float(batch))
-        out.append(call)
-    return out
+from token_helpers import CLIENT_MODEL, make_token_store, sql_figures
 
 
 @pytest.fixture(scope="module")
 def token_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    db = tmp_path_factory.mktemp("tokens") / "cw.db"
-    calls = _with_tokens(fixture_calls())
-    env = {"CARBONWATCH_POWER_INTERVAL_S": "0.01"}
-    sent_client = {"tokens_in": 0, "tokens_out": 0, "calls": 0}
-    with DaemonProcess(db, "--backend", REPLAY, "--replay-speed", "10", env=env) as daemon:
-        for i in range(0, len(calls), 1000):
-            status, body = daemon.request("POST", "/v1/calls", {"calls": calls[i:i + 1000]})
-            assert status == 200, body
-        client = Client(daemon_url=daemon.url, flush_interval_s=0.05)
-        try:
-            for k in range(20):
-                with client.inference(CLIENT_MODEL, tokens_in=10 + k) as call:
-                    call.set_tokens(tokens_out=k + 1)
-                sent_client["tokens_in"] += 10 + k
-                sent_client["tokens_out"] += k + 1
-                sent_client["calls"] += 1
-            assert client.flush(20.0), "the daemon did not acknowledge the client's spans"
-            assert client.rejected_total == 0
-        finally:
-            client.close()
-        daemon.wait_for(daemon.replay_finished)
-        # End the services, so a later daemon on this store does not measure them again.
-        _, listed = daemon.request("GET", "/v1/jobs")
-        for job in listed["jobs"]:
-            status, _ = daemon.request("POST", f"/v1/jobs/{job['id']}/end", {"exit_code": 0})
-            assert status == 200
-    assert daemon.proc is not None and daemon.proc.returncode == 0
-    return {"db": db, "calls": calls, "client": sent_client}
-
-
-def _sql_figures(db: Path, model: str) -> dict[str, Any]:
-    """The per-token figures, independently: the raw call log for tokens and the calls' energy,
-    energy_minute for the serving energy (never call_minute or its rollups)."""
-    with sqlite3.connect(db) as conn:
-        serving_j, serving_g = conn.execute(
-            "SELECT COALESCE(SUM(energy_j), 0), COALESCE(SUM(co2e_g), 0) FROM energy_minute"
-            " WHERE model = ? AND phase = 'inference'", [model]).fetchone()
-        calls, calls_j, token_j, t_in, t_out, t_calls = conn.execute(
-            "SELECT COUNT(*), SUM(energy_j),"
-            " COALESCE(SUM(CASE WHEN tokens_out IS NOT NULL THEN energy_j END), 0),"
-            " COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COUNT(tokens_out)"
-            " FROM calls WHERE model = ?", [model]).fetchone()
-    share = 1.0 if t_calls == calls else token_j / calls_j
-    return {
-        "calls": calls, "tokens_in": t_in, "tokens_out": t_out, "token_calls": t_calls,
-        "serving_energy_j": serving_j, "token_energy_share": share,
-        "energy_j_per_output_token": serving_j * share / t_out,
-        "energy_j_per_token": serving_j * share / (t_in + t_out),
-        "co2e_g_per_1k_output_tokens": serving_g * share / t_out * 1000,
-    }
+    return make_token_store(tmp_path_factory.mktemp("tokens") / "cw.db")
 
 
 def test_the_store_holds_the_tokens_sent_in_every_rollup(token_store):
@@ -134,7 +67,7 @@ def _metric_tokens(text: str) -> dict[tuple[str, str], float]:
 
 def test_summary_and_metrics_agree_with_sql_and_survive_a_restart(token_store):
     db = token_store["db"]
-    expected = _sql_figures(db, MODEL)
+    expected = sql_figures(db, MODEL)
     assert 0 < expected["token_energy_share"] < 1  # a fifth of the calls reported no tokens
     with sqlite3.connect(db) as conn:
         sql_tokens = {}
@@ -238,7 +171,7 @@ def bad_daemon(tmp_path_factory: pytest.TempPathFactory):
 
 def test_report_model_gives_the_per_token_figures_of_the_sql(token_store):
     db = token_store["db"]
-    expected = _sql_figures(db, MODEL)
+    expected = sql_figures(db, MODEL)
     run = subprocess.run(  # noqa: S603
         [sys.executable, "-m", "carbonwatch", "report", "--db", str(db), "--model", MODEL,
          "--format", "json"], capture_output=True, text=True, timeout=60, check=False)
