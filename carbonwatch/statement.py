@@ -110,14 +110,14 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
     tables = _tables(conn)
     rollups = {"energy_day", "energy_hour", "call_day"} <= tables
     energy = _energy(conn, model, rollups)
-    call_table = "call_day" if rollups else "call_minute"
-    call_columns = {r[1] for r in conn.execute(f"PRAGMA table_info({call_table})")}
+    table = "call_day" if rollups else "call_minute"
+    columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
     # A store written before migration m006 holds no tokens: read as none reported.
-    token_sums = ", ".join(f"SUM({c})" if c in call_columns else "0" for c in (
+    aggregates = ", ".join(f"SUM({c})" if c in columns else "0" for c in (
         "tokens_in", "tokens_out", "token_calls", "token_energy_j"))
     calls_row = conn.execute(
-        f"SELECT SUM(calls), SUM(energy_j), SUM(co2e_g), SUM(cost), {token_sums} "  # noqa: S608
-        f"FROM {call_table} WHERE model = ?", [model]).fetchone()
+        f"SELECT SUM(calls), SUM(energy_j), SUM(co2e_g), SUM(cost), {aggregates} "  # noqa: S608
+        f"FROM {table} WHERE model = ?", [model]).fetchone()
     jobs = _jobs(conn, model)
     if not energy and not jobs and not calls_row[0]:
         known = [r[0] for r in conn.execute(

@@ -334,13 +334,14 @@ _TOKEN_COLUMNS = (
 def _call_token_upsert(level: str, seconds: int, row: str, sign: str) -> str:
     """As ``_call_upsert`` (m004), with the token sums."""
     r = row
-    sums = ("calls", "busy_s", "energy_j", "co2e_g", "cost", *TOKEN_SUMS)
-    values = ", ".join(f"{sign}{r}.{c}" for c in sums)
-    updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in (*sums, "minutes"))
+    names = ("calls", "busy_s", "energy_j", "co2e_g", "cost", *TOKEN_SUMS)
+    columns = ", ".join(names)
+    values = ", ".join(f"{sign}{r}.{c}" for c in names)
+    assignments = ", ".join(f"{c} = {c} + excluded.{c}" for c in (*names, "minutes"))
     return f"""
-        INSERT INTO call_{level} ({level}_s, model, {', '.join(sums)}, minutes)
+        INSERT INTO call_{level} ({level}_s, model, {columns}, minutes)
         VALUES ({r}.minute_s - {r}.minute_s % {seconds}, {r}.model, {values}, {sign}1)
-        ON CONFLICT ({level}_s, model) DO UPDATE SET {updates};"""  # noqa: S608
+        ON CONFLICT ({level}_s, model) DO UPDATE SET {assignments};"""  # noqa: S608
 
 
 @migration
