@@ -189,3 +189,31 @@ def test_report_model_gives_the_per_token_figures_of_the_sql(token_store):
     assert f"{expected['energy_j_per_token']:,.4g} J per token" in markdown
     assert f"{expected['co2e_g_per_1k_output_tokens']:,.4g} g CO2e per 1,000 output" in markdown
     assert not math.isnan(expected["energy_j_per_output_token"])
+
+
+def test_tokens_of_an_acknowledged_batch_survive_kill_9(tmp_path):
+    """A batch is acknowledged once committed: its tokens are re-read after a crash, counted
+    once, never lost."""
+    db = tmp_path / "cw.db"
+    now = time.time()
+    calls = [{"model": "llm", "start": now + 30 + i, "end": now + 30.5 + i,
+              "tokens_in": 1000 + i, "tokens_out": 7 * i, "weight": 1.5} for i in range(50)]
+    daemon = DaemonProcess(db, "--backend", "none").start()
+    try:
+        status, body = daemon.request("POST", "/v1/calls", {"calls": calls})
+        assert status == 200, body
+    finally:
+        daemon.kill()  # before any of them could settle: they end in the future
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM call_minute").fetchone()[0] == 0
+    with DaemonProcess(db, "--backend", "none") as again:
+        assert any("re-read 1 acknowledged call batch" in line for line in again.stderr), \
+            again.stderr
+    assert again.proc is not None and again.proc.returncode == 0  # SIGTERM settles them all
+    with sqlite3.connect(db) as conn:
+        got = conn.execute("SELECT SUM(calls), SUM(tokens_in), SUM(tokens_out), SUM(token_calls)"
+                           " FROM call_minute WHERE model = 'llm'").fetchone()
+        logged = conn.execute("SELECT COUNT(*), SUM(weight) FROM calls").fetchone()
+    assert got == (50, sum(c["tokens_in"] for c in calls), sum(c["tokens_out"] for c in calls),
+                   50)
+    assert logged == (50, 75.0)
