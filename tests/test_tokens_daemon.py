@@ -143,6 +143,7 @@ def test_a_model_without_tokens_has_null_per_token_figures(tmp_path):
     ({"tokens_in": 2.5}, "calls[1].tokens_in", "integer"),
     ({"tokens_out": 10**9 + 1}, "calls[1].tokens_out", "between 0 and"),
     ({"weight": 1e30}, "calls[1].weight", "between 0 and"),
+    ({"weight": 10**400}, "calls[1].weight", "between 0 and"),  # an integer no float holds
     ({"weight": -0.5}, "calls[1].weight", "between 0 and"),
     ({"weight": float("nan")}, "calls[1].weight", "finite"),
     ({"weight": "64"}, "calls[1].weight", "expected a number"),

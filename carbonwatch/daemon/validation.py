@@ -174,7 +174,8 @@ def measure(value: Any, where: str, *, hi: float) -> float:
     if isinstance(value, float) and not math.isfinite(value):  # from 1e400 (NaN is not JSON)
         raise bad(f"{where}: must be a finite number (NaN and Infinity are not allowed)")
     if not 0 <= value <= hi:
-        raise bad(f"{where}: must be between 0 and {hi:g}, got {value:g}")
+        shown = f"{value:g}" if isinstance(value, float) else str(value)[:40]  # 10**400: no float
+        raise bad(f"{where}: must be between 0 and {hi:g}, got {shown}")
     return float(value)
 
 
