@@ -56,7 +56,13 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from carbonwatch.client_spans import InferenceSpan, check_weight, work_json
+from carbonwatch.client_spans import (
+    MAX_UNIX_S,
+    InferenceSpan,
+    check_tokens,
+    check_weight,
+    work_json,
+)
 
 __all__ = ["Client", "InferenceSpan", "Job", "default_client", "inference", "job",
            "track_inference"]
@@ -285,6 +291,26 @@ class Client:
             if weight is not None:
                 span.set_weight(weight)
         return span
+
+    def record(
+        self, model: str, start_s: float, end_s: float, *, weight: float | None = None,
+        tokens_in: int | None = None, tokens_out: int | None = None, **tags: Any,
+    ) -> None:
+        """One call already timed elsewhere (a server middleware that learns the status and the
+        tokens after the response): Unix seconds, ``end_s >= start_s``. Raises ValueError or
+        TypeError for a value the daemon would refuse, so it never costs a whole batch."""
+        start_s, end_s = float(start_s), float(end_s)
+        if not 0.0 <= start_s <= end_s <= MAX_UNIX_S:  # NaN fails too
+            raise ValueError(f"start_s, end_s: need 0 <= start_s <= end_s <= {MAX_UNIX_S:.0f} "
+                             f"(Unix seconds), got {start_s!r}, {end_s!r}")
+        head = _head(model, tags)
+        if weight is not None or tokens_in is not None or tokens_out is not None:
+            head += work_json(
+                None if weight is None else check_weight(weight),
+                None if tokens_in is None else check_tokens(tokens_in, "tokens_in"),
+                None if tokens_out is None else check_tokens(tokens_out, "tokens_out"),
+            )
+        self._record(head, start_s, end_s)
 
     def _record(self, head: str, start_s: float, end_s: float) -> None:
         if len(self._buffer) < self.max_buffer:

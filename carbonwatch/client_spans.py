@@ -23,6 +23,7 @@ class _Recorder(Protocol):
 # standard library); a test holds them equal.
 MAX_WEIGHT = 1e12
 MAX_TOKENS = 10**9
+MAX_UNIX_S = 1e10
 
 
 def check_weight(value: Any, name: str = "weight") -> float:

@@ -21,6 +21,27 @@ from carbonwatch.daemon import validation
 def test_the_client_checks_the_daemons_own_bounds():
     assert client_spans.MAX_WEIGHT == validation.MAX_WEIGHT
     assert client_spans.MAX_TOKENS == validation.MAX_TOKENS
+    assert client_spans.MAX_UNIX_S == validation.MAX_UNIX_S
+
+
+def test_a_call_timed_elsewhere_is_recorded_with_its_tags_and_tokens():
+    client = Client(daemon_url="http://127.0.0.1:9", flush_interval_s=3600)
+    try:
+        client.record("llm", 100.0, 101.5, tokens_in=12, tokens_out=34, route="/v1/chat",
+                      status=200)
+        client.record("llm", 102, 102)
+        for start_s, end_s in ((5.0, 4.0), (math.nan, 1.0), (-1.0, 1.0), (1.0, 1e11)):
+            with pytest.raises(ValueError, match="start_s, end_s"):
+                client.record("llm", start_s, end_s)
+        with pytest.raises(ValueError, match="tokens_out"):
+            client.record("llm", 1.0, 2.0, tokens_out=-3)
+        assert list(client._buffer) == [
+            ('{"model":"llm","tags":{"route":"/v1/chat","status":"200"},"tokens_in":12,'
+             '"tokens_out":34,', 100.0, 101.5),
+            ('{"model":"llm","tags":{},', 102.0, 102.0)]
+    finally:
+        client._buffer.clear()
+        client.close(0.01)
 
 
 def _sent(daemon: FakeDaemon) -> list[dict]:
@@ -51,6 +72,8 @@ def test_tokens_and_weights_reach_the_daemon_in_bodies_it_accepts():
         predict([1, 2, 3])
         predict([1, 2], scale=10)  # the callable gets the call's own arguments
         fixed(1)
+        client.record("llm", 1_800_000_000.0, 1_800_000_001.0, tokens_in=9, tokens_out=4,
+                      status=200)
         assert client.flush(10.0)
         client.close()
     calls = _sent(daemon)
@@ -64,6 +87,7 @@ def test_tokens_and_weights_reach_the_daemon_in_bodies_it_accepts():
         {"model": "cnn", "weight": 3.0},
         {"model": "cnn", "weight": 20.0},
         {"model": "cnn", "weight": 2.5},
+        {"model": "llm", "tokens_in": 9, "tokens_out": 4},
     ]
     assert calls[0]["tags"] == {"route": "/v1/chat"}
     for batch in daemon.batches:  # the daemon's validator takes every body the client sent
