@@ -9,7 +9,9 @@ Without that the figure would charge the tokenless calls' energy to the counted 
 
 Joules per output token and per token (in + out) are reported apart: for long prompts they differ
 several-fold, and which one a reader means decides the comparison. Figures are None (JSON null)
-when no call reported output tokens: unknown, never zero.
+when no call reported output tokens, and when no serving energy was recorded for the model (calls
+that no measured service ran: no process drew energy for them that carbonwatch saw): unknown,
+never zero.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def per_token(
         "energy_j_per_token": None,
         "co2e_g_per_1k_output_tokens": None,
     }
-    if share is None or tokens_out <= 0:
+    if share is None or tokens_out <= 0 or not serving_energy_j > 0:
         return out
     energy_j, co2e_g = serving_energy_j * share, serving_co2e_g * share
     out["energy_j_per_output_token"] = energy_j / tokens_out

@@ -111,10 +111,11 @@ def test_summary_and_metrics_agree_with_sql_and_survive_a_restart(token_store):
                                         ("late-llm", "out"): 60})
         status, summary = daemon.request("GET", "/v1/summary?group_by=model")
         late_group = {g["key"]: g for g in summary["groups"]}["late-llm"]
-        # Its calls were attributed no energy (no service ran them): 0 J per token, over the
-        # five calls that reported output tokens.
+        # No measured service ran its calls: tokens counted, energy per token unknown (not 0).
         assert (late_group["calls"], late_group["token_calls"], late_group["tokens_out"]) == (
             6, 5, 60)
+        assert late_group["energy_j_per_output_token"] is None
+        assert late_group["co2e_g_per_1k_output_tokens"] is None
 
 
 def test_a_model_without_tokens_has_null_per_token_figures(tmp_path):
