@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from carbonwatch.daemon.metrics import MetricTotals
+from carbonwatch.daemon.state import Flush, merge_flushes
 from carbonwatch.daemon.storeops import CALL_MINUTE_UPSERT, NO_TOKENS, settle_batches
 from carbonwatch.store import open_store
 from carbonwatch.store.migrations import MIGRATIONS
@@ -75,3 +77,20 @@ def test_the_migration_repeats_cleanly_after_a_cut_short_run(tmp_path):
                                       "tokens_out": 3, "token_calls": 1})
     assert _rollups_equal_minutes(conn) == (6, 51.0, 0, 3, 1)  # summed once, not twice
     conn.close()
+
+
+def test_flushes_the_store_refused_keep_their_tokens_when_merged():
+    def flush(minute_s: int, tokens_in: int, tokens_out: int) -> Flush:
+        return Flush(energy_rows=[], batch_ids=[], call_rows=[], call_minutes=[{
+            "minute_s": minute_s, "model": "llm", "calls": 2, "busy_s": 1.0, "energy_j": 2.0,
+            "co2e_g": 0.2, "cost": 0.0, "tokens_in": tokens_in, "tokens_out": tokens_out,
+            "token_calls": 2, "token_energy_j": 2.0}], job_calls={}, between_j={},
+            metric_energy=[], sampled_until_s=None)
+
+    merged, _ = merge_flushes([flush(60, 10, 3), flush(60, 5, 4), flush(120, 1, 1)], 10)
+    by_minute = {r["minute_s"]: r for r in merged.call_minutes}
+    assert (by_minute[60]["tokens_in"], by_minute[60]["tokens_out"],
+            by_minute[60]["token_calls"]) == (15, 7, 4)
+    totals = MetricTotals()
+    merged.published(totals)
+    assert totals.tokens() == {("llm", "in"): 16, ("llm", "out"): 8}
