@@ -61,6 +61,7 @@ from carbonwatch.client_spans import (
     InferenceSpan,
     check_tokens,
     check_weight,
+    weighted_decorator,
     work_json,
 )
 
@@ -216,60 +217,8 @@ class Client:
 
     def _track_weighted(self, head: str, weight_of: Callable[..., Any]) -> Callable[[F], F]:
         """``track_inference`` with a weight callable: apart, so plain calls pay nothing for it."""
-        buf, cap, append, drop, now = (
-            self._buffer, self.max_buffer, self._buffer.append, self._drop, time.time,
-        )
-        # Weights repeat (batch sizes): each distinct one's head is built once. Bounded.
-        heads: dict[Any, str] = {}
-        warn = self._warn_weight
-
-        def head_for(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-            try:
-                value = weight_of(*args, **kwargs)
-                found = heads.get(value)  # NaN never matches, so it is always checked
-                if found is not None:
-                    return found
-                checked = check_weight(value)
-            except Exception as exc:  # never let the measurement break the serving call
-                warn(exc)
-                return head
-            if len(heads) >= 1024:
-                heads.clear()
-            heads[value] = full = head + work_json(checked, None, None)
-            return full
-
-        def decorate(fn: F) -> F:
-            if inspect.iscoroutinefunction(fn):
-
-                @functools.wraps(fn)
-                async def tracked_async(*args: Any, **kwargs: Any) -> Any:
-                    h = head_for(args, kwargs)
-                    t0 = now()
-                    try:
-                        return await fn(*args, **kwargs)
-                    finally:
-                        if len(buf) < cap:
-                            append((h, t0, now()))
-                        else:
-                            drop()
-
-                return tracked_async  # type: ignore[return-value]
-
-            @functools.wraps(fn)
-            def tracked(*args: Any, **kwargs: Any) -> Any:
-                h = head_for(args, kwargs)
-                t0 = now()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    if len(buf) < cap:
-                        append((h, t0, now()))
-                    else:
-                        drop()
-
-            return tracked  # type: ignore[return-value]
-
-        return decorate
+        return weighted_decorator(  # type: ignore[return-value]
+            head, weight_of, self._buffer, self.max_buffer, self._drop, self._warn_weight)
 
     def _warn_weight(self, exc: Exception) -> None:
         self.weight_errors_total += 1

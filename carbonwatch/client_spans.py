@@ -7,10 +7,14 @@ sender (and a call without work measures) is unchanged."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 import operator
 import time
+from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -130,3 +134,68 @@ class InferenceSpan:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def weighted_decorator(
+    head: str, weight_of: Callable[..., Any], buf: deque[tuple[str, float, float]], cap: int,
+    drop: Callable[[], None], warn: Callable[[Exception], None],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The decorator of ``track_inference(model, weight=callable)``: ``weight_of`` gets each
+    call's arguments before the call runs. A failing callable or a bad value never breaks the
+    call: the span is recorded without a weight and ``warn`` is told."""
+    append, now = buf.append, time.time
+    # Weights repeat (batch sizes): each distinct one's head is built once. Bounded. Keyed by
+    # int and float only, so True never finds 1's head (bool is refused as a weight).
+    heads: dict[int | float, str] = {}
+
+    def head_for(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            value = weight_of(*args, **kwargs)
+            kind = type(value)
+            if kind is int or kind is float:
+                found = heads.get(value)  # NaN never matches, so it is always checked
+                if found is not None:
+                    return found
+            checked = check_weight(value)
+        except Exception as exc:  # never let the measurement break the serving call
+            warn(exc)
+            return head
+        full = head + work_json(checked, None, None)
+        if kind is int or kind is float:
+            if len(heads) >= 1024:
+                heads.clear()
+            heads[value] = full
+        return full
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def tracked_async(*args: Any, **kwargs: Any) -> Any:
+                h = head_for(args, kwargs)
+                t0 = now()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    if len(buf) < cap:
+                        append((h, t0, now()))
+                    else:
+                        drop()
+
+            return tracked_async
+
+        @functools.wraps(fn)
+        def tracked(*args: Any, **kwargs: Any) -> Any:
+            h = head_for(args, kwargs)
+            t0 = now()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if len(buf) < cap:
+                    append((h, t0, now()))
+                else:
+                    drop()
+
+        return tracked
+
+    return decorate

@@ -187,3 +187,21 @@ def test_async_calls_carry_their_work_too():
     finally:
         client._buffer.clear()
         client.close(0.01)
+
+
+def test_a_boolean_weight_is_refused_even_after_the_weight_1():
+    client = Client(daemon_url="http://127.0.0.1:9", flush_interval_s=3600)
+
+    @client.track_inference("m", weight=lambda w: w)
+    def serve(w: object) -> object:
+        return w
+
+    try:
+        serve(1)
+        serve(True)  # True == 1 and hashes alike: must not reuse 1's head
+        assert [h for h, _, _ in client._buffer] == ['{"model":"m","tags":{},"weight":1.0,',
+                                                     '{"model":"m","tags":{},']
+        assert client.weight_errors_total == 1
+    finally:
+        client._buffer.clear()
+        client.close(0.01)
