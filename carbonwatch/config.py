@@ -55,7 +55,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
     socket: str = ""
-    token: str = ""
+    token: str = ""  # the read/ingest token (CARBONWATCH_TOKEN)
+    # Operators' token (CARBONWATCH_ADMIN_TOKEN): launching and cancelling jobs, other owners'
+    # jobs; the dashboard also takes it as a login.
+    admin_token: str = ""
     daemon_url: str = ""  # empty: http://{host}:{port}
     provider: str = "static"
     provider_url: str = ""
