@@ -5,6 +5,8 @@ set -uo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# setpriv: the security fuzz runs the daemon it feeds hostile commands as nobody when run as root.
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "system-deps: not root; missing ${need[*]} (tests needing them will be skipped)" >&2
