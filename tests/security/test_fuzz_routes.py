@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 import pytest
 from daemon_helpers import DaemonProcess
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
@@ -90,18 +90,23 @@ def _valid_bodies(now_s: float, pid: int) -> dict[tuple[str, str], dict[str, Any
     }
 
 
+class _Spent(Exception):
+    """This run's share of the time budget is used up: stop generating."""
+
+
 @dataclass
 class Fuzz:
     url: str
-    stop_at: float
+    budget_end: float
     bases: dict[tuple[str, str], dict[str, Any]]
+    run_end: float = 0.0
     ids: dict[str, list[str]] = field(default_factory=lambda: {"jobs": [], "deferred": []})
     failures: list[str] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)
 
     def send(self, op: Any, case: Any) -> None:
-        if time.monotonic() > self.stop_at:
-            return  # the budget is spent: the remaining examples are generated, not sent
+        if time.monotonic() > self.run_end:
+            raise _Spent
         self.sent[op.label] = self.sent.get(op.label, 0) + 1
         try:
             resp = case.call(base_url=self.url, headers=AUTH, timeout=30)
@@ -119,7 +124,12 @@ class Fuzz:
             if isinstance(created, str) and len(self.ids[kind]) < 3:
                 self.ids[kind].append(created)
 
-    def run(self, op: Any, path_parameters: dict[str, str] | None = None) -> None:
+    def run(self, op: Any, runs_left: int, path_parameters: dict[str, str] | None = None
+            ) -> None:
+        """Fuzz one operation in its share of what is left of the budget: a slow machine fuzzes
+        every route less, rather than some routes not at all."""
+        now = time.monotonic()
+        self.run_end = now + max(self.budget_end - now, 0.0) / max(runs_left, 1)
         base = self.bases.get((op.method.upper(), op.path))
         modes = [schemathesis.GenerationMode.POSITIVE]
         if len(op.query) or len(op.body):  # something to violate (a path id is any string)
@@ -127,31 +137,38 @@ class Fuzz:
         for mode in modes:
             strategy = op.as_strategy(generation_mode=mode, path_parameters=path_parameters)
             over_valid = base is not None and mode is schemathesis.GenerationMode.POSITIVE
+            # Bodies laid over a valid request reach the most code: three times the examples.
+            examples = EXAMPLES * 3 if over_valid else EXAMPLES
 
             @given(case=strategy, lay_over=st.booleans() if over_valid else st.just(False))
-            @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                      phases=[Phase.explicit, Phase.generate],
+            @settings(max_examples=examples, deadline=None, database=None,
+                      phases=[Phase.explicit, Phase.generate], verbosity=Verbosity.quiet,
                       suppress_health_check=list(HealthCheck))
             def fuzz(case: Any, lay_over: bool) -> None:
                 if lay_over and isinstance(case.body, dict):
                     case.body = {**base, **case.body}
                 self.send(op, case)
 
-            fuzz()
+            # The first request of a run is always sent: every route is fuzzed at least once.
+            self.run_end = max(self.run_end, time.monotonic() + 0.5)
+            with contextlib.suppress(_Spent):
+                fuzz()
 
 
 def _tracebacks(log: str) -> list[str]:
-    """Each traceback in a log as one line: the exception and the innermost carbonwatch frame."""
-    out = []
+    """The log's tracebacks, one line per kind: the exception (the first of its kind), the
+    innermost carbonwatch frame, and how many times."""
+    kinds: dict[tuple[str, str], list[str]] = {}
     for block in log.split("Traceback (most recent call last):")[1:]:
         lines = block.splitlines()[1:]
         # Frames and source are indented; the exception is the first line that is not.
         error = next((line for line in lines if line and not line[0].isspace()), "?")
-        ours = [line for line in lines if line.lstrip().startswith("File ")
+        ours = [line.strip() for line in lines if line.lstrip().startswith("File ")
                 and "/carbonwatch/" in line]
-        where = ours[-1].split("/carbonwatch/", 1)[1] if ours else "outside carbonwatch"
-        out.append(f"{error}  [carbonwatch/{where}]")
-    return out
+        where = "carbonwatch/" + ours[-1].split("/carbonwatch/", 1)[1] if ours else "elsewhere"
+        kinds.setdefault((error.split(":", 1)[0], where), []).append(error)
+    return [f"{errors[0]} ({len(errors)}x)  [{where}]"
+            for (_kind, where), errors in sorted(kinds.items())]
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:
@@ -188,14 +205,17 @@ def test_every_route_fuzzed_gives_no_5xx_no_traceback_and_the_daemon_restarts(ho
 
         fuzz = Fuzz(daemon.url, time.monotonic() + BUDGET_S,
                     _valid_bodies(time.time(), sleeper.pid))
-        # Routes that create first, so the {id} routes get real ids.
-        for op in sorted(operations, key=lambda o: "{id}" in o.path):
+        # Routes that create first, so the {id} routes get real ids (up to 3, and a missing one).
+        ordered = sorted(operations, key=lambda o: "{id}" in o.path)
+        for i, op in enumerate(ordered):
+            later = sum(4 if "{id}" in o.path else 1 for o in ordered[i + 1:])
             if "{id}" not in op.path:
-                fuzz.run(op)
+                fuzz.run(op, 1 + later)
                 continue
             ids = fuzz.ids["deferred" if "deferred" in op.path else "jobs"]
-            for job_id in [*ids, MISSING_ID]:
-                fuzz.run(op, {"id": job_id})
+            targets = [*ids, MISSING_ID]
+            for j, job_id in enumerate(targets):
+                fuzz.run(op, len(targets) - j + later, {"id": job_id})
             launched += _children(psutil.Process(daemon.proc.pid))
         assert set(fuzz.sent) == {op.label for op in operations}, "a route was never fuzzed"
         assert fuzz.ids["jobs"] and fuzz.ids["deferred"], "nothing was created: fuzz too shallow"
@@ -212,7 +232,7 @@ def test_every_route_fuzzed_gives_no_5xx_no_traceback_and_the_daemon_restarts(ho
             sleeper.wait()
     log = "".join(daemon.stderr)
     problems = list(fuzz.failures)
-    problems += [f"traceback in the daemon's log: {t}" for t in sorted(set(_tracebacks(log)))]
+    problems += [f"traceback in the daemon's log: {t}" for t in _tracebacks(log)]
     if exit_code != 0:
         problems.append(f"the daemon exited {exit_code} on SIGTERM")
 
@@ -235,7 +255,7 @@ def test_every_route_fuzzed_gives_no_5xx_no_traceback_and_the_daemon_restarts(ho
     if answers and (set(answers.values()) - {200} or restarted_exit != 0):
         problems.append(f"after a restart on the same store: {answers}, exit {restarted_exit}")
     problems += [f"traceback in the restarted daemon's log: {t}"
-                 for t in sorted(set(_tracebacks("".join(again.stderr))))]
+                 for t in _tracebacks("".join(again.stderr))]
     sent = sum(fuzz.sent.values())
     assert not problems, f"{len(problems)} problem(s) in {sent} requests:\n\n" + "\n\n".join(
         problems)
@@ -281,6 +301,5 @@ def test_any_authorization_header_but_the_token_gets_401_never_a_5xx(home):
         fuzz()
         assert _auth_answer(daemon.url, f"Bearer {TOKEN}".encode()) == 200
     problems = [f"Authorization: {header!r} -> HTTP {status}" for status, header in wrong]
-    problems += [f"traceback in the daemon's log: {t}"
-                 for t in sorted(set(_tracebacks("".join(daemon.stderr))))]
+    problems += [f"traceback in the daemon's log: {t}" for t in _tracebacks("".join(daemon.stderr))]
     assert not problems, "\n".join(problems)
