@@ -113,13 +113,14 @@ SECURITY_ROWS = [
 ]
 
 SECURITY_FOUND = """\
-What the fuzz found on the code before the input bounds (issue 12; fixed by them, not marked
-expected to fail): `POST /v1/deferred` with `deadline_s` 1e300, -1e16 or 1e12, `deadline`
-`+99999999d`, or `duration` `99999999999h` answered 500 and stored the job; `GET /v1/deferred`
-then always answered 500 (`ValueError: year ... is out of range` in `iso_utc`) and the daemon
-could not start again (`OverflowError: timestamp out of range` arming the stored job). An
-`Authorization` header with a non-UTF-8 byte (`Bearer \\xa4`) answered 500
-(`UnicodeEncodeError`) before auth.
+What the fuzz found on the code before issue 12's fixes (nothing is marked expected to fail):
+`POST /v1/deferred` with `deadline_s` 1e300, -1e16 or 1e12, `deadline` `+99999999d`, or
+`duration` `99999999999h` answered 500 and stored the job; `GET /v1/deferred` then always
+answered 500 (`ValueError: year ... is out of range` in `iso_utc`) and the daemon could not start
+again (`OverflowError: timestamp out of range` arming the stored job). An `Authorization` header
+with a non-UTF-8 byte (`Bearer \\xa4`) answered 500 (`UnicodeEncodeError`) before auth; one with
+a control byte (`Bearer \\x01`) is refused 400 by aiohttp's parser, which logged a traceback,
+header bytes included, for every such request.
 """
 
 # (experiment, what broke, the fix): the bugs these experiments found, fixed since.
