@@ -7,8 +7,9 @@ Each operation gets schemathesis's positive cases (valid by the schema) and nega
 *and* a duration, a job a live pid), so half the positive cases are laid over a request the
 handler accepts: the fuzzed fields replace its own, and the request reaches the code behind the
 validation. Routes with an ``{id}`` are fuzzed with ids the run created and one that does not
-exist. Failures are collected, not stopped at, so one run lists every 5xx with the curl command
-that reproduces it.
+exist. Requests carry the admin token where the daemon knows one (so the launch routes are
+reachable over TCP), else the read token. Failures are collected, not stopped at, so one run
+lists every 5xx with the curl command that reproduces it.
 
 Bounded: ``CARBONWATCH_FUZZ_EXAMPLES`` examples per operation and mode (default 100) and a time
 budget for the whole fuzz (``CARBONWATCH_FUZZ_BUDGET_S``, default 75 s): about a minute on two
@@ -37,8 +38,8 @@ from hypothesis import strategies as st
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
 
-TOKEN = "fuzz-" + "0123456789abcdef" * 3  # 53 bytes
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TOKEN = "fuzz-read-" + "0123456789abcdef" * 3  # 58 bytes
+ADMIN_TOKEN = "fuzz-admin-" + "fedcba9876543210" * 3
 EXAMPLES = int(os.environ.get("CARBONWATCH_FUZZ_EXAMPLES", "100"))
 BUDGET_S = float(os.environ.get("CARBONWATCH_FUZZ_BUDGET_S", "75"))
 NOBODY = 65534
@@ -72,7 +73,8 @@ def home() -> Iterator[Path]:
 
 
 def _daemon(home: Path) -> DaemonProcess:
-    env = {"CARBONWATCH_TOKEN": TOKEN, "XDG_CONFIG_HOME": str(home),
+    env = {"CARBONWATCH_TOKEN": TOKEN, "CARBONWATCH_ADMIN_TOKEN": ADMIN_TOKEN,
+           "XDG_CONFIG_HOME": str(home),
            "XDG_DATA_HOME": str(home), "HOME": str(home)}
     return _Unprivileged(home / "cw.db", "--backend", "none", env=env)
 
@@ -94,12 +96,24 @@ class _Spent(Exception):
     """This run's share of the time budget is used up: stop generating."""
 
 
+def _strongest_token(daemon: DaemonProcess) -> str:
+    """The admin token where the daemon has admin scopes (then every route, launching
+    included, is reachable over TCP), else the read token."""
+    status, _ = daemon.request("GET", "/v1/jobs", token=ADMIN_TOKEN)
+    return ADMIN_TOKEN if status == 200 else TOKEN
+
+
 @dataclass
 class Fuzz:
     url: str
     budget_end: float
     bases: dict[tuple[str, str], dict[str, Any]]
+    token: str
     run_end: float = 0.0
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
     ids: dict[str, list[str]] = field(default_factory=lambda: {"jobs": [], "deferred": []})
     failures: list[str] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)
@@ -109,15 +123,15 @@ class Fuzz:
             raise _Spent
         self.sent[op.label] = self.sent.get(op.label, 0) + 1
         try:
-            resp = case.call(base_url=self.url, headers=AUTH, timeout=30)
+            resp = case.call(base_url=self.url, headers=self.auth, timeout=30)
         except Exception as exc:  # no answer at all is a failure too (a crash, a hang)
             self.failures.append(f"{op.label}: no answer ({type(exc).__name__}: {exc})\n  "
-                                 + case.as_curl_command(headers=AUTH, base_url=self.url))
+                                 + case.as_curl_command(headers=self.auth, base_url=self.url))
             return
         if resp.status_code >= 500:
             self.failures.append(
                 f"{op.label}: HTTP {resp.status_code} {resp.text[:200]!r}\n  "
-                + case.as_curl_command(headers=AUTH, base_url=self.url))
+                + case.as_curl_command(headers=self.auth, base_url=self.url))
         elif resp.status_code == 201 and case.method == "POST":
             created = resp.json().get("id")
             kind = "deferred" if "deferred" in op.path else "jobs"
@@ -204,7 +218,7 @@ def test_every_route_fuzzed_gives_no_5xx_no_traceback_and_the_daemon_restarts(ho
         assert len(documented) >= 14 and ("POST", "/v1/deferred") in documented
 
         fuzz = Fuzz(daemon.url, time.monotonic() + BUDGET_S,
-                    _valid_bodies(time.time(), sleeper.pid))
+                    _valid_bodies(time.time(), sleeper.pid), _strongest_token(daemon))
         # Routes that create first, so the {id} routes get real ids (up to 3, and a missing one).
         ordered = sorted(operations, key=lambda o: "{id}" in o.path)
         for i, op in enumerate(ordered):
