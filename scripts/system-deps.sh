@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages some tests need (a headless browser, a Prometheus server, setpriv,
-# systemd-analyze). Installed only when missing; needs root (as in CI). Without root, the tests that need them say so and are skipped.
+# systemd-analyze). Installed only when missing; needs root (as in CI). Without root, the tests
+# that need them say so and are skipped.
 set -uo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
