@@ -55,7 +55,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
     socket: str = ""
-    token: str = ""
+    token: str = ""  # the read/ingest token (CARBONWATCH_TOKEN)
+    # Operators' token (CARBONWATCH_ADMIN_TOKEN): launching and cancelling jobs, other owners'
+    # jobs; the dashboard also takes it as a login.
+    admin_token: str = ""
     daemon_url: str = ""  # empty: http://{host}:{port}
     provider: str = "static"
     provider_url: str = ""
@@ -139,6 +142,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     return dict(data.get("carbonwatch", data))
 
 
+def _default_exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # e.g. a service user whose HOME is still another user's
+        raise ConfigError(
+            f"cannot check for the default config file {path}: {exc.strerror}. Name one with "
+            "--config (or CARBONWATCH_CONFIG), or set XDG_CONFIG_HOME to a folder this user "
+            "may read") from exc
+
+
 def load_settings(
     config_path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -152,7 +165,7 @@ def load_settings(
 
     explicit = config_path or env.get(ENV_PREFIX + "CONFIG")
     path = Path(explicit) if explicit else default_config_path()
-    if explicit or path.exists():
+    if explicit or _default_exists(path):
         for key, raw in read_toml(path).items():
             if key in _NAMES:
                 values[key] = _coerce(key, raw, f"config file {path}")
