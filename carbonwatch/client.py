@@ -76,6 +76,20 @@ def _head(model: str, tags: Mapping[str, Any]) -> str:
     return head
 
 
+def _token_json(tokens_in: int | None, tokens_out: int | None) -> str:
+    """The token fields of one call, as a JSON fragment that extends its head (which ends with a
+    comma, so the sender's ``"pid":...`` follows). Minimal plumbing from the serving branch: the
+    tokens branch owns the span API for tokens."""
+    out = ""
+    for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+        if type(value) is int and 0 <= value <= _MAX_TOKENS:
+            out += f'"{name}":{value},'
+    return out
+
+
+_MAX_TOKENS = 10**9  # as the daemon's validation
+
+
 class Client:
     """Buffers call spans and sends them to the daemon from one background thread.
 
@@ -181,6 +195,19 @@ class Client:
     def inference(self, model: str, **tags: Any) -> InferenceSpan:
         """Context manager (``with`` or ``async with``) recording one span for its block."""
         return InferenceSpan(self, _head(model, tags))
+
+    def record(
+        self, model: str, start_s: float, end_s: float, *, tokens_in: int | None = None,
+        tokens_out: int | None = None, tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record one finished call (Unix seconds), for integrations that time calls themselves
+        (the ASGI middleware). Tokens, when given, travel as the call's ``tokens_in`` and
+        ``tokens_out``; a count that is not a whole number >= 0 is left out rather than sent
+        (the daemon would refuse the whole batch). Never blocks, never raises for a full buffer.
+        """
+        head = _head(model, tags or {})
+        extra = _token_json(tokens_in, tokens_out)
+        self._record(head + extra if extra else head, start_s, end_s)
 
     def _record(self, head: str, start_s: float, end_s: float) -> None:
         if len(self._buffer) < self.max_buffer:

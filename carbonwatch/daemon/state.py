@@ -128,7 +128,7 @@ def merge_flushes(flushes: Sequence[Flush], max_minutes: int) -> tuple[Flush, in
             key = (row["minute_s"], row["model"])
             have = call_minutes.setdefault(key, {**row, **dict.fromkeys(_CALL_SUMS, 0)})
             for name in _CALL_SUMS:
-                have[name] += row[name]
+                have[name] += row.get(name, 0)
         for consumer, (calls, energy_j) in flush.job_calls.items():
             old_calls, old_j = job_calls.get(consumer, (0, 0.0))
             job_calls[consumer] = (old_calls + calls, old_j + energy_j)
@@ -157,7 +157,8 @@ def merge_flushes(flushes: Sequence[Flush], max_minutes: int) -> tuple[Flush, in
     return merged, dropped
 
 
-_CALL_SUMS = ("calls", "busy_s", "energy_j", "co2e_g", "cost")
+_CALL_SUMS = ("calls", "busy_s", "energy_j", "co2e_g", "cost", "tokens_in", "tokens_out",
+              "token_calls")
 
 
 def _add_minute_row(have: dict[str, Any], row: Mapping[str, Any]) -> None:
@@ -397,13 +398,17 @@ def _rollup(
             key = (start_s // 60.0 * 60.0, model)
             acc = minutes.get(key)
             if acc is None:
-                minutes[key] = [1, end_s - start_s, energy_j, carbon_g, cost]
-            else:
-                acc[0] += 1
-                acc[1] += end_s - start_s
-                acc[2] += energy_j
-                acc[3] += carbon_g
-                acc[4] += cost
+                acc = minutes[key] = [0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0]
+            acc[0] += 1
+            acc[1] += end_s - start_s
+            acc[2] += energy_j
+            acc[3] += carbon_g
+            acc[4] += cost
+            tokens_in, tokens_out = span.tokens_in, span.tokens_out
+            if tokens_in is not None or tokens_out is not None:
+                acc[5] += tokens_in or 0
+                acc[6] += tokens_out or 0
+                acc[7] += 1
             by_job = per_consumer.get(consumer)
             if by_job is None:
                 per_consumer[consumer] = [1, energy_j]
@@ -412,8 +417,10 @@ def _rollup(
                 by_job[1] += energy_j
     call_minutes = [
         {"minute_s": int(minute_s), "model": model, "calls": int(n), "busy_s": busy_s,
-         "energy_j": energy_j, "co2e_g": carbon_g, "cost": cost}
-        for (minute_s, model), (n, busy_s, energy_j, carbon_g, cost) in minutes.items()
+         "energy_j": energy_j, "co2e_g": carbon_g, "cost": cost, "tokens_in": int(t_in),
+         "tokens_out": int(t_out), "token_calls": int(t_calls)}
+        for (minute_s, model), (n, busy_s, energy_j, carbon_g, cost, t_in, t_out, t_calls)
+        in minutes.items()
     ]
     job_calls = {c: (int(n), e) for c, (n, e) in per_consumer.items()}
     return call_rows, call_minutes, job_calls

@@ -14,13 +14,19 @@ from typing import Any
 from carbonwatch.store import Store, _decode
 
 CALL_MINUTE_UPSERT = """
-    INSERT INTO call_minute (minute_s, model, calls, busy_s, energy_j, co2e_g, cost)
-    VALUES (:minute_s, :model, :calls, :busy_s, :energy_j, :co2e_g, :cost)
+    INSERT INTO call_minute (minute_s, model, calls, busy_s, energy_j, co2e_g, cost,
+        tokens_in, tokens_out, token_calls)
+    VALUES (:minute_s, :model, :calls, :busy_s, :energy_j, :co2e_g, :cost,
+        :tokens_in, :tokens_out, :token_calls)
     ON CONFLICT (minute_s, model) DO UPDATE SET
         calls = calls + excluded.calls, busy_s = busy_s + excluded.busy_s,
         energy_j = energy_j + excluded.energy_j, co2e_g = co2e_g + excluded.co2e_g,
-        cost = cost + excluded.cost
+        cost = cost + excluded.cost, tokens_in = tokens_in + excluded.tokens_in,
+        tokens_out = tokens_out + excluded.tokens_out,
+        token_calls = token_calls + excluded.token_calls
 """
+# Rows without token figures (older writers, the CallLedger's own rows) add none.
+NO_TOKENS = {"tokens_in": 0, "tokens_out": 0, "token_calls": 0}
 
 JOB_ID_PREFIX = "job:"
 
@@ -111,7 +117,7 @@ def settle_batches(
     """Record settled batches: minute rollups, per-job call totals, and clear the batches'
     pending bodies (they no longer need re-reading after a restart)."""
     if minute_rows:
-        conn.executemany(CALL_MINUTE_UPSERT, minute_rows)
+        conn.executemany(CALL_MINUTE_UPSERT, [{**NO_TOKENS, **r} for r in minute_rows])
     for consumer, (calls, energy_j) in job_calls.items():
         if consumer.startswith(JOB_ID_PREFIX):
             conn.execute(

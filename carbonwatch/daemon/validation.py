@@ -246,7 +246,10 @@ class CallBatch:
     dropped: int
 
 
-_CALL_FIELDS = frozenset({"model", "start", "end", "pid", "tags"})
+_CALL_FIELDS = frozenset({"model", "start", "end", "pid", "tags", "tokens_in", "tokens_out"})
+# Minimal token plumbing from the serving branch (the tokens branch owns the full version, with
+# ``weight``): whole tokens, 0 .. MAX_TOKENS (10^9 tokens is far beyond any one call).
+MAX_TOKENS = 10**9
 _BATCH_FIELDS = frozenset({"calls", "dropped"})
 
 
@@ -274,6 +277,7 @@ def call_batch(body: Any) -> CallBatch:
         get = call.get
         model, start, end, pid_, tags_ = (get("model"), get("start"), get("end"), get("pid"),
                                           get("tags"))
+        t_in, t_out = get("tokens_in"), get("tokens_out")
         # Chained comparisons also refuse NaN and +-inf, and compare huge integers exactly.
         if not (
             type(model) is str and 0 < len(model) <= MAX_TEXT and not model.isspace()
@@ -281,11 +285,15 @@ def call_batch(body: Any) -> CallBatch:
             and (type(end) is float or type(end) is int)
             and 0 <= start <= end <= MAX_UNIX_S
             and (pid_ is None or (type(pid_) is int and 0 < pid_ <= MAX_PID))
-            and len(call) == 3 + ("pid" in call) + ("tags" in call)
+            and len(call) == 3 + ("pid" in call) + ("tags" in call) + ("tokens_in" in call)
+            + ("tokens_out" in call)
             and (tags_ is None or _flat_tags(tags_))
+            and (t_in is None or (type(t_in) is int and 0 <= t_in <= MAX_TOKENS))
+            and (t_out is None or (type(t_out) is int and 0 <= t_out <= MAX_TOKENS))
         ):
             _explain_call(call, i)
-        append(CallSpan(model, float(start), float(end), pid_, tags_ or NO_TAGS))
+        append(CallSpan(model, float(start), float(end), pid_, tags_ or NO_TAGS,
+                        tokens_in=t_in, tokens_out=t_out))
     return CallBatch(spans, dropped)
 
 
@@ -321,6 +329,9 @@ def _explain_call(call: dict[str, Any], i: int) -> NoReturn:
     if call.get("pid") is not None:
         pid(call["pid"], f"{where}.pid")
     tags(call.get("tags"), f"{where}.tags")
+    for name in ("tokens_in", "tokens_out"):
+        if call.get(name) is not None:
+            integer(call[name], f"{where}.{name}", lo=0, hi=MAX_TOKENS)
     raise bad(f"{where}: invalid call")  # unreachable: every refusal above has a message
 
 

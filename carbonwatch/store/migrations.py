@@ -319,3 +319,55 @@ def m005_deferred_runs_and_actuals(conn: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS energy_minute_forecast ON energy_minute (minute_s)"
         " WHERE intensity_kind = 'forecast'"
     )
+
+
+_TOKEN_COLUMNS = ("tokens_in", "tokens_out", "token_calls")
+
+
+def _call_upsert_tokens(level: str, seconds: int, row: str, sign: str) -> str:
+    """As ``_call_upsert``, with the token columns (m006 on): m004 keeps its own SQL."""
+    r = row
+    tokens = ", ".join(_TOKEN_COLUMNS)
+    values = ", ".join(f"{sign}{r}.{c}" for c in _TOKEN_COLUMNS)
+    sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in _TOKEN_COLUMNS)
+    return f"""
+        INSERT INTO call_{level} ({level}_s, model, calls, busy_s, energy_j, co2e_g, cost, minutes,
+            {tokens})
+        VALUES ({r}.minute_s - {r}.minute_s % {seconds}, {r}.model, {sign}{r}.calls,
+            {sign}{r}.busy_s, {sign}{r}.energy_j, {sign}{r}.co2e_g, {sign}{r}.cost, {sign}1,
+            {values})
+        ON CONFLICT ({level}_s, model) DO UPDATE SET
+            calls = calls + excluded.calls, busy_s = busy_s + excluded.busy_s,
+            energy_j = energy_j + excluded.energy_j, co2e_g = co2e_g + excluded.co2e_g,
+            cost = cost + excluded.cost, minutes = minutes + excluded.minutes, {sums};"""  # noqa: S608
+
+
+@migration
+def m006_tokens(conn: sqlite3.Connection) -> None:
+    """Tokens per model and minute (and in the hour and day rollups): ``tokens_in``,
+    ``tokens_out``, and ``token_calls``, the calls (or scraped requests) that reported tokens, so
+    per-token figures can be told apart from "no tokens reported". The call_minute triggers are
+    recreated to roll the new columns up. Guarded column by column, and one transaction, so a run
+    cut short is repeated cleanly.
+
+    (Written by the serving branch; the tokens branch adds the same columns: keep one.)"""
+    conn.execute("BEGIN")
+    try:
+        for table in ("call_minute", *(f"call_{level}" for level, _ in ROLLUP_LEVELS)):
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name in _TOKEN_COLUMNS:
+                if name not in have:
+                    conn.execute(
+                        f"ALTER TABLE {table} ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
+                    )
+        add = "".join(_call_upsert_tokens(lv, s, "NEW", "+") for lv, s in ROLLUP_LEVELS)
+        remove = "".join(_call_upsert_tokens(lv, s, "OLD", "-") for lv, s in ROLLUP_LEVELS)
+        for suffix, body in (("ai", add), ("ad", remove), ("au", remove + add)):
+            event = {"ai": "INSERT", "ad": "DELETE", "au": "UPDATE"}[suffix]
+            conn.execute(f"DROP TRIGGER IF EXISTS call_minute_rollup_{suffix}")
+            conn.execute(f"CREATE TRIGGER call_minute_rollup_{suffix} AFTER {event} ON call_minute"
+                         f" BEGIN{body} END")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
