@@ -74,7 +74,8 @@ class Flush:
     sampled_until_s: float | None
 
     def empty(self) -> bool:
-        return not (self.energy_rows or self.batch_ids or self.between_j or self.call_rows)
+        return not (self.energy_rows or self.batch_ids or self.between_j or self.call_rows
+                    or self.call_minutes or self.job_calls)
 
     def write(self, store: Store, resume_key: str) -> None:
         """The part that must commit together (the raw call log is written apart: see
