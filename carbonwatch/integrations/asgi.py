@@ -1,0 +1,186 @@
+"""ASGI middleware (Starlette, FastAPI, any ASGI app): every HTTP request is an inference call.
+
+    from carbonwatch.integrations.asgi import CarbonwatchMiddleware
+
+    app.add_middleware(CarbonwatchMiddleware, model="llama-3.1-8b")
+    # or: CarbonwatchMiddleware(app, model=lambda scope: scope["path_params"].get("model"))
+
+Each request is recorded through the in-process client (``carbonwatch.client``: a bounded buffer
+and one background sender; nothing here talks to the daemon), with tags ``route`` (the matched
+route's template, e.g. ``/v1/items/{item_id}``, so tag values stay few; ``(unmatched)`` when no
+route matched) and ``status``. OpenAI-style ``usage`` (``prompt_tokens``, ``completion_tokens``)
+becomes the call's ``tokens_in`` and ``tokens_out``:
+
+- a JSON response (``application/json`` or ``+json``, not content-encoded) is copied up to
+  ``max_body_bytes`` while it passes through, and read once the response is complete; a larger
+  one passes through and gets no tokens;
+- a ``text/event-stream`` (OpenAI's ``stream_options: {"include_usage": true}`` sends usage in
+  its last ``data:`` event) keeps only the latest event that mentions ``"usage"``, which is read
+  at the end; without one the call has no tokens.
+
+Every message is forwarded to the server as it comes, so streaming is never delayed or buffered.
+A call is recorded also when the app raises (status 500 when no response had started).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+from carbonwatch.client import Client, default_client
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+UNMATCHED = "(unmatched)"
+_OTHER, _JSON, _SSE = 0, 1, 2
+_USAGE = b'"usage"'
+
+
+def _route_template(scope: Scope) -> str:
+    """Starlette's router leaves the matched route in the scope (``scope["route"]``)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED
+
+
+def usage_tokens(body: bytes) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) from a JSON object's ``usage``; None where absent or
+    not a whole number >= 0."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    out = []
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        out.append(value if type(value) is int and value >= 0 else None)
+    return out[0], out[1]
+
+
+class _Response:
+    """What the middleware learns about one response while it passes through."""
+
+    __slots__ = ("status", "kind", "buf", "pending", "last_usage", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.status = 500  # until the app starts a response
+        self.kind = _OTHER
+        self.buf = bytearray()  # the JSON body so far
+        self.pending = b""  # an event-stream's incomplete last event
+        self.last_usage = b""  # the latest complete event that mentions "usage"
+        self.limit = limit
+
+    def start(self, message: Message) -> None:
+        self.status = int(message.get("status", 500))
+        ctype = encoding = b""
+        for name, value in message.get("headers") or ():
+            lname = bytes(name).lower()
+            if lname == b"content-type":
+                ctype = bytes(value).lower()
+            elif lname == b"content-encoding":
+                encoding = bytes(value).lower().strip()
+        if encoding not in (b"", b"identity"):
+            return  # compressed: usage cannot be read without decompressing; leave it
+        media = ctype.split(b";", 1)[0].strip()
+        if media == b"application/json" or media.endswith(b"+json"):
+            self.kind = _JSON
+        elif media == b"text/event-stream":
+            self.kind = _SSE
+
+    def body(self, chunk: bytes) -> None:
+        if self.kind == _JSON:
+            if len(self.buf) + len(chunk) > self.limit:
+                self.kind, self.buf = _OTHER, bytearray()  # too large: passes through unread
+            else:
+                self.buf += chunk
+        elif self.kind == _SSE and chunk:
+            data = self.pending + chunk
+            # Events end with a blank line; only the tail after the last one stays pending.
+            cut = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
+            if cut >= 0:
+                complete, self.pending = data[:cut], data[cut:].lstrip(b"\r\n")
+                at = complete.rfind(_USAGE)
+                if at >= 0:
+                    start = max(complete.rfind(b"\n\n", 0, at), complete.rfind(b"\r\n\r\n", 0, at))
+                    self.last_usage = complete[start + 1 if start >= 0 else 0:]
+            else:
+                self.pending = data
+            if len(self.pending) > self.limit:
+                self.pending = b""  # one event larger than the bound: not read
+
+    def tokens(self) -> tuple[int | None, int | None]:
+        if self.kind == _JSON and self.buf:
+            return usage_tokens(bytes(self.buf))
+        if self.kind == _SSE:
+            event = self.last_usage
+            if self.pending and _USAGE in self.pending:  # a stream that did not end its event
+                event = self.pending
+            for line in reversed(event.splitlines()):
+                line = line.strip()
+                if line.startswith(b"data:") and _USAGE in line:
+                    return usage_tokens(line[5:].strip())
+        return None, None
+
+
+class CarbonwatchMiddleware:
+    """Records each HTTP request as a call of ``model`` (a name, or a callable of the ASGI scope
+    returning one, or None to leave the request unrecorded)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        model: str | Callable[[Scope], str | None],
+        *,
+        client: Client | None = None,
+        max_body_bytes: int = 1 << 20,
+        route: Callable[[Scope], str] = _route_template,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.model = model
+        self._client = client
+        self.max_body_bytes = max_body_bytes
+        self.route = route
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:  # built on first use, from the serving process's environment
+            self._client = default_client()
+        return self._client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        model = self.model if isinstance(self.model, str) else self.model(scope)
+        if not model:
+            await self.app(scope, receive, send)
+            return
+        response = _Response(self.max_body_bytes)
+
+        async def forward(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.body":
+                response.body(message.get("body", b""))
+            elif kind == "http.response.start":
+                response.start(message)
+            await send(message)
+
+        start_s = time.time()
+        try:
+            await self.app(scope, receive, forward)
+        finally:
+            end_s = time.time()
+            tokens_in, tokens_out = response.tokens()
+            tags = {**self.tags, "route": self.route(scope), "status": str(response.status)}
+            self.client.record(model, start_s, end_s, tokens_in=tokens_in,
+                               tokens_out=tokens_out, tags=tags)
