@@ -56,6 +56,11 @@ class Source:
     kind: str  # COUNTER: the counter's value; HIST_SUM: the histogram's _sum
     scale: float = 1.0  # to our unit (Triton's microseconds to seconds)
 
+    def names(self) -> tuple[str, ...]:
+        """Family names it may come under: an exposition without ``# TYPE`` lines leaves a
+        counter's samples in an untyped family named with its ``_total`` suffix."""
+        return (self.family, self.family + "_total") if self.kind == COUNTER else (self.family,)
+
 
 @dataclass(frozen=True)
 class ServerFormat:
@@ -64,7 +69,7 @@ class ServerFormat:
     sources: Mapping[str, Source]  # FIELDS -> where it is read
 
     def present(self, families: Mapping[str, object]) -> bool:
-        return any(s.family in families for s in self.sources.values())
+        return any(name in families for s in self.sources.values() for name in s.names())
 
 
 FORMATS = (
@@ -114,12 +119,10 @@ def parse_exposition(text: str, default_model: str) -> Reading:
         )
     models: dict[str, dict[str, float]] = {}
     for name, src in fmt.sources.items():
-        family = families.get(src.family)
-        if family is None:
-            continue
         wanted = ({src.family, src.family + "_total"} if src.kind == COUNTER
                   else {src.family + "_sum"})
-        for sample in family.samples:
+        samples = [s for name in src.names() if name in families for s in families[name].samples]
+        for sample in samples:
             if sample.name not in wanted:
                 continue
             model = default_model
