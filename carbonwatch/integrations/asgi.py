@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from carbonwatch.client import Client, default_client
+from carbonwatch.client import Client, _head, _token_json, default_client
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -82,11 +82,11 @@ class _Response:
         self.status = int(message.get("status", 500))
         ctype = encoding = b""
         for name, value in message.get("headers") or ():
-            lname = bytes(name).lower()
+            lname = name.lower()
             if lname == b"content-type":
-                ctype = bytes(value).lower()
+                ctype = value.lower()
             elif lname == b"content-encoding":
-                encoding = bytes(value).lower().strip()
+                encoding = value.lower().strip()
         if encoding not in (b"", b"identity"):
             return  # compressed: usage cannot be read without decompressing; leave it
         media = ctype.split(b";", 1)[0].strip()
@@ -102,19 +102,18 @@ class _Response:
             else:
                 self.buf += chunk
         elif self.kind == _SSE and chunk:
-            data = self.pending + chunk
-            # Events end with a blank line; only the tail after the last one stays pending.
-            cut = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
-            if cut >= 0:
-                complete, self.pending = data[:cut], data[cut:].lstrip(b"\r\n")
-                at = complete.rfind(_USAGE)
-                if at >= 0:
-                    start = max(complete.rfind(b"\n\n", 0, at), complete.rfind(b"\r\n\r\n", 0, at))
-                    self.last_usage = complete[start + 1 if start >= 0 else 0:]
-            else:
-                self.pending = data
-            if len(self.pending) > self.limit:
-                self.pending = b""  # one event larger than the bound: not read
+            if self.pending:
+                chunk, self.pending = self.pending + chunk, b""
+            if not (chunk.endswith(b"\n\n") or chunk.endswith(b"\r\n\r\n")):
+                # Events end with a blank line; the unfinished tail waits for the next chunk.
+                cut = max(chunk.rfind(b"\n\n"), chunk.rfind(b"\r\n\r\n"))
+                chunk, self.pending = (chunk[:cut], chunk[cut:]) if cut >= 0 else (b"", chunk)
+                if len(self.pending) > self.limit:
+                    self.pending = b""  # one event larger than the bound: not read
+            # The latest complete events that mention usage (OpenAI's chunks carry "usage": null
+            # until the last): kept by reference, read once at the end.
+            if _USAGE in chunk and len(chunk) <= self.limit:
+                self.last_usage = chunk
 
     def tokens(self) -> tuple[int | None, int | None]:
         if self.kind == _JSON and self.buf:
@@ -150,6 +149,9 @@ class CarbonwatchMiddleware:
         self.max_body_bytes = max_body_bytes
         self.route = route
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        # (model, route, status) -> the call's encoded head: a request costs one dict look-up,
+        # not a JSON encoding of its tags. Bounded: routes are templates, statuses few.
+        self._heads: dict[tuple[str, str, int], str] = {}
 
     @property
     def client(self) -> Client:
@@ -180,7 +182,15 @@ class CarbonwatchMiddleware:
             await self.app(scope, receive, forward)
         finally:
             end_s = time.time()
-            tokens_in, tokens_out = response.tokens()
-            tags = {**self.tags, "route": self.route(scope), "status": str(response.status)}
-            self.client.record(model, start_s, end_s, tokens_in=tokens_in,
-                               tokens_out=tokens_out, tags=tags)
+            key = (model, self.route(scope), response.status)
+            head = self._heads.get(key)
+            if head is None:
+                if len(self._heads) >= 4096:  # a model callable with unbounded names
+                    self._heads.clear()
+                tags = {**self.tags, "route": key[1], "status": str(key[2])}
+                head = self._heads[key] = _head(model, tags)
+            if response.kind != _OTHER:
+                tokens = _token_json(*response.tokens())
+                if tokens:
+                    head += tokens
+            self.client._record(head, start_s, end_s)
