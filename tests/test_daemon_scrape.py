@@ -9,6 +9,7 @@ server the inference process's energy: a truth from the recording, not from the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import time
@@ -187,3 +188,65 @@ def test_an_unreachable_server_is_counted_and_the_daemon_keeps_serving(tmp_path)
         assert view["scrapes"] == 0 and f"nothing listens on 127.0.0.1:{port}" in view["last_error"]
         time.sleep(0.3)
         assert d.request("GET", "/healthz")[0] == 200
+
+
+def test_a_large_exposition_is_read_whole(tmp_path):
+    """60 models on 2 engines: ~270 kB of vLLM text, arriving in many chunks."""
+    models = [f"org/model-{i:02d}" for i in range(60)]
+
+    def respond(n: int) -> str:
+        return vllm_text({m: {"tokens_in": 1000 + 10 * n * (i + 1), "tokens_out": 5 * n,
+                              "requests": n, "busy_s": 0.5 * n} for i, m in enumerate(models)})
+
+    assert len(respond(0)) > 200_000
+    db = tmp_path / "cw.db"
+    with ExpositionServer(respond) as server, DaemonProcess(
+            db, "--backend", "none", "--scrape", f"big={server.url}",
+            "--scrape-interval", "0.3") as d:
+        d.wait_for(lambda: _healthz_scrape(d)["scrapes"] >= 4, timeout_s=30)
+        view = _healthz_scrape(d)
+        assert d.stop() == 0
+    assert view["errors"] == 0 and view["server"] == "vllm"
+    conn = sqlite3.connect(db)
+    got = dict(conn.execute("SELECT model, SUM(tokens_in) FROM call_minute GROUP BY model"))
+    # The windows read cover scrapes 0..k: model i grew by 10 (i + 1) tokens per scrape.
+    k = got[models[0]] // 10
+    assert k >= 3 and got == {m: 10 * (i + 1) * k for i, m in enumerate(models)}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("vllm", "is not NAME=URL"),
+    ("a b=http://127.0.0.1:1/m", "is not NAME=URL"),
+    ("v=http://127.0.0.1:1/m,v=http://127.0.0.1:2/m", "given twice"),
+    ("v=http://127.0.0.1:1/m,w=http://127.0.0.1:1/x", "both use port 1"),
+    ("v=ftp://127.0.0.1:1/m", "is not an http(s) URL"),
+    ("v=http://user:pw@127.0.0.1:1/m", "credentials"),
+    ("v=http://metrics.example.com:1/m", "must be an IP address of this node or localhost"),
+    ("v=http://127.0.0.1:99999/m", "invalid port"),
+])
+def test_bad_scrape_settings_are_refused_with_the_reason(spec, message):
+    from carbonwatch.daemon.scraping import parse_targets
+    from carbonwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_targets(spec)
+
+
+def test_a_restarted_daemon_keeps_measuring_the_same_server_as_the_same_job(tmp_path):
+    def respond(n: int) -> str:
+        return vllm_text({LLAMA: {"tokens_in": 100 * n, "tokens_out": 10 * n, "requests": n}})
+
+    db = tmp_path / "cw.db"
+    with ExpositionServer(respond) as server:
+        args = ("--backend", "none", "--scrape", f"vllm={server.url}", "--scrape-interval", "0.2")
+        for _ in range(2):
+            with DaemonProcess(db, *args) as d:
+                d.wait_for(lambda d=d: _healthz_scrape(d)["scrapes"] >= 3, timeout_s=30)
+                job_id = _healthz_scrape(d)["job_id"]
+                assert d.stop() == 0
+    conn = sqlite3.connect(db)
+    jobs = conn.execute("SELECT id, status FROM jobs WHERE source = 'scrape'").fetchall()
+    assert jobs == [(job_id, "running")]  # adopted after the restart, not registered twice
+    tokens = conn.execute("SELECT SUM(tokens_in) FROM call_minute").fetchone()[0]
+    # Each run's first scrape is a baseline: only increases seen within a run are counted.
+    assert tokens % 100 == 0 and tokens >= 400

@@ -117,6 +117,9 @@ def parse_targets(spec: str) -> list[Target]:
                 if str(addr) not in local:
                     raise ConfigError(f"scrape: {name}: {host} is not an address of this node; "
                                       "only servers on this node can be measured")
+        clash = next((t for t in targets if t.port == port), None)
+        if clash is not None:  # one listening port is one process: it would be counted twice
+            raise ConfigError(f"scrape: {name} and {clash.name} both use port {port}")
         targets.append(Target(name, url, host, port))
     return targets
 
@@ -194,11 +197,11 @@ class Scraper:
             reading = await asyncio.to_thread(parse_exposition, text, t.name)
         except (ScrapeError, ExpositionError, aiohttp.ClientError, TimeoutError, OSError,
                 UnicodeDecodeError) as exc:
-            t.errors += 1
-            message = str(exc) or type(exc).__name__
-            if message != t.last_error:  # one line per new problem, not one per scrape
-                log.warning("scrape %s (%s): %s", t.name, t.url, message)
-            t.last_error = message
+            self._failed(t, str(exc) or type(exc).__name__)
+            return
+        other = next((o for o in self.targets if o is not t and o.pid == pid), None)
+        if other is not None:  # two ports of one process: its energy can be split only once
+            self._failed(t, f"process {pid} is already scraped as {other.name}")
             return
         t.scrapes += 1
         t.server = reading.server
@@ -214,16 +217,26 @@ class Scraper:
             else:
                 state.scraped.close_window(consumer, now_s, deltas)
 
+    def _failed(self, t: Target, message: str) -> None:
+        t.errors += 1
+        if message != t.last_error:  # one line per new problem, not one per scrape
+            log.warning("scrape %s (%s): %s", t.name, t.url, message)
+        t.last_error = message
+
     async def _fetch(self, t: Target) -> str:
         assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=min(10.0, max(1.0, self.interval_s)))
         async with self._session.get(t.url, timeout=timeout, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise ScrapeError(f"HTTP {resp.status} from {t.url}")
-            body = await resp.content.read(MAX_BODY_BYTES + 1)
-            if len(body) > MAX_BODY_BYTES:
-                raise ScrapeError(f"exposition larger than {MAX_BODY_BYTES} bytes")
-        return body.decode("utf-8")
+            chunks, size = [], 0
+            # read(n) returns what has arrived, not n bytes: read to the end, bounded.
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ScrapeError(f"exposition larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8")
 
     async def _consumer(self, t: Target, pid: int, models: dict[str, Any], now_s: float) -> str:
         """The job whose energy this target's tokens share; registered at a new process."""
