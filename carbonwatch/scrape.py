@@ -41,6 +41,9 @@ from carbonwatch.sampler import AttributedInterval
 
 MAX_MODELS = 64  # per server: more model labels than this is not a serving process we understand
 MAX_MODEL_LEN = 256  # as the API's model names
+# Energy pieces kept after the last scrape: past this (scrapes failing for a long while) the older
+# ones are merged into one, evenly spread: memory stays bounded, joules are all kept.
+MAX_TAIL_PIECES = 1024
 
 COUNTER, HIST_SUM = "counter", "sum"
 FIELDS = ("tokens_in", "tokens_out", "requests", "busy_s", "work")
@@ -293,6 +296,8 @@ class ScrapeLedger:
                 st.tail.append(_Piece(max(piece.start_s, st.boundary_s), piece.end_s, after,
                                       g_per_j))
                 rest -= after
+            if len(st.tail) > MAX_TAIL_PIECES:
+                st.tail = [_merge(st.tail[:-1]), st.tail[-1]]
             # What is left lies before the baseline, in a settled window, or in no window:
             # between-window energy, never re-opened (and counted as late when settled).
             if rest > 0:
@@ -413,6 +418,13 @@ class ScrapeLedger:
             into[consumer] = into.get(consumer, 0.0) + energy_j
         self._between = {}
         return into
+
+
+def _merge(pieces: list[_Piece]) -> _Piece:
+    energy_j = math.fsum(p.energy_j for p in pieces)
+    grams = math.fsum(p.energy_j * p.g_per_j for p in pieces)
+    return _Piece(pieces[0].start_s, max(p.end_s for p in pieces), energy_j,
+                  grams / energy_j if energy_j > 0 else pieces[-1].g_per_j)
 
 
 def _pieces(start_s: float, end_s: float, segments: tuple[tuple[float, float], ...],

@@ -133,6 +133,8 @@ def test_compressed_and_non_json_bodies_are_not_read():
     assert _json_response(body, gz).tokens() == (None, None)
     assert _json_response(body, [(b"content-type", b"text/plain")]).tokens() == (None, None)
     assert usage_tokens(b"not json") == (None, None)
+    assert usage_tokens(b"\xff\xfe") == (None, None)
+    assert usage_tokens(b"[" * 100_000 + b"]" * 100_000) == (None, None)
 
 
 def test_an_event_stream_without_usage_has_no_tokens():

@@ -187,3 +187,18 @@ def test_every_joule_lands_once_in_a_window_or_between(cuts, energies, work, set
     assert rows_j == pytest.approx(calls_j, rel=1e-9, abs=1e-9)
     assert rows_j + between_j == pytest.approx(given_j, rel=1e-9, abs=1e-6)
     assert all(r["energy_j"] >= 0 for o in outs for r in o.minute_rows)
+
+
+def test_a_long_gap_between_scrapes_keeps_memory_bounded_and_every_joule():
+    from carbonwatch.scrape import MAX_TAIL_PIECES
+
+    ledger = ScrapeLedger(settle_s=0.0)
+    ledger.baseline("job:s", 0.0)
+    for i in range(3 * MAX_TAIL_PIECES):  # an hour of failed scrapes, in 1 s intervals
+        ledger.add_interval("job:s", _item(i, i + 1.0, 2.0), 2.0)
+    assert len(ledger._consumers["job:s"].tail) <= MAX_TAIL_PIECES + 1
+    ledger.close_window("job:s", 3 * MAX_TAIL_PIECES - 0.5, {"a": {"tokens_out": 10}})
+    out = ledger.flush()
+    rows_j = sum(r["energy_j"] for r in out.minute_rows)
+    assert rows_j + sum(out.between_j.values()) == pytest.approx(6.0 * MAX_TAIL_PIECES)
+    assert sum(out.between_j.values()) == pytest.approx(1.0)  # the last half second

@@ -53,7 +53,7 @@ def usage_tokens(body: bytes) -> tuple[int | None, int | None]:
     not a whole number >= 0."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
         return None, None
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
