@@ -6,6 +6,16 @@ processes; side by side, codecarbon's OfflineEmissionsTracker at a 1 s interval 
 
 Each side runs in its own fresh process; CPU time is counted from after set-up (imports, tracker
 start) to the end of the measured window, so both figures are steady-state costs.
+
+What the replay cannot show: a replayed GPU answers in microseconds, a real one does not. On the
+H200 a real energy-counter read (``nvmlDeviceGetTotalEnergyConsumption``) took about 3.8 ms, so 8
+GPUs read once a second spend ~30 ms of each second in the driver, which this figure leaves out
+(whether that time is CPU or waiting was not measured: at worst ~3 % of one core). In the daemon
+those reads run on the dedicated ``carbonwatch-sampler`` thread (daemon/sampling.py), never on the
+aiohttp event loop, and pynvml's ctypes calls release the GIL while they wait, so a slow read
+delays only the sampling thread: the 8 counters of one collect are read one after another, up to
+~30 ms of each GPU's energy can land in the neighbouring interval (none is lost), and that second's
+power polls wait as long. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -107,6 +117,9 @@ def main() -> None:
     print(f"codecarbon OfflineEmissionsTracker (1 s, whole machine only): "
           f"{cc['cpu_pct_of_core']:.2f} % of one core, peak RSS {cc['peak_rss_mb']:.0f} MB")
     print(f"ratio codecarbon/carbonwatch CPU: {cc['cpu_pct_of_core'] / cw['cpu_pct_of_core']:.2f}x")
+    print("not included (replayed GPUs answer in microseconds): a real energy-counter read took "
+          "~3.8 ms on an H200, ~30 ms a second for 8 GPUs, spent on the daemon's sampling thread "
+          "with the GIL released, never on its event loop")
 
 
 if __name__ == "__main__":

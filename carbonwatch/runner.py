@@ -23,6 +23,7 @@ from carbonwatch.attribution import IDLE
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.processes import ProcessScanner
+from carbonwatch.collectors.visible import GpusGiven, gpus_given_to_job
 from carbonwatch.config import Settings
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.identity import JOIN_TAG, Members, claim_job, run_member
@@ -209,12 +210,36 @@ def run_command(
     )
     started_s = clock.time()
     sampler.start(started_s)
+    # Handlers go in before the child starts: a signal that arrives while the job row is being
+    # written (a slow store on a busy node) must still reach the command, not kill the wrapper and
+    # orphan the command. A signal received before the child exists is delivered right after.
+    received: list[int] = []
+    early: list[int] = []  # received before the child existed
+    child_pid: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if not child_pid:
+            early.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child_pid[0], signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
     except OSError as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if store is not None and claimed_id is not None:  # job identity hook: no orphan row
             store.update_job(claimed_id, status="failed", ended_s=clock.time(), exit_code=127)
         raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    # Python runs signal handlers between bytecodes of this thread: each signal lands either in
+    # ``early`` (before this line) or is forwarded by the handler itself (after it), never both.
+    child_pid.append(child.pid)
+    for signum in early:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
     tree = ProcessTree(child.pid)
     job_id = None
     if store is not None and claimed_id is not None:  # job identity hook: inserted by claim_job
@@ -234,15 +259,6 @@ def run_command(
             currency=pricing.currency,
         )
     consumer_holder["key"] = f"job:{job_id or child.pid}"
-
-    received: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         while not _exited(child.pid):
             next_s = sampler.step(clock.time())
@@ -261,6 +277,7 @@ def run_command(
             signal.signal(sig, handler)
     exit_code = returncode if returncode >= 0 else 128 - returncode
 
+    gpus_given = gpus_given_to_job(collectors, os.environ)  # the child's environment is ours
     result = _result(
         job_id or str(child.pid),
         name,
@@ -274,6 +291,7 @@ def run_command(
         pricing,
         sampler.devices(),
         sorted(tree.pids | (members.pids() if members else set())),
+        gpus_given,
     )
     if processes is not None:
         result.cpu_time_s = sum(processes.cpu_seconds(pid) for pid in tree.pids)
@@ -310,16 +328,23 @@ def _result(
     pricing: Pricing,
     devices: list[DeviceInfo],
     pids: list[int],
+    gpus_given: GpusGiven | None = None,
 ) -> JobResult:
     mine = ledger.totals.get(key)
     energy_by_device = dict(mine.energy_by_device) if mine else {}
     energy_by_class = dict(mine.energy_by_class) if mine else {}
-    # Device-hours: the job held each device class it drew energy from for its whole duration.
+    # Device-hours: the job held each device it was given (GPUs named by CUDA_VISIBLE_DEVICES),
+    # else each device it drew energy from, for its whole duration.
     hours = (ended_s - started_s) / 3600
+    given = gpus_given.device_ids if gpus_given is not None else None
     device_hours: dict[str, float] = {}
     for d in devices:
         cls = d.device_class.value
-        if energy_by_device.get(d.device_id) and pricing.device_hour_rates.get(cls):
+        if given is not None and cls == "gpu":
+            held = d.device_id in given
+        else:
+            held = bool(energy_by_device.get(d.device_id))
+        if held and pricing.device_hour_rates.get(cls):
             device_hours[cls] = device_hours.get(cls, 0.0) + hours
     cost = None
     if pricing.known:
@@ -345,6 +370,8 @@ def _result(
         "attribution": "the tree's share of each device's active energy (GPU SM share, CPU "
         "time, RSS); idle energy reported separately",
     }
+    if gpus_given is not None:
+        provenance["gpus_given"] = gpus_given.how
     return JobResult(
         job_id=job_id,
         name=name,

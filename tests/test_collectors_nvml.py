@@ -64,3 +64,38 @@ def test_nvml_errors_map_to_carbonwatch_errors(code, expected):
     err = map_nvml_error(pynvml.NVMLError(code), "GPU 0: energy counter")
     assert type(err) is expected
     assert str(err).startswith("GPU 0: energy counter:") and f"NVML error {code}" in str(err)
+
+
+@pytest.mark.skipif(
+    not _nvml_present(),
+    reason="needs real NVML: no NVIDIA driver (libnvidia-ml.so.1) answers nvmlInit on this machine",
+)
+def test_real_nvml_gpus_are_measured_by_their_energy_counter():
+    """Runs only on a machine with an NVIDIA driver: every GPU this process may open is measured
+    and each interval's energy is the counter delta read independently through pynvml."""
+    import time
+
+    from carbonwatch.collectors.gpu import GpuCollector
+    from carbonwatch.collectors.nvml import NvmlBackend
+
+    backend = NvmlBackend()
+    try:
+        assert backend.device_count() >= 1, backend.notes
+        collector = GpuCollector(backend)
+        first = backend.device(0)
+        handle = pynvml.nvmlDeviceGetHandleByIndex(first.index)
+        counter0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        collector.collect(time.time())
+        for _ in range(20):
+            time.sleep(0.1)
+            collector.poll(time.time())
+        intervals = collector.collect(time.time())
+        counter1 = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        mine = [i for i in intervals if i.device_id == f"gpu{first.index}"]
+        assert len(mine) == 1 and mine[0].energy_j > 0
+        # the collector's reads lie inside ours: its delta is at most ours (counter ticks ~100 ms)
+        assert mine[0].energy_j <= (counter1 - counter0) / 1000 + 1e-9
+        assert isinstance(first.compute_pids(), list)
+        assert isinstance(first.process_utilization(0), list)
+    finally:
+        backend.close()

@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "report": "carbonwatch.cli.report:report_cmd",
     "devices": "carbonwatch.cli.devices:devices_cmd",
     "replay": "carbonwatch.cli.replay:replay_cmd",
+    "record": "carbonwatch.cli.record:record_cmd",
     "intensity": "carbonwatch.cli.grid:intensity_cmd",
     "plan": "carbonwatch.cli.grid:plan_cmd",
     "estimate": "carbonwatch.cli.grid:estimate_cmd",

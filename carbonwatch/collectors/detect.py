@@ -16,6 +16,7 @@ Every fallback taken is explained in the returned notes, for the daemon's log an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.collectors.base import Collector
@@ -87,7 +88,8 @@ def default_process_scanner() -> ProcessScanner:
     return ProcessScanner()
 
 
-def _nvml_collector(required: bool, notes: list[str]) -> GpuCollector | None:
+def _nvml_collector(required: bool, notes: list[str], nvml: Any = None) -> GpuCollector | None:
+    """``nvml``: the pynvml module to use (default nvidia-ml-py's; tests pass a fake)."""
     try:
         from carbonwatch.collectors.nvml import NvmlBackend  # imports pynvml; NVML inits below
     except ImportError as exc:
@@ -96,17 +98,20 @@ def _nvml_collector(required: bool, notes: list[str]) -> GpuCollector | None:
         notes.append(f"GPU: not measured (nvidia-ml-py not installed: {exc})")
         return None
     try:
-        backend = NvmlBackend()
+        backend = NvmlBackend(nvml)
     except DeviceError as exc:
         if required:
             raise DeviceError(f"backend 'nvml' requested but unusable: {exc}") from None
         notes.append(f"GPU: not measured ({exc})")
         return None
+    # GPUs skipped (no permission) or lost at start-up: said here, and in `carbonwatch devices`
+    notes.extend(f"GPU: {note}" for note in backend.notes)
     if backend.device_count() == 0:
         backend.close()
+        why = "NVML reports no GPUs" if not backend.notes else "no GPU could be opened"
         if required:
-            raise DeviceError("backend 'nvml' requested but NVML reports no GPUs")
-        notes.append("GPU: not measured (NVML reports no GPUs)")
+            raise DeviceError(f"backend 'nvml' requested but {why}")
+        notes.append(f"GPU: not measured ({why})")
         return None
     collector = GpuCollector(backend)
     modes = ", ".join(f"{d.device_id} {d.name} ({d.method})" for d in collector.devices())

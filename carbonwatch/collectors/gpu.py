@@ -200,6 +200,9 @@ class GpuCollector:
                     device_id=gpu_device_id(device.index),
                     uuid=device.uuid,
                     name=device.name,
+                    # a backend may say how a device is measured (MIG) or that it was lost at start
+                    lost=bool(getattr(device, "lost", False)),
+                    detail=str(getattr(device, "detail", "")),
                 )
             )
         if clock is not None:
@@ -235,6 +238,11 @@ class GpuCollector:
     def gpu_refs(self) -> list[GpuRef]:
         """The devices as (physical index, uuid), for :func:`resolve_visible_devices`."""
         return [GpuRef(st.device.index, st.uuid) for st in self._states]
+
+    def mig_parents(self) -> dict[str, str]:
+        """MIG uuid -> parent GPU uuid, where the backend knows MIG (for CUDA_VISIBLE_DEVICES)."""
+        parents = getattr(self._backend, "mig_parents", None)
+        return dict(parents()) if parents is not None else {}
 
     def poll(self, now_s: float) -> None:
         for st in self._states:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from carbonwatch.clock import Clock
 from carbonwatch.collectors.gpu import GpuBackend
@@ -139,13 +139,44 @@ class Recorder:
         return self._role_of.setdefault(pid, f"pid{pid}")
 
 
+class RecorderGroup:
+    """Several GPUs recorded at once, each by its own :class:`Recorder` into its own trace."""
+
+    def __init__(self, recorders: Sequence[Recorder]) -> None:
+        self.recorders = list(recorders)
+
+    def poll_power(self) -> None:
+        for r in self.recorders:
+            r.poll_power()
+
+    def poll_energy(self) -> None:
+        for r in self.recorders:
+            r.poll_energy()
+
+    def poll_processes(self) -> None:
+        for r in self.recorders:
+            r.poll_processes()
+
+    def close(self) -> None:
+        for r in self.recorders:
+            r.close()
+
+
+class Pollable(Protocol):
+    def poll_power(self) -> None: ...
+
+    def poll_energy(self) -> None: ...
+
+    def poll_processes(self) -> None: ...
+
+
 def _num(value: float) -> int | float:
     """Percentages are whole numbers from NVML: write 99, not 99.0."""
     return int(value) if float(value).is_integer() else value
 
 
 def record(
-    recorder: Recorder,
+    recorder: Pollable,
     clock: Clock,
     duration_s: float,
     power_interval_s: float = 0.01,

@@ -1,0 +1,156 @@
+"""How power follows activity: one small fit shared by device attribution and per-call splits.
+
+Model (DESIGN.md, "use the power shape"): over a window of recent readings,
+
+    power_w(t) ~= base_w + sum_k coef_w[k] * x_k(t),    base_w >= 0, coef_w[k] >= 0
+
+where ``x_k(t)`` is consumer ``k``'s activity at the time of the reading: a process's SM busy
+fraction on a GPU, the number of an inference service's running calls, the work (batch size,
+tokens) of those calls. ``coef_w[k]`` is then the watts one unit of ``k``'s activity adds, its
+*marginal power*. The device attribution uses it to split a shared interval by the power each
+process causes rather than by SM time alone (a bursty, light process is busy often but draws
+little); the per-call split uses it to give a batch-64 call more than a batch-1 call.
+
+Non-negative least squares, because a consumer cannot draw negative power: an unconstrained fit on
+collinear activity happily returns +900 W and -700 W. The fit is only trusted when it explains the
+readings (``r2``) over enough rows with enough movement in every used regressor; callers fall back
+to time shares otherwise and say so in the provenance.
+
+Pure and small: numpy only, a bounded ring of rows per fit, O(rows x k^2) per solve with k (the
+consumers present) small. Not thread-safe; each owner keeps its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class Fit(Generic[K]):
+    """One solved fit. ``coef_w``: watts per unit of each regressor's activity (>= 0)."""
+
+    base_w: float
+    coef_w: dict[K, float]
+    r2: float
+    rows: int
+
+    def power_w(self, activity: Mapping[K, float]) -> float:
+        """Predicted power for one activity vector (regressors the fit never saw add 0 W)."""
+        return self.base_w + math.fsum(self.coef_w.get(k, 0.0) * x for k, x in activity.items())
+
+
+def nnls(a: np.ndarray, b: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Lawson-Hanson non-negative least squares: argmin ||a x - b|| subject to x >= 0.
+
+    For the handful of columns a fit has (one per consumer present), the textbook active-set loop is
+    exact and fast; scipy is not a dependency for this one function."""
+    _, n = a.shape
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    w = a.T @ (b - a @ x)
+    for _ in range(3 * n + 3):
+        candidates = ~passive & (w > tol)
+        if not candidates.any():
+            break
+        passive[int(np.argmax(np.where(candidates, w, -np.inf)))] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if (z[passive] > tol).all():
+                x = z
+                break
+            # Step from x towards z until the first passive coefficient reaches zero, drop it.
+            blocking = passive & (z <= tol)
+            alpha = float(np.min(x[blocking] / np.maximum(x[blocking] - z[blocking], 1e-300)))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+        w = a.T @ (b - a @ x)
+    return x
+
+
+class ActivityFit(Generic[K]):
+    """A rolling fit of power on activity over the last ``max_rows`` readings.
+
+    ``add`` one row per power reading (or per segment: ``weight`` is its duration, so long
+    segments count for more); ``solve`` returns a :class:`Fit`, or None while it cannot be trusted:
+    fewer than ``min_rows`` rows, no regressor that ever moved, or ``r2`` below ``min_r2``.
+    ``fixed_base_w`` pins the intercept (a GPU's idle power learned from its counter) instead of
+    fitting it."""
+
+    def __init__(
+        self,
+        *,
+        max_rows: int = 600,
+        min_rows: int = 30,
+        min_r2: float = 0.3,
+        fixed_base_w: float | None = None,
+    ) -> None:
+        if max_rows < 1 or min_rows < 1:
+            raise ValueError("max_rows and min_rows must be at least 1")
+        self.max_rows = max_rows
+        self.min_rows = min_rows
+        self.min_r2 = min_r2
+        self.fixed_base_w = fixed_base_w
+        self._rows: deque[tuple[dict[K, float], float, float]] = deque(maxlen=max_rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, activity: Mapping[K, float], power_w: float, weight: float = 1.0) -> None:
+        """One reading. Non-finite or negative values are refused rather than poisoning the fit."""
+        if not (math.isfinite(power_w) and math.isfinite(weight)) or weight <= 0:
+            return
+        clean = {k: float(x) for k, x in activity.items() if math.isfinite(x) and x > 0}
+        self._rows.append((clean, float(power_w), float(weight)))
+
+    def solve(self) -> Fit[K] | None:
+        if len(self._rows) < self.min_rows:
+            return None
+        keys: list[K] = sorted({k for act, _, _ in self._rows for k in act}, key=repr)
+        col = {k: i for i, k in enumerate(keys)}
+        n = len(self._rows)
+        x = np.zeros((n, len(keys)))
+        y = np.empty(n)
+        sw = np.empty(n)
+        for i, (act, p, w) in enumerate(self._rows):
+            for k, v in act.items():
+                x[i, col[k]] = v
+            y[i] = p
+            sw[i] = math.sqrt(w)
+        # A regressor that never moved is indistinguishable from the intercept: leave it out
+        # (its coefficient is then 0 here, and callers fall back for it).
+        moving = np.ptp(x, axis=0) > 1e-9 if len(keys) else np.zeros(0, dtype=bool)
+        used = [k for k, m in zip(keys, moving, strict=True) if m]
+        if not used:
+            return None
+        xu = x[:, moving]
+        if self.fixed_base_w is None:
+            design = np.column_stack([np.ones(n), xu])
+            target = y
+        else:
+            design = xu
+            target = y - self.fixed_base_w
+        sol = nnls(design * sw[:, None], target * sw)
+        if self.fixed_base_w is None:
+            base_w, coefs = float(sol[0]), sol[1:]
+        else:
+            base_w, coefs = self.fixed_base_w, sol
+        pred = base_w + xu @ coefs
+        wts = sw * sw
+        mean = float(np.average(y, weights=wts))
+        ss_tot = float(np.sum(wts * (y - mean) ** 2))
+        ss_res = float(np.sum(wts * (y - pred) ** 2))
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0
+        if r2 < self.min_r2:
+            return None
+        coef_w = {k: float(c) for k, c in zip(used, coefs, strict=True)}
+        return Fit(base_w=base_w, coef_w=coef_w, r2=r2, rows=n)
