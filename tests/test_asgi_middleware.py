@@ -142,3 +142,49 @@ def test_an_event_stream_without_usage_has_no_tokens():
     r.start({"status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     r.body(b'data: {"choices": [{"text": "a"}]}\n\ndata: [DONE]\n\n')
     assert r.tokens() == (None, None)
+
+
+def test_the_model_callable_sees_path_params_and_bad_names_are_not_sent():
+    """Starlette app driven directly through ASGI: the callable is asked after routing."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from carbonwatch.integrations.asgi import CarbonwatchMiddleware
+
+    async def endpoint(request):
+        return PlainTextResponse("ok")
+
+    # The sender never wakes during the test: what was recorded stays in the buffer to read.
+    client = Client("http://127.0.0.1:9", max_buffer=100, flush_interval_s=3600)
+    try:
+        app = CarbonwatchMiddleware(
+            Starlette(routes=[Route("/v1/models/{name}/predict", endpoint)]),
+            model=lambda scope: (scope.get("path_params") or {}).get("name"), client=client)
+
+        async def call(path: str) -> None:
+            scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                     "query_string": b"", "headers": [], "root_path": "", "scheme": "http",
+                     "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+                     "asgi": {"version": "3.0"}, "http_version": "1.1"}
+
+            async def receive():
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message):
+                pass
+
+            await app(scope, receive, send)
+
+        for path in ("/v1/models/resnet50/predict", "/v1/models/" + "x" * 300 + "/predict",
+                     "/elsewhere"):
+            asyncio.run(call(path))
+        heads = [json.loads(head + '"start":0,"end":0}') for head, _, _ in client._buffer]
+        assert [(h["model"], h["tags"]["route"]) for h in heads] == [
+            ("resnet50", "/v1/models/{name}/predict")]
+        with pytest.raises(ValueError, match="tags"):
+            CarbonwatchMiddleware(app, model="m", tags={"k": "v" * 2000})
+    finally:
+        client.close(timeout_s=0.1)

@@ -4,6 +4,7 @@
 
     app.add_middleware(CarbonwatchMiddleware, model="llama-3.1-8b")
     # or: CarbonwatchMiddleware(app, model=lambda scope: scope["path_params"].get("model"))
+    # (the callable is asked after the app answered, when the router has filled path_params)
 
 Each request is recorded through the in-process client (``carbonwatch.client``: a bounded buffer
 and one background sender; nothing here talks to the daemon), with tags ``route`` (the matched
@@ -25,6 +26,7 @@ A call is recorded also when the app raises (status 500 when no response had sta
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -37,7 +39,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+log = logging.getLogger(__name__)
 UNMATCHED = "(unmatched)"
+MAX_MODEL_LEN, MAX_TAG_LEN = 256, 1024  # what the daemon accepts (daemon/validation.py)
 _OTHER, _JSON, _SSE = 0, 1, 2
 _USAGE = b'"usage"'
 
@@ -130,8 +134,9 @@ class _Response:
 
 
 class CarbonwatchMiddleware:
-    """Records each HTTP request as a call of ``model`` (a name, or a callable of the ASGI scope
-    returning one, or None to leave the request unrecorded)."""
+    """Records each HTTP request as a call of ``model``: a name, or a callable of the ASGI scope
+    (asked once the app has answered, so Starlette's ``path_params`` and ``route`` are there)
+    returning one, or None to leave the request unrecorded."""
 
     def __init__(
         self,
@@ -149,6 +154,10 @@ class CarbonwatchMiddleware:
         self.max_body_bytes = max_body_bytes
         self.route = route
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if len(self.tags) > 62 or any(len(k) > MAX_MODEL_LEN or len(v) > MAX_TAG_LEN
+                                      for k, v in self.tags.items()):
+            raise ValueError("tags: at most 62 (route and status are added), keys up to "
+                             f"{MAX_MODEL_LEN} and values up to {MAX_TAG_LEN} characters")
         # (model, route, status) -> the call's encoded head: a request costs one dict look-up,
         # not a JSON encoding of its tags. Bounded: routes are templates, statuses few.
         self._heads: dict[tuple[str, str, int], str] = {}
@@ -161,10 +170,6 @@ class CarbonwatchMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        model = self.model if isinstance(self.model, str) else self.model(scope)
-        if not model:
             await self.app(scope, receive, send)
             return
         response = _Response(self.max_body_bytes)
@@ -182,15 +187,41 @@ class CarbonwatchMiddleware:
             await self.app(scope, receive, forward)
         finally:
             end_s = time.time()
-            key = (model, self.route(scope), response.status)
-            head = self._heads.get(key)
-            if head is None:
-                if len(self._heads) >= 4096:  # a model callable with unbounded names
-                    self._heads.clear()
-                tags = {**self.tags, "route": key[1], "status": str(key[2])}
-                head = self._heads[key] = _head(model, tags)
-            if response.kind != _OTHER:
-                tokens = _token_json(*response.tokens())
-                if tokens:
-                    head += tokens
-            self.client._record(head, start_s, end_s)
+            model = self._model_of(scope)
+            if model:
+                self._record(model, scope, response, start_s, end_s)
+
+    def _model_of(self, scope: Scope) -> str | None:
+        """The model, asked after the app ran: the router has then put the matched route and its
+        ``path_params`` in the scope. A callable that fails leaves the request unrecorded."""
+        if isinstance(self.model, str):
+            return self.model
+        try:
+            model = self.model(scope)
+        except Exception:  # never turn a served request into an error
+            log.exception("carbonwatch: the model callable failed; request not recorded")
+            return None
+        if not model:
+            return None
+        model = str(model)
+        if len(model) > MAX_MODEL_LEN or model.isspace():
+            # The daemon would refuse the whole batch for it, with other requests' calls.
+            log.warning("carbonwatch: model name %r is not 1-%d characters; request not "
+                        "recorded", model[:40], MAX_MODEL_LEN)
+            return None
+        return model
+
+    def _record(self, model: str, scope: Scope, response: _Response, start_s: float,
+                end_s: float) -> None:
+        key = (model, self.route(scope), response.status)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= 4096:  # a model callable with unbounded names
+                self._heads.clear()
+            tags = {**self.tags, "route": key[1][:MAX_TAG_LEN], "status": str(key[2])}
+            head = self._heads[key] = _head(model, tags)
+        if response.kind != _OTHER:
+            tokens = _token_json(*response.tokens())
+            if tokens:
+                head += tokens
+        self.client._record(head, start_s, end_s)
