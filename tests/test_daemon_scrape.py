@@ -133,9 +133,10 @@ def test_vllm_tokens_get_the_server_process_energy_per_model(tmp_path):
     assert calls_j == pytest.approx(rows[LLAMA][1] + rows[MISTRAL][1], rel=1e-9)
     assert calls_j + between_j == pytest.approx(job_j, rel=1e-9)
     assert calls == rows[LLAMA][0] + rows[MISTRAL][0]
-    # The first scrape came before the process touched the GPU: nearly all of its energy has
-    # tokens to go to (what is left is the rounding of window edges, and energy after the end).
-    assert calls_j >= 0.99 * job_j
+    # The job starts at the first scrape, which is also the baseline, and tokens grow in every
+    # window after it: its energy goes to tokens (at most the interval that straddles the
+    # baseline stays between windows).
+    assert calls_j >= 0.9 * job_j
     # Joules per output token, as the per-token figures read them.
     j_per_token = rows[LLAMA][1] / rows[LLAMA][3]
     assert j_per_token > 0
