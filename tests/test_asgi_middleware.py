@@ -121,6 +121,7 @@ def _json_response(body: bytes, headers=None) -> _Response:
     ({"prompt_tokens": 3}, (3, None)),
     ({"prompt_tokens": -1, "completion_tokens": 2.5}, (None, None)),
     ({"prompt_tokens": True, "completion_tokens": "7"}, (None, None)),
+    ({"prompt_tokens": 10**9 + 1, "completion_tokens": 10**9}, (None, 10**9)),  # daemon's bound
     (None, (None, None)),
 ])
 def test_usage_is_read_only_when_it_is_a_whole_count(usage, expected):
@@ -186,5 +187,10 @@ def test_the_model_callable_sees_path_params_and_bad_names_are_not_sent():
             ("resnet50", "/v1/models/{name}/predict")]
         with pytest.raises(ValueError, match="tags"):
             CarbonwatchMiddleware(app, model="m", tags={"k": "v" * 2000})
+        # Client.record takes tags as keywords: a tag named like one of its parameters would
+        # become that parameter (a weight of "2", a second model), so it is refused up front.
+        for name in ("weight", "tokens_out", "model"):
+            with pytest.raises(ValueError, match=f"{name} cannot be a tag name"):
+                CarbonwatchMiddleware(app, model="m", tags={name: "2"})
     finally:
         client.close(timeout_s=0.1)

@@ -169,6 +169,28 @@ def test_tgi_server_is_read_with_the_target_name_as_its_model(tmp_path):
     assert energy_j > 0
     model = conn.execute("SELECT model FROM jobs WHERE source = 'scrape'").fetchone()[0]
     assert model == "tgi-llama"
+    # TGI counts output tokens for every request: all of the rows' energy is the tokens'.
+    token_calls, token_j = conn.execute(
+        "SELECT SUM(token_calls), SUM(token_energy_j) FROM call_minute WHERE model = ?",
+        [model]).fetchone()
+    assert token_calls == n and token_j == pytest.approx(energy_j, rel=1e-12)
+    # The summary's per-token figures, against the server's own counters and the serving
+    # energy in energy_minute (the job's, between windows included): not from call_minute.
+    serving_j, serving_g = conn.execute(
+        "SELECT SUM(energy_j), SUM(co2e_g) FROM energy_minute WHERE model = ?"
+        " AND phase = 'inference'", [model]).fetchone()
+    conn.close()
+    true_in, true_out = values[used][0] - values[0][0], values[used][1] - values[0][1]
+    with DaemonProcess(db, "--backend", "none") as d:
+        status, summary = d.request("GET", "/v1/summary?group_by=model")
+        assert status == 200, summary
+    got = {g["key"]: g for g in summary["groups"]}[model]
+    assert (got["tokens_in"], got["tokens_out"], got["token_energy_share"]) == (
+        true_in, true_out, 1.0)
+    assert got["energy_j_per_output_token"] == pytest.approx(serving_j / true_out, rel=1e-9)
+    assert got["energy_j_per_token"] == pytest.approx(serving_j / (true_in + true_out), rel=1e-9)
+    assert got["co2e_g_per_1k_output_tokens"] == pytest.approx(serving_g / true_out * 1000,
+                                                               rel=1e-9)
 
 
 def test_a_scrape_url_off_this_node_is_refused_at_start(tmp_path):

@@ -18,9 +18,11 @@ from carbonwatch.scrape import (
     CounterTracker,
     ExpositionError,
     ScrapeLedger,
+    counts_tokens,
     parse_exposition,
     weights,
 )
+from carbonwatch.tokens import per_token
 
 # Triton's format as its docs show it (docs/user_guide/metrics.md): prometheus-cpp counters with no
 # _total suffix, labels model and version, durations in cumulative microseconds.
@@ -132,6 +134,36 @@ def test_a_window_energy_goes_to_its_models_by_tokens():
     assert rows["a"]["co2e_g"] == pytest.approx(80.0 / 3.6e6 * 400.0)
     assert out.job_calls == {"job:s": (4, pytest.approx(100.0))}
     assert out.between_j == {"job:s": pytest.approx(10.0)}
+
+
+def test_scraped_rows_carry_their_token_energy_for_the_per_token_figures():
+    """vLLM/TGI count tokens for every request: their rows' energy (split 40 : 10 by tokens)
+    is all token calls' energy; Triton counts none. Energy before any request ended is the
+    tokens' too."""
+    assert counts_tokens("vllm") and counts_tokens("tgi") and not counts_tokens("triton")
+    ledger = ScrapeLedger(settle_s=0.0)
+    for consumer, deltas, token_work in (
+            ("job:v", {"a": {"tokens_in": 30, "tokens_out": 10, "requests": 2},
+                       "b": {"tokens_in": 10}}, True),  # b: a prompt read, nothing written yet
+            ("job:t", {"resnet": {"requests": 5, "work": 0.5}}, False)):
+        ledger.baseline(consumer, 0.0)
+        ledger.add_interval(consumer, _item(0.0, 10.0, 60.0), 60.0)
+        ledger.close_window(consumer, 10.0, deltas, token_work)
+    rows = {r["model"]: r for r in ledger.settle(20.0).minute_rows}
+    assert (rows["a"]["token_calls"], rows["a"]["token_energy_j"]) == (2, pytest.approx(48.0))
+    assert (rows["b"]["token_calls"], rows["b"]["token_energy_j"]) == (0, pytest.approx(12.0))
+    assert (rows["resnet"]["token_calls"], rows["resnet"]["token_energy_j"]) == (0, 0.0)
+    figures = per_token(serving_energy_j=60.0, serving_co2e_g=1.0, calls=0,
+                        calls_energy_j=rows["b"]["energy_j"], tokens_in=10, tokens_out=0,
+                        token_calls=0, token_energy_j=rows["b"]["token_energy_j"])
+    assert figures["token_energy_share"] == 1.0  # known, though no output token yet
+    # Without the server's format, the deltas decide: output tokens moved, so token work.
+    ledger.baseline("job:x", 0.0)
+    ledger.close_window("job:x", 5.0, {"m": {"tokens_out": 4}})
+    ledger.close_window("job:x", 6.0, {"m": {"requests": 1}})
+    ledger.add_interval("job:x", _item(0.0, 6.0, 60.0), 60.0)
+    row = ledger.settle(20.0).minute_rows[0]
+    assert row["token_energy_j"] == pytest.approx(50.0) and row["energy_j"] == pytest.approx(60.0)
 
 
 def test_a_window_without_work_keeps_its_energy_between_calls():
