@@ -73,6 +73,10 @@ class Settings:
     # /metrics keeps a job's own series until this long after it ended (daemon clock seconds),
     # then folds them into the node's job_id="" series, so ended jobs do not grow it forever.
     metrics_job_retention_s: float = 3600.0
+    # Inference servers whose Prometheus counters the daemon reads (``NAME=URL``, comma-separated;
+    # a TOML array also works): their process's energy is split over the tokens they report.
+    scrape: str = ""
+    scrape_interval_s: float = 15.0  # how often each server is scraped (one window each)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -90,12 +94,14 @@ class Settings:
         if price is not None and not (math.isfinite(price) and price >= 0):
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
         for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
-                     "metrics_job_retention_s"):
+                     "metrics_job_retention_s", "scrape_interval_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
+        if self.scrape_interval_s <= 0:
+            raise ConfigError("scrape_interval_s must be > 0")
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
         return self
@@ -121,6 +127,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if math.isnan(value):
                 raise ValueError("NaN")
             return value
+        if isinstance(raw, list):  # a TOML array for a list-valued setting (scrape)
+            return ",".join(str(item) for item in raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: setting {name!r} has an invalid value {raw!r}") from exc
