@@ -148,7 +148,10 @@ def run_command(
     identity: str | None = None,
     clock: Clock | None = None,
     processes: ProcessScanner | None = None,
+    child: subprocess.Popen[Any] | None = None,
 ) -> JobResult:
+    """Run ``argv`` and measure it; with ``child``, measure that already started command
+    instead (a daemon refused to: its energy before now is not seen)."""
     clock = clock or SystemClock()
     if not argv:
         raise ValueError("no command given: use `carbonwatch run -- CMD ARGS...`")
@@ -210,7 +213,8 @@ def run_command(
     started_s = clock.time()
     sampler.start(started_s)
     try:
-        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
+        if child is None:
+            child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
     except OSError as exc:
         if store is not None and claimed_id is not None:  # job identity hook: no orphan row
             store.update_job(claimed_id, status="failed", ended_s=clock.time(), exit_code=127)

@@ -30,6 +30,7 @@ from carbonwatch.collectors.base import Collector
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
+from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
 from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
@@ -56,15 +57,27 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(settings: Settings) -> None:
-    """Off loopback the API must be authenticated: refuse to start without a token."""
+    """Off loopback the API must be authenticated: refuse to start without a token, or with one
+    too short or a known placeholder (``change-me``) that anyone could guess."""
     if settings.socket:
         return  # a Unix socket is guarded by its file permissions
-    if not is_loopback(settings.host) and not settings.token:
+    if is_loopback(settings.host):
+        return
+    if not settings.token:
         raise ConfigError(
             f"refusing to listen on {settings.host}:{settings.port} without a token: off loopback "
             "every request must carry one. Set CARBONWATCH_TOKEN (or token in the config file), "
             "or listen on 127.0.0.1"
         )
+    for name, value in (("CARBONWATCH_TOKEN", settings.token),
+                        ("CARBONWATCH_ADMIN_TOKEN", settings.admin_token)):
+        why = weak_token(value) if value else None
+        if why:
+            raise ConfigError(
+                f"refusing to listen on {settings.host}:{settings.port}: {name} {why}. Off "
+                f"loopback a token must be a secret of at least {MIN_TOKEN_BYTES} random bytes, "
+                "e.g. `openssl rand -hex 32`"
+            )
 
 
 class Reader:
@@ -108,6 +121,7 @@ class Daemon:
         check_bind(settings)
         self.settings = settings
         self.token = settings.token
+        self.admin_token = settings.admin_token
         self.intensity = intensity
         self.pricing = Pricing.from_settings(settings)
         self.node = node or settings.node or socket.gethostname()
@@ -316,7 +330,7 @@ class Daemon:
                     path.unlink()  # a stale socket from a previous run
                 site: web.BaseSite = web.UnixSite(runner, str(path))
                 await site.start()
-                os.chmod(path, 0o660)
+                os.chmod(path, settings.socket_mode_bits)
                 self.url = f"unix:{path}"
             else:
                 site = web.TCPSite(runner, settings.host, settings.port)
