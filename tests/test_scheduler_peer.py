@@ -1,4 +1,5 @@
-"""Who may make the daemon run a command: without a token, only its own user (or root)."""
+"""Who may make the daemon run a command: over TCP only the admin token (the unix socket is
+tested in tests/security/)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def _post_as(uid: int, url: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-def test_another_local_user_may_not_submit_without_a_token(tmp_path):
+def test_over_tcp_only_the_admin_token_launches(tmp_path):
     try:
         nobody = pwd.getpwnam("nobody").pw_uid
     except KeyError:
@@ -84,11 +85,19 @@ def test_another_local_user_may_not_submit_without_a_token(tmp_path):
     with InProcessDaemon(tmp_path / "cw.db") as daemon:
         body = {"command": ["true"], "deadline_s": time.time() + 7200, "duration_s": 60}
         status, payload = _post_as(nobody, daemon.url, body)
-        assert status == 403 and f"uid {nobody} may not run commands" in payload["error"]
-        # The daemon's own user may.
-        status, view = daemon.request("POST", "/v1/deferred", body)
+        assert status == 403 and "no admin token" in payload["error"]
+        # Over TCP without an admin token not even the daemon's own user (or root) may.
+        status, payload = daemon.request("POST", "/v1/deferred", body)
+        assert status == 403 and "--socket" in payload["error"], payload
+    token = "a" * 32 + "0123456789abcdef0123456789abcdef"
+    with InProcessDaemon(tmp_path / "cw2.db", admin_token=token) as daemon:
+        status, payload = _post_as(nobody, daemon.url, body)  # no token: still refused
+        assert status == 403 and "needs the admin token" in payload["error"]
+        status, view = daemon.request("POST", "/v1/deferred", body, token=token)
         assert status == 201, view
         status, _ = daemon.request("DELETE", f"/v1/deferred/{view['id']}")
+        assert status == 403  # cancelling over TCP needs it too
+        status, _ = daemon.request("DELETE", f"/v1/deferred/{view['id']}", token=token)
         assert status == 200
         status, listing = daemon.request("GET", "/v1/deferred")
         assert [v["status"] for v in listing["deferred"]] == ["cancelled"]

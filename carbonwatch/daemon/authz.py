@@ -33,7 +33,8 @@ from aiohttp import web
 from carbonwatch.scheduler.peer import PROC_NET, _tcp_owner
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CALLER = "carbonwatch.caller"
+CALLER = web.RequestKey("carbonwatch.caller", object)
+TOKENS = web.RequestKey("carbonwatch.tokens", object)  # (ingest or admin token, admin token)
 PROC = Path("/proc")
 # Routes a local user reaches over loopback without a token: what `carbonwatch run` needs to
 # register its command, follow it and end it.
@@ -115,7 +116,7 @@ def caller(request: web.Request) -> Caller:
     if isinstance(found, Caller):
         return found
     via, uid, gid = _peer(request)
-    scopes = request.get(CALLER + ".tokens", (False, False))
+    scopes = request.get(TOKENS, (False, False))
     found = Caller(via=via, uid=uid, gid=gid, token=scopes[0], admin_token=scopes[1],
                    daemon_uid=os.geteuid())
     request[CALLER] = found
@@ -157,7 +158,7 @@ def auth_middleware(token: str, admin_token: str) -> Callable[..., Awaitable[web
         is_admin = hmac.compare_digest(given or b"", expected[1] or b"\0")
         if given is not None and (token or admin_token) and not (is_token or is_admin):
             return error(401, "wrong bearer token: send 'Authorization: Bearer <token>'")
-        request[CALLER + ".tokens"] = (is_token or is_admin, is_admin)
+        request[TOKENS] = (is_token or is_admin, is_admin)
         if token and not (is_token or is_admin):
             who = caller(request)
             local_user = who.via == "unix" or (who.uid is not None and _own_job_route(request))
