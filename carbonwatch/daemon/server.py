@@ -140,12 +140,35 @@ class Daemon:
     # --- start-up ------------------------------------------------------------------------------
 
     def open(self) -> None:
+        self._private_store()
         self.writer.start()
         try:
             self._open()
         except StoreError as exc:  # e.g. a corrupt page met while reloading
             raise StoreError(f"cannot start on the store {self.settings.db_path}: {exc}. "
                              "If the file is damaged, restore a backup or move it aside") from None
+
+    def _private_store(self) -> None:
+        """The store holds command lines and deferred jobs' environments: its files 0600, its
+        folder 0700 when the daemon makes it (a folder it did not make, say /tmp, is left as it
+        is, with a note at start-up when other users may enter it)."""
+        path = self.settings.db_path
+        folder = path.parent
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for file in (path, path.with_name(path.name + "-wal"),
+                         path.with_name(path.name + "-shm")):
+                if file.exists() and file.stat().st_uid == os.geteuid():
+                    os.chmod(file, 0o600)
+            loose = folder.stat().st_mode & 0o077
+        except OSError:
+            return  # the writer's open reports what is wrong with the path
+        if loose:
+            self.notes.append(
+                f"the store's folder {folder} is open to other users (mode "
+                f"{folder.stat().st_mode & 0o777:o}); it keeps job command lines and the "
+                f"environments of queued jobs: chmod 700 {folder}"
+            )
 
     def _open(self) -> None:
         resume_key = "sampled_until_s"
