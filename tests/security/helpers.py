@@ -7,9 +7,11 @@ folder, since pytest's own are 0700 to root."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import DaemonProcess
 
 NOBODY = 65534  # the kernel's overflow uid; present in every Debian/Ubuntu passwd
 OTHER = 43210  # a uid with no passwd entry: another user of the node
@@ -40,6 +43,22 @@ print(json.dumps([status, payload]))
 """
 
 
+@functools.cache
+def public_python() -> str:
+    """An interpreter other uids can start. A venv whose base interpreter lives under a 0700
+    home (pyenv in /root) cannot be started by another user, and neither could the wrapper of a
+    job launched as that user: then the system's python of the same version, given the venv's
+    packages on PYTHONPATH (see :func:`user_env`)."""
+    probe = [*as_user(NOBODY), "/bin/sh", "-c", 'exec "$0" -c ""']
+    for candidate in (sys.executable, f"/usr/bin/python{sys.version_info[0]}."
+                      f"{sys.version_info[1]}"):
+        if os.path.exists(candidate) and subprocess.run(  # noqa: S603
+            [*probe[:-1], probe[-1], candidate], capture_output=True, check=False
+        ).returncode == 0:
+            return candidate
+    pytest.skip("no python interpreter that other users may start")
+
+
 def as_user(uid: int) -> list[str]:
     assert SETPRIV is not None
     return [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
@@ -49,7 +68,8 @@ def user_env(**extra: str) -> dict[str, str]:
     """An environment another uid can use: this tree on PYTHONPATH, no CARBONWATCH_ setting,
     a HOME and data folder of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                         *site.getsitepackages()])
     env.update(extra)
     return env
 
@@ -58,13 +78,24 @@ def request_as(uid: int, url: str, method: str, path: str, body: Any = None,
                token: str | None = None) -> tuple[int, Any]:
     """One request to the daemon from a process running as ``uid``."""
     out = subprocess.run(  # noqa: S603
-        [*as_user(uid), sys.executable, "-c", _CLIENT,
+        [*as_user(uid), public_python(), "-c", _CLIENT,
          json.dumps([url, method, path, body, token])],
         capture_output=True, text=True, env=user_env(), timeout=60, check=False,
     )
     assert out.returncode == 0, out.stderr
     status, payload = json.loads(out.stdout)
     return status, payload
+
+
+class PublicDaemon(DaemonProcess):
+    """A real daemon process started with :func:`public_python`, so the jobs it launches as
+    other users can start their wrapper."""
+
+    def __init__(self, db: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(db, *args, env={**user_env(), **(env or {})})
+
+    def command(self) -> list[str]:
+        return [public_python(), *super().command()[1:]]
 
 
 def spawn_as(uid: int, *argv: str) -> subprocess.Popen[bytes]:
