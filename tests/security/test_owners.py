@@ -17,7 +17,6 @@ from daemon_helpers import DaemonProcess
 from .helpers import (
     NOBODY,
     OTHER,
-    TOKEN,
     as_user,
     needs_root,
     public_python,
@@ -134,26 +133,25 @@ def test_a_pid_squatted_through_a_call_goes_back_to_its_owner(tmp_path):
 
 
 def test_a_refused_run_measures_on_its_own_and_never_kills_the_command(tmp_path):
-    """A daemon refusing the job (here: a wrong token) no longer makes ``carbonwatch run`` exit
-    2 and kill the command: the command finishes, with its own exit code, measured here."""
-    with shared_dir() as shared, DaemonProcess(
-        tmp_path / "cw.db", "--backend", "none", env={"CARBONWATCH_TOKEN": TOKEN}
-    ) as daemon:
+    """A daemon refusing the job (here: a name over the API's 256 characters, so the old code
+    refused it too) no longer makes ``carbonwatch run`` exit 2 and kill the command: the command
+    finishes, with its own exit code, measured by the wrapper itself."""
+    name = "n" * 300
+    with shared_dir() as shared, DaemonProcess(tmp_path / "cw.db", "--backend", "none") as daemon:
         marker = shared / "finished"
         script = (f"import sys, time; time.sleep(1.0); open({str(marker)!r}, 'w').write('ok'); "
                   "sys.exit(3)")
-        env = user_env(CARBONWATCH_DAEMON_URL=daemon.url, CARBONWATCH_TOKEN="wrong" * 8,
-                       HOME=str(shared), XDG_DATA_HOME=str(shared / "data"),
-                       XDG_CONFIG_HOME=str(shared / "cfg"))
+        env = user_env(CARBONWATCH_DAEMON_URL=daemon.url, HOME=str(shared),
+                       XDG_DATA_HOME=str(shared / "data"), XDG_CONFIG_HOME=str(shared / "cfg"))
         out = subprocess.run(  # noqa: S603
-            [*as_user(NOBODY), public_python(), "-m", "carbonwatch", "run", "--name", "r", "--",
-             public_python(), "-c", script],
+            [*as_user(NOBODY), public_python(), "-m", "carbonwatch", "run", "--name", name,
+             "--", public_python(), "-c", script],
             capture_output=True, text=True, env=env, timeout=60, check=False)
         assert out.returncode == 3, out.stderr
         assert marker.read_text() == "ok"
-        assert "refused the job (401)" in out.stderr
+        assert "refused the job (400)" in out.stderr
         assert "measuring the command here instead" in out.stderr
-        assert "carbonwatch: r (other) exited 3" in out.stderr
+        assert f"carbonwatch: {name} (other) exited 3" in out.stderr
         assert "Traceback" not in out.stderr
-        status, listing = daemon.request("GET", "/v1/jobs", token=TOKEN)
+        status, listing = daemon.request("GET", "/v1/jobs")
         assert status == 200 and listing["jobs"] == []
