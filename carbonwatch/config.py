@@ -55,7 +55,10 @@ class Settings:
     counter_interval_s: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8787
-    socket: str = ""
+    socket: str = ""  # listen on this unix socket instead of TCP
+    # A unix socket beside the TCP listener, for the node's users: each reaches its own jobs and
+    # launches deferred jobs (run as itself) there, with no token. Empty: none.
+    local_socket: str = ""
     # The unix socket's mode (octal). 660: the daemon's user and group; 666: every local user,
     # each acting as themselves (the kernel tells the daemon who connects: SO_PEERCRED).
     socket_mode: str = "660"

@@ -154,6 +154,9 @@ def render(report: dict[str, Any], command: str, elapsed_s: float) -> str:
             "| Experiment | What broke | Fix |", "|---|---|---|"]
     out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in FIXED]
     out += ["", SEAMS]
+    security = ROOT / "docs" / "security.md"  # hand-kept: the tests/security/ inputs and results
+    if security.exists():
+        out += ["", "## Security", "", security.read_text().strip()]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -82,6 +82,8 @@ def daemon_url(settings: Settings) -> str | None:
         return settings.daemon_url
     if settings.socket:
         return f"unix:{settings.socket}"
+    if settings.local_socket:
+        return f"unix:{settings.local_socket}"
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host  # noqa: S104
     return f"http://{host}:{settings.port}"
 

@@ -346,20 +346,20 @@ class Daemon:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         settings = self.settings
+        self.local_url = ""  # where the node's users (and launched jobs) reach it as themselves
         try:
             if settings.socket:
-                path = Path(settings.socket)
-                if path.is_socket():
-                    path.unlink()  # a stale socket from a previous run
-                site: web.BaseSite = web.UnixSite(runner, str(path))
-                await site.start()
-                os.chmod(path, settings.socket_mode_bits)
-                self.url = f"unix:{path}"
+                await _unix_site(runner, Path(settings.socket), settings.socket_mode_bits)
+                self.url = self.local_url = f"unix:{settings.socket}"
             else:
                 site = web.TCPSite(runner, settings.host, settings.port)
                 await site.start()
                 host, port = runner.addresses[0][:2]
                 self.url = f"http://{_url_host(host)}:{port}"
+                if settings.local_socket:  # beside TCP: launches as the peer's uid
+                    await _unix_site(runner, Path(settings.local_socket),
+                                     settings.socket_mode_bits)
+                    self.local_url = f"unix:{settings.local_socket}"
         except OSError as exc:
             await runner.cleanup()
             where = settings.socket or f"{settings.host}:{settings.port}"
@@ -370,7 +370,7 @@ class Daemon:
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         self.loop.start()
         try:
-            await self.scheduler.start(self.url)
+            await self.scheduler.start(self.local_url or self.url)
             on_ready(self.url)
             await stop.wait()
         finally:
@@ -443,6 +443,19 @@ class Daemon:
             device_age_s={d["device_id"]: d["last_sample_age_s"] for d in devices
                           if d["last_sample_age_s"] is not None},
         )
+
+
+async def _unix_site(runner: web.AppRunner, path: Path, mode: int) -> None:
+    """Listen on the unix socket ``path`` with ``mode``: created owner-only and widened once
+    bound, so no one connects in between under a looser umask."""
+    if path.is_socket():
+        path.unlink()  # a stale socket from a previous run
+    old = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
 
 
 def _url_host(host: str) -> str:

@@ -118,14 +118,23 @@ def test_no_token_reaches_a_job_and_its_wrapper_still_reports(tmp_path):
 
 @needs_root
 def test_on_the_unix_socket_a_root_daemon_runs_a_users_job_as_that_user(tmp_path):
+    """As deployed: TCP on 0.0.0.0 with a token, and a unix socket beside it (local_socket)
+    through which the node's users launch, each as itself."""
     with shared_dir() as shared:
         sock = shared / "cw.sock"
         private = tmp_path / "private"  # root's, 0700: nobody may enter it
         private.mkdir(mode=0o700)
         who = shared / "who.txt"
-        with PublicDaemon(tmp_path / "cw.db", "--socket", str(sock), "--backend", "none",
-                          env={"CARBONWATCH_SOCKET_MODE": "666"}) as daemon:
+        env = {"CARBONWATCH_SOCKET_MODE": "666", "CARBONWATCH_LOCAL_SOCKET": str(sock),
+               "CARBONWATCH_TOKEN": TOKEN}
+        with PublicDaemon(tmp_path / "cw.db", "--host", "0.0.0.0", "--backend", "none",
+                          env=env) as daemon:
             assert stat.S_IMODE(sock.stat().st_mode) == 0o666
+            tcp_url = daemon.url.replace("0.0.0.0", "127.0.0.1")
+            daemon.url, daemon.default_token = f"unix:{sock}", None
+            status, answer = request_as(NOBODY, tcp_url, "POST", "/v1/deferred", _deferred(
+                ["true"]), token=TOKEN)
+            assert status == 403 and "--socket" in answer["error"]  # TCP: closed
             job_env = user_env(HOME=str(shared), XDG_DATA_HOME=str(shared / "data"))
             write_ids = ("import os, sys; open(sys.argv[1], 'w').write("
                          "f'{os.getuid()} {os.getgid()} {os.getgroups()}')")
