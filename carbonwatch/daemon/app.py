@@ -99,6 +99,12 @@ async def create_job(request: web.Request) -> web.Response:
     d = _daemon(request)
     spec = validation.new_job(await _body(request))
     who = authz.caller(request)
+    owner_uid = who.uid
+    if spec.owner_uid is not None and spec.owner_uid != who.uid:
+        if not who.admin:
+            raise ApiError(403, "owner_uid: only an operator registers a job on another user's "
+                                "behalf")
+        owner_uid = spec.owner_uid  # e.g. the Slurm prolog (root) opening the user's job
     state = d.state
     live = state.registry.track_trees
     authz.check_pids(who, spec.pids, live)  # outside the lock: it reads /proc
@@ -132,11 +138,11 @@ async def create_job(request: web.Request) -> web.Response:
             job = Job(id=state.new_id(), name=spec.name, kind=spec.kind, model=spec.model,
                       pids=set(spec.pids), started_s=now_s, source="api", identity=spec.identity,
                       serves_calls=spec.kind == "inference", ended_by=ended_by_tag(spec.tags),
-                      owner_uid=who.uid)
+                      owner_uid=owner_uid)
             row = {"id": job.id, "name": spec.name, "kind": spec.kind, "model": spec.model,
                    "command": spec.command, "pids": spec.pids, "tags": spec.tags,
                    "identity": spec.identity, "source": "api", "started_s": now_s,
-                   "owner_uid": who.uid, **d.job_accounting()}
+                   "owner_uid": owner_uid, **d.job_accounting()}
             # Queued before the job is visible to the sampler: its row precedes its energy.
             future = d.writer.submit(lambda s: storeops.insert_job(s.conn, row))
             reg.add(job)

@@ -108,6 +108,8 @@ DOCUMENT: dict[str, Any] = {
                         "tags": _TAGS,
                         "identity": {"type": "string"},
                         "command": {"type": "array", "items": {"type": "string"}},
+                        "owner_uid": {"type": "integer", "minimum": 0, "description":
+                                      "operators only: the user the job belongs to"},
                     },
                 }}}},
                 "responses": {

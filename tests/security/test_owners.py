@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 from daemon_helpers import DaemonProcess
 
@@ -155,3 +156,38 @@ def test_a_refused_run_measures_on_its_own_and_never_kills_the_command(tmp_path)
         assert "Traceback" not in out.stderr
         status, listing = daemon.request("GET", "/v1/jobs")
         assert status == 200 and listing["jobs"] == []
+
+
+def test_the_slurm_prolog_opens_the_users_job_and_only_that_users_ranks_join_it(tmp_path):
+    """The prolog runs as root and opens the job for SLURM_JOB_UID: that user's ranks merge into
+    it; another user's process naming the same identity does not."""
+    slurm = Path(__file__).resolve().parents[2] / "deploy" / "slurm"
+    rank = spawn_as(NOBODY, "sleep", "60")
+    intruder = spawn_as(OTHER, "sleep", "60")
+    try:
+        with DaemonProcess(tmp_path / "cw.db", "--backend", "none") as daemon:
+            env = {"PATH": "/usr/bin:/bin", "CARBONWATCH_URL": daemon.url,
+                   "CARBONWATCH_TOKEN_FILE": "/nonexistent",
+                   "CARBONWATCH_SLURM_ENV": "/nonexistent",
+                   "CARBONWATCH_SLURM_STATE": str(tmp_path / "state"), "SLURM_JOB_ID": "77",
+                   "SLURM_JOB_UID": str(NOBODY), "SLURM_JOB_USER": "nobody"}
+            done = subprocess.run(  # noqa: S603
+                [str(slurm / "prolog.sh")], env=env, capture_output=True, text=True, timeout=30,
+                check=False)
+            assert done.returncode == 0 and not done.stderr, done.stderr
+            job_id = (tmp_path / "state" / "77").read_text().strip()
+            status, opened = daemon.request("GET", f"/v1/jobs/{job_id}")
+            assert opened["owner_uid"] == NOBODY
+            status, body = request_as(OTHER, daemon.url, "POST", "/v1/jobs",
+                                      _job("intruder", intruder.pid, identity="slurm:77"))
+            assert status == 403, body
+            status, body = request_as(NOBODY, daemon.url, "POST", "/v1/jobs",
+                                      _job("rank0", rank.pid, identity="slurm:77"))
+            assert (status, body) == (200, {"id": job_id, "merged": True})
+            status, body = request_as(OTHER, daemon.url, "POST", "/v1/jobs",
+                                      _job("spoof", intruder.pid, owner_uid=NOBODY))
+            assert status == 403 and "on another user's behalf" in body["error"]
+    finally:
+        for proc in (rank, intruder):
+            proc.kill()
+            proc.wait()
