@@ -13,7 +13,7 @@ import time
 import pytest
 from daemon_helpers import InProcessDaemon
 
-from carbonwatch.scheduler.peer import peer_uid
+from carbonwatch.scheduler.peer import PROC_NET, _diag_owner, _tcp_owner, peer_uid
 
 
 class _Transport:
@@ -38,6 +38,26 @@ def test_the_peer_of_a_loopback_tcp_connection_is_found_in_proc():
         conn, _ = server.accept()
         with conn:
             assert peer_uid(_Transport(conn)) == os.geteuid()
+
+
+@pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"),
+                                              (socket.AF_INET6, "::1")])
+def test_sock_diag_and_proc_net_tcp_agree_on_a_loopback_peer(family, host):
+    with socket.create_server((host, 0), family=family) as server, \
+            socket.create_connection(server.getsockname()[:2]):
+        conn, _ = server.accept()
+        with conn:
+            peer, local = conn.getpeername(), conn.getsockname()
+            assert _diag_owner(peer, local) == _tcp_owner(peer, local, PROC_NET) == os.geteuid()
+
+
+def test_a_v4_client_of_a_dual_stack_listener_is_found():
+    with socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True) as server, \
+            socket.create_connection(("127.0.0.1", server.getsockname()[1])):
+        conn, _ = server.accept()
+        with conn:
+            assert conn.getpeername()[0] == "::ffff:127.0.0.1"
+            assert _diag_owner(conn.getpeername(), conn.getsockname()) == os.geteuid()
 
 
 def test_the_peer_of_a_unix_socket_comes_from_the_kernel():

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from carbonwatch.scheduler.peer import PROC_NET, _tcp_owner
+from carbonwatch.scheduler.peer import tcp_owner
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CALLER = web.RequestKey("carbonwatch.caller", object)
@@ -104,7 +104,7 @@ def _peer(request: web.Request) -> tuple[str, int | None, int | None]:
     try:
         if not ipaddress.ip_address(str(peer[0]).split("%")[0]).is_loopback:
             return "tcp", None, None  # another machine: no local user to look up
-        return "tcp", _tcp_owner(peer, local, PROC_NET), None
+        return "tcp", tcp_owner(peer, local), None
     except ValueError:
         return "tcp", None, None
 
