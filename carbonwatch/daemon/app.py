@@ -266,6 +266,10 @@ async def post_calls(request: web.Request) -> web.Response:
     state = d.state
     by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time())
     batch_id = state.new_batch_id()
+    if created:  # a service registered by its first call belongs to whoever reported it
+        uid = authz.caller(request).uid
+        for job in created:
+            job.owner_uid = uid
     rows = [d.service_row(job) for job in created]
     received_s = time.time()
     n = len(batch.spans)

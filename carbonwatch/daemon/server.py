@@ -281,7 +281,7 @@ class Daemon:
         return {"id": job.id, "name": job.name, "kind": job.kind, "model": job.model,
                 "command": None, "pids": sorted(job.pids), "tags": {"auto": True},
                 "identity": None, "source": job.source, "started_s": job.started_s,
-                **self.job_accounting()}
+                "owner_uid": job.owner_uid, **self.job_accounting()}
 
     def _reload(self) -> None:
         """What a previous run left: running jobs, unsettled batches, counter totals."""
