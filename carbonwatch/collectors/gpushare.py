@@ -53,6 +53,9 @@ IDLE_MAX_UTIL_PCT = 1.0
 COUNTER_STALE_S = 0.2
 # NVML does not say when a process's first sample window began; it is taken as one sample period.
 FIRST_SAMPLE_WINDOW_S = 0.5
+# A per-process sample reaches the collector within ~1 s of the time it covers (one sample
+# period, one process poll); one not there after this long was lost.
+SAMPLE_OVERDUE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -177,9 +180,9 @@ class ShareTracker:
         window_s: float = 5.0,
         *,
         fit_rows: int = 300,
-        min_fit_rows: int = 12,
+        min_fit_rows: int = 4,
         min_r2: float = 0.3,
-        power_align_s: float = 0.05,
+        power_align_s: float = 0.1,
     ) -> None:
         self.window_s = window_s
         # pid -> ascending sample times (s) and SM fractions
@@ -225,6 +228,8 @@ class ShareTracker:
         if not times:
             return None, False
         i = bisect.bisect_left(times, t_s)
+        if i == 0 and t_s <= times[0] - FIRST_SAMPLE_WINDOW_S:
+            return None, False  # before its first sample window (or that sample was lost)
         if i < len(times):
             start = times[i - 1] if i > 0 else times[i] - FIRST_SAMPLE_WINDOW_S
             if t_s > start and times[i] - t_s <= self.window_s:
@@ -266,13 +271,13 @@ class ShareTracker:
             return ShareResult({}, SPLIT_NONE)
         if len(consumers) == 1:
             return ShareResult({next(iter(consumers)): 1.0}, SPLIT_SOLO)
+        if len(consumers) == 1:
+            return ShareResult({next(iter(consumers)): 1.0}, SPLIT_SOLO)
         acts = {pid: self.mean_activity(pid, start_s, end_s) for pid in sorted(consumers)}
         busy = {pid: a for pid, (a, _) in acts.items() if a}
         unknown = [pid for pid, (a, _) in acts.items() if a is None]
-        if len(busy) + len(unknown) == 1:
-            return ShareResult({next(iter([*busy, *unknown])): 1.0}, SPLIT_SOLO)
-        if not busy and not unknown:
-            return ShareResult({pid: 1.0 for pid in sorted(consumers)}, SPLIT_EVEN)
+        # The fit is asked even when the samples show one process busy: a sample carried over a
+        # lost one can say 0 % for a process that is busy again.
         if idle_w is not None and active_j is not None and end_s > start_s:
             self.fit.fixed_base_w = idle_w
             fit = self.fit.solve()
@@ -281,8 +286,10 @@ class ShareTracker:
                 weights = _fit_weights(fit.coef_w, acts, max(active_j, 0.0) / (end_s - start_s))
                 if weights:
                     return ShareResult(weights, SPLIT_POWER_FIT)
+        if len(busy) == 1 and not unknown:
+            return ShareResult(dict(busy), SPLIT_SOLO)
         if not busy:
-            return ShareResult({pid: 1.0 for pid in unknown}, SPLIT_EVEN)
+            return ShareResult({pid: 1.0 for pid in unknown or sorted(consumers)}, SPLIT_EVEN)
         # Without a fit, a process not sampled yet (just launched) gets no share beside sampled
         # ones: at launch it is mostly loading, and the next intervals see its samples.
         return ShareResult(dict(busy), SPLIT_SM_SHARE)
@@ -317,9 +324,12 @@ class ShareTracker:
             for pid in sorted(present):
                 frac, covered = self.activity(pid, t_s)
                 if not covered:
-                    # Wait for the sample that covers t_s; past the window it was lost: a carried
-                    # figure would teach the fit a guess, so the reading is not used.
-                    ready = now_s - t_s >= self.window_s
+                    # Wait for the sample that covers t_s; once it is overdue it was lost (or
+                    # t_s lies before the first one): a carried figure would teach the fit a
+                    # guess, so the reading is not used.
+                    times = self._ts.get(pid)
+                    before_first = bool(times) and t_s <= times[0] - FIRST_SAMPLE_WINDOW_S
+                    ready = before_first or now_s - t_s >= SAMPLE_OVERDUE_S
                     usable = False
                     break
                 row[pid] = frac or 0.0
