@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from carbonwatch.powerfit import ActivityFit
-
 if TYPE_CHECKING:
     from carbonwatch.collectors.gpu import ProcessSample
+    from carbonwatch.config import Settings
+    from carbonwatch.powerfit import ActivityFit
 
 SPLIT_SOLO = "solo"
 SPLIT_POWER_FIT = "power-fit"
@@ -51,6 +51,7 @@ IDLE_MAX_UTIL_PCT = 1.0
 # The counter moves every ~100 ms: a reading may lag the read by that much. An interval is
 # process-free only if nothing was seen busy for this long before it began.
 COUNTER_STALE_S = 0.2
+MIN_IDLE_INTERVAL_S = 0.5
 # NVML does not say when a process's first sample window began; it is taken as one sample period.
 FIRST_SAMPLE_WINDOW_S = 0.5
 # A per-process sample reaches the collector within ~1 s of the time it covers (one sample
@@ -71,6 +72,22 @@ class GpuOptions:
     stored_idle_w: Mapping[str, float] = field(default_factory=dict)
     share_window_s: float = 5.0
     on_idle_learned: Callable[[str, float, float], None] | None = None
+
+
+def gpu_options(
+    settings: Settings,
+    stored_idle_w: Mapping[str, float] | None = None,
+    on_idle_learned: Callable[[str, float, float], None] | None = None,
+) -> GpuOptions:
+    """GpuOptions from the settings (validated there) and the baselines the store holds."""
+    idle_w, by_uuid = parse_idle_setting(settings.gpu_idle_power_w)
+    return GpuOptions(
+        idle_w=idle_w,
+        idle_w_by_uuid=by_uuid,
+        stored_idle_w=dict(stored_idle_w or {}),
+        share_window_s=settings.gpu_share_window_s,
+        on_idle_learned=on_idle_learned,
+    )
 
 
 def parse_idle_setting(value: str) -> tuple[float | None, dict[str, float]]:
@@ -121,7 +138,9 @@ class IdleBaseline:
     def observe_idle(self, duration_s: float, energy_j: float) -> None:
         """A process-free interval measured by the counter. The most recent ``window_s`` of such
         intervals make the baseline (idle power drifts with temperature)."""
-        if duration_s <= 0 or not math.isfinite(energy_j) or energy_j < 0:
+        # A sliver of an interval (the last one at shutdown) carries up to a whole counter step
+        # (~100 ms of energy) in a few ms: it would skew the mean, so it is not used.
+        if duration_s < MIN_IDLE_INTERVAL_S or not math.isfinite(energy_j) or energy_j < 0:
             return
         self._idle.append((duration_s, energy_j))
         self._idle_s += duration_s
@@ -190,6 +209,9 @@ class ShareTracker:
         self._frac: dict[int, list[float]] = {}
         self._pending: deque[tuple[float, float]] = deque()  # power readings awaiting activity
         self._presence: deque[tuple[float, float, frozenset[int]]] = deque()
+        # numpy (under the fit) loads with the first GPU, not with every `carbonwatch run`.
+        from carbonwatch.powerfit import ActivityFit
+
         self.fit: ActivityFit[int] = ActivityFit(
             max_rows=fit_rows, min_rows=min_fit_rows, min_r2=min_r2
         )
