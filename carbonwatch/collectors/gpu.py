@@ -180,7 +180,6 @@ class _GpuState:
     pids_at_start: set[int] | None = None  # compute pids when the interval opened (None: unknown)
     max_util_pct: float | None = None  # highest device utilisation polled in the interval
     last_busy_s: float = -math.inf  # last time a process, an SM sample or utilisation showed use
-    idle_reported_w: float | None = None  # the learned baseline last handed to on_idle_learned
     last_seen_us: int = 0
     last_shares: dict[int | str, float] = field(default_factory=dict)
     last_split: str = ""
@@ -222,7 +221,7 @@ class GpuCollector:
                         configured_w=opts.idle_w_by_uuid.get(uuid, opts.idle_w),
                         stored_w=opts.stored_idle_w.get(uuid),
                     ),
-                    tracker=ShareTracker(window_s=opts.share_window_s),
+                    tracker=ShareTracker(window_s=opts.share_window_s, mode=opts.split_mode),
                 )
             )
         if clock is not None:
@@ -392,11 +391,12 @@ class GpuCollector:
             and st.last_busy_s <= start_s - gpushare.COUNTER_STALE_S
         ):
             st.idle.observe_idle(now_s - start_s, energy_j)
-            self._report_idle(st)
+            st.idle.report(st.uuid, self._options.on_idle_learned)
         idle_w = st.idle.current()[0]
         idle_energy_j = min(energy_j, idle_w * (now_s - start_s)) if idle_w is not None else 0.0
         split = st.tracker.split(
-            start_s, now_s, present, idle_w, st.pids_at_start, energy_j - idle_energy_j
+            start_s, now_s, present, idle_w, st.pids_at_start, energy_j - idle_energy_j,
+            busy_at_start=st.last_busy_s >= start_s - gpushare.COUNTER_STALE_S,
         )
         shares = split.shares
         st.last_shares, st.last_split = shares, split.method
@@ -415,29 +415,6 @@ class GpuCollector:
             segments=segments,
             split_method=split.method,
         )
-
-    def learned_idle(self) -> dict[str, tuple[float, float]]:
-        """uuid -> (idle power learned this run from the counter, process-free seconds behind it)
-        """
-        out = {}
-        for st in self._states:
-            learned = st.idle.learned_w
-            if learned is not None:
-                out[st.uuid] = (learned, st.idle.learned_s)
-        return out
-
-    def _report_idle(self, st: _GpuState) -> None:
-        """Hand a settled or moved learned baseline to the owner (who persists it per UUID)."""
-        learned, callback = st.idle.learned_w, self._options.on_idle_learned
-        if callback is None or learned is None:
-            return
-        last = st.idle_reported_w
-        if last is None or abs(learned - last) > 0.005 * last:
-            st.idle_reported_w = learned
-            try:
-                callback(st.uuid, learned, st.idle.learned_s)
-            except Exception:  # persisting is best effort; measuring goes on
-                log.exception("%s: could not persist the learned idle baseline", st.device_id)
 
     def _advance(self, st: _GpuState, now_s: float, counter_mj: int | None) -> None:
         st.start_s = now_s

@@ -23,6 +23,7 @@ the collector stays about reading devices:
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -34,11 +35,16 @@ if TYPE_CHECKING:
     from carbonwatch.config import Settings
     from carbonwatch.powerfit import ActivityFit
 
+log = logging.getLogger(__name__)
+
 SPLIT_SOLO = "solo"
 SPLIT_POWER_FIT = "power-fit"
 SPLIT_SM_SHARE = "sm-share"
 SPLIT_EVEN = "even"
 SPLIT_NONE = "none"  # nobody present: the active energy is unattributed
+# How shared intervals may be split: the full method (power-fit, falling back to SM shares), SM
+# shares only, or evenly (the last two for comparison, as in benchmarks/bench_accuracy.py).
+SPLIT_MODES = (SPLIT_POWER_FIT, SPLIT_SM_SHARE, SPLIT_EVEN)
 
 IDLE_CONFIGURED = "configured"
 IDLE_LEARNED = "learned-from-counter"
@@ -71,6 +77,7 @@ class GpuOptions:
     idle_w_by_uuid: Mapping[str, float] = field(default_factory=dict)
     stored_idle_w: Mapping[str, float] = field(default_factory=dict)
     share_window_s: float = 5.0
+    split_mode: str = SPLIT_POWER_FIT
     on_idle_learned: Callable[[str, float, float], None] | None = None
 
 
@@ -134,6 +141,7 @@ class IdleBaseline:
         self._idle_s = 0.0
         self.learned_s = 0.0  # process-free seconds seen this run
         self.min_power_w: float | None = None
+        self._reported_w: float | None = None
 
     def observe_idle(self, duration_s: float, energy_j: float) -> None:
         """A process-free interval measured by the counter. The most recent ``window_s`` of such
@@ -147,6 +155,18 @@ class IdleBaseline:
         self.learned_s += duration_s
         while len(self._idle) > 1 and self._idle_s - self._idle[0][0] >= self.window_s:
             self._idle_s -= self._idle.popleft()[0]
+
+    def report(self, uuid: str, callback: Callable[[str, float, float], None] | None) -> None:
+        """Hand a new or moved (> 0.5 %) learned baseline to ``callback`` (which persists it)."""
+        learned, last = self.learned_w, self._reported_w
+        if callback is None or learned is None:
+            return
+        if last is None or abs(learned - last) > 0.005 * last:
+            self._reported_w = learned
+            try:
+                callback(uuid, learned, self.learned_s)
+            except Exception:  # persisting is best effort; measuring goes on
+                log.exception("%s: could not persist the learned idle baseline", uuid)
 
     def note_power(self, power_w: float) -> None:
         if self.min_power_w is None or power_w < self.min_power_w:
@@ -198,12 +218,17 @@ class ShareTracker:
         self,
         window_s: float = 5.0,
         *,
+        mode: str = SPLIT_POWER_FIT,
         fit_rows: int = 300,
         min_fit_rows: int = 4,
         min_r2: float = 0.3,
         power_align_s: float = 0.1,
     ) -> None:
+        if mode not in SPLIT_MODES:
+            raise ValueError(f"split mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
         self.window_s = window_s
+        self.mode = mode
+        self._last = ShareResult({}, SPLIT_NONE)
         # pid -> ascending sample times (s) and SM fractions
         self._ts: dict[int, list[float]] = {}
         self._frac: dict[int, list[float]] = {}
@@ -280,27 +305,47 @@ class ShareTracker:
         idle_w: float | None,
         present_at_start: Iterable[int] | None = None,
         active_j: float | None = None,
+        busy_at_start: bool = False,
     ) -> ShareResult:
         """Weights for one interval. ``present`` / ``present_at_start``: pids holding a compute
         context at its end / start (None: unknown, then the pids with samples stand in);
-        ``active_j``: the interval's energy above idle (the power-fit split needs it)."""
+        ``active_j``: the interval's energy above idle (the power-fit split needs it);
+        ``busy_at_start``: the device was in use right up to start_s."""
         present_set = set(present or ()) | set(present_at_start or ())
         consumers = present_set | {p for p in self._ts if self._ran_in(p, start_s, end_s)}
         self._presence.append((start_s, end_s, frozenset(consumers)))
         self._feed_fit(end_s)
         self._forget(end_s)
+        result = self._split(start_s, end_s, consumers, idle_w, active_j, busy_at_start)
+        self._last = result
+        return result
+
+    def _split(
+        self,
+        start_s: float,
+        end_s: float,
+        consumers: set[int],
+        idle_w: float | None,
+        active_j: float | None,
+        busy_at_start: bool,
+    ) -> ShareResult:
         if not consumers:
+            if busy_at_start and self._last.shares:
+                # The counter read at start_s may be ~100 ms old: this interval still holds the
+                # tail of the last one's work, which belongs to the processes that did it.
+                return self._last
             return ShareResult({}, SPLIT_NONE)
         if len(consumers) == 1:
             return ShareResult({next(iter(consumers)): 1.0}, SPLIT_SOLO)
-        if len(consumers) == 1:
-            return ShareResult({next(iter(consumers)): 1.0}, SPLIT_SOLO)
+        if self.mode == SPLIT_EVEN:
+            return ShareResult(dict.fromkeys(sorted(consumers), 1.0), SPLIT_EVEN)
         acts = {pid: self.mean_activity(pid, start_s, end_s) for pid in sorted(consumers)}
         busy = {pid: a for pid, (a, _) in acts.items() if a}
         unknown = [pid for pid, (a, _) in acts.items() if a is None]
         # The fit is asked even when the samples show one process busy: a sample carried over a
         # lost one can say 0 % for a process that is busy again.
-        if idle_w is not None and active_j is not None and end_s > start_s:
+        if self.mode == SPLIT_POWER_FIT and idle_w is not None and active_j is not None \
+                and end_s > start_s:
             self.fit.fixed_base_w = idle_w
             fit = self.fit.solve()
             self.last_fit_r2 = fit.r2 if fit is not None else None
