@@ -58,6 +58,12 @@ IDLE_MAX_UTIL_PCT = 1.0
 # process-free only if nothing was seen busy for this long before it began.
 COUNTER_STALE_S = 0.2
 MIN_IDLE_INTERVAL_S = 0.5
+# A process is priced by the fit only once it was clearly active in this many fit rows (about
+# one sample window of it each).
+MIN_FIT_SUPPORT = 3
+# A fitted marginal power (W per unit of SM activity) above this multiple of the largest active
+# power seen is implausible, and the fit is not used.
+MAX_COEF_OVER_PEAK = 1.5
 # NVML does not say when a process's first sample window began; it is taken as one sample period.
 FIRST_SAMPLE_WINDOW_S = 0.5
 # A per-process sample reaches the collector within ~1 s of the time it covers (one sample
@@ -243,6 +249,7 @@ class ShareTracker:
         # A reading averages the ~100 ms before it: it describes activity about half that earlier.
         self.power_align_s = power_align_s
         self.last_fit_r2: float | None = None
+        self._max_power_w = 0.0  # highest mean power of any fit row
         # Consecutive readings under one activity vector (one SM sample window) make one fit row,
         # their mean power: power within a window moves with kernels the samples cannot see.
         # (sample windows, activity, power sum, readings, last reading time)
@@ -347,8 +354,10 @@ class ShareTracker:
         if self.mode == SPLIT_POWER_FIT and idle_w is not None and active_j is not None \
                 and end_s > start_s:
             self.fit.fixed_base_w = idle_w
-            fit = self.fit.solve()
+            fit = self.fit.solve(min_support=MIN_FIT_SUPPORT)
             self.last_fit_r2 = fit.r2 if fit is not None else None
+            if fit is not None and not self._plausible(fit.coef_w, idle_w):
+                fit = None
             if fit is not None:
                 weights = _fit_weights(fit.coef_w, acts, max(active_j, 0.0) / (end_s - start_s))
                 if weights:
@@ -419,7 +428,15 @@ class ShareTracker:
             return
         if group is not None and any(v > 0 for v in group[1].values()):
             self.fit.add(group[1], group[2] / group[3], weight=float(group[3]))
+            self._max_power_w = max(self._max_power_w, group[2] / group[3])
         self._group = (key, row, power_w, 1, t_s)
+
+    def _plausible(self, coef_w: Mapping[int, float], idle_w: float) -> bool:
+        """A process fully busy cannot add much more than the most the device was ever seen to
+        draw above idle: a fit that says so was fooled by a few coincidences (on the H200
+        recording, three samples of a light service priced it at 1.1 kW)."""
+        limit_w = MAX_COEF_OVER_PEAK * max(self._max_power_w - idle_w, 0.0)
+        return all(c <= limit_w for c in coef_w.values())
 
     def _forget(self, now_s: float) -> None:
         keep_s = now_s - 2 * self.window_s - 60.0
