@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from daemon_helpers import DaemonProcess
 
 from carbonwatch.collectors.gpushare import gpu_options, parse_idle_setting
 from carbonwatch.config import load_settings
@@ -124,3 +125,34 @@ def test_run_keeps_what_it_learned_for_the_next_start(tmp_path: Path) -> None:
     # Read in real time, each 1 s counter delta is off by up to one 100 ms counter step; over
     # contiguous process-free intervals the deltas telescope, so ~6 s of them land within ~2 %.
     assert learned[scenario.uuid] == pytest.approx(scenario.idle_w, rel=0.03)
+
+
+def test_the_daemon_learns_persists_and_restarts_from_the_baseline(tmp_path: Path) -> None:
+    # First daemon: a replayed GPU idle for 6 s, then a trainer; the learned baseline is written
+    # under the GPU's UUID and shown on /v1/devices.
+    scenario = solo_trainer(duration_s=20.0, trainer=TrainerModel(launch_s=6.0, exit_s=18.0))
+    generate(tmp_path / "idle-first", scenario, seed=5)
+    db = tmp_path / "cw.db"
+    with DaemonProcess(db, "--backend", f"replay:{tmp_path / 'idle-first'}",
+                       "--replay-speed", "10") as daemon:
+        daemon.wait_for(daemon.replay_finished)
+        status, devices = daemon.request("GET", "/v1/devices")
+        assert status == 200
+    (gpu,) = [d for d in devices["devices"] if d["class"] == "gpu"]
+    assert gpu["uuid"] == scenario.uuid
+    assert gpu["idle_source"] == "learned-from-counter"
+    assert gpu["idle_power_w"] == pytest.approx(scenario.idle_w, rel=0.02)
+    store = open_store(db, read_only=True)
+    try:
+        stored = load_gpu_idle(store.conn)[scenario.uuid]
+    finally:
+        store.close()
+    assert stored == pytest.approx(scenario.idle_w, rel=0.02)
+
+    # Second daemon: the same GPU busy from the first second: it starts from the stored value.
+    trace, _ = _busy_from_start(tmp_path)
+    with DaemonProcess(db, "--backend", f"replay:{trace}", "--replay-speed", "10") as daemon:
+        status, devices = daemon.request("GET", "/v1/devices")
+    (gpu,) = [d for d in devices["devices"] if d["class"] == "gpu"]
+    assert gpu["idle_power_w"] == pytest.approx(stored)
+    assert "learned from the energy counter earlier" in gpu["detail"]
