@@ -246,7 +246,8 @@ class ShareTracker:
         self.fit: ActivityFit[int] = ActivityFit(
             max_rows=fit_rows, min_rows=min_fit_rows, min_r2=min_r2
         )
-        # A reading averages the ~100 ms before it: it describes activity about half that earlier.
+        # A reading polled at t is the mean over the 100 ms before the device's last update,
+        # itself up to 100 ms old: it describes activity centred about 100 ms before t.
         self.power_align_s = power_align_s
         self.last_fit_r2: float | None = None
         self._max_power_w = 0.0  # highest mean power of any fit row
@@ -295,7 +296,7 @@ class ShareTracker:
     def mean_activity(self, pid: int, start_s: float, end_s: float) -> tuple[float | None, float]:
         """(mean SM fraction over the interval, None if nothing is known; the fraction of the
         interval covered by samples rather than carried)."""
-        n = max(4, math.ceil((end_s - start_s) / 0.05))
+        n = min(max(4, math.ceil((end_s - start_s) / 0.05)), 400)
         step = (end_s - start_s) / n
         seen = [self.activity(pid, start_s + (j + 0.5) * step) for j in range(n)]
         known = [x for x, _ in seen if x is not None]
