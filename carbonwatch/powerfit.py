@@ -105,6 +105,10 @@ class ActivityFit(Generic[K]):
     def __len__(self) -> int:
         return len(self._rows)
 
+    def clear(self) -> None:
+        """Forget every row (the caller learned its rows were built wrong)."""
+        self._rows.clear()
+
     def add(self, activity: Mapping[K, float], power_w: float, weight: float = 1.0) -> None:
         """One reading. Non-finite or negative values are refused rather than poisoning the fit."""
         if not (math.isfinite(power_w) and math.isfinite(weight)) or weight <= 0:

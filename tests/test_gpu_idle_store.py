@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonProcess
 
-from carbonwatch.collectors.gpushare import gpu_options, parse_idle_setting
+from carbonwatch.collectors.gpuidle import parse_idle_setting
+from carbonwatch.collectors.gpushare import gpu_options
 from carbonwatch.config import load_settings
 from carbonwatch.errors import ConfigError
 from carbonwatch.store import open_store

@@ -13,9 +13,8 @@ import pytest
 from carbonwatch.attribution import IDLE
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
+from carbonwatch.collectors.gpuidle import IDLE_CONFIGURED, IDLE_LEARNED
 from carbonwatch.collectors.gpushare import (
-    IDLE_CONFIGURED,
-    IDLE_LEARNED,
     SPLIT_EVEN,
     SPLIT_POWER_FIT,
     SPLIT_SM_SHARE,

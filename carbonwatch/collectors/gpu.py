@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from carbonwatch.clock import Clock
-from carbonwatch.collectors import gpushare
+from carbonwatch.collectors import gpuidle
+from carbonwatch.collectors.gpuidle import IdleBaseline
 from carbonwatch.collectors.gpushape import power_pieces as _power_pieces
 from carbonwatch.collectors.gpushape import scale_segments as _scale_segments
-from carbonwatch.collectors.gpushare import GpuOptions, IdleBaseline, ShareTracker
+from carbonwatch.collectors.gpushare import GpuOptions, ShareTracker
 from carbonwatch.errors import DeviceError, DeviceLost, DeviceTimeout, NotSupported
 from carbonwatch.model import DeviceClass, DeviceInfo, DeviceState, EnergyInterval, Provenance
 
@@ -192,7 +193,7 @@ class GpuCollector:
     The first ``poll``/``collect`` opens each device's interval by reading its counter; with a
     ``clock`` the interval is opened at construction instead, at ``clock.time()``.
     ``idle_power_w`` fixes every device's idle baseline (as ``options.idle_w`` does); otherwise it
-    is learned from the counter (see :mod:`carbonwatch.collectors.gpushare`).
+    is learned from the counter (see :mod:`carbonwatch.collectors.gpuidle`).
     """
 
     def __init__(
@@ -283,7 +284,7 @@ class GpuCollector:
             except DeviceError:
                 continue  # without it, process-free intervals are judged by the process list
             st.max_util_pct = max(util_pct, st.max_util_pct or 0.0)
-            if util_pct > gpushare.IDLE_MAX_UTIL_PCT:
+            if util_pct > gpuidle.IDLE_MAX_UTIL_PCT:
                 st.last_busy_s = now_s
 
     def collect(self, now_s: float) -> list[EnergyInterval]:
@@ -388,7 +389,7 @@ class GpuCollector:
             method == METHOD_COUNTER
             and st.pids_at_start == set()
             and present == set()
-            and st.last_busy_s <= start_s - gpushare.COUNTER_STALE_S
+            and st.last_busy_s <= start_s - gpuidle.COUNTER_STALE_S
         ):
             st.idle.observe_idle(now_s - start_s, energy_j)
             st.idle.report(st.uuid, self._options.on_idle_learned)
@@ -396,7 +397,8 @@ class GpuCollector:
         idle_energy_j = min(energy_j, idle_w * (now_s - start_s)) if idle_w is not None else 0.0
         split = st.tracker.split(
             start_s, now_s, present, idle_w, st.pids_at_start, energy_j - idle_energy_j,
-            busy_at_start=st.last_busy_s >= start_s - gpushare.COUNTER_STALE_S,
+            busy_at_start=st.last_busy_s >= start_s - gpuidle.COUNTER_STALE_S,
+            energy_j=energy_j if method == METHOD_COUNTER else None,
         )
         shares = split.shares
         st.last_shares, st.last_split = shares, split.method
