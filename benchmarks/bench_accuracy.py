@@ -39,15 +39,19 @@ H200 = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "h200-sha
 def run_generated(presets: list[str], seeds: int, workdir: Path) -> list[dict[str, Any]]:
     """One row per (preset, process, method): errors in % of the true active energy."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for preset in presets:
+    # Each preset as generated, and the shared ones again with a power reading that lags by 1 s.
+    variants = [(p, p, {}) for p in presets]
+    variants += [(f"{p}+lag1s", p, {"power_tail_s": 1.0}) for p in presets
+                 if p in ("shared", "phased")]
+    for label, preset, overrides in variants:
         for seed in range(1, seeds + 1):
-            trace_dir = workdir / f"{preset}-{seed}"
-            truth = generate(trace_dir, PRESETS[preset](), seed=seed)
+            trace_dir = workdir / f"{label}-{seed}"
+            truth = generate(trace_dir, PRESETS[preset](**overrides), seed=seed)
             for method in SPLIT_MODES:
                 report = replay_trace(trace_dir, gpu_options=GpuOptions(split_mode=method))
                 got = {p["pid"]: p["energy_j"] for p in report.processes}
                 for pid, true_j in truth.process_energy_j.items():
-                    key = (preset, truth.roles[pid], method)
+                    key = (label, truth.roles[pid], method)
                     row = rows.setdefault(key, {"errors_pct": [], "got_j": 0.0, "true_j": 0.0,
                                                 "idle_errors_pct": []})
                     row["errors_pct"].append(100.0 * (got[pid] - true_j) / true_j)
@@ -128,10 +132,10 @@ def main() -> None:
         return
     print(f"Generated traces, {args.seeds} seeds each; error of each process's attributed energy "
           "against its true active energy")
-    print(f"{'preset':<13} {'process':<8} {'method':<10} {'mean':>8} {'worst':>8} {'pooled':>8}"
+    print(f"{'preset':<14} {'process':<8} {'method':<10} {'mean':>8} {'worst':>8} {'pooled':>8}"
           f"  {'idle (worst)':>12}")
     for row in generated:
-        print(f"{row['preset']:<13} {row['process']:<8} {row['method']:<10} "
+        print(f"{row['preset']:<14} {row['process']:<8} {row['method']:<10} "
               f"{row['mean_error_pct']:>+7.1f}% {row['worst_error_pct']:>+7.1f}% "
               f"{row['pooled_error_pct']:>+7.1f}%  {row['idle_error_pct']:>+11.2f}%")
     print()

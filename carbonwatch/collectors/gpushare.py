@@ -452,6 +452,9 @@ def estimate_power_lag(
         errors.append(err)
         if err < best_err:
             best_s, best_err = d, err
-    if not errors or best_err >= 0.9 * max(errors):
-        return current_s  # power too flat to tell the shifts apart
+    # Power too flat to tell the shifts apart (they differ by less than 0.1 % of an interval's
+    # energy, or the best is barely better than the worst): keep the current value.
+    floor = (1e-3 * float(np.mean(energy))) ** 2
+    if not errors or max(errors) - best_err <= floor or best_err >= 0.9 * max(errors):
+        return current_s
     return best_s
