@@ -460,24 +460,27 @@ def estimate_power_lag(
     t = np.array([r[0] for r in readings])
     p = np.array([r[1] for r in readings])
     cum = np.concatenate([[0.0], np.cumsum(p[:-1] * np.diff(t))])
-
-    def integral(at: np.ndarray) -> np.ndarray:
-        i = np.clip(np.searchsorted(t, at, side="right") - 1, 0, len(t) - 1)
-        return cum[i] + p[i] * (at - t[i])
-
     s = np.array([iv[0] for iv in intervals])
     e = np.array([iv[1] for iv in intervals])
     energy = np.array([iv[2] for iv in intervals])
-    best_s, best_err, errors = current_s, math.inf, []
-    for d in LAG_SHIFTS_S:
-        ok = (s + d >= t[0]) & (e + d <= t[-1])
-        if ok.sum() < 5:
-            continue
-        pred = integral(e[ok] + d) - integral(s[ok] + d)
-        err = float(np.mean((pred - energy[ok]) ** 2))
-        errors.append(err)
-        if err < best_err:
-            best_s, best_err = d, err
+    shifts = np.array(LAG_SHIFTS_S)[:, None]
+    lo, hi = s[None, :] + shifts, e[None, :] + shifts  # (shifts, intervals)
+    inside = (lo >= t[0]) & (hi <= t[-1])
+
+    def integral(at: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(t, at, side="right") - 1
+        i = np.minimum(np.maximum(i, 0), len(t) - 1)
+        return cum[i] + p[i] * (at - t[i])
+
+    sq = np.where(inside, (integral(hi) - integral(lo) - energy[None, :]) ** 2, 0.0)
+    counts = inside.sum(axis=1)
+    usable = counts >= 5
+    if not usable.any():
+        return current_s
+    errors = [float(v) for v in sq.sum(axis=1)[usable] / counts[usable]]
+    best = int(np.argmin(errors))
+    best_s = float(np.array(LAG_SHIFTS_S)[usable][best])
+    best_err = errors[best]
     # Power too flat to tell the shifts apart (they differ by less than 0.1 % of an interval's
     # energy, or the best is barely better than the worst): keep the current value.
     floor = (1e-3 * float(np.mean(energy))) ** 2
