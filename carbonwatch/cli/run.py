@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import click
@@ -17,11 +18,13 @@ from carbonwatch.cli.common import (
     settings_options,
 )
 from carbonwatch.collectors.detect import build_collectors, default_process_scanner
+from carbonwatch.collectors.gpushare import gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.errors import CarbonwatchError
 from carbonwatch.identity import identity_from_env
 from carbonwatch.runner import format_summary, run_command
 from carbonwatch.store import open_store
+from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
 
 
 @click.command(
@@ -69,11 +72,6 @@ def run_cmd(
         if child is not None:
             identity = None  # measured alone, as one wrapper: no rank to join
     scanner = default_process_scanner()
-    collectors, notes = build_collectors(
-        settings.backend, rapl_root=settings.rapl_root, processes=scanner
-    )
-    for note in notes:
-        click.echo(f"carbonwatch: {note}", err=True)
     try:
         store = open_store(settings.db_path)
     except CarbonwatchError as exc:
@@ -82,6 +80,23 @@ def run_cmd(
         # The command already runs: measure and print it even where no store can be written.
         click.echo(f"carbonwatch: not recording this run ({exc})", err=True)
         store = None
+
+    def idle_learned(uuid: str, idle_w: float, learned_s: float) -> None:
+        if store is not None:
+            save_gpu_idle(store.conn, uuid, idle_w, learned_s, time.time())
+
+    try:
+        stored_idle = load_gpu_idle(store.conn) if store is not None else {}
+        collectors, notes = build_collectors(
+            settings.backend, rapl_root=settings.rapl_root, processes=scanner,
+            gpu_options=gpu_options(settings, stored_idle, idle_learned),
+        )
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    for note in notes:
+        click.echo(f"carbonwatch: {note}", err=True)
     try:
         result = run_command(
             list(command),

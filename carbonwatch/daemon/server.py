@@ -27,6 +27,7 @@ from aiohttp import web
 from carbonwatch.accounting import Pricing
 from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
+from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
@@ -172,6 +173,16 @@ class Daemon:
                 f"{folder.stat().st_mode & 0o777:o}); it keeps job command lines and the "
                 f"environments of queued jobs: chmod 700 {folder}"
             )
+    def _gpu_options(self) -> GpuOptions:
+        """Idle baselines learned on earlier runs (by GPU UUID) in, newly learned ones out."""
+        from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
+
+        def learned(uuid: str, idle_w: float, learned_s: float) -> None:
+            now_s = self.clock.time()
+            self.writer.submit_idle(lambda s: save_gpu_idle(s.conn, uuid, idle_w, learned_s, now_s))
+
+        stored = self.writer.call(lambda s: load_gpu_idle(s.conn))
+        return gpu_options(self.settings, stored, learned)
 
     def _open(self) -> None:
         resume_key = "sampled_until_s"
@@ -190,7 +201,7 @@ class Daemon:
             scanner = default_process_scanner()
             collectors, notes = build_collectors(
                 self.settings.backend, rapl_root=self.settings.rapl_root, clock=steady,
-                processes=scanner,
+                processes=scanner, gpu_options=self._gpu_options(),
             )
             collectors = [WallTimeLabels(c, steady) for c in collectors]
             self.notes += notes
@@ -259,7 +270,7 @@ class Daemon:
             f"{trace.end_s - trace.start_s:.1f} s of trace at {self.speed:g}x); "
             "CPU and RAM not measured"
         )
-        return [GpuCollector(backend, clock=self.clock)], resume_key
+        return [GpuCollector(backend, clock=self.clock, options=self._gpu_options())], resume_key
 
     def _provenance(self) -> dict[str, Any]:
         point = self.intensity.intensity_at(self.clock.time())
@@ -271,8 +282,10 @@ class Daemon:
                        "pue": pricing.pue},
             "cost": (f"energy at {pricing.price_per_kwh} {pricing.currency}/kWh" if pricing.known
                      else "unknown: no energy_price_per_kwh configured"),
-            "attribution": "the job's share of each device's active energy (GPU SM share, CPU "
-            "time, RSS) per interval; idle energy reported separately",
+            "attribution": "the job's share of each device's active energy per interval (GPU: "
+            "all of it when alone, else by fitted marginal power x SM activity, or SM share; "
+            "CPU time; RSS); idle energy reported separately, the GPU idle baseline learned "
+            "from its counter",
         }
 
     def job_accounting(self) -> dict[str, Any]:
@@ -413,6 +426,10 @@ class Daemon:
                 "state": d.state.value,
                 "detail": d.detail,
                 "uuid": d.uuid,
+                # GPUs: the idle baseline in use and where it came from (learned-from-counter,
+                # configured, lowest-power-reading, unknown)
+                "idle_power_w": d.idle_power_w,
+                "idle_source": d.idle_source or None,
                 # real seconds, also when replaying faster than real time
                 "last_sample_age_s": (now_s - st.last_end_s) / self.speed if st else None,
                 "power_w": st.power_w if st else None,

@@ -377,6 +377,8 @@ def m006_tokens(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
 @migration
 def m007_owners(conn: sqlite3.Connection) -> None:
     """Who owns each job, and nothing secret kept after a deferred job ends.
@@ -398,4 +400,18 @@ def m007_owners(conn: sqlite3.Connection) -> None:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
     conn.execute(
         "UPDATE deferred_jobs SET env = '{}' WHERE status IN ('done', 'failed', 'cancelled')"
+    )
+
+
+@migration
+def m008_gpu_idle(conn: sqlite3.Connection) -> None:
+    """Each GPU's idle power as learned from its energy counter over process-free intervals, by
+    GPU UUID, so a restart, a ``carbonwatch run`` and a replay start from it (see
+    :mod:`carbonwatch.store.gpu_idle`). ``learned_s``: process-free seconds behind the figure."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS gpu_idle ("
+        " uuid TEXT PRIMARY KEY,"
+        " idle_w REAL NOT NULL CHECK (idle_w >= 0),"
+        " learned_s REAL NOT NULL,"
+        " updated_s REAL NOT NULL)"
     )
