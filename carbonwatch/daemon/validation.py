@@ -23,6 +23,9 @@ MAX_TEXT = 256  # names, models, tag keys
 MAX_TAG_VALUE = 1024
 MAX_PID = 2**31 - 1  # pid_t; larger values cannot be a process
 MAX_UNIX_S = 1e10  # year 2286: later "times" are garbage that would overflow minute keys
+# A client's count of spans it dropped since its last delivered batch: 10^12 is 100k calls/s
+# dropped for 115 days. Larger is garbage, and 2^62 twice overflowed SQLite's integer SUM.
+MAX_DROPPED_PER_REQUEST = 10**12
 JOB_KINDS = ("training", "inference", "other")
 Scalar = str | int | float | bool | None
 
@@ -70,7 +73,32 @@ def parse_json(body: bytes, *, allow_empty: bool = False, check_nesting: bool = 
         raise bad(f"invalid JSON: {exc}") from None
     if check_nesting:
         check_depth(value)
+    # A NUL reaches a string only as the escape \u0000 (JSON forbids raw control characters):
+    # one substring search, and the walk only when it may be there. NUL cuts C strings (argv,
+    # environment, paths) short and made a launched job stick in 'launching'.
+    if "\\u0000" in text:
+        where = _nul_path(value)
+        if where is not None:
+            raise bad(f"{where}: strings must not contain NUL (\\u0000)")
     return value
+
+
+def _nul_path(value: Any) -> str | None:
+    """The path (``env``, ``command[2]``) of the first string with a NUL in it, key or value."""
+    stack: list[tuple[Any, str]] = [(value, "body")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return where
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if "\0" in key:
+                    return f"{where} (a key)" if where != "body" else f"{key!r} (a key)"
+                stack.append((sub, key if where == "body" else f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{where}[{i}]") for i, sub in enumerate(item))
+    return None
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
@@ -265,7 +293,8 @@ def call_batch(body: Any) -> CallBatch:
     if len(raw) > MAX_CALLS_PER_REQUEST:
         raise bad(f"calls: {len(raw)} calls in one request; at most {MAX_CALLS_PER_REQUEST}")
     dropped = obj.get("dropped")
-    dropped = 0 if dropped is None else integer(dropped, "dropped", lo=0, hi=2**62)
+    dropped = 0 if dropped is None else integer(dropped, "dropped", lo=0,
+                                                      hi=MAX_DROPPED_PER_REQUEST)
     spans = []
     append = spans.append
     for i, call in enumerate(raw):
