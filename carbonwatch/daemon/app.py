@@ -52,6 +52,13 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
                      f"method {request.method} not allowed on {request.path}")
     except (StoreError, sqlite3.Error) as exc:  # sqlite3: a read on the reader's connection
         return error(503, f"store unavailable: {exc}")
+    except Exception as exc:  # noqa: BLE001 - no input may earn a 500 or a traceback per request
+        # A bug met by some input: one line to the log (no traceback to flood it), and a 503
+        # that says the request was not done, so a client may retry later.
+        log.error("%s %s failed: %s: %s", request.method, request.path[:200],
+                  type(exc).__name__, str(exc)[:500])
+        return error(503, f"the daemon could not handle this request ({type(exc).__name__}); "
+                          "it was not done; see the daemon's log")
 
 
 def auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -59,7 +66,9 @@ def auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # The raw bytes: a header that is not UTF-8 (or not text at all) is just a wrong token,
+        # where decoding and re-encoding it raised before the check (a 500 and a traceback).
+        given = next((v for k, v in request.raw_headers if k.lower() == b"authorization"), b"")
         # compare_digest: the time taken does not reveal how much of the token matched
         if not hmac.compare_digest(given, expected):
             reason = "missing" if not given else "wrong"
@@ -70,9 +79,9 @@ def auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    middlewares = [errors_as_json]
+    middlewares = [errors_as_json]  # outermost: it also answers for what fails in auth
     if daemon.token:
-        middlewares.insert(0, auth_middleware(daemon.token))
+        middlewares.append(auth_middleware(daemon.token))
     app = web.Application(client_max_size=validation.MAX_BODY_BYTES, middlewares=middlewares)
     app[DAEMON] = daemon
     app.router.add_post("/v1/jobs", create_job)

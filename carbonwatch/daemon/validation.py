@@ -364,7 +364,7 @@ def query_seconds(value: str | None, name: str) -> float | None:
     if number is not None:
         if not math.isfinite(number):
             raise bad(f"{name}: must be a finite number of Unix seconds or an ISO-8601 time")
-        return number
+        return _clamp_s(number)
     from datetime import datetime
 
     try:
@@ -374,4 +374,10 @@ def query_seconds(value: str | None, name: str) -> float | None:
                   "like 2026-11-26T12:00:00Z") from None
     if when.tzinfo is None:
         raise bad(f"{name}: time {value[:64]!r} has no zone; add Z (UTC) or an offset")
-    return when.timestamp()
+    return _clamp_s(when.timestamp())
+
+
+def _clamp_s(t_s: float) -> float:
+    """A query bound clamped to [0, MAX_UNIX_S]: nothing is stored outside it, so the answer is
+    the same, and 1e308 no longer overflows the store's integer minute keys."""
+    return min(max(t_s, 0.0), MAX_UNIX_S)
