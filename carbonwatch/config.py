@@ -70,6 +70,9 @@ class Settings:
     # /metrics keeps a job's own series until this long after it ended (daemon clock seconds),
     # then folds them into the node's job_id="" series, so ended jobs do not grow it forever.
     metrics_job_retention_s: float = 3600.0
+    # Bounds on what clients can make the daemon hold (docs/reliability.md, "Security: bounds").
+    max_auto_jobs_per_request: int = 64  # new services one call batch may register
+    max_auto_jobs: int = 1024  # services registered by their calls, running at once
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,6 +96,9 @@ class Settings:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
+        for name in ("max_auto_jobs_per_request", "max_auto_jobs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
         return self

@@ -239,7 +239,14 @@ async def post_calls(request: web.Request) -> web.Response:
     body = await request.read()
     batch = validation.call_batch(validation.parse_json(body, check_nesting=False))
     state = d.state
-    by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time())
+    folded: dict[str, int] = {}
+    by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time(), folded=folded)
+    cap = d.settings.max_auto_jobs_per_request
+    if len(created) > cap:  # refused before anything is registered or written
+        raise bad(f"calls: {len(created)} pids with no job yet in one request; at most {cap} "
+                  "(setting max_auto_jobs_per_request): register the services, or send fewer")
+    if folded:
+        d.totals.add_folded_calls(folded)
     batch_id = state.new_batch_id()
     rows = [d.service_row(job) for job in created]
     received_s = time.time()

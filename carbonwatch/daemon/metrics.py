@@ -47,6 +47,7 @@ class MetricTotals:
         self._calls: dict[str, int] = defaultdict(int)
         self._dropped = 0
         self._rows_dropped = 0  # minute rows dropped while the store refused writes
+        self._folded_calls: dict[str, int] = defaultdict(int)  # reason -> calls folded
         self._ended: dict[str, float] = {}  # job id -> ended_s, its series not folded yet
         self._folded: OrderedDict[str, None] = OrderedDict()
 
@@ -76,6 +77,16 @@ class MetricTotals:
         """Minute rows dropped: the store refused writes for longer than the daemon keeps them."""
         with self._lock:
             self._rows_dropped += rows
+
+    def add_folded_calls(self, by_reason: Mapping[str, int]) -> None:
+        """Calls whose pid was set aside (no such process; the auto-registered job cap)."""
+        with self._lock:
+            for reason, n in by_reason.items():
+                self._folded_calls[reason] += n
+
+    def folded_calls(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._folded_calls)
 
     def rows_dropped(self) -> int:
         with self._lock:
@@ -170,6 +181,15 @@ class DaemonCollector:
         )
         unstored.add_metric([self.node], self.totals.rows_dropped())
         yield unstored
+        folded = CounterMetricFamily(
+            "carbonwatch_calls_folded",
+            "Calls whose pid was set aside (reason: no_such_pid, auto_job_cap) and that were "
+            "attributed as if they named none.",
+            labels=["reason", "node"],
+        )
+        for reason, n in sorted(self.totals.folded_calls().items()):
+            folded.add_metric([reason, self.node], n)
+        yield folded
 
         health = self.health()
         power = GaugeMetricFamily(

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from aiohttp import web
 
 from carbonwatch.accounting import Pricing
@@ -157,7 +158,9 @@ class Daemon:
         # Replayed pids belong to the recording machine: their trees are not looked up here.
         self.registry = Registry(track_trees=scanner is not None)
         self.state = DaemonState(pricing=self.pricing, registry=self.registry, speed=self.speed,
-                                 scanner=scanner)
+                                 scanner=scanner,
+                                 pid_exists=psutil.pid_exists if scanner is not None else None,
+                                 max_auto_jobs=self.settings.max_auto_jobs)
         self.interval_logs = hooks.sinks_for(self.settings.extra)
         self.sampler = Sampler(
             collectors,
