@@ -20,6 +20,7 @@ from carbonwatch.daemon import storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
 from carbonwatch.daemon.registry import Job, ended_by_tag
+from carbonwatch.daemon.state import fold_models
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import StoreError
 
@@ -116,6 +117,8 @@ async def _body(request: web.Request, *, allow_empty: bool = False) -> Any:
 async def create_job(request: web.Request) -> web.Response:
     d = _daemon(request)
     spec = validation.new_job(await _body(request))
+    if spec.model:
+        d.models.admit(spec.model)  # its /metrics label: its own name, or 'other' past the cap
     state = d.state
     with state.lock:
         reg = state.registry
@@ -239,8 +242,9 @@ async def post_calls(request: web.Request) -> web.Response:
     body = await request.read()
     batch = validation.call_batch(validation.parse_json(body, check_nesting=False))
     state = d.state
+    spans = fold_models(batch.spans, d.models)
     folded: dict[str, int] = {}
-    by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time(), folded=folded)
+    by_consumer, resolution, created = state.resolve(spans, d.clock.time(), folded=folded)
     cap = d.settings.max_auto_jobs_per_request
     if len(created) > cap:  # refused before anything is registered or written
         raise bad(f"calls: {len(created)} pids with no job yet in one request; at most {cap} "
@@ -250,7 +254,7 @@ async def post_calls(request: web.Request) -> web.Response:
     batch_id = state.new_batch_id()
     rows = [d.service_row(job) for job in created]
     received_s = time.time()
-    n = len(batch.spans)
+    n = len(spans)
 
     def write(store: Any) -> None:
         for row in rows:

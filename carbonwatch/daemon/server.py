@@ -31,11 +31,11 @@ from carbonwatch.collectors.base import Collector
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
-from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
+from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
-from carbonwatch.daemon.state import DaemonState
+from carbonwatch.daemon.state import DaemonState, fold_models
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
@@ -118,7 +118,8 @@ class Daemon:
         self.notes: list[str] = []
         self.writer = Writer(settings.db_path)
         self.reader = Reader(settings.db_path)
-        self.totals = MetricTotals()
+        self.models = LabelCap(settings.max_label_values)
+        self.totals = MetricTotals(self.models)
         self.speed = replay_speed if settings.backend.startswith(REPLAY_PREFIX) else 1.0
         self.clock: Clock = clock or SystemClock()  # wall time; a replay replaces it
         self.end_s: float | None = None
@@ -269,6 +270,11 @@ class Daemon:
                     storeops.pending_batches(conn))
 
         energy, jobs, calls, dropped, max_batch, pending = self.writer.call(seeds)
+        # The cap's places go to the models with the most calls, then to those with energy.
+        for model, _ in sorted(calls.items(), key=lambda item: -(item[1] or 0)):
+            self.models.admit(model, 0)
+        for row in energy:
+            self.models.admit(row[2], 0)
         unknown = ("", 0.0)  # a consumer with no jobs row: nameless, long ended
         self.totals.add_energy(
             ((c[len(prefix):], jobs.get(c[len(prefix):], unknown)[0], model, phase, device)
@@ -291,7 +297,8 @@ class Daemon:
             except validation.ApiError as exc:  # cannot happen for a body we accepted
                 log.error("call batch %d cannot be re-read (%s); left pending", batch_id, exc)
                 continue
-            by_consumer, _, created = state.resolve(batch.spans, now_s, known=known)
+            spans = fold_models(batch.spans, self.models)
+            by_consumer, _, created = state.resolve(spans, now_s, known=known)
             if created:
                 rows = [self.service_row(j) for j in created]
                 self.writer.call(lambda s, rows=rows: [storeops.insert_job(s.conn, r)

@@ -10,6 +10,7 @@ crash a batch is either fully rolled up or fully re-read: never counted twice, n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 from carbonwatch.accounting import Pricing
 from carbonwatch.calls import CallLedger, CallSpan
 from carbonwatch.daemon import storeops
-from carbonwatch.daemon.metrics import EnergyKey, MetricTotals
+from carbonwatch.daemon.metrics import OTHER, EnergyKey, LabelCap, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry
 from carbonwatch.ledger import Ledger
 from carbonwatch.runner import children_map
@@ -31,6 +32,18 @@ from carbonwatch.store import Store
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
 SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
 HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it has
+
+
+def fold_models(spans: list[CallSpan], models: LabelCap) -> list[CallSpan]:
+    """The spans with each model name past the cap renamed ``other`` (and counted), so neither
+    /metrics nor the per-minute rollups grow by a series per name a client makes up."""
+    counts: dict[str, int] = defaultdict(int)
+    for span in spans:
+        counts[span.model] += 1
+    renamed = {m for m, n in counts.items() if models.admit(m, n) != m}
+    if not renamed:
+        return spans
+    return [dataclasses.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
 
 
 class Watcher(Protocol):
