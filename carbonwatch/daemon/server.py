@@ -31,6 +31,7 @@ from carbonwatch.collectors.base import Collector
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
+from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
 from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
@@ -316,7 +317,10 @@ class Daemon:
     ) -> None:
         """Serve until SIGTERM/SIGINT, or until ``stop`` is set (in-process use, no signals)."""
         app = make_app(self)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+        self.guard = ConnectionGuard(self.settings.request_header_timeout_s,
+                                     self.settings.max_connections_per_client)
+        app.middlewares.insert(0, self.guard.middleware)  # tells the guard of each request
+        runner = GuardedRunner(app, self.guard, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         settings = self.settings
         try:
@@ -404,7 +408,15 @@ class Daemon:
                    for d in self.device_views()]
         return {"ok": ok, "status": status, "node": self.node,
                 "collector_errors": self.sampler.errors,
-                "pending_calls": self.state.pending_calls(), "devices": devices}
+                "pending_calls": self.state.pending_calls(), "devices": devices,
+                "connections": self._connection_view()}
+
+    def _connection_view(self) -> dict[str, int]:
+        guard = getattr(self, "guard", None)
+        if guard is None:
+            return {}
+        return {"open": sum(guard.per_client.values()), "closed_idle": guard.closed_idle,
+                "refused": guard.refused}
 
     def _metric_health(self) -> Health:
         devices = self.device_views()

@@ -1,0 +1,79 @@
+"""Finding 7: a connection that sends no complete request within request_header_timeout_s is
+closed (silent ones, and ones that trickle headers), each client may hold at most
+max_connections_per_client open, and requests keep being served throughout."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+from daemon_helpers import DaemonProcess
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _closed(sock: socket.socket) -> bool:
+    """True once the daemon has closed its end (recv sees EOF)."""
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_silent_and_trickling_connections_are_closed(tmp_path):
+    env = {"CARBONWATCH_REQUEST_HEADER_TIMEOUT_S": "1"}
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
+        silent = [_connect(daemon.url) for _ in range(20)]
+        trickle = _connect(daemon.url)
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        served = []
+        while time.monotonic() - t0 < 4.0:
+            try:
+                trickle.sendall(b"X")  # never a complete header block
+            except OSError:
+                break
+            served.append(daemon.request("GET", "/healthz")[0])
+            time.sleep(0.25)
+        assert all(_closed(s) for s in silent)
+        assert _closed(trickle)
+        status, health = daemon.request("GET", "/healthz")
+        for s in [*silent, trickle]:
+            s.close()
+    assert set(served) == {200}
+    assert status == 200 and health["connections"]["closed_idle"] >= 21
+
+
+def test_connections_per_client_are_capped(tmp_path):
+    env = {"CARBONWATCH_MAX_CONNECTIONS_PER_CLIENT": "8"}
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
+        held = [_connect(daemon.url) for _ in range(8)]
+        time.sleep(0.2)
+        extra = _connect(daemon.url)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := extra.recv(4096):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503")
+        assert "max_connections_per_client" in json.loads(body)["error"]
+        for s in held:
+            s.close()
+        daemon.wait_for(lambda: daemon.request("GET", "/healthz")[0] == 200)
+        assert daemon.request("GET", "/healthz")[1]["connections"]["refused"] >= 1
+
+
+def test_the_systemd_unit_raises_the_file_limit():
+    unit = (ROOT / "deploy" / "systemd" / "carbonwatch.service").read_text()
+    limits = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert limits and int(limits[0].split("=", 1)[1]) >= 4096
