@@ -53,8 +53,9 @@ class LabelCap:
             return OTHER
 
     def label(self, value: str) -> str:
-        """The label a value is shown under, taking no place."""
-        return value if value in self._known or value == "" else OTHER
+        """The label a value is shown under: as ``admit``, without counting a refusal (the
+        value's calls or job were counted when they came in)."""
+        return value if value == "" else self.admit(value, 0)
 
 
 @dataclass(frozen=True)
