@@ -52,6 +52,10 @@ class LabelCap:
             self.refused += count
             return OTHER
 
+    def count_refused(self, count: int) -> None:
+        with self._lock:
+            self.refused += count
+
     def label(self, value: str) -> str:
         """The label a value is shown under: as ``admit``, without counting a refusal (the
         value's calls or job were counted when they came in)."""

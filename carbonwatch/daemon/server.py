@@ -255,7 +255,18 @@ class Daemon:
         """What a previous run left: running jobs, unsettled batches, counter totals."""
         state = self.state
         for row in self.writer.call(storeops.running_jobs):
-            self.registry.add(job_from_row(row))
+            try:
+                job = job_from_row(row)
+                if not all(isinstance(p, int) and 0 < p <= validation.MAX_PID for p in job.pids):
+                    raise ValueError(f"pids {sorted(map(str, job.pids))[:8]} are not all pids")
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                # A row no current daemon writes: ended as lost, never a start that crashes.
+                log.error("job %s cannot be resumed (%s); marked lost", row.get("id"), exc)
+                self.writer.call(lambda s, r=row: storeops.end_job(
+                    s.conn, r["id"], status="lost", ended_s=self.clock.time(), exit_code=None,
+                    pids=[]))
+                continue
+            self.registry.add(job)
         if self.registry.running:
             self.notes.append(f"resumed {len(self.registry.running)} running job(s)")
 

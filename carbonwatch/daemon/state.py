@@ -37,13 +37,13 @@ HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it h
 def fold_models(spans: list[CallSpan], models: LabelCap) -> list[CallSpan]:
     """The spans with each model name past the cap renamed ``other`` (and counted), so neither
     /metrics nor the per-minute rollups grow by a series per name a client makes up."""
-    counts: dict[str, int] = defaultdict(int)
-    for span in spans:
-        counts[span.model] += 1
-    renamed = {m for m, n in counts.items() if models.admit(m, n) != m}
+    admit = models.admit
+    renamed = {m for m in {s.model for s in spans} if admit(m, 0) != m}  # the hot path: one pass
     if not renamed:
         return spans
-    return [dataclasses.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
+    out = [dataclasses.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
+    models.count_refused(sum(1 for s in spans if s.model in renamed))
+    return out
 
 
 class Watcher(Protocol):

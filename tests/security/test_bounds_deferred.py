@@ -106,3 +106,21 @@ def test_bad_stored_rows_are_failed_at_restart_never_a_crash(tmp_path):
     daemon.start()
     assert daemon.request("GET", "/healthz")[0] == 200
     assert daemon.stop() == 0
+
+
+def test_a_running_job_row_with_bad_pids_is_marked_lost_at_restart(tmp_path):
+    daemon = _daemon(tmp_path).start()
+    assert daemon.stop() == 0
+    with sqlite3.connect(daemon.db) as conn:
+        for job_id, pids in (("strs", '["x", 5]'), ("huge", "[99999999999999999999]"),
+                             ("obj", '{"a": 1}'), ("good", "[]")):
+            conn.execute("INSERT INTO jobs (id, name, kind, pids, source, status, started_s)"
+                         " VALUES (?, ?, 'other', ?, 'api', 'running', ?)",
+                         [job_id, job_id, pids, time.time()])
+    daemon.start()
+    try:
+        jobs = {j["id"]: j["status"] for j in daemon.request("GET", "/v1/jobs")[1]["jobs"]}
+    finally:
+        assert daemon.stop() == 0
+    assert jobs == {"strs": "lost", "huge": "lost", "obj": "lost", "good": "running"}
+    assert "Traceback" not in "".join(daemon.stderr)
