@@ -75,7 +75,9 @@ class Settings:
     max_auto_jobs: int = 1024  # services registered by their calls, running at once
     max_label_values: int = 300  # distinct model names on /metrics and in rollups; then 'other'
     request_header_timeout_s: float = 5.0  # a connection silent this long without a request
-    max_connections_per_client: int = 256  # open connections per client address (or uid)
+    # Open connections per client address (uid on the Unix socket). On loopback every local
+    # user shares one address: 1024 leaves room for the 1,000-client load experiment.
+    max_connections_per_client: int = 1024
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
