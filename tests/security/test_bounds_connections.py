@@ -77,3 +77,26 @@ def test_the_systemd_unit_raises_the_file_limit():
     unit = (ROOT / "deploy" / "systemd" / "carbonwatch.service").read_text()
     limits = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert limits and int(limits[0].split("=", 1)[1]) >= 4096
+
+
+def test_the_unix_socket_is_guarded_too(tmp_path):
+    sock_path = tmp_path / "cw.sock"
+    env = {"CARBONWATCH_REQUEST_HEADER_TIMEOUT_S": "1",
+           "CARBONWATCH_MAX_CONNECTIONS_PER_CLIENT": "4"}
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", "--socket", str(sock_path),
+                       env=env) as daemon:
+        held = []
+        for _ in range(5):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock_path))
+            held.append(s)
+        time.sleep(0.3)
+        held[4].settimeout(5)
+        assert held[4].recv(4096).startswith(b"HTTP/1.1 503")  # the fifth of this uid
+        deadline = time.monotonic() + 5
+        while not all(_closed(s) for s in held[:4]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_closed(s) for s in held[:4])
+        assert daemon.request("GET", "/healthz")[0] == 200
+        for s in held:
+            s.close()
