@@ -41,13 +41,29 @@ def client_key(transport: asyncio.BaseTransport) -> str:
 
 
 class _Conn:
-    __slots__ = ("key", "started", "active", "timer")
+    __slots__ = ("key", "started", "active", "timer", "request", "body_bytes")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.started = 0  # requests begun since the timer was armed
         self.active = 0  # requests in the handler now
         self.timer: asyncio.TimerHandle | None = None
+        self.request: web.Request | None = None  # the one in the handler, if any
+        self.body_bytes = -1  # its body bytes received at the last check
+
+
+def _body_stalled(conn: _Conn) -> bool:
+    """The request in the handler is waiting for a body that made no progress since the last
+    check (a trickle of headers is cut by the header deadline; this cuts a body that stops)."""
+    request = conn.request
+    if request is None or not request.body_exists or request.content.is_eof():
+        return False
+    received = getattr(request.content, "total_bytes", None)
+    if received is None:
+        return False
+    stalled = received == conn.body_bytes
+    conn.body_bytes = received
+    return stalled
 
 
 class ConnectionGuard:
@@ -103,7 +119,8 @@ class ConnectionGuard:
         conn.timer = None
         if self._conns.get(transport) is not conn:
             return
-        if conn.active or conn.started:  # it is being served, or was since the last check
+        if (conn.active and not _body_stalled(conn)) or (conn.started and not conn.active):
+            # being served, or served since the last check: a full timeout again
             self._arm(transport, conn)
             return
         self.closed_idle += 1
@@ -120,10 +137,12 @@ class ConnectionGuard:
             return await handler(request)
         conn.started += 1
         conn.active += 1
+        conn.request, conn.body_bytes = request, -1
         try:
             return await handler(request)
         finally:
             conn.active -= 1
+            conn.request = None
 
 
 class _GuardedProtocol(asyncio.Protocol):

@@ -54,6 +54,28 @@ def test_silent_and_trickling_connections_are_closed(tmp_path):
     assert status == 200 and health["connections"]["closed_idle"] >= 21
 
 
+def test_a_body_that_stops_coming_is_cut(tmp_path):
+    """Headers complete, then 10 of the 1,000 body bytes announced, then nothing: closed once a
+    whole timeout passes without a byte, while a slow but steady body is served."""
+    env = {"CARBONWATCH_REQUEST_HEADER_TIMEOUT_S": "1"}
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
+        stalled = _connect(daemon.url)
+        stalled.sendall(b"POST /v1/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                        b"\r\nContent-Length: 1000\r\n\r\n" + b'{"calls": [')
+        body = b'{"calls": []}' + b" " * 20
+        steady = _connect(daemon.url)
+        steady.sendall(b"POST /v1/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                       b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 3):  # 3 bytes every 0.3 s: 3.3 s in all
+            steady.sendall(body[i:i + 3])
+            time.sleep(0.3)
+        steady.settimeout(5)
+        assert steady.recv(4096).startswith(b"HTTP/1.1 200")
+        assert _closed(stalled)
+        for s in (stalled, steady):
+            s.close()
+
+
 def test_connections_per_client_are_capped(tmp_path):
     env = {"CARBONWATCH_MAX_CONNECTIONS_PER_CLIENT": "8"}
     with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
