@@ -22,6 +22,8 @@ def _daemon(tmp_path):
         ({"deadline": "+99999999d", "duration_s": 10}, "deadline"),
         ({"deadline": "+400d", "duration_s": 10}, "deadline"),
         ({"deadline": "+1h", "duration": "99999999d"}, "duration"),
+        ({"deadline_s": -1e300, "duration_s": 10}, "deadline"),
+        ({"deadline": "0001-01-01T00:00:00+14:00", "duration_s": 10}, "deadline"),
         ({"deadline": "+1h", "duration_s": 10, "command": ["tr\0ue"]}, "command[0]"),
         ({"deadline": "+1h", "duration_s": 10, "name": "a\0b"}, "name"),
         ({"deadline": "+1h", "duration_s": 10, "cwd": "/tmp\0/x"}, "cwd"),
