@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,38 @@ class _GuardedProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+class OneLineHttpErrors(logging.Filter):
+    """aiohttp answers a malformed request (a 9 kB request line, a broken header) with a 400 but
+    logs a traceback for each one: any client could fill the log. One line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            try:
+                said = record.getMessage()
+            except (TypeError, ValueError):  # never let the log line fail the request
+                said = str(record.msg)
+            record.msg, record.args = "%s: %s", (said, " ".join(str(exc).split())[:300])
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_http_errors() -> None:
+    """Install :class:`OneLineHttpErrors` on aiohttp's server logger (once)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, OneLineHttpErrors) for f in logger.filters):
+        logger.addFilter(OneLineHttpErrors())
+
+
 class GuardedRunner(web.AppRunner):
     """An AppRunner whose sites serve every connection through the guard."""
 
     def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
+        quiet_http_errors()
 
     @property
     def server(self) -> Any:

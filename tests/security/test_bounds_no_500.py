@@ -75,3 +75,22 @@ def test_an_unexpected_failure_is_one_log_line_and_a_json_503(tmp_path):
     err = "".join(d.stderr)
     assert "Traceback" not in err
     assert err.count("GET /v1/deferred failed") == 3
+
+
+def test_malformed_http_is_a_400_and_one_log_line(tmp_path):
+    """A 9 kB request line, and a header line with no colon: aiohttp's parser answers 400; the
+    log gets one line for each, not a traceback (any client could fill the log)."""
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none") as d:
+        host, port = d.url.removeprefix("http://").rsplit(":", 1)
+        for raw in (b"GET /v1/jobs?since=" + b"9" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"):
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.connect()
+            conn.sock.sendall(raw)
+            answer = conn.sock.recv(4096)
+            conn.close()
+            assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+        assert d.request("GET", "/healthz")[0] == 200
+    err = "".join(d.stderr)
+    assert "Traceback" not in err
+    assert err.count("Error handling request") == 2
