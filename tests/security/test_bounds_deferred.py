@@ -10,9 +10,16 @@ import time
 import pytest
 from daemon_helpers import DaemonProcess
 
+from .helpers import ADMIN_TOKEN
+
 
 def _daemon(tmp_path):
-    return DaemonProcess(tmp_path / "cw.db", "--backend", "none")
+    # Over TCP only the admin token submits deferred jobs (issue 12's scopes): the bounds are
+    # checked on requests that would otherwise be accepted.
+    daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none",
+                           env={"CARBONWATCH_ADMIN_TOKEN": ADMIN_TOKEN})
+    daemon.default_token = ADMIN_TOKEN
+    return daemon
 
 
 @pytest.mark.parametrize(
