@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 
 import numpy as np
 
@@ -67,6 +67,9 @@ class _EmptyTags(Mapping[str, str]):
 
     def __hash__(self) -> int:
         return 0
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        return default  # fast: Mapping.get would raise and catch a KeyError per call
 
     def __repr__(self) -> str:
         return "{}"
@@ -114,6 +117,7 @@ class CallSettlement:
 _EMPTY = np.empty(0, dtype=np.float64)
 _START, _END, _MODEL = attrgetter("start_s"), attrgetter("end_s"), attrgetter("model")
 _WEIGHT, _TAGS = attrgetter("weight"), attrgetter("tags")
+_GET_BATCH = methodcaller("get", "batch")
 _TOKENS_IN, _TOKENS_OUT = attrgetter("tokens_in"), attrgetter("tokens_out")
 
 
@@ -496,28 +500,34 @@ def _work_measures(spans: list[CallSpan]) -> tuple[np.ndarray, np.ndarray, np.nd
     many batch servers report), else 1: one call's worth of work. Not tokens: a call's tokens enter
     the fit as rates (tokens / duration), never as a weight that its duration would multiply."""
     n = len(spans)
-    # None becomes NaN in a float array: one C-level pass per field.
-    weight = np.array(list(map(_WEIGHT, spans)), dtype=np.float64).reshape(n)
-    tokens_in = np.array(list(map(_TOKENS_IN, spans)), dtype=np.float64).reshape(n)
-    tokens_out = np.array(list(map(_TOKENS_OUT, spans)), dtype=np.float64).reshape(n)
+    weight, tokens_in, tokens_out = (_floats(list(map(get, spans)))
+                                     for get in (_WEIGHT, _TOKENS_IN, _TOKENS_OUT))
     missing = ~(np.isfinite(weight) & (weight >= 0))
     if missing.any():
-        tags = list(map(_TAGS, spans))
-        for i in np.flatnonzero(missing).tolist():
-            weight[i] = _batch_tag(tags[i])
+        idx = np.flatnonzero(missing)
+        tags = list(map(_TAGS, spans)) if len(idx) == n else [spans[i].tags for i in idx.tolist()]
+        values = list(map(_GET_BATCH, tags))
+        try:  # numbers and numeric strings convert in one C pass; None becomes NaN
+            batch = np.array(values, dtype=np.float64).reshape(len(values))
+        except (TypeError, ValueError):
+            batch = np.array([_number(v) for v in values], dtype=np.float64)
+        batch[~(np.isfinite(batch) & (batch >= 0))] = 1.0
+        weight[idx] = batch
     for tokens in (tokens_in, tokens_out):
         tokens[~(tokens >= 0) | ~np.isfinite(tokens)] = np.nan
     return weight, tokens_in, tokens_out
 
 
-def _batch_tag(tags: Mapping[str, str]) -> float:
-    if not tags:
-        return 1.0
-    value = tags.get("batch")
-    if value is None:
-        return 1.0
+def _floats(values: list[float | None]) -> np.ndarray:
+    """A float array with NaN for None. Most spans report no measure: that case costs one
+    C-level count, not a conversion per element."""
+    if values.count(None) == len(values):
+        return np.full(len(values), np.nan)
+    return np.array(values, dtype=np.float64).reshape(len(values))
+
+
+def _number(value: object) -> float:
     try:
-        batch = float(value)
+        return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return 1.0
-    return batch if math.isfinite(batch) and batch >= 0 else 1.0
+        return math.nan

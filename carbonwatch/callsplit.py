@@ -129,7 +129,7 @@ def split(
     cells = np.cumsum(cell_edge[:n]) - 1
     coefs = None
     if fit is not None and r:
-        coefs = _learn(fit, demand_x, i_s, i_e, n, covered, width_s, piece_j, cells,
+        coefs = _learn(fit, demand_x, i_s, i_e, n, cover, covered, width_s, piece_j, cells,
                        np.cumsum(inside)[:n] > 0.5)
     if coefs is None:
         add_j, add_g, between_j = _overlap(i_s, i_e, cover, covered, piece_j, piece_g)
@@ -158,8 +158,8 @@ def _sweep(values: np.ndarray, i_s: np.ndarray, i_e: np.ndarray, n: int) -> np.n
 
 def _learn(
     fit: ActivityFit[str], demand_x: np.ndarray, i_s: np.ndarray, i_e: np.ndarray, n: int,
-    covered: np.ndarray, width_s: np.ndarray, piece_j: np.ndarray, cells: np.ndarray,
-    in_interval: np.ndarray,
+    cover: np.ndarray, covered: np.ndarray, width_s: np.ndarray, piece_j: np.ndarray,
+    cells: np.ndarray, in_interval: np.ndarray,
 ) -> np.ndarray | None:
     """Add one fit row per cell, solve, and return the per-regressor watts (None: not trusted)."""
     n_cells = int(cells[-1]) + 1 if n else 0
@@ -172,10 +172,19 @@ def _learn(
     ok = np.flatnonzero((cell_w > 0) & (gap_w <= 1e-12 * cell_w))[-fit.max_rows:]
     if len(ok):
         act = []
+        running = None
         for k in range(demand_x.shape[1]):
-            per_piece = _sweep(demand_x[:, k], i_s, i_e, n)
-            act.append(np.bincount(cells, weights=np.where(covered, per_piece, 0.0) * width_s,
-                                   minlength=n_cells)[ok] / cell_w[ok])
+            col = demand_x[:, k]
+            if not col.any():  # no call reported this measure (tokens, mostly): skip the sweep
+                act.append(np.zeros(len(ok)))
+                continue
+            if k == 0 or (running is not None and np.array_equal(col, demand_x[:, 0])):
+                # The count of running calls (and a weight that is 1 for every call) is exact.
+                per_piece = running = cover.astype(np.float64)
+            else:
+                per_piece = np.where(covered, _sweep(col, i_s, i_e, n), 0.0)
+            act.append(np.bincount(cells, weights=per_piece * width_s, minlength=n_cells)[ok]
+                       / cell_w[ok])
         power_w = (cell_j[ok] / cell_w[ok]).tolist()
         cols = [a.tolist() for a in act]
         for row, (p, w) in enumerate(zip(power_w, cell_w[ok].tolist(), strict=True)):
