@@ -21,7 +21,7 @@ from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.ledger import Ledger
 from carbonwatch.model import OTHER
-from carbonwatch.sampler import AttributedInterval, Sampler
+from carbonwatch.sampler import AttributedInterval, Sampler, Sink
 
 
 @dataclass
@@ -66,7 +66,9 @@ def replay_trace(
     intensity: IntensitySource | None = None,
     pricing: Pricing | None = None,
     faults: Sequence[Fault] = (),
+    sinks: Sequence[Sink] = (),
 ) -> ReplayReport:
+    """Replay ``trace_dir``; ``sinks`` also receive every attributed interval, in time order."""
     trace = load_trace(trace_dir)
     clock = ManualClock(trace.start_s)
     backend = ReplayGpuBackend(trace, clock, faults=faults)
@@ -79,7 +81,7 @@ def replay_trace(
         intensity=intensity or StaticSource(world_average()),
         # Every pid of the trace is its own consumer, so the report is per process.
         owners=lambda: {pid: f"pid:{pid}" for pid in roles},
-        sinks=[ledger, intervals.append],
+        sinks=[ledger, intervals.append, *sinks],
         idle_policy=idle_policy,
         power_interval_s=power_interval_s,
         counter_interval_s=counter_interval_s,
