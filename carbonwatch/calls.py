@@ -43,9 +43,16 @@ import numpy as np
 
 from carbonwatch.accounting import J_PER_KWH, co2e_g
 from carbonwatch.attribution import IDLE
-from carbonwatch.callsplit import METHOD_FIT, METHOD_OVERLAP, PendingInterval, new_fit, split
+from carbonwatch.callsplit import (
+    MARGIN_S,
+    METHOD_FIT,
+    METHOD_OVERLAP,
+    CallPowerFit,
+    PendingInterval,
+    learn,
+    split,
+)
 from carbonwatch.model import DeviceClass
-from carbonwatch.powerfit import ActivityFit
 from carbonwatch.sampler import AttributedInterval
 
 # NVML's power reading averages the last ~100 ms and moves every ~100 ms: on average it reports
@@ -209,7 +216,9 @@ class CallLedger:
     too (``invalid_spans``). ``emit_per_call=False`` keeps only the minute rollups (no raw call
     log). ``power_lag_s`` shifts GPU intervals' segments back to the time their power readings
     average (:data:`NVML_POWER_LAG_S` for NVML; 0 takes the segments as given). ``fit=False``
-    always splits by overlap time. ``fitted_calls`` / ``overlap_calls`` count the emitted calls
+    always splits by overlap time; while a consumer's fit has too few rows to be tried, its due
+    intervals are held back (learned from, not split) for up to ``warmup_s``, so its first calls
+    need not fall back. ``fitted_calls`` / ``overlap_calls`` count the emitted calls
     by how they were apportioned. Not thread-safe: the daemon calls it from one task.
     """
 
@@ -224,6 +233,7 @@ class CallLedger:
         emit_per_call: bool = True,
         power_lag_s: float = 0.0,
         fit: bool = True,
+        warmup_s: float = 20.0,
     ) -> None:
         self.settle_s = settle_s
         self.pue = pue
@@ -235,10 +245,11 @@ class CallLedger:
         self.emit_per_call = emit_per_call
         self.power_lag_s = power_lag_s
         self.use_fit = fit
+        self.warmup_s = warmup_s
         self._consumers: dict[str, _ConsumerCalls] = {}
         # Per consumer: how its power follows its calls. Outlives the consumer's pending work
         # (a service idle for a while keeps what it learned), bounded by _MAX_FITS.
-        self._fits: dict[str, ActivityFit[str]] = {}
+        self._fits: dict[str, CallPowerFit] = {}
         self._model_ids: dict[str, int] = {}
         self._models: list[str] = []
         self._pending_spans = 0
@@ -326,9 +337,16 @@ class CallLedger:
         for consumer, st in list(self._consumers.items()):
             self._ingest(st)
             due = [iv for iv in st.intervals if iv.end_s < cutoff_s]
+            fit = self._fit(consumer) if self.use_fit else None
+            if (due and fit is not None and fit.warming_up
+                    and due[0].end_s > cutoff_s - self.warmup_s):
+                # Too few readings to fit yet: learn from the due intervals but hold them (and
+                # their calls) back a little, rather than split the first seconds by time alone.
+                self._split(st, [iv for iv in due if not iv.learned], fit, learn_only=True)
+                due = []
             if due:
                 st.intervals = [iv for iv in st.intervals if iv.end_s >= cutoff_s]
-                out.between_calls_j[consumer] = self._split(consumer, st, due)
+                out.between_calls_j[consumer] = self._split(st, due, fit)
             frontier_s = min([cutoff_s] + [iv.start_s for iv in st.intervals])
             st.frontier_s = max(st.frontier_s, frontier_s)
             for chunk in st.chunks:
@@ -393,10 +411,22 @@ class CallLedger:
         st.chunks.append(_Chunk(objs, start, np.maximum(end, start), mid, weight, tokens_in,
                                 tokens_out))
 
-    def _split(self, consumer: str, st: _ConsumerCalls, due: list[PendingInterval]) -> float:
-        """Give the due intervals' energy to the open spans; return the between-call energy."""
-        lo_s = min(float(iv.seg_lo_s[0]) for iv in due)
-        hi_s = max(float(iv.seg_hi_s[-1]) for iv in due)
+    def _fit(self, consumer: str) -> CallPowerFit:
+        fit = self._fits.pop(consumer, None) or CallPowerFit()
+        self._fits[consumer] = fit  # most recently used last
+        return fit
+
+    def _split(
+        self, st: _ConsumerCalls, due: list[PendingInterval], fit: CallPowerFit | None,
+        learn_only: bool = False,
+    ) -> float:
+        """Give the due intervals' energy to the open spans; return the between-call energy.
+        ``learn_only``: only add their rows to ``fit``."""
+        if not due:
+            return 0.0
+        # The fit reads activity a little beyond the intervals (the power readings' windows).
+        lo_s = min(float(iv.seg_lo_s[0]) for iv in due) - MARGIN_S
+        hi_s = max(float(iv.seg_hi_s[-1]) for iv in due) + MARGIN_S
         hits: list[tuple[_Chunk, np.ndarray]] = []
         for ch in st.chunks:
             if ch.min_start_s <= hi_s and ch.max_end_s > lo_s:
@@ -405,23 +435,23 @@ class CallLedger:
                     hits.append((ch, idx))
         span_lo = np.concatenate([_EMPTY] + [ch.start_s[i] for ch, i in hits])
         span_hi = np.concatenate([_EMPTY] + [ch.end_s[i] for ch, i in hits])
-        fit = None
         demand_x = _EMPTY.reshape(0, 4)
-        if self.use_fit:
-            fit = self._fits.pop(consumer, None) or new_fit()
-            self._fits[consumer] = fit  # most recently used last
-            if hits:
-                duration_s = span_hi - span_lo
-                per_s = np.divide(1.0, duration_s, out=np.zeros_like(duration_s),
-                                  where=duration_s > 0)
-                tin = np.concatenate([ch.tokens_in[i] for ch, i in hits])
-                tout = np.concatenate([ch.tokens_out[i] for ch, i in hits])
-                demand_x = np.column_stack([
-                    np.ones(len(span_lo)),
-                    np.concatenate([ch.weight[i] for ch, i in hits]),
-                    np.nan_to_num(tin) * per_s,
-                    np.nan_to_num(tout) * per_s,
-                ])
+        if fit is not None and hits:
+            duration_s = span_hi - span_lo
+            per_s = np.divide(1.0, duration_s, out=np.zeros_like(duration_s),
+                              where=duration_s > 0)
+            tin = np.concatenate([ch.tokens_in[i] for ch, i in hits])
+            tout = np.concatenate([ch.tokens_out[i] for ch, i in hits])
+            demand_x = np.column_stack([
+                np.ones(len(span_lo)),
+                np.concatenate([ch.weight[i] for ch, i in hits]),
+                np.nan_to_num(tin) * per_s,
+                np.nan_to_num(tout) * per_s,
+            ])
+        if learn_only:
+            assert fit is not None
+            learn(span_lo, span_hi, demand_x, due, fit)
+            return 0.0
         res = split(span_lo, span_hi, demand_x, due, fit)
         off = 0
         for ch, idx in hits:

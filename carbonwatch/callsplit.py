@@ -42,6 +42,14 @@ METHOD_FIT = "power-fit"
 METHOD_OVERLAP = "overlap-time"
 # Regressors of the per-consumer fit, in the column order of the demand matrix.
 FIT_KEYS = ("calls", "weight", "tokens_in", "tokens_out")
+# A power reading is the mean over ~100 ms and moves every ~100 ms, so the power a segment shows
+# comes from a window half an update period wider on each side than the segment.
+READING_SPREAD_S = 0.05
+# The lag actually applied is a typical one; the true one depends on the phase between polls and
+# the device's updates. The fit tries these offsets from it and keeps the one that explains most.
+LAG_OFFSETS_S = (-0.05, 0.0, 0.05)
+# Activity is needed this far beyond the due intervals to fill those windows.
+MARGIN_S = READING_SPREAD_S + max(abs(o) for o in LAG_OFFSETS_S)
 
 
 @dataclass
@@ -55,6 +63,7 @@ class PendingInterval:
     # True when the segments shape this consumer's own power (it was alone on the device): each
     # segment is then a cell of the fit; otherwise the whole interval is one cell.
     own_shape: bool = True
+    learned: bool = False  # its rows are in the fit already (learned while the fit warmed up)
 
 
 @dataclass
@@ -65,30 +74,68 @@ class SplitResult:
     fitted: bool  # True when the split used the fit (power-fit), False for overlap time
 
 
-def new_fit() -> ActivityFit[str]:
-    # 600 rows: a minute of 10 Hz power readings for a service alone on its GPU, ten minutes of
-    # 1 s intervals for one sharing it. r2 >= 0.5: below that the calls explain too little of the
-    # service's power for their fitted demands to beat plain overlap time.
-    return ActivityFit(max_rows=600, min_rows=20, min_r2=0.5)
+class CallPowerFit:
+    """One consumer's fit of its power on its calls' activity, for each candidate lag."""
+
+    def __init__(self) -> None:
+        # 600 rows: a minute of 10 Hz power readings for a service alone on its GPU, ten minutes
+        # of 1 s intervals for one sharing it. r2 >= 0.5: below that the calls explain too little
+        # of the service's power for their fitted demands to beat plain overlap time.
+        self.fits: list[ActivityFit[str]] = [
+            ActivityFit(max_rows=600, min_rows=20, min_r2=0.5) for _ in LAG_OFFSETS_S
+        ]
+
+    @property
+    def warming_up(self) -> bool:
+        """Too few rows yet for any fit to be tried."""
+        return len(self.fits[0]) < self.fits[0].min_rows
+
+    def solve(self) -> np.ndarray | None:
+        """[base_w, watts per unit of each FIT_KEYS regressor] of the best trusted fit, or None."""
+        best = None
+        for fit in self.fits:
+            solved = fit.solve()
+            if solved is not None and (best is None or solved.r2 > best.r2):
+                best = solved
+        if best is None:
+            return None
+        coefs = np.array([best.base_w] + [best.coef_w.get(k, 0.0) for k in FIT_KEYS])
+        # A fit in which no activity adds power says nothing about how to split between calls.
+        return coefs if coefs[1:].sum() > 0 else None
 
 
-def split(
-    span_lo: np.ndarray,
-    span_hi: np.ndarray,
-    demand_x: np.ndarray,
-    due: list[PendingInterval],
-    fit: ActivityFit[str] | None,
-) -> SplitResult:
-    """Split the due intervals over the spans [span_lo, span_hi) (one row of ``demand_x`` each,
-    columns as FIT_KEYS; column 0 is all ones). ``fit`` learns from these intervals first, then
-    shapes the split; None forces overlap time."""
-    lo_s = min(float(iv.seg_lo_s[0]) for iv in due)
-    hi_s = max(float(iv.seg_hi_s[-1]) for iv in due)
+@dataclass
+class _Cut:
+    """The due intervals and the spans cut into pieces at every boundary."""
+
+    x: np.ndarray  # piece boundaries, ascending
+    width_s: np.ndarray
+    i_s: np.ndarray  # per span: index of its first piece
+    i_e: np.ndarray  # per span: index of the piece after its last
+    cover: np.ndarray  # per piece: calls running through it
+    piece_j: np.ndarray
+    piece_g: np.ndarray
+    cell_edge: np.ndarray  # per boundary: a fit cell starts here
+    iv_edge: np.ndarray  # per boundary: a due interval starts or ends here
+    in_iv: np.ndarray  # per piece: inside a due interval
+    own: np.ndarray  # per piece: inside an own-shape interval
+    learned: np.ndarray  # per piece: inside an interval already learned from
+    points: list[tuple[float, float, float]]  # zero-width segments: (t_s, energy_j, g/J)
+
+    @property
+    def n(self) -> int:
+        return len(self.width_s)
+
+
+def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -> _Cut:
+    lo_s = min(float(iv.seg_lo_s[0]) for iv in due) - MARGIN_S
+    hi_s = max(float(iv.seg_hi_s[-1]) for iv in due) + MARGIN_S
     r = len(span_lo)
-    # Spans reaching outside the due intervals only matter inside them: clip, fewer pieces.
-    # One sort of every boundary; the inverse gives each boundary's piece index, no bisect.
+    # Spans reaching outside the due intervals only matter inside them (and the margin the fit
+    # reads activity from): clip, fewer pieces. One sort of every boundary; the inverse gives
+    # each boundary's piece index, no bisect.
     x, pos = np.unique(
-        np.concatenate([np.clip(span_lo, lo_s, hi_s), np.clip(span_hi, lo_s, hi_s)]
+        np.concatenate([np.clip(span_lo, lo_s, hi_s), np.clip(span_hi, lo_s, hi_s), [lo_s, hi_s]]
                        + [b for iv in due for b in (iv.seg_lo_s, iv.seg_hi_s)]),
         return_inverse=True,
     )
@@ -97,10 +144,12 @@ def split(
     n = len(width_s)
     piece_j = np.zeros(n)
     piece_g = np.zeros(n)
-    cell_edge = np.zeros(n + 1, dtype=bool)  # pieces where a cell starts
-    inside = np.zeros(n + 1)  # +1 where a due interval starts, -1 where it ends
-    points: list[tuple[float, float, float]] = []  # zero-width segments: (t_s, energy_j, g/J)
-    at = 2 * r
+    cell_edge = np.zeros(n + 1, dtype=bool)
+    iv_edge = np.zeros(n + 1, dtype=bool)
+    cell_edge[0] = iv_edge[0] = True  # the margin before the first interval is a cell of its own
+    inside, own, learned = np.zeros(n + 1), np.zeros(n + 1), np.zeros(n + 1)
+    points: list[tuple[float, float, float]] = []
+    at = 2 * r + 2
     for iv in due:
         m = len(iv.seg_lo_s)
         lo_i, hi_i = pos[at:at + m], pos[at + m:at + 2 * m]
@@ -115,29 +164,58 @@ def split(
         )
         piece_j[lo_i[0]:hi_i[-1]] += pj
         piece_g[lo_i[0]:hi_i[-1]] += pj * iv.co2e_g_per_j
+        a, b = lo_i[0], hi_i[-1]
         if iv.own_shape:
             cell_edge[lo_i] = True
-        cell_edge[lo_i[0]] = cell_edge[hi_i[-1]] = True
-        inside[lo_i[0]] += 1
-        inside[hi_i[-1]] -= 1
+            own[a] += 1
+            own[b] -= 1
+        if iv.learned:
+            learned[a] += 1
+            learned[b] -= 1
+        cell_edge[a] = cell_edge[b] = iv_edge[a] = iv_edge[b] = True
+        inside[a] += 1
+        inside[b] -= 1
         for q in np.flatnonzero((seg_w <= 0) & (iv.seg_energy_j != 0)).tolist():
             points.append((float(iv.seg_lo_s[q]), float(iv.seg_energy_j[q]), iv.co2e_g_per_j))
     # Coverage: how many calls run through each piece (+1 at a span start, -1 at its end).
     i_s, i_e = pos[:r], pos[r:2 * r]
     cover = np.cumsum(np.bincount(i_s, minlength=n + 1) - np.bincount(i_e, minlength=n + 1))[:n]
-    covered = cover > 0
-    cells = np.cumsum(cell_edge[:n]) - 1
+    return _Cut(x, width_s, i_s, i_e, cover, piece_j, piece_g, cell_edge, iv_edge,
+                np.cumsum(inside)[:n] > 0.5, np.cumsum(own)[:n] > 0.5,
+                np.cumsum(learned)[:n] > 0.5, points)
+
+
+def learn(
+    span_lo: np.ndarray, span_hi: np.ndarray, demand_x: np.ndarray, due: list[PendingInterval],
+    fit: CallPowerFit,
+) -> None:
+    """Only add the due intervals' rows to ``fit`` (while it warms up), marking them learned."""
+    _learn(fit, demand_x, _cut(span_lo, span_hi, due))
+    for iv in due:
+        iv.learned = True
+
+
+def split(
+    span_lo: np.ndarray,
+    span_hi: np.ndarray,
+    demand_x: np.ndarray,
+    due: list[PendingInterval],
+    fit: CallPowerFit | None,
+) -> SplitResult:
+    """Split the due intervals over the spans [span_lo, span_hi) (one row of ``demand_x`` each,
+    columns as FIT_KEYS; column 0 is all ones). ``fit`` learns from these intervals first, then
+    shapes the split; None forces overlap time. Spans that only touch the margin get 0."""
+    cut = _cut(span_lo, span_hi, due)
     coefs = None
-    if fit is not None and r:
-        coefs = _learn(fit, demand_x, i_s, i_e, n, cover, covered, width_s, piece_j, cells,
-                       np.cumsum(inside)[:n] > 0.5)
+    if fit is not None and len(span_lo):
+        _learn(fit, demand_x, cut)
+        coefs = fit.solve()
     if coefs is None:
-        add_j, add_g, between_j = _overlap(i_s, i_e, cover, covered, piece_j, piece_g)
+        add_j, add_g, between_j = _overlap(cut)
     else:
-        add_j, add_g, between_j = _fitted(coefs, demand_x, i_s, i_e, n, cover, covered,
-                                          width_s, piece_j, piece_g, cells)
+        add_j, add_g, between_j = _fitted(coefs, demand_x, cut)
     # Instantaneous energy (a zero-width segment) goes to the calls running at that instant.
-    for t_s, energy_j, g_per_j in points:
+    for t_s, energy_j, g_per_j in cut.points:
         running = (span_lo <= t_s) & (span_hi > t_s)
         calls = int(np.count_nonzero(running))
         if calls == 0:
@@ -148,99 +226,108 @@ def split(
     return SplitResult(add_j, add_g, between_j, coefs is not None)
 
 
-def _sweep(values: np.ndarray, i_s: np.ndarray, i_e: np.ndarray, n: int) -> np.ndarray:
+def _sweep(values: np.ndarray, cut: _Cut) -> np.ndarray:
     """Per piece, the sum of ``values`` over the spans running through it. The running sum is
     kept in extended precision: +w at each start and -w at each end must cancel to ~0 again."""
-    delta = (np.bincount(i_s, weights=values, minlength=n + 1)
-             - np.bincount(i_e, weights=values, minlength=n + 1))
-    return np.cumsum(delta.astype(np.longdouble))[:n].astype(np.float64)
+    n = cut.n
+    delta = (np.bincount(cut.i_s, weights=values, minlength=n + 1)
+             - np.bincount(cut.i_e, weights=values, minlength=n + 1))
+    running = np.cumsum(delta.astype(np.longdouble))[:n].astype(np.float64)
+    return np.where(cut.cover > 0, running, 0.0)
 
 
-def _learn(
-    fit: ActivityFit[str], demand_x: np.ndarray, i_s: np.ndarray, i_e: np.ndarray, n: int,
-    cover: np.ndarray, covered: np.ndarray, width_s: np.ndarray, piece_j: np.ndarray,
-    cells: np.ndarray, in_interval: np.ndarray,
-) -> np.ndarray | None:
-    """Add one fit row per cell, solve, and return the per-regressor watts (None: not trusted)."""
-    n_cells = int(cells[-1]) + 1 if n else 0
-    if n_cells == 0:
-        return None
-    cell_w = np.bincount(cells, weights=width_s, minlength=n_cells)
-    cell_j = np.bincount(cells, weights=piece_j, minlength=n_cells)
-    # A cell counts only when a due interval covers all of it (not a gap between intervals).
-    gap_w = np.bincount(cells, weights=np.where(in_interval, 0.0, width_s), minlength=n_cells)
-    ok = np.flatnonzero((cell_w > 0) & (gap_w <= 1e-12 * cell_w))[-fit.max_rows:]
-    if len(ok):
-        act = []
-        running = None
-        for k in range(demand_x.shape[1]):
-            col = demand_x[:, k]
-            if not col.any():  # no call reported this measure (tokens, mostly): skip the sweep
-                act.append(np.zeros(len(ok)))
-                continue
-            if k == 0 or (running is not None and np.array_equal(col, demand_x[:, 0])):
-                # The count of running calls (and a weight that is 1 for every call) is exact.
-                per_piece = running = cover.astype(np.float64)
-            else:
-                per_piece = np.where(covered, _sweep(col, i_s, i_e, n), 0.0)
-            act.append(np.bincount(cells, weights=per_piece * width_s, minlength=n_cells)[ok]
-                       / cell_w[ok])
-        power_w = (cell_j[ok] / cell_w[ok]).tolist()
-        cols = [a.tolist() for a in act]
-        for row, (p, w) in enumerate(zip(power_w, cell_w[ok].tolist(), strict=True)):
-            fit.add({key: col[row] for key, col in zip(FIT_KEYS, cols, strict=False)}, p, w)
-    solved = fit.solve()
-    if solved is None:
-        return None
-    coefs = np.array([solved.base_w] + [solved.coef_w.get(k, 0.0) for k in FIT_KEYS])
-    # A fit in which no activity adds power says nothing about how to split between calls.
-    return coefs if coefs[1:].sum() > 0 else None
+def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
+    """One fit row per cell not learned before: its power against its calls' mean activity over
+    the window its power reading averages, for each candidate lag."""
+    if not cut.n:
+        return
+    cells = np.cumsum(cut.cell_edge[:cut.n]) - 1
+    n_cells = int(cells[-1]) + 1
+    w = cut.width_s
+    cell_w = np.bincount(cells, weights=w, minlength=n_cells)
+    cell_j = np.bincount(cells, weights=cut.piece_j, minlength=n_cells)
+    # A cell counts when due intervals cover all of it (not a gap, not the margin).
+    outside = np.bincount(cells, weights=np.where(cut.in_iv & ~cut.learned, 0.0, w),
+                          minlength=n_cells)
+    own_cell = np.bincount(cells, weights=cut.own * w, minlength=n_cells) > 0.5 * cell_w
+    first = np.flatnonzero(cut.cell_edge[:cut.n])
+    cell_lo, cell_hi = cut.x[first], cut.x[first] + cell_w
+    ok = np.flatnonzero((cell_w > 0) & (outside <= 1e-9 * cell_w))
+    if not len(ok):
+        return
+    # Activity as cumulative integrals over the piece boundaries (exact: piecewise linear), so
+    # the mean over any window is two interpolations.
+    integrals = []
+    for k in range(demand_x.shape[1]):
+        col = demand_x[:, k]
+        if not col.any():  # no call reported this measure (tokens, mostly): skip the sweep
+            integrals.append(None)
+            continue
+        per_piece = cut.cover.astype(np.float64) if k == 0 else _sweep(col, cut)
+        integrals.append(np.concatenate(([0.0], np.cumsum(per_piece * w))))
+    power_w = (cell_j[ok] / cell_w[ok]).tolist()
+    row_w = cell_w[ok].tolist()
+    for offset_s, target in zip(LAG_OFFSETS_S, fit.fits, strict=True):
+        # Own-shape cells are one reading each: widen to the reading's window. A shared cell is a
+        # whole interval, whose edges are the counter's (read late by up to one update too).
+        spread = np.where(own_cell[ok], READING_SPREAD_S, 0.0)
+        a = cell_lo[ok] + offset_s - spread
+        b = cell_hi[ok] + offset_s + spread
+        cols = [np.zeros(len(ok)) if cum is None else
+                (np.interp(b, cut.x, cum) - np.interp(a, cut.x, cum)) / (b - a)
+                for cum in integrals]
+        rows = [c.tolist() for c in cols]
+        for i, (p, rw) in enumerate(zip(power_w, row_w, strict=True)):
+            target.add({key: col[i] for key, col in zip(FIT_KEYS, rows, strict=True)}, p, rw)
 
 
-def _overlap(
-    i_s: np.ndarray, i_e: np.ndarray, cover: np.ndarray, covered: np.ndarray,
-    piece_j: np.ndarray, piece_g: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    between_j = math.fsum(piece_j[~covered].tolist())
-    k = np.maximum(cover, 1)
+def _overlap(cut: _Cut) -> tuple[np.ndarray, np.ndarray, float]:
+    covered = cut.cover > 0
+    between_j = math.fsum(cut.piece_j[~covered].tolist())
+    k = np.maximum(cut.cover, 1)
     # Prefix sums of each piece's per-call share: a call's energy is one difference.
-    cum_j = np.concatenate(([0.0], np.cumsum(np.where(covered, piece_j / k, 0.0))))
-    cum_g = np.concatenate(([0.0], np.cumsum(np.where(covered, piece_g / k, 0.0))))
+    cum_j = np.concatenate(([0.0], np.cumsum(np.where(covered, cut.piece_j / k, 0.0))))
+    cum_g = np.concatenate(([0.0], np.cumsum(np.where(covered, cut.piece_g / k, 0.0))))
+    i_s, i_e = cut.i_s, cut.i_e
     return cum_j[i_e] - cum_j[i_s], cum_g[i_e] - cum_g[i_s], between_j
 
 
 def _fitted(
-    coefs: np.ndarray, demand_x: np.ndarray, i_s: np.ndarray, i_e: np.ndarray, n: int,
-    cover: np.ndarray, covered: np.ndarray, width_s: np.ndarray, piece_j: np.ndarray,
-    piece_g: np.ndarray, cells: np.ndarray,
+    coefs: np.ndarray, demand_x: np.ndarray, cut: _Cut
 ) -> tuple[np.ndarray, np.ndarray, float]:
+    covered = cut.cover > 0
     base_w = float(coefs[0])
     demand_w = demand_x @ coefs[1:]
     # Every call that ran draws something: a call whose measures predict 0 W (weight 0 where
     # only weight matters) keeps a sliver rather than 0 J.
     floor_w = max(float(demand_w.max()), 1e-300) * 1e-6
     demand_w = np.maximum(demand_w, floor_w)
-    running_w = np.where(covered, np.maximum(_sweep(demand_w, i_s, i_e, n), floor_w), 0.0)
-    pred_w = base_w + running_w
-    # Spread each cell's energy over its pieces by predicted power (by width where it is 0).
+    pred_w = base_w + np.where(covered, np.maximum(_sweep(demand_w, cut), floor_w), 0.0)
+    # The counter measures each interval's energy; the power readings inside it are averages
+    # that trail and blur the power (a short call's energy shows partly in the next reading).
+    # So with a trusted fit, the fit shapes each whole interval: its energy is spread over its
+    # pieces by predicted power (by width where that is 0).
+    cells = np.cumsum(cut.iv_edge[:cut.n]) - 1
     n_cells = int(cells[-1]) + 1
-    mass = pred_w * width_s
-    cell_mass = np.bincount(cells, weights=mass, minlength=n_cells)
-    cell_w = np.bincount(cells, weights=width_s, minlength=n_cells)
-    cell_j = np.bincount(cells, weights=piece_j, minlength=n_cells)
-    cell_g = np.bincount(cells, weights=piece_g, minlength=n_cells)
-    by_mass = cell_mass[cells] > 0
-    frac = np.where(by_mass, mass / np.where(by_mass, cell_mass[cells], 1.0),
-                    width_s / np.where(cell_w[cells] > 0, cell_w[cells], 1.0))
+    w = cut.width_s
+    mass = pred_w * w
+    cell_mass = np.bincount(cells, weights=mass, minlength=n_cells)[cells]
+    cell_w = np.bincount(cells, weights=w, minlength=n_cells)[cells]
+    cell_j = np.bincount(cells, weights=cut.piece_j, minlength=n_cells)
+    cell_g = np.bincount(cells, weights=cut.piece_g, minlength=n_cells)
+    by_mass = cell_mass > 0
+    frac = np.where(by_mass, mass / np.where(by_mass, cell_mass, 1.0),
+                    w / np.where(cell_w > 0, cell_w, 1.0))
     new_j = cell_j[cells] * frac
     g_per_j = np.where(cell_j > 0, cell_g / np.where(cell_j > 0, cell_j, 1.0), 0.0)
     new_g = new_j * g_per_j[cells]
     between_j = math.fsum(new_j[~covered].tolist())
     # Covered piece p gives call i new_j[p] * (base_w / k + d_i) / pred_w[p].
     per_w = np.where(covered, 1.0 / np.where(covered, pred_w, 1.0), 0.0)
-    base_share = np.where(covered, base_w / np.maximum(cover, 1), 0.0) * per_w
+    base_share = np.where(covered, base_w / np.maximum(cut.cover, 1), 0.0) * per_w
     cum = [np.concatenate(([0.0], np.cumsum(v))) for v in
            (new_j * per_w, new_g * per_w, new_j * base_share, new_g * base_share)]
+    i_s, i_e = cut.i_s, cut.i_e
     add_j = demand_w * (cum[0][i_e] - cum[0][i_s]) + (cum[2][i_e] - cum[2][i_s])
     add_g = demand_w * (cum[1][i_e] - cum[1][i_s]) + (cum[3][i_e] - cum[3][i_s])
     return add_j, add_g, between_j
