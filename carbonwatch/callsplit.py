@@ -32,6 +32,7 @@ The split, in order:
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +49,15 @@ READING_SPREAD_S = 0.05
 # The lag actually applied is a typical one; the true one depends on the phase between polls and
 # the device's updates. The fit tries these offsets from it and keeps the one that explains most.
 LAG_OFFSETS_S = (-0.05, 0.0, 0.05)
+# Rows without any call that pin the fit's intercept (fewer: the intercept is fitted), and how
+# many recent ones are kept.
+MIN_IDLE_ROWS = 5
+IDLE_ROWS_KEPT = 200
+# An idle row must have had no call this much beyond its window either: a reading whose phase
+# differs from the assumed one would otherwise bring a call's energy into "no call" rows.
+IDLE_GUARD_S = 0.1
 # Activity is needed this far beyond the due intervals to fill those windows.
-MARGIN_S = READING_SPREAD_S + max(abs(o) for o in LAG_OFFSETS_S)
+MARGIN_S = READING_SPREAD_S + max(abs(o) for o in LAG_OFFSETS_S) + IDLE_GUARD_S
 
 
 @dataclass
@@ -84,6 +92,12 @@ class CallPowerFit:
         self.fits: list[ActivityFit[str]] = [
             ActivityFit(max_rows=600, min_rows=20, min_r2=0.5) for _ in LAG_OFFSETS_S
         ]
+        # Per candidate, the (power, width) of recent rows in which no call ran at all: the
+        # consumer's power between calls, measured rather than extrapolated (a free intercept
+        # soaks up the fit's errors and would keep energy between calls that never ran there).
+        self.idle_rows: list[deque[tuple[float, float]]] = [
+            deque(maxlen=IDLE_ROWS_KEPT) for _ in LAG_OFFSETS_S
+        ]
 
     @property
     def warming_up(self) -> bool:
@@ -93,7 +107,12 @@ class CallPowerFit:
     def solve(self) -> np.ndarray | None:
         """[base_w, watts per unit of each FIT_KEYS regressor] of the best trusted fit, or None."""
         best = None
-        for fit in self.fits:
+        for fit, idle in zip(self.fits, self.idle_rows, strict=True):
+            if len(idle) >= MIN_IDLE_ROWS:
+                width = math.fsum(w for _, w in idle)
+                fit.fixed_base_w = max(math.fsum(p * w for p, w in idle) / width, 0.0)
+            else:
+                fit.fixed_base_w = None
             solved = fit.solve()
             if solved is not None and (best is None or solved.r2 > best.r2):
                 best = solved
@@ -267,7 +286,7 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
         integrals.append(np.concatenate(([0.0], np.cumsum(per_piece * w))))
     power_w = (cell_j[ok] / cell_w[ok]).tolist()
     row_w = cell_w[ok].tolist()
-    for offset_s, target in zip(LAG_OFFSETS_S, fit.fits, strict=True):
+    for offset_s, target, idle in zip(LAG_OFFSETS_S, fit.fits, fit.idle_rows, strict=True):
         # Own-shape cells are one reading each: widen to the reading's window. A shared cell is a
         # whole interval, whose edges are the counter's (read late by up to one update too).
         spread = np.where(own_cell[ok], READING_SPREAD_S, 0.0)
@@ -279,6 +298,12 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
         rows = [c.tolist() for c in cols]
         for i, (p, rw) in enumerate(zip(power_w, row_w, strict=True)):
             target.add({key: col[i] for key, col in zip(FIT_KEYS, rows, strict=True)}, p, rw)
+        count = integrals[0]
+        if count is not None:
+            a, b = a - IDLE_GUARD_S, b + IDLE_GUARD_S
+            none = (np.interp(b, cut.x, count) - np.interp(a, cut.x, count)) <= 0
+            for i in np.flatnonzero(none).tolist():
+                idle.append((power_w[i], row_w[i]))
 
 
 def _overlap(cut: _Cut) -> tuple[np.ndarray, np.ndarray, float]:
