@@ -304,9 +304,8 @@ class CallLedger:
             active = seg_e - (hi - lo) * (iv.idle_energy_j / (end_s - start_s))
             if np.all(np.isfinite(active)) and float(np.maximum(active, 0.0).sum()) > 0:
                 seg_e = np.maximum(active, 0.0)
-        if self.power_lag_s and iv.device_class is DeviceClass.GPU:
-            start_s, end_s = start_s - self.power_lag_s, end_s - self.power_lag_s
-            lo, hi = lo - self.power_lag_s, hi - self.power_lag_s
+        if self.power_lag_s and iv.device_class is DeviceClass.GPU and len(seg_e) > 1:
+            seg_e = _advance_shape(lo, hi, seg_e, self.power_lag_s)
         total = math.fsum(seg_e.tolist())
         if total > 0 and math.isfinite(total) and np.all(seg_e >= 0):
             seg_e = seg_e / total * energy_j  # the segments shape the consumer part (no overflow)
@@ -546,6 +545,23 @@ def _work_measures(spans: list[CallSpan]) -> tuple[np.ndarray, np.ndarray, np.nd
     for tokens in (tokens_in, tokens_out):
         tokens[~(tokens >= 0) | ~np.isfinite(tokens)] = np.nan
     return weight, tokens_in, tokens_out
+
+
+def _advance_shape(
+    lo: np.ndarray, hi: np.ndarray, seg_e: np.ndarray, lag_s: float
+) -> np.ndarray:
+    """The segments' energy as if each reading stood ``lag_s`` earlier: segment [a, b) gets the
+    shape's energy over [a + lag, b + lag). The interval's own bounds stay (the counter measured
+    them); past its end the last reading's power holds, the best guess until the next interval.
+    Only the shape moves: the caller scales it to the interval's energy."""
+    edges = np.concatenate(([lo[0]], hi))
+    cum = np.concatenate(([0.0], np.cumsum(seg_e)))
+    width = hi[-1] - lo[-1]
+    tail_w = seg_e[-1] / width if width > 0 else 0.0
+    q = edges + lag_s
+    shifted = np.interp(q, edges, cum) + np.maximum(q - edges[-1], 0.0) * tail_w
+    out = np.diff(shifted)
+    return out if np.all(np.isfinite(out)) and np.all(out >= 0) else seg_e
 
 
 def _floats(values: list[float | None]) -> np.ndarray:

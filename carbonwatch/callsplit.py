@@ -49,6 +49,7 @@ READING_SPREAD_S = 0.05
 # The lag actually applied is a typical one; the true one depends on the phase between polls and
 # the device's updates. The fit tries these offsets from it and keeps the one that explains most.
 LAG_OFFSETS_S = (-0.05, 0.0, 0.05)
+READINGS_PER_CELL = 1
 # Rows without any call that pin the fit's intercept (fewer: the intercept is fitted), and how
 # many recent ones are kept.
 MIN_IDLE_ROWS = 5
@@ -98,6 +99,9 @@ class CallPowerFit:
         self.idle_rows: list[deque[tuple[float, float]]] = [
             deque(maxlen=IDLE_ROWS_KEPT) for _ in LAG_OFFSETS_S
         ]
+        # Per candidate, its latest solution ([base_w, coefs...]), trusted or not: it rescales
+        # the next rows (see _learn).
+        self.latest: list[np.ndarray | None] = [None for _ in LAG_OFFSETS_S]
 
     @property
     def warming_up(self) -> bool:
@@ -107,13 +111,16 @@ class CallPowerFit:
     def solve(self) -> np.ndarray | None:
         """[base_w, watts per unit of each FIT_KEYS regressor] of the best trusted fit, or None."""
         best = None
-        for fit, idle in zip(self.fits, self.idle_rows, strict=True):
+        for i, (fit, idle) in enumerate(zip(self.fits, self.idle_rows, strict=True)):
             if len(idle) >= MIN_IDLE_ROWS:
                 width = math.fsum(w for _, w in idle)
                 fit.fixed_base_w = max(math.fsum(p * w for p, w in idle) / width, 0.0)
             else:
                 fit.fixed_base_w = None
             solved = fit.solve()
+            if solved is not None:
+                self.latest[i] = np.array(
+                    [solved.base_w] + [solved.coef_w.get(k, 0.0) for k in FIT_KEYS])
             if solved is not None and (best is None or solved.r2 > best.r2):
                 best = solved
         if best is None:
@@ -139,6 +146,7 @@ class _Cut:
     in_iv: np.ndarray  # per piece: inside a due interval
     own: np.ndarray  # per piece: inside an own-shape interval
     learned: np.ndarray  # per piece: inside an interval already learned from
+    rim: np.ndarray  # per piece: in the first or last segment of an own-shape interval
     points: list[tuple[float, float, float]]  # zero-width segments: (t_s, energy_j, g/J)
 
     @property
@@ -166,7 +174,7 @@ def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -
     cell_edge = np.zeros(n + 1, dtype=bool)
     iv_edge = np.zeros(n + 1, dtype=bool)
     cell_edge[0] = iv_edge[0] = True  # the margin before the first interval is a cell of its own
-    inside, own, learned = np.zeros(n + 1), np.zeros(n + 1), np.zeros(n + 1)
+    inside, own, learned, rim = (np.zeros(n + 1) for _ in range(4))
     points: list[tuple[float, float, float]] = []
     at = 2 * r + 2
     for iv in due:
@@ -185,9 +193,16 @@ def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -
         piece_g[lo_i[0]:hi_i[-1]] += pj * iv.co2e_g_per_j
         a, b = lo_i[0], hi_i[-1]
         if iv.own_shape:
-            cell_edge[lo_i] = True
+            # One cell per READINGS_PER_CELL interior readings, the rim readings alone.
+            cell_edge[lo_i[1::READINGS_PER_CELL]] = True
+            cell_edge[lo_i[-1]] = True
             own[a] += 1
             own[b] -= 1
+            # Its first and last readings straddle the counter's bounds (the shape there is
+            # partly the neighbour interval's, partly a guess): no fit rows from them.
+            for q in (0, m - 1) if m > 1 else ():
+                rim[lo_i[q]] += 1
+                rim[hi_i[q]] -= 1
         if iv.learned:
             learned[a] += 1
             learned[b] -= 1
@@ -201,7 +216,7 @@ def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -
     cover = np.cumsum(np.bincount(i_s, minlength=n + 1) - np.bincount(i_e, minlength=n + 1))[:n]
     return _Cut(x, width_s, i_s, i_e, cover, piece_j, piece_g, cell_edge, iv_edge,
                 np.cumsum(inside)[:n] > 0.5, np.cumsum(own)[:n] > 0.5,
-                np.cumsum(learned)[:n] > 0.5, points)
+                np.cumsum(learned)[:n] > 0.5, np.cumsum(rim)[:n] > 0.5, points)
 
 
 def learn(
@@ -266,7 +281,7 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
     cell_w = np.bincount(cells, weights=w, minlength=n_cells)
     cell_j = np.bincount(cells, weights=cut.piece_j, minlength=n_cells)
     # A cell counts when due intervals cover all of it (not a gap, not the margin).
-    outside = np.bincount(cells, weights=np.where(cut.in_iv & ~cut.learned, 0.0, w),
+    outside = np.bincount(cells, weights=np.where(cut.in_iv & ~cut.learned & ~cut.rim, 0.0, w),
                           minlength=n_cells)
     own_cell = np.bincount(cells, weights=cut.own * w, minlength=n_cells) > 0.5 * cell_w
     first = np.flatnonzero(cut.cell_edge[:cut.n])
@@ -284,9 +299,15 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
             continue
         per_piece = cut.cover.astype(np.float64) if k == 0 else _sweep(col, cut)
         integrals.append(np.concatenate(([0.0], np.cumsum(per_piece * w))))
-    power_w = (cell_j[ok] / cell_w[ok]).tolist()
+    power_w = cell_j[ok] / cell_w[ok]
     row_w = cell_w[ok].tolist()
-    for offset_s, target, idle in zip(LAG_OFFSETS_S, fit.fits, fit.idle_rows, strict=True):
+    # The interval each cell lies in (for the rescaling below).
+    in_iv = (np.cumsum(cut.iv_edge[:cut.n]) - 1)[first[ok]]
+    n_iv = int(in_iv.max()) + 1
+    own_ok = own_cell[ok]
+    for offset_s, target, idle, latest in zip(
+        LAG_OFFSETS_S, fit.fits, fit.idle_rows, fit.latest, strict=True
+    ):
         # Own-shape cells are one reading each: widen to the reading's window. A shared cell is a
         # whole interval, whose edges are the counter's (read late by up to one update too).
         spread = np.where(own_cell[ok], READING_SPREAD_S, 0.0)
@@ -296,14 +317,30 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
                 (np.interp(b, cut.x, cum) - np.interp(a, cut.x, cum)) / (b - a)
                 for cum in integrals]
         rows = [c.tolist() for c in cols]
-        for i, (p, rw) in enumerate(zip(power_w, row_w, strict=True)):
+        y = power_w
+        if latest is not None and own_ok.any():
+            # The collector scaled each interval's readings to its counter energy, but the
+            # readings trail the counter, so that scale is off by whatever activity sat at the
+            # interval's edges (x0.4 .. x1.5 on a bursty service): a factor shared by the
+            # interval's rows that no regressor explains. Divide it out, estimated as the
+            # interval's measured over its predicted power under the latest fit; the shape
+            # within the interval, which is what the fit learns from, is unchanged.
+            pred = latest[0] + sum(c * latest[1 + j] for j, c in enumerate(cols))
+            got = np.bincount(in_iv, weights=np.where(own_ok, y * cell_w[ok], 0.0), minlength=n_iv)
+            want = np.bincount(in_iv, weights=np.where(own_ok, pred * cell_w[ok], 0.0),
+                               minlength=n_iv)
+            usable = (got > 0) & (want > 0)
+            scale = np.where(usable, got / np.where(usable, want, 1.0), 1.0)
+            y = np.where(own_ok, y / scale[in_iv], y)
+        y_list = y.tolist()
+        for i, (p, rw) in enumerate(zip(y_list, row_w, strict=True)):
             target.add({key: col[i] for key, col in zip(FIT_KEYS, rows, strict=True)}, p, rw)
         count = integrals[0]
         if count is not None:
             a, b = a - IDLE_GUARD_S, b + IDLE_GUARD_S
             none = (np.interp(b, cut.x, count) - np.interp(a, cut.x, count)) <= 0
             for i in np.flatnonzero(none).tolist():
-                idle.append((power_w[i], row_w[i]))
+                idle.append((y_list[i], row_w[i]))
 
 
 def _overlap(cut: _Cut) -> tuple[np.ndarray, np.ndarray, float]:
