@@ -52,6 +52,11 @@ class Settings:
     rapl_root: str = "/sys/class/powercap"
     power_interval_s: float = 0.1
     counter_interval_s: float = 1.0
+    # GPU idle power: "" learns it from the energy counter (kept per GPU UUID in the store);
+    # "80" fixes it for every GPU; "GPU-uuid=80,GPU-uuid2=95" per GPU.
+    gpu_idle_power_w: str = ""
+    # How long a process's last NVML SM sample stands in for it when newer ones are missing.
+    gpu_share_window_s: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8787
     socket: str = ""
@@ -87,12 +92,18 @@ class Settings:
         if price is not None and not (math.isfinite(price) and price >= 0):
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
         for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
-                     "metrics_job_retention_s"):
+                     "metrics_job_retention_s", "gpu_share_window_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
+        from carbonwatch.collectors.gpushare import parse_idle_setting
+
+        try:
+            parse_idle_setting(self.gpu_idle_power_w)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
         return self

@@ -126,9 +126,16 @@ class ActivityFit(Generic[K]):
                 x[i, col[k]] = v
             y[i] = p
             sw[i] = math.sqrt(w)
-        # A regressor that never moved is indistinguishable from the intercept: leave it out
-        # (its coefficient is then 0 here, and callers fall back for it).
-        moving = np.ptp(x, axis=0) > 1e-9 if len(keys) else np.zeros(0, dtype=bool)
+        # A regressor that never moved is indistinguishable from a free intercept: leave it out
+        # (its coefficient is then 0 here, and callers fall back for it). With the intercept
+        # pinned, a steady consumer (a trainer busy 90 % of every sample) is identifiable: keep
+        # every regressor that was ever non-zero.
+        if not len(keys):
+            moving = np.zeros(0, dtype=bool)
+        elif self.fixed_base_w is None:
+            moving = np.ptp(x, axis=0) > 1e-9
+        else:
+            moving = np.any(x > 1e-9, axis=0)
         used = [k for k, m in zip(keys, moving, strict=True) if m]
         if not used:
             return None

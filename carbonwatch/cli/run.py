@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import click
 
@@ -15,10 +16,12 @@ from carbonwatch.cli.common import (
     settings_options,
 )
 from carbonwatch.collectors.detect import build_collectors, default_process_scanner
+from carbonwatch.collectors.gpushare import gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.identity import identity_from_env
 from carbonwatch.runner import format_summary, run_command
 from carbonwatch.store import open_store
+from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
 
 
 @click.command(
@@ -63,12 +66,21 @@ def run_cmd(
     if backend is None:  # an explicit backend means: measure here, with it
         _run_with_daemon_if_any(settings, command, name, kind, model, as_json, identity)
     scanner = default_process_scanner()
-    collectors, notes = build_collectors(
-        settings.backend, rapl_root=settings.rapl_root, processes=scanner
-    )
+    store = open_store(settings.db_path)
+
+    def idle_learned(uuid: str, idle_w: float, learned_s: float) -> None:
+        save_gpu_idle(store.conn, uuid, idle_w, learned_s, time.time())
+
+    try:
+        collectors, notes = build_collectors(
+            settings.backend, rapl_root=settings.rapl_root, processes=scanner,
+            gpu_options=gpu_options(settings, load_gpu_idle(store.conn), idle_learned),
+        )
+    except BaseException:
+        store.close()
+        raise
     for note in notes:
         click.echo(f"carbonwatch: {note}", err=True)
-    store = open_store(settings.db_path)
     try:
         result = run_command(
             list(command),

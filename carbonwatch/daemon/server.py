@@ -27,6 +27,7 @@ from aiohttp import web
 from carbonwatch.accounting import Pricing
 from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
+from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
@@ -133,6 +134,17 @@ class Daemon:
             raise StoreError(f"cannot start on the store {self.settings.db_path}: {exc}. "
                              "If the file is damaged, restore a backup or move it aside") from None
 
+    def _gpu_options(self) -> GpuOptions:
+        """Idle baselines learned on earlier runs (by GPU UUID) in, newly learned ones out."""
+        from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
+
+        def learned(uuid: str, idle_w: float, learned_s: float) -> None:
+            now_s = self.clock.time()
+            self.writer.submit_idle(lambda s: save_gpu_idle(s.conn, uuid, idle_w, learned_s, now_s))
+
+        stored = self.writer.call(lambda s: load_gpu_idle(s.conn))
+        return gpu_options(self.settings, stored, learned)
+
     def _open(self) -> None:
         resume_key = "sampled_until_s"
         collectors: list[Collector]
@@ -150,7 +162,7 @@ class Daemon:
             scanner = default_process_scanner()
             collectors, notes = build_collectors(
                 self.settings.backend, rapl_root=self.settings.rapl_root, clock=steady,
-                processes=scanner,
+                processes=scanner, gpu_options=self._gpu_options(),
             )
             collectors = [WallTimeLabels(c, steady) for c in collectors]
             self.notes += notes
@@ -218,7 +230,7 @@ class Daemon:
             f"{trace.end_s - trace.start_s:.1f} s of trace at {self.speed:g}x); "
             "CPU and RAM not measured"
         )
-        return [GpuCollector(backend, clock=self.clock)], resume_key
+        return [GpuCollector(backend, clock=self.clock, options=self._gpu_options())], resume_key
 
     def _provenance(self) -> dict[str, Any]:
         point = self.intensity.intensity_at(self.clock.time())
@@ -369,6 +381,10 @@ class Daemon:
                 "state": d.state.value,
                 "detail": d.detail,
                 "uuid": d.uuid,
+                # GPUs: the idle baseline in use and where it came from (learned-from-counter,
+                # configured, lowest-power-reading, unknown)
+                "idle_power_w": d.idle_power_w,
+                "idle_source": d.idle_source or None,
                 # real seconds, also when replaying faster than real time
                 "last_sample_age_s": (now_s - st.last_end_s) / self.speed if st else None,
                 "power_w": st.power_w if st else None,

@@ -319,3 +319,17 @@ def m005_deferred_runs_and_actuals(conn: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS energy_minute_forecast ON energy_minute (minute_s)"
         " WHERE intensity_kind = 'forecast'"
     )
+
+
+@migration
+def m006_gpu_idle(conn: sqlite3.Connection) -> None:
+    """Each GPU's idle power as learned from its energy counter over process-free intervals, by
+    GPU UUID, so a restart, a ``carbonwatch run`` and a replay start from it (see
+    :mod:`carbonwatch.store.gpu_idle`). ``learned_s``: process-free seconds behind the figure."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS gpu_idle ("
+        " uuid TEXT PRIMARY KEY,"
+        " idle_w REAL NOT NULL CHECK (idle_w >= 0),"
+        " learned_s REAL NOT NULL,"
+        " updated_s REAL NOT NULL)"
+    )
