@@ -49,7 +49,6 @@ READING_SPREAD_S = 0.05
 # The lag actually applied is a typical one; the true one depends on the phase between polls and
 # the device's updates. The fit tries these offsets from it and keeps the one that explains most.
 LAG_OFFSETS_S = (-0.05, 0.0, 0.05)
-READINGS_PER_CELL = 1
 # Rows without any call that pin the fit's intercept (fewer: the intercept is fitted), and how
 # many recent ones are kept.
 MIN_IDLE_ROWS = 5
@@ -84,24 +83,31 @@ class SplitResult:
 
 
 class CallPowerFit:
-    """One consumer's fit of its power on its calls' activity, for each candidate lag."""
+    """One consumer's fit of how its power follows its calls' activity, per candidate lag.
+
+    Rows are *within-interval deviations*: each power reading's power minus its interval's mean,
+    against its calls' activity minus the interval's mean activity, with no intercept. The
+    collector scales each interval's readings to its counter energy, and the readings trail the
+    counter, so every interval's readings carry an unknown factor (x0.4 .. x1.5 on a bursty
+    service, from whatever activity sat at its edges); beside a trainer they also carry the
+    trainer's steady power. Deviations cancel the offset, and a factor that multiplies all of an
+    interval's rows alike scales the coefficients together, which leaves the split (a ratio of
+    demands) unchanged, where it would bias a plain fit towards whichever regressor correlates
+    with the edges. The base (power with no call running) is measured directly instead: the mean
+    power of readings alone on the device with no call anywhere near them."""
 
     def __init__(self) -> None:
-        # 600 rows: a minute of 10 Hz power readings for a service alone on its GPU, ten minutes
-        # of 1 s intervals for one sharing it. r2 >= 0.5: below that the calls explain too little
-        # of the service's power for their fitted demands to beat plain overlap time.
+        # 600 rows: a minute of 10 Hz power readings. r2 >= 0.5: below that the calls explain
+        # too little of the service's power for their fitted demands to beat overlap time.
         self.fits: list[ActivityFit[str]] = [
-            ActivityFit(max_rows=600, min_rows=20, min_r2=0.5) for _ in LAG_OFFSETS_S
+            ActivityFit(max_rows=600, min_rows=20, min_r2=0.5, fixed_base_w=0.0, signed=True)
+            for _ in LAG_OFFSETS_S
         ]
-        # Per candidate, the (power, width) of recent rows in which no call ran at all: the
-        # consumer's power between calls, measured rather than extrapolated (a free intercept
-        # soaks up the fit's errors and would keep energy between calls that never ran there).
+        # Per candidate, the (power, width) of recent readings, alone on the device, near which
+        # no call ran: the consumer's power between calls.
         self.idle_rows: list[deque[tuple[float, float]]] = [
             deque(maxlen=IDLE_ROWS_KEPT) for _ in LAG_OFFSETS_S
         ]
-        # Per candidate, its latest solution ([base_w, coefs...]), trusted or not: it rescales
-        # the next rows (see _learn).
-        self.latest: list[np.ndarray | None] = [None for _ in LAG_OFFSETS_S]
 
     @property
     def warming_up(self) -> bool:
@@ -110,24 +116,23 @@ class CallPowerFit:
 
     def solve(self) -> np.ndarray | None:
         """[base_w, watts per unit of each FIT_KEYS regressor] of the best trusted fit, or None."""
-        best = None
-        for i, (fit, idle) in enumerate(zip(self.fits, self.idle_rows, strict=True)):
-            if len(idle) >= MIN_IDLE_ROWS:
-                width = math.fsum(w for _, w in idle)
-                fit.fixed_base_w = max(math.fsum(p * w for p, w in idle) / width, 0.0)
-            else:
-                fit.fixed_base_w = None
+        best, best_i = None, 0
+        for i, fit in enumerate(self.fits):
             solved = fit.solve()
-            if solved is not None:
-                self.latest[i] = np.array(
-                    [solved.base_w] + [solved.coef_w.get(k, 0.0) for k in FIT_KEYS])
             if solved is not None and (best is None or solved.r2 > best.r2):
-                best = solved
+                best, best_i = solved, i
         if best is None:
             return None
-        coefs = np.array([best.base_w] + [best.coef_w.get(k, 0.0) for k in FIT_KEYS])
-        # A fit in which no activity adds power says nothing about how to split between calls.
-        return coefs if coefs[1:].sum() > 0 else None
+        coefs = np.array([0.0] + [best.coef_w.get(k, 0.0) for k in FIT_KEYS])
+        if not coefs[1:].sum() > 0:
+            return None  # no activity adds power: nothing to split calls by
+        idle = self.idle_rows[best_i]
+        if len(idle) >= MIN_IDLE_ROWS:
+            width = math.fsum(w for _, w in idle)
+            coefs[0] = max(math.fsum(p * w for p, w in idle) / width, 0.0)
+        # else: never seen idle alone on its device (always busy, or always beside another
+        # process): what runs between its calls is taken as nothing while the fit holds.
+        return coefs
 
 
 @dataclass
@@ -192,17 +197,15 @@ def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -
         piece_j[lo_i[0]:hi_i[-1]] += pj
         piece_g[lo_i[0]:hi_i[-1]] += pj * iv.co2e_g_per_j
         a, b = lo_i[0], hi_i[-1]
+        cell_edge[lo_i] = True  # one fit cell per reading
+        # The first and last readings straddle the counter's bounds (the shape there is partly
+        # the neighbour interval's, partly a guess): no fit rows from them.
+        for q in (0, m - 1) if m > 1 else ():
+            rim[lo_i[q]] += 1
+            rim[hi_i[q]] -= 1
         if iv.own_shape:
-            # One cell per READINGS_PER_CELL interior readings, the rim readings alone.
-            cell_edge[lo_i[1::READINGS_PER_CELL]] = True
-            cell_edge[lo_i[-1]] = True
             own[a] += 1
             own[b] -= 1
-            # Its first and last readings straddle the counter's bounds (the shape there is
-            # partly the neighbour interval's, partly a guess): no fit rows from them.
-            for q in (0, m - 1) if m > 1 else ():
-                rim[lo_i[q]] += 1
-                rim[hi_i[q]] -= 1
         if iv.learned:
             learned[a] += 1
             learned[b] -= 1
@@ -271,8 +274,9 @@ def _sweep(values: np.ndarray, cut: _Cut) -> np.ndarray:
 
 
 def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
-    """One fit row per cell not learned before: its power against its calls' mean activity over
-    the window its power reading averages, for each candidate lag."""
+    """Fit rows from the readings not learned before: each reading's power and its calls' mean
+    activity over the window it averages, as deviations from its interval's means (see
+    CallPowerFit), for each candidate lag; and idle rows for the base."""
     if not cut.n:
         return
     cells = np.cumsum(cut.cell_edge[:cut.n]) - 1
@@ -280,14 +284,13 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
     w = cut.width_s
     cell_w = np.bincount(cells, weights=w, minlength=n_cells)
     cell_j = np.bincount(cells, weights=cut.piece_j, minlength=n_cells)
-    # A cell counts when due intervals cover all of it (not a gap, not the margin).
+    # A cell counts when due intervals cover all of it (not a gap, not the margin, not a rim).
     outside = np.bincount(cells, weights=np.where(cut.in_iv & ~cut.learned & ~cut.rim, 0.0, w),
                           minlength=n_cells)
     own_cell = np.bincount(cells, weights=cut.own * w, minlength=n_cells) > 0.5 * cell_w
     first = np.flatnonzero(cut.cell_edge[:cut.n])
-    cell_lo, cell_hi = cut.x[first], cut.x[first] + cell_w
     ok = np.flatnonzero((cell_w > 0) & (outside <= 1e-9 * cell_w))
-    if not len(ok):
+    if len(ok) < 2:
         return
     # Activity as cumulative integrals over the piece boundaries (exact: piecewise linear), so
     # the mean over any window is two interpolations.
@@ -299,48 +302,38 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
             continue
         per_piece = cut.cover.astype(np.float64) if k == 0 else _sweep(col, cut)
         integrals.append(np.concatenate(([0.0], np.cumsum(per_piece * w))))
-    power_w = cell_j[ok] / cell_w[ok]
-    row_w = cell_w[ok].tolist()
-    # The interval each cell lies in (for the rescaling below).
-    in_iv = (np.cumsum(cut.iv_edge[:cut.n]) - 1)[first[ok]]
-    n_iv = int(in_iv.max()) + 1
-    own_ok = own_cell[ok]
-    for offset_s, target, idle, latest in zip(
-        LAG_OFFSETS_S, fit.fits, fit.idle_rows, fit.latest, strict=True
-    ):
-        # Own-shape cells are one reading each: widen to the reading's window. A shared cell is a
-        # whole interval, whose edges are the counter's (read late by up to one update too).
-        spread = np.where(own_cell[ok], READING_SPREAD_S, 0.0)
-        a = cell_lo[ok] + offset_s - spread
-        b = cell_hi[ok] + offset_s + spread
-        cols = [np.zeros(len(ok)) if cum is None else
+    width = cell_w[ok]
+    power_w = cell_j[ok] / width
+    # Each cell's interval, and the width-weighted mean over its interval's usable cells.
+    group = (np.cumsum(cut.iv_edge[:cut.n]) - 1)[first[ok]]
+    _, group = np.unique(group, return_inverse=True)
+    group_w = np.bincount(group, weights=width)
+    several = np.bincount(group)[group] >= 2  # a lone reading has no deviation to learn from
+
+    def centred(v: np.ndarray) -> np.ndarray:
+        return v - (np.bincount(group, weights=v * width) / group_w)[group]
+
+    dy = centred(power_w)[several].tolist()
+    row_w = width[several].tolist()
+    lo = first[ok]
+    cell_lo, cell_hi = cut.x[lo], cut.x[lo] + width
+    for offset_s, target, idle in zip(LAG_OFFSETS_S, fit.fits, fit.idle_rows, strict=True):
+        a = cell_lo + offset_s - READING_SPREAD_S
+        b = cell_hi + offset_s + READING_SPREAD_S
+        cols = [None if cum is None else
                 (np.interp(b, cut.x, cum) - np.interp(a, cut.x, cum)) / (b - a)
                 for cum in integrals]
-        rows = [c.tolist() for c in cols]
-        y = power_w
-        if latest is not None and own_ok.any():
-            # The collector scaled each interval's readings to its counter energy, but the
-            # readings trail the counter, so that scale is off by whatever activity sat at the
-            # interval's edges (x0.4 .. x1.5 on a bursty service): a factor shared by the
-            # interval's rows that no regressor explains. Divide it out, estimated as the
-            # interval's measured over its predicted power under the latest fit; the shape
-            # within the interval, which is what the fit learns from, is unchanged.
-            pred = latest[0] + sum(c * latest[1 + j] for j, c in enumerate(cols))
-            got = np.bincount(in_iv, weights=np.where(own_ok, y * cell_w[ok], 0.0), minlength=n_iv)
-            want = np.bincount(in_iv, weights=np.where(own_ok, pred * cell_w[ok], 0.0),
-                               minlength=n_iv)
-            usable = (got > 0) & (want > 0)
-            scale = np.where(usable, got / np.where(usable, want, 1.0), 1.0)
-            y = np.where(own_ok, y / scale[in_iv], y)
-        y_list = y.tolist()
-        for i, (p, rw) in enumerate(zip(y_list, row_w, strict=True)):
-            target.add({key: col[i] for key, col in zip(FIT_KEYS, rows, strict=True)}, p, rw)
+        dx = [[] if c is None else centred(c)[several].tolist() for c in cols]
+        keys = [k for k, c in zip(FIT_KEYS, cols, strict=True) if c is not None]
+        dx = [d for d, c in zip(dx, cols, strict=True) if c is not None]
+        for i, (p, rw) in enumerate(zip(dy, row_w, strict=True)):
+            target.add({key: d[i] for key, d in zip(keys, dx, strict=True)}, p, rw)
         count = integrals[0]
         if count is not None:
-            a, b = a - IDLE_GUARD_S, b + IDLE_GUARD_S
-            none = (np.interp(b, cut.x, count) - np.interp(a, cut.x, count)) <= 0
+            ga, gb = a - IDLE_GUARD_S, b + IDLE_GUARD_S
+            none = (np.interp(gb, cut.x, count) - np.interp(ga, cut.x, count) <= 0) & own_cell[ok]
             for i in np.flatnonzero(none).tolist():
-                idle.append((y_list[i], row_w[i]))
+                idle.append((float(power_w[i]), float(width[i])))
 
 
 def _overlap(cut: _Cut) -> tuple[np.ndarray, np.ndarray, float]:
