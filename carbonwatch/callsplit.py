@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from carbonwatch.powerfit import ActivityFit
+from carbonwatch.powerfit import ActivityFit, Fit, nnls
 
 METHOD_FIT = "power-fit"
 METHOD_OVERLAP = "overlap-time"
@@ -49,6 +49,13 @@ READING_SPREAD_S = 0.05
 # The lag actually applied is a typical one; the true one depends on the phase between polls and
 # the device's updates. The fit tries these offsets from it and keeps the one that explains most.
 LAG_OFFSETS_S = (-0.05, 0.0, 0.05)
+# The fit: a minute of 10 Hz readings at most, 20 to try, trusted from r2 0.5 (below that the
+# calls explain too little of the service's power for their demands to beat overlap time).
+FIT_MAX_ROWS = 600
+FIT_MIN_ROWS = 20
+FIT_MIN_R2 = 0.5
+SCALE_ROUNDS = 4
+_EMPTY = np.empty(0)
 # Rows without any call that pin the fit's intercept (fewer: the intercept is fitted), and how
 # many recent ones are kept.
 MIN_IDLE_ROWS = 5
@@ -85,24 +92,25 @@ class SplitResult:
 class CallPowerFit:
     """One consumer's fit of how its power follows its calls' activity, per candidate lag.
 
-    Rows are *within-interval deviations*: each power reading's power minus its interval's mean,
-    against its calls' activity minus the interval's mean activity, with no intercept. The
-    collector scales each interval's readings to its counter energy, and the readings trail the
-    counter, so every interval's readings carry an unknown factor (x0.4 .. x1.5 on a bursty
-    service, from whatever activity sat at its edges); beside a trainer they also carry the
-    trainer's steady power. Deviations cancel the offset, and a factor that multiplies all of an
-    interval's rows alike scales the coefficients together, which leaves the split (a ratio of
-    demands) unchanged, where it would bias a plain fit towards whichever regressor correlates
-    with the edges. The base (power with no call running) is measured directly instead: the mean
-    power of readings alone on the device with no call anywhere near them."""
+    Each power reading is one row: its power against its calls' mean activity over the window it
+    averages. Two things spoil a plain fit of those rows. The collector scales each interval's
+    readings to its counter energy, and the readings trail the counter, so all of an interval's
+    readings carry one unknown factor (x0.4 .. x1.5 on a bursty service, from whatever activity
+    sat at its edges); beside a trainer they also carry the trainer's steady power. So the fit
+    is *within intervals*: deviations from the interval's means (which cancel the offset), with
+    the interval's factor estimated and divided out in a few alternating rounds (a factor per
+    interval, then the coefficients). The base (power with no call running) is measured
+    directly: the mean power of readings alone on the device with no call anywhere near them.
+    The final, rescaled rows go through :class:`ActivityFit` for the trusted solve (min rows,
+    r2 gate)."""
 
     def __init__(self) -> None:
-        # 600 rows: a minute of 10 Hz power readings. r2 >= 0.5: below that the calls explain
-        # too little of the service's power for their fitted demands to beat overlap time.
-        self.fits: list[ActivityFit[str]] = [
-            ActivityFit(max_rows=600, min_rows=20, min_r2=0.5, fixed_base_w=0.0, signed=True)
-            for _ in LAG_OFFSETS_S
-        ]
+        # Per candidate: rows as arrays (activity per FIT_KEYS, power, width, interval serial).
+        self._x = [np.zeros((0, len(FIT_KEYS))) for _ in LAG_OFFSETS_S]
+        self._y = [_EMPTY for _ in LAG_OFFSETS_S]
+        self._w = [_EMPTY for _ in LAG_OFFSETS_S]
+        self._g = [np.zeros(0, dtype=np.int64) for _ in LAG_OFFSETS_S]
+        self._serial = 0
         # Per candidate, the (power, width) of recent readings, alone on the device, near which
         # no call ran: the consumer's power between calls.
         self.idle_rows: list[deque[tuple[float, float]]] = [
@@ -112,13 +120,62 @@ class CallPowerFit:
     @property
     def warming_up(self) -> bool:
         """Too few rows yet for any fit to be tried."""
-        return len(self.fits[0]) < self.fits[0].min_rows
+        return len(self._y[0]) < FIT_MIN_ROWS
+
+    def add_rows(self, i: int, x: np.ndarray, y: np.ndarray, w: np.ndarray,
+                 group: np.ndarray) -> None:
+        """Rows for candidate ``i``; ``group`` numbers their intervals from 0 within the call."""
+        self._x[i] = np.concatenate([self._x[i], x])[-FIT_MAX_ROWS:]
+        self._y[i] = np.concatenate([self._y[i], y])[-FIT_MAX_ROWS:]
+        self._w[i] = np.concatenate([self._w[i], w])[-FIT_MAX_ROWS:]
+        self._g[i] = np.concatenate([self._g[i], group + self._serial])[-FIT_MAX_ROWS:]
+
+    def next_serial(self, groups: int) -> None:
+        self._serial += groups
+
+    def _solve_one(self, i: int) -> Fit[str] | None:
+        y, w = self._y[i], self._w[i]
+        if len(y) < FIT_MIN_ROWS:
+            return None
+        x = self._x[i]
+        _, g = np.unique(self._g[i], return_inverse=True)
+        gw = np.bincount(g, weights=w)
+
+        def centred(v: np.ndarray) -> np.ndarray:
+            return v - (np.bincount(g, weights=v * w) / gw)[g]
+
+        dx = np.column_stack([centred(x[:, k]) for k in range(x.shape[1])])
+        moving = np.ptp(dx, axis=0) > 1e-9
+        if not moving.any():
+            return None
+        sw = np.sqrt(w)
+        dyr = centred(y)
+        scale = np.ones(len(gw))
+        for _ in range(SCALE_ROUNDS):
+            dy = centred(y / scale[g])
+            coefs = nnls(dx[:, moving] * sw[:, None], dy * sw)
+            pred = dx[:, moving] @ coefs
+            # Per interval, the factor that best maps its predicted deviations onto the measured.
+            num = np.bincount(g, weights=w * dyr * pred)
+            den = np.bincount(g, weights=w * pred * pred)
+            fitted = den > 1e-12 * max(float(den.max()), 1e-300)
+            scale = np.where(fitted, num / np.where(fitted, den, 1.0), 1.0)
+            scale = np.clip(scale, 0.2, 5.0)
+            scale /= float(np.exp(np.average(np.log(scale), weights=gw)))
+        fit: ActivityFit[str] = ActivityFit(max_rows=FIT_MAX_ROWS, min_rows=FIT_MIN_ROWS,
+                                            min_r2=FIT_MIN_R2, fixed_base_w=0.0, signed=True)
+        dy = centred(y / scale[g])
+        keys = [k for k, m in zip(FIT_KEYS, moving, strict=True) if m]
+        cols = [dx[:, k].tolist() for k in np.flatnonzero(moving)]
+        for r, (p, rw) in enumerate(zip(dy.tolist(), w.tolist(), strict=True)):
+            fit.add({key: c[r] for key, c in zip(keys, cols, strict=True)}, p, rw)
+        return fit.solve()
 
     def solve(self) -> np.ndarray | None:
         """[base_w, watts per unit of each FIT_KEYS regressor] of the best trusted fit, or None."""
         best, best_i = None, 0
-        for i, fit in enumerate(self.fits):
-            solved = fit.solve()
+        for i in range(len(LAG_OFFSETS_S)):
+            solved = self._solve_one(i)
             if solved is not None and (best is None or solved.r2 > best.r2):
                 best, best_i = solved, i
         if best is None:
@@ -307,33 +364,24 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
     # Each cell's interval, and the width-weighted mean over its interval's usable cells.
     group = (np.cumsum(cut.iv_edge[:cut.n]) - 1)[first[ok]]
     _, group = np.unique(group, return_inverse=True)
-    group_w = np.bincount(group, weights=width)
     several = np.bincount(group)[group] >= 2  # a lone reading has no deviation to learn from
-
-    def centred(v: np.ndarray) -> np.ndarray:
-        return v - (np.bincount(group, weights=v * width) / group_w)[group]
-
-    dy = centred(power_w)[several].tolist()
-    row_w = width[several].tolist()
     lo = first[ok]
     cell_lo, cell_hi = cut.x[lo], cut.x[lo] + width
-    for offset_s, target, idle in zip(LAG_OFFSETS_S, fit.fits, fit.idle_rows, strict=True):
+    use = np.flatnonzero(several)
+    for i, (offset_s, idle) in enumerate(zip(LAG_OFFSETS_S, fit.idle_rows, strict=True)):
         a = cell_lo + offset_s - READING_SPREAD_S
         b = cell_hi + offset_s + READING_SPREAD_S
-        cols = [None if cum is None else
-                (np.interp(b, cut.x, cum) - np.interp(a, cut.x, cum)) / (b - a)
-                for cum in integrals]
-        dx = [[] if c is None else centred(c)[several].tolist() for c in cols]
-        keys = [k for k, c in zip(FIT_KEYS, cols, strict=True) if c is not None]
-        dx = [d for d, c in zip(dx, cols, strict=True) if c is not None]
-        for i, (p, rw) in enumerate(zip(dy, row_w, strict=True)):
-            target.add({key: d[i] for key, d in zip(keys, dx, strict=True)}, p, rw)
+        x = np.column_stack([np.zeros(len(ok)) if cum is None else
+                             (np.interp(b, cut.x, cum) - np.interp(a, cut.x, cum)) / (b - a)
+                             for cum in integrals])
+        fit.add_rows(i, x[use], power_w[use], width[use], group[use])
         count = integrals[0]
         if count is not None:
             ga, gb = a - IDLE_GUARD_S, b + IDLE_GUARD_S
             none = (np.interp(gb, cut.x, count) - np.interp(ga, cut.x, count) <= 0) & own_cell[ok]
-            for i in np.flatnonzero(none).tolist():
-                idle.append((float(power_w[i]), float(width[i])))
+            for j in np.flatnonzero(none).tolist():
+                idle.append((float(power_w[j]), float(width[j])))
+    fit.next_serial(int(group.max()) + 1)
 
 
 def _overlap(cut: _Cut) -> tuple[np.ndarray, np.ndarray, float]:
