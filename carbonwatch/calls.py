@@ -233,7 +233,7 @@ class CallLedger:
         emit_per_call: bool = True,
         power_lag_s: float = 0.0,
         fit: bool = True,
-        warmup_s: float = 20.0,
+        warmup_s: float = 0.0,
     ) -> None:
         self.settle_s = settle_s
         self.pue = pue

@@ -23,6 +23,7 @@ from typing import Any
 
 from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.callsplit import METHOD_FIT
+from carbonwatch.collectors.gpushare import GpuOptions
 from carbonwatch.collectors.replay import load_trace
 from carbonwatch.errors import InputError
 from carbonwatch.replayer import ReplayReport, replay_trace
@@ -32,6 +33,8 @@ CALLS_FILE = "calls.csv"
 _OPTIONAL = ("pid", "model", "weight", "tokens_in", "tokens_out", "batch")
 # Work measures above this are not a batch size or a token count but a unit mistake.
 MAX_MEASURE = 1e15
+# The first seconds of a service are held back until its power fit can be tried (see CallLedger).
+WARMUP_S = 20.0
 
 
 @dataclass
@@ -143,6 +146,7 @@ def replay_calls(
     counter_interval_s: float = 1.0,
     fit: bool = True,
     power_lag_s: float = NVML_POWER_LAG_S,
+    gpu_options: GpuOptions | None = None,
 ) -> CallsReport:
     """Replay ``trace_dir`` and split each serving process's energy over its calls."""
     path = Path(trace_dir) / CALLS_FILE
@@ -152,7 +156,7 @@ def replay_calls(
     trace = load_trace(trace_dir)
     roles = {pid: role for role, pid in trace.pids.items()}
     spans = read_calls(path, roles)
-    ledger = CallLedger(settle_s=2.0, power_lag_s=power_lag_s, fit=fit)
+    ledger = CallLedger(settle_s=2.0, power_lag_s=power_lag_s, fit=fit, warmup_s=WARMUP_S)
     by_pid: dict[int, list[CallSpan]] = defaultdict(list)
     for span in spans:
         by_pid[span.pid].append(span)  # type: ignore[index]
@@ -179,7 +183,8 @@ def replay_calls(
         take(ledger.settle(item.interval.end_s))
 
     report = replay_trace(trace_dir, idle_policy=idle_policy, power_interval_s=power_interval_s,
-                          counter_interval_s=counter_interval_s, sinks=[sink])
+                          counter_interval_s=counter_interval_s, gpu_options=gpu_options,
+                          sinks=[sink])
     take(ledger.flush())
 
     calls = []
