@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from carbonwatch.accounting import Pricing
-from carbonwatch.calls import CallLedger, CallSpan
+from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.daemon import storeops
 from carbonwatch.daemon.metrics import EnergyKey, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry
@@ -191,7 +191,7 @@ class DaemonState:
         # Spans carry the clock's (trace) time: scale the real-time windows by the replay speed.
         self.calls = CallLedger(
             settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,
-            horizon_s=HORIZON_REAL_S * speed,
+            horizon_s=HORIZON_REAL_S * speed, power_lag_s=NVML_POWER_LAG_S,
         )
         self.devices: dict[str, DeviceStatus] = {}
         self.scanner = scanner
