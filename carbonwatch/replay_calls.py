@@ -78,12 +78,16 @@ def _cell(value: str | None, path: Path, line: int, column: str, kind: type) -> 
     if value is None or not value.strip():
         return None
     try:
-        number = kind(value.strip()) if kind is not int else int(float(value.strip()))
+        number = float(value.strip())
     except ValueError:
         raise InputError(f"{path}:{line}: {column} {value!r} is not a number") from None
-    if kind is not str and not (math.isfinite(number) and 0 <= number <= MAX_MEASURE):
+    if not (math.isfinite(number) and 0 <= number <= MAX_MEASURE):
         raise InputError(f"{path}:{line}: {column} {value!r} must be finite, >= 0 and "
                          f"<= {MAX_MEASURE:g}")
+    if kind is int:
+        if number != int(number):
+            raise InputError(f"{path}:{line}: {column} {value!r} must be a whole number")
+        return int(number)
     return number
 
 
