@@ -191,6 +191,8 @@ _COLUMNS = ("start_s", "end_s", "model_id", "weight", "tokens_in", "tokens_out",
             "co2e_g", "fit_j")
 # How many recent consumers' power fits are kept once the consumer has nothing pending.
 _MAX_FITS = 1024
+# A gap this long or shorter between a consumer's intervals is bridged (see add_interval).
+MAX_BRIDGE_S = 2.5
 # Small leftover chunks (long calls still open) are merged once there are this many.
 _MAX_CHUNKS = 32
 
@@ -250,6 +252,7 @@ class CallLedger:
         # Per consumer: how its power follows its calls. Outlives the consumer's pending work
         # (a service idle for a while keeps what it learned), bounded by _MAX_FITS.
         self._fits: dict[str, CallPowerFit] = {}
+        self._last_end_s: dict[str, float] = {}  # where each consumer's last interval ended
         self._model_ids: dict[str, int] = {}
         self._models: list[str] = []
         self._pending_spans = 0
@@ -313,6 +316,25 @@ class CallLedger:
             lo = np.array([start_s])
             hi = np.array([max(end_s, start_s)])
             seg_e = np.array([energy_j], dtype=np.float64)
+        last_end_s = self._last_end_s.get(consumer)
+        if last_end_s is None:  # its first interval: bridge back to its first call, if close
+            st = self._state(consumer)
+            starts = [c.min_start_s for c in st.chunks if len(c)]
+            starts += [sp.start_s for sp in st.incoming if math.isfinite(sp.start_s)]
+            last_end_s = min(starts, default=-math.inf)
+        self._last_end_s[consumer] = max(last_end_s, float(hi[-1]))
+        if self.use_fit and 0 < start_s - last_end_s <= MAX_BRIDGE_S:
+            # The device gave this consumer nothing in the interval(s) just before (the one it
+            # started in, with no activity sample yet; a quiet one whose few calls' energy fell
+            # under the idle baseline's error), yet
+            # calls may have run there. Stretch this interval back over the gap with no energy
+            # of its own: under a trusted fit its energy then spreads over the calls of both by
+            # their demand, so no call of a service that drew energy gets 0 J for the device's
+            # miss. Overlap time leaves the gap's calls at 0 J, as before.
+            lo = np.concatenate(([last_end_s], lo))
+            hi = np.concatenate(([start_s], hi))
+            seg_e = np.concatenate(([0.0], seg_e))
+            start_s = last_end_s
         factor = co2e_g(1.0, item.intensity.intensity_g_per_kwh, self.pue)
         # Alone on the device, the segments are the consumer's own power shape.
         alone = not any(v > 0 for k, v in parts.items() if k != consumer and k != IDLE)
@@ -369,6 +391,8 @@ class CallLedger:
                 del self._consumers[consumer]  # a consumer that went away costs (almost) nothing
                 if len(self._fits) > _MAX_FITS:
                     self._fits.pop(next(iter(self._fits)))
+                if len(self._last_end_s) > _MAX_FITS:
+                    self._last_end_s.pop(next(iter(self._last_end_s)))
         out.minute_rows = list(rows.values())
         return out
 
