@@ -55,6 +55,9 @@ FIT_MAX_ROWS = 600
 FIT_MIN_ROWS = 20
 FIT_MIN_R2 = 0.5
 SCALE_ROUNDS = 4
+# New readings before a trusted fit is solved again (5 s at 10 Hz), and an untrusted one.
+RESOLVE_ROWS = 50
+RETRY_ROWS = 8
 _EMPTY = np.empty(0)
 # Rows without any call that pin the fit's intercept (fewer: the intercept is fitted), and how
 # many recent ones are kept.
@@ -111,6 +114,10 @@ class CallPowerFit:
         self._w = [_EMPTY for _ in LAG_OFFSETS_S]
         self._g = [np.zeros(0, dtype=np.int64) for _ in LAG_OFFSETS_S]
         self._serial = 0
+        # The last answer of solve() and how many rows came since: the fit moves slowly, and a
+        # solve costs a few ms, so it is redone only every RESOLVE_ROWS new readings.
+        self._cached: np.ndarray | None = None
+        self._new_rows = 0
         # Per candidate, the (power, width) of recent readings, alone on the device, near which
         # no call ran: the consumer's power between calls.
         self.idle_rows: list[deque[tuple[float, float]]] = [
@@ -129,6 +136,8 @@ class CallPowerFit:
         self._y[i] = np.concatenate([self._y[i], y])[-FIT_MAX_ROWS:]
         self._w[i] = np.concatenate([self._w[i], w])[-FIT_MAX_ROWS:]
         self._g[i] = np.concatenate([self._g[i], group + self._serial])[-FIT_MAX_ROWS:]
+        if i == 0:
+            self._new_rows += len(y)
 
     def next_serial(self, groups: int) -> None:
         self._serial += groups
@@ -162,9 +171,15 @@ class CallPowerFit:
             scale = np.where(fitted, num / np.where(fitted, den, 1.0), 1.0)
             scale = np.clip(scale, 0.2, 5.0)
             scale /= float(np.exp(np.average(np.log(scale), weights=gw)))
+        dy = centred(y / scale[g])
+        # ActivityFit below is the judge; skip building it when it would surely refuse (the
+        # same weighted r2, from the last round's coefficients, well under the bar).
+        resid = dy - dx[:, moving] @ coefs
+        total = float(np.sum(w * dy * dy))
+        if total <= 0 or 1.0 - float(np.sum(w * resid * resid)) / total < FIT_MIN_R2 - 0.1:
+            return None
         fit: ActivityFit[str] = ActivityFit(max_rows=FIT_MAX_ROWS, min_rows=FIT_MIN_ROWS,
                                             min_r2=FIT_MIN_R2, fixed_base_w=0.0, signed=True)
-        dy = centred(y / scale[g])
         keys = [k for k, m in zip(FIT_KEYS, moving, strict=True) if m]
         cols = [dx[:, k].tolist() for k in np.flatnonzero(moving)]
         for r, (p, rw) in enumerate(zip(dy.tolist(), w.tolist(), strict=True)):
@@ -173,6 +188,13 @@ class CallPowerFit:
 
     def solve(self) -> np.ndarray | None:
         """[base_w, watts per unit of each FIT_KEYS regressor] of the best trusted fit, or None."""
+        if self._new_rows < (RESOLVE_ROWS if self._cached is not None else RETRY_ROWS):
+            return self._cached
+        self._new_rows = 0
+        self._cached = self._solve()
+        return self._cached
+
+    def _solve(self) -> np.ndarray | None:
         best, best_i = None, 0
         for i in range(len(LAG_OFFSETS_S)):
             solved = self._solve_one(i)
