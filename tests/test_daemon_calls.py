@@ -10,7 +10,7 @@ from collections import defaultdict
 from daemon_helpers import INFER_PID, MODEL, REPLAY, DaemonProcess, fixture_calls
 
 
-def test_calls_share_the_service_energy_exactly_and_big_batches_cost_more(tmp_path):
+def test_calls_share_the_service_energy_exactly_and_every_call_gets_some(tmp_path):
     db = tmp_path / "cw.db"
     calls = fixture_calls()
     # Power polled at the trace's own 10 ms, so each call's energy follows the power it drew.
@@ -54,4 +54,11 @@ def test_calls_share_the_service_energy_exactly_and_big_batches_cost_more(tmp_pa
     for e, tags in rows:
         by_batch[json.loads(tags)["batch"]].append(e)
     mean = {b: math.fsum(v) / len(v) for b, v in by_batch.items()}
-    assert mean[1024] > mean[1], mean
+    # Every call ran while its service drew energy, and gets some.
+    assert all(e > 0 for e, _ in rows)
+    # On this trace every batch size takes the same ~0.5 ms (launch-bound) and the service's
+    # readings do not follow its calls beside the heavy trainer (the power fit is not trusted:
+    # r2 ~0.03), so calls are split by overlap time and each batch size gets about the same.
+    # That bigger batches get more where they draw more is tested against a known truth in
+    # test_calls_fit.py and test_calls_replay.py.
+    assert max(mean.values()) < 1.25 * min(mean.values()), mean
