@@ -98,7 +98,7 @@ class Settings:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
-        from carbonwatch.collectors.gpushare import parse_idle_setting
+        from carbonwatch.collectors.gpuidle import parse_idle_setting
 
         try:
             parse_idle_setting(self.gpu_idle_power_w)

@@ -109,6 +109,10 @@ class ActivityFit(Generic[K]):
     def __len__(self) -> int:
         return len(self._rows)
 
+    def clear(self) -> None:
+        """Forget every row (the caller learned its rows were built wrong)."""
+        self._rows.clear()
+
     def add(self, activity: Mapping[K, float], power_w: float, weight: float = 1.0) -> None:
         """One reading. Non-finite or negative values are refused rather than poisoning the fit."""
         if not (math.isfinite(power_w) and math.isfinite(weight)) or weight <= 0:
@@ -117,16 +121,37 @@ class ActivityFit(Generic[K]):
                  if math.isfinite(x) and (x > 0 or (self.signed and x != 0))}
         self._rows.append((clean, float(power_w), float(weight)))
 
-    def solve(self) -> Fit[K] | None:
-        if len(self._rows) < self.min_rows:
+    def solve(self, min_support: int = 0) -> Fit[K] | None:
+        """Fit the rows. ``min_support``: a regressor clearly active (above a tenth of its
+        highest value) in fewer rows than this has too little evidence to be priced; it is left
+        out, and so are the rows it was clearly active in (they would push its power onto the
+        others). Callers treat it as not priced."""
+        rows = list(self._rows)
+        if min_support > 0:
+            peak: dict[K, float] = {}
+            for act, _, _ in rows:
+                for k, v in act.items():
+                    peak[k] = max(peak.get(k, 0.0), v)
+            support = dict.fromkeys(peak, 0)
+            for act, _, _ in rows:
+                for k, v in act.items():
+                    support[k] += v > 0.1 * peak[k]
+            thin = {k for k, n in support.items() if n < min_support}
+            if thin:
+                rows = [
+                    ({k: v for k, v in act.items() if k not in thin}, p, w)
+                    for act, p, w in rows
+                    if not any(act.get(k, 0.0) > 0.1 * peak[k] for k in thin)
+                ]
+        if len(rows) < self.min_rows:
             return None
-        keys: list[K] = sorted({k for act, _, _ in self._rows for k in act}, key=repr)
+        keys: list[K] = sorted({k for act, _, _ in rows for k in act}, key=repr)
         col = {k: i for i, k in enumerate(keys)}
-        n = len(self._rows)
+        n = len(rows)
         x = np.zeros((n, len(keys)))
         y = np.empty(n)
         sw = np.empty(n)
-        for i, (act, p, w) in enumerate(self._rows):
+        for i, (act, p, w) in enumerate(rows):
             for k, v in act.items():
                 x[i, col[k]] = v
             y[i] = p

@@ -342,8 +342,9 @@ def _result(
             if pricing.known
             else "unknown: no energy_price_per_kwh configured"
         ),
-        "attribution": "the tree's share of each device's active energy (GPU SM share, CPU "
-        "time, RSS); idle energy reported separately",
+        "attribution": "the tree's share of each device's active energy (GPU: all of it when "
+        "alone, else by fitted marginal power x SM activity, or SM share; CPU time; RSS); idle "
+        "energy reported separately",
     }
     return JobResult(
         job_id=job_id,

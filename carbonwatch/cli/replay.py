@@ -107,6 +107,8 @@ def replay_cmd(
         f"  unattributed      {report.unattributed_energy_j:10.1f} J  "
         "(active energy while no process showed GPU activity)"
     )
+    methods = ", ".join(f"{m} {v['intervals']}" for m, v in report.split_methods().items())
+    click.echo(f"  intervals split by: {methods}")
     if calls is not None:
         _print_calls(calls)
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from carbonwatch.clock import Clock
-from carbonwatch.collectors import gpushare
+from carbonwatch.collectors import gpuidle
+from carbonwatch.collectors.gpuidle import IdleBaseline
 from carbonwatch.collectors.gpushape import power_pieces as _power_pieces
 from carbonwatch.collectors.gpushape import scale_segments as _scale_segments
-from carbonwatch.collectors.gpushare import GpuOptions, IdleBaseline, ShareTracker
+from carbonwatch.collectors.gpushare import GpuOptions, ShareTracker
 from carbonwatch.errors import DeviceError, DeviceLost, DeviceTimeout, NotSupported
 from carbonwatch.model import DeviceClass, DeviceInfo, DeviceState, EnergyInterval, Provenance
 
@@ -180,7 +181,6 @@ class _GpuState:
     pids_at_start: set[int] | None = None  # compute pids when the interval opened (None: unknown)
     max_util_pct: float | None = None  # highest device utilisation polled in the interval
     last_busy_s: float = -math.inf  # last time a process, an SM sample or utilisation showed use
-    idle_reported_w: float | None = None  # the learned baseline last handed to on_idle_learned
     last_seen_us: int = 0
     last_shares: dict[int | str, float] = field(default_factory=dict)
     last_split: str = ""
@@ -193,7 +193,7 @@ class GpuCollector:
     The first ``poll``/``collect`` opens each device's interval by reading its counter; with a
     ``clock`` the interval is opened at construction instead, at ``clock.time()``.
     ``idle_power_w`` fixes every device's idle baseline (as ``options.idle_w`` does); otherwise it
-    is learned from the counter (see :mod:`carbonwatch.collectors.gpushare`).
+    is learned from the counter (see :mod:`carbonwatch.collectors.gpuidle`).
     """
 
     def __init__(
@@ -222,7 +222,7 @@ class GpuCollector:
                         configured_w=opts.idle_w_by_uuid.get(uuid, opts.idle_w),
                         stored_w=opts.stored_idle_w.get(uuid),
                     ),
-                    tracker=ShareTracker(window_s=opts.share_window_s),
+                    tracker=ShareTracker(window_s=opts.share_window_s, mode=opts.split_mode),
                 )
             )
         if clock is not None:
@@ -284,7 +284,7 @@ class GpuCollector:
             except DeviceError:
                 continue  # without it, process-free intervals are judged by the process list
             st.max_util_pct = max(util_pct, st.max_util_pct or 0.0)
-            if util_pct > gpushare.IDLE_MAX_UTIL_PCT:
+            if util_pct > gpuidle.IDLE_MAX_UTIL_PCT:
                 st.last_busy_s = now_s
 
     def collect(self, now_s: float) -> list[EnergyInterval]:
@@ -389,14 +389,16 @@ class GpuCollector:
             method == METHOD_COUNTER
             and st.pids_at_start == set()
             and present == set()
-            and st.last_busy_s <= start_s - gpushare.COUNTER_STALE_S
+            and st.last_busy_s <= start_s - gpuidle.COUNTER_STALE_S
         ):
             st.idle.observe_idle(now_s - start_s, energy_j)
-            self._report_idle(st)
+            st.idle.report(st.uuid, self._options.on_idle_learned)
         idle_w = st.idle.current()[0]
         idle_energy_j = min(energy_j, idle_w * (now_s - start_s)) if idle_w is not None else 0.0
         split = st.tracker.split(
-            start_s, now_s, present, idle_w, st.pids_at_start, energy_j - idle_energy_j
+            start_s, now_s, present, idle_w, st.pids_at_start, energy_j - idle_energy_j,
+            busy_at_start=st.last_busy_s >= start_s - gpuidle.COUNTER_STALE_S,
+            energy_j=energy_j if method == METHOD_COUNTER else None,
         )
         shares = split.shares
         st.last_shares, st.last_split = shares, split.method
@@ -415,29 +417,6 @@ class GpuCollector:
             segments=segments,
             split_method=split.method,
         )
-
-    def learned_idle(self) -> dict[str, tuple[float, float]]:
-        """uuid -> (idle power learned this run from the counter, process-free seconds behind it)
-        """
-        out = {}
-        for st in self._states:
-            learned = st.idle.learned_w
-            if learned is not None:
-                out[st.uuid] = (learned, st.idle.learned_s)
-        return out
-
-    def _report_idle(self, st: _GpuState) -> None:
-        """Hand a settled or moved learned baseline to the owner (who persists it per UUID)."""
-        learned, callback = st.idle.learned_w, self._options.on_idle_learned
-        if callback is None or learned is None:
-            return
-        last = st.idle_reported_w
-        if last is None or abs(learned - last) > 0.005 * last:
-            st.idle_reported_w = learned
-            try:
-                callback(st.uuid, learned, st.idle.learned_s)
-            except Exception:  # persisting is best effort; measuring goes on
-                log.exception("%s: could not persist the learned idle baseline", st.device_id)
 
     def _advance(self, st: _GpuState, now_s: float, counter_mj: int | None) -> None:
         st.start_s = now_s

@@ -1,57 +1,61 @@
-"""Who used a GPU interval's active energy: the idle baseline and the split among processes.
+"""Who used a shared GPU interval's active energy (the idle baseline is in ``gpuidle``).
 
-Two questions the counter alone cannot answer, kept out of :mod:`carbonwatch.collectors.gpu` so
-the collector stays about reading devices:
-
-- **Idle baseline** (:class:`IdleBaseline`). Learned from the *energy counter* over intervals in
-  which no process holds a compute context and the device reports ~0 % utilisation: the counter
-  delta over such an interval divided by its length. Not from the lowest power reading, which lags
-  (right after activity an H200 read 113 W while its counter showed 80 W). A configured value
-  overrides it; one learned earlier (kept per GPU UUID in the store) stands in until this run has
-  seen a process-free interval; without either, the lowest power reading is the last resort, and
-  says so.
-- **Split** (:class:`ShareTracker`). NVML's per-process SM samples are sparse (one per process
-  every ~0.4-0.6 s, some lost) and time-based. Each process's activity at time ``t`` is the SM
-  fraction of the sample whose window covers ``t``; past the newest sample the last one is carried
-  for ``window_s``. A process alone on the GPU owns all the active energy (``solo``). Where several
-  are active, the power readings are regressed on their activity (:class:`ActivityFit` with the
-  idle baseline as fixed intercept) and each gets its fitted marginal watts x its activity
-  (``power-fit``); where the fit is not trusted, SM time shares (``sm-share``); where no process
-  shows activity, equal weights over those holding a context (``even``).
+Kept out of :mod:`carbonwatch.collectors.gpu` so the collector stays about reading devices.
+NVML's per-process SM samples are sparse (one per process every ~0.4-0.6 s, some lost) and
+time-based (a bursty, light process looks as busy as a heavy one). :class:`ShareTracker` makes
+each process's activity at time ``t`` the SM fraction of the sample whose window covers ``t``;
+past the newest sample the last one is carried for ``window_s``. A process alone on the GPU owns
+all the active energy (``solo``). Where several are active, power is regressed on their activity
+(:class:`~carbonwatch.powerfit.ActivityFit`, the idle baseline as fixed intercept) over two kinds
+of rows: each counter interval's exact mean power, and the 10 Hz power readings grouped per
+sample window, shifted back by the reading's lag (estimated from the counter,
+:func:`estimate_power_lag`). Each process gets its fitted marginal watts x its activity
+(``power-fit``); where the fit is not trusted yet, SM time shares (``sm-share``); where no process
+shows activity, equal weights over those holding a context (``even``).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from carbonwatch.collectors.gpuidle import MIN_IDLE_INTERVAL_S, parse_idle_setting
 
 if TYPE_CHECKING:
     from carbonwatch.collectors.gpu import ProcessSample
     from carbonwatch.config import Settings
     from carbonwatch.powerfit import ActivityFit
 
+log = logging.getLogger(__name__)
+
 SPLIT_SOLO = "solo"
 SPLIT_POWER_FIT = "power-fit"
 SPLIT_SM_SHARE = "sm-share"
 SPLIT_EVEN = "even"
 SPLIT_NONE = "none"  # nobody present: the active energy is unattributed
+# How shared intervals may be split: the full method (power-fit, falling back to SM shares), SM
+# shares only, or evenly (the last two for comparison, as in benchmarks/bench_accuracy.py).
+SPLIT_MODES = (SPLIT_POWER_FIT, SPLIT_SM_SHARE, SPLIT_EVEN)
 
-IDLE_CONFIGURED = "configured"
-IDLE_LEARNED = "learned-from-counter"
-IDLE_LOWEST_POWER = "lowest-power-reading"
-IDLE_UNKNOWN = "unknown"
-
-# A process-free interval counts towards the idle baseline only if utilisation stayed at or below
-# this (NVML reports whole percent; 1 % tolerates one stray sample).
-IDLE_MAX_UTIL_PCT = 1.0
-# The counter moves every ~100 ms: a reading may lag the read by that much. An interval is
-# process-free only if nothing was seen busy for this long before it began.
-COUNTER_STALE_S = 0.2
-MIN_IDLE_INTERVAL_S = 0.5
+# one sample window of it each).
+MIN_FIT_SUPPORT = 3
+# A fitted marginal power (W per unit of SM activity) above this multiple of the largest active
+# power seen is implausible, and the fit is not used.
+MAX_COEF_OVER_PEAK = 1.5
+# The power reading's lag is re-estimated every LAG_EVERY intervals from the last LAG_READINGS
+# readings and LAG_INTERVALS counter intervals, among shifts of 0 to 2 s.
+LAG_EVERY = 5
+LAG_READINGS = 1200
+LAG_INTERVALS = 60
+LAG_SHIFTS_S = tuple(round(0.05 * i, 2) for i in range(41))
+# Besides one row per power reading group, each counter interval makes a row of its exact mean
+# power (immune to the reading's lag), weighted as this many readings.
+COUNTER_ROW_WEIGHT = 5.0
 # NVML does not say when a process's first sample window began; it is taken as one sample period.
 FIRST_SAMPLE_WINDOW_S = 0.5
 # A per-process sample reaches the collector within ~1 s of the time it covers (one sample
@@ -71,6 +75,7 @@ class GpuOptions:
     idle_w_by_uuid: Mapping[str, float] = field(default_factory=dict)
     stored_idle_w: Mapping[str, float] = field(default_factory=dict)
     share_window_s: float = 5.0
+    split_mode: str = SPLIT_POWER_FIT
     on_idle_learned: Callable[[str, float, float], None] | None = None
 
 
@@ -90,101 +95,6 @@ def gpu_options(
     )
 
 
-def parse_idle_setting(value: str) -> tuple[float | None, dict[str, float]]:
-    """``gpu_idle_power_w``: ``""`` (learn), ``"80"`` (all GPUs) or ``"GPU-ab..=80,GPU-cd..=95"``.
-
-    Raises ValueError naming the faulty part."""
-    text = value.strip()
-    if not text:
-        return None, {}
-    if "=" not in text:
-        return _watts(text, "gpu_idle_power_w"), {}
-    by_uuid: dict[str, float] = {}
-    for part in text.split(","):
-        uuid, sep, watts = part.partition("=")
-        if not sep or not uuid.strip():
-            raise ValueError(f"gpu_idle_power_w: expected UUID=W, got {part.strip()!r}")
-        by_uuid[uuid.strip()] = _watts(watts, f"gpu_idle_power_w for {uuid.strip()}")
-    return None, by_uuid
-
-
-def _watts(text: str, what: str) -> float:
-    try:
-        w = float(text)
-    except ValueError:
-        raise ValueError(f"{what}: {text.strip()!r} is not a number of watts") from None
-    if not (math.isfinite(w) and w >= 0):
-        raise ValueError(f"{what}: must be a finite number of watts >= 0, got {text.strip()!r}")
-    return w
-
-
-class IdleBaseline:
-    """One GPU's idle power and where it came from (see the module docstring)."""
-
-    def __init__(
-        self,
-        configured_w: float | None = None,
-        stored_w: float | None = None,
-        window_s: float = 60.0,
-    ) -> None:
-        self.configured_w = configured_w
-        self.stored_w = stored_w
-        self.window_s = window_s
-        self._idle: deque[tuple[float, float]] = deque()  # (duration_s, energy_j), newest last
-        self._idle_s = 0.0
-        self.learned_s = 0.0  # process-free seconds seen this run
-        self.min_power_w: float | None = None
-
-    def observe_idle(self, duration_s: float, energy_j: float) -> None:
-        """A process-free interval measured by the counter. The most recent ``window_s`` of such
-        intervals make the baseline (idle power drifts with temperature)."""
-        # A sliver of an interval (the last one at shutdown) carries up to a whole counter step
-        # (~100 ms of energy) in a few ms: it would skew the mean, so it is not used.
-        if duration_s < MIN_IDLE_INTERVAL_S or not math.isfinite(energy_j) or energy_j < 0:
-            return
-        self._idle.append((duration_s, energy_j))
-        self._idle_s += duration_s
-        self.learned_s += duration_s
-        while len(self._idle) > 1 and self._idle_s - self._idle[0][0] >= self.window_s:
-            self._idle_s -= self._idle.popleft()[0]
-
-    def note_power(self, power_w: float) -> None:
-        if self.min_power_w is None or power_w < self.min_power_w:
-            self.min_power_w = power_w
-
-    @property
-    def learned_w(self) -> float | None:
-        if not self._idle:
-            return None
-        return math.fsum(e for _, e in self._idle) / math.fsum(d for d, _ in self._idle)
-
-    def current(self) -> tuple[float | None, str]:
-        """(idle power, source): configured > learned this run > stored > lowest power > unknown."""
-        if self.configured_w is not None:
-            return self.configured_w, IDLE_CONFIGURED
-        learned = self.learned_w
-        if learned is not None:
-            return learned, IDLE_LEARNED
-        if self.stored_w is not None:
-            return self.stored_w, IDLE_LEARNED
-        if self.min_power_w is not None:
-            return self.min_power_w, IDLE_LOWEST_POWER
-        return None, IDLE_UNKNOWN
-
-    def describe(self) -> str:
-        value, source = self.current()
-        if value is None:
-            return "idle baseline unknown (no process-free interval or power reading yet)"
-        how = {
-            IDLE_CONFIGURED: "configured (gpu_idle_power_w)",
-            IDLE_LOWEST_POWER: "lowest power reading so far, until a process-free interval is seen",
-        }.get(source)
-        if how is None:
-            how = (f"learned from the energy counter over {self.learned_s:.0f} s without processes"
-                   if self.learned_w is not None else "learned from the energy counter earlier")
-        return f"idle baseline {value:.1f} W {source}: {how}"
-
-
 @dataclass(frozen=True)
 class ShareResult:
     shares: dict[int | str, float]
@@ -198,12 +108,17 @@ class ShareTracker:
         self,
         window_s: float = 5.0,
         *,
+        mode: str = SPLIT_POWER_FIT,
         fit_rows: int = 300,
         min_fit_rows: int = 4,
         min_r2: float = 0.3,
         power_align_s: float = 0.1,
     ) -> None:
+        if mode not in SPLIT_MODES:
+            raise ValueError(f"split mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
         self.window_s = window_s
+        self.mode = mode
+        self._last = ShareResult({}, SPLIT_NONE)
         # pid -> ascending sample times (s) and SM fractions
         self._ts: dict[int, list[float]] = {}
         self._frac: dict[int, list[float]] = {}
@@ -215,9 +130,16 @@ class ShareTracker:
         self.fit: ActivityFit[int] = ActivityFit(
             max_rows=fit_rows, min_rows=min_fit_rows, min_r2=min_r2
         )
-        # A reading averages the ~100 ms before it: it describes activity about half that earlier.
+        # A reading polled at t is the mean over the 100 ms before the device's last update,
+        # itself up to 100 ms old: it describes activity centred about 100 ms before t.
         self.power_align_s = power_align_s
         self.last_fit_r2: float | None = None
+        self._max_power_w = 0.0  # highest mean power of any fit row
+        self._counter_rows: deque[tuple[float, float, float, frozenset[int]]] = deque()
+        # For estimating how far the power reading lags: recent readings and counter intervals.
+        self._readings: deque[tuple[float, float]] = deque(maxlen=LAG_READINGS)
+        self._counter_energy: deque[tuple[float, float, float]] = deque(maxlen=LAG_INTERVALS)
+        self._since_lag_estimate = 0
         # Consecutive readings under one activity vector (one SM sample window) make one fit row,
         # their mean power: power within a window moves with kernels the samples cannot see.
         # (sample windows, activity, power sum, readings, last reading time)
@@ -239,7 +161,8 @@ class ShareTracker:
             fracs.insert(i, frac)
 
     def add_power(self, t_s: float, power_w: float) -> None:
-        self._pending.append((t_s - self.power_align_s, power_w))
+        self._pending.append((t_s, power_w))
+        self._readings.append((t_s, power_w))
 
     # -- activity --
 
@@ -263,7 +186,7 @@ class ShareTracker:
     def mean_activity(self, pid: int, start_s: float, end_s: float) -> tuple[float | None, float]:
         """(mean SM fraction over the interval, None if nothing is known; the fraction of the
         interval covered by samples rather than carried)."""
-        n = max(4, math.ceil((end_s - start_s) / 0.05))
+        n = min(max(4, math.ceil((end_s - start_s) / 0.05)), 400)
         step = (end_s - start_s) / n
         seen = [self.activity(pid, start_s + (j + 0.5) * step) for j in range(n)]
         known = [x for x, _ in seen if x is not None]
@@ -280,30 +203,68 @@ class ShareTracker:
         idle_w: float | None,
         present_at_start: Iterable[int] | None = None,
         active_j: float | None = None,
+        busy_at_start: bool = False,
+        energy_j: float | None = None,
     ) -> ShareResult:
         """Weights for one interval. ``present`` / ``present_at_start``: pids holding a compute
         context at its end / start (None: unknown, then the pids with samples stand in);
-        ``active_j``: the interval's energy above idle (the power-fit split needs it)."""
+        ``active_j``: the interval's energy above idle (the power-fit split needs it);
+        ``busy_at_start``: the device was in use right up to start_s."""
         present_set = set(present or ()) | set(present_at_start or ())
         consumers = present_set | {p for p in self._ts if self._ran_in(p, start_s, end_s)}
         self._presence.append((start_s, end_s, frozenset(consumers)))
+        if energy_j is not None:
+            self._counter_energy.append((start_s, end_s, energy_j))
+            self._since_lag_estimate += 1
+            if self._since_lag_estimate >= LAG_EVERY and len(self._counter_energy) >= LAG_EVERY:
+                self._since_lag_estimate = 0
+                lag_s = estimate_power_lag(self._readings, self._counter_energy, self.power_align_s)
+                if abs(lag_s - self.power_align_s) > 0.1:
+                    # Rows built on the old alignment would teach the fit the wrong shape.
+                    self.fit.clear()
+                    self._group = None
+                self.power_align_s = lag_s
+        if energy_j is not None and end_s - start_s >= MIN_IDLE_INTERVAL_S and consumers:
+            self._counter_rows.append((start_s, end_s, energy_j / (end_s - start_s),
+                                       frozenset(consumers)))
+        self._feed_counter_rows(end_s)
         self._feed_fit(end_s)
         self._forget(end_s)
+        result = self._split(start_s, end_s, consumers, idle_w, active_j, busy_at_start)
+        self._last = result
+        return result
+
+    def _split(
+        self,
+        start_s: float,
+        end_s: float,
+        consumers: set[int],
+        idle_w: float | None,
+        active_j: float | None,
+        busy_at_start: bool,
+    ) -> ShareResult:
         if not consumers:
+            if busy_at_start and self._last.shares:
+                # The counter read at start_s may be ~100 ms old: this interval still holds the
+                # tail of the last one's work, which belongs to the processes that did it.
+                return self._last
             return ShareResult({}, SPLIT_NONE)
         if len(consumers) == 1:
             return ShareResult({next(iter(consumers)): 1.0}, SPLIT_SOLO)
-        if len(consumers) == 1:
-            return ShareResult({next(iter(consumers)): 1.0}, SPLIT_SOLO)
+        if self.mode == SPLIT_EVEN:
+            return ShareResult(dict.fromkeys(sorted(consumers), 1.0), SPLIT_EVEN)
         acts = {pid: self.mean_activity(pid, start_s, end_s) for pid in sorted(consumers)}
         busy = {pid: a for pid, (a, _) in acts.items() if a}
         unknown = [pid for pid, (a, _) in acts.items() if a is None]
         # The fit is asked even when the samples show one process busy: a sample carried over a
         # lost one can say 0 % for a process that is busy again.
-        if idle_w is not None and active_j is not None and end_s > start_s:
+        if self.mode == SPLIT_POWER_FIT and idle_w is not None and active_j is not None \
+                and end_s > start_s:
             self.fit.fixed_base_w = idle_w
-            fit = self.fit.solve()
+            fit = self.fit.solve(min_support=MIN_FIT_SUPPORT)
             self.last_fit_r2 = fit.r2 if fit is not None else None
+            if fit is not None and not self._plausible(fit.coef_w, idle_w):
+                fit = None
             if fit is not None:
                 weights = _fit_weights(fit.coef_w, acts, max(active_j, 0.0) / (end_s - start_s))
                 if weights:
@@ -333,7 +294,8 @@ class ShareTracker:
         """Turn pending power readings into fit rows once every present process's activity at
         their time is known (its covering sample arrived) or can no longer arrive."""
         while self._pending:
-            t_s, power_w = self._pending[0]
+            read_s, power_w = self._pending[0]
+            t_s = read_s - self.power_align_s
             present = self._present_at(t_s)
             if present is None:
                 if t_s > now_s:
@@ -362,6 +324,26 @@ class ShareTracker:
             if usable:
                 self._add_row(t_s, tuple(windows), row, power_w)
 
+    def _feed_counter_rows(self, now_s: float) -> None:
+        """One fit row per counter interval (exact energy, no power-reading lag) once every
+        process's samples cover it."""
+        while self._counter_rows:
+            start_s, end_s, power_w, consumers = self._counter_rows[0]
+            row = {}
+            ok = True
+            for pid in consumers:
+                x, covered = self.mean_activity(pid, start_s, end_s)
+                if covered < 0.95:
+                    ok = False
+                    break
+                row[pid] = x or 0.0
+            if not ok and now_s - end_s < SAMPLE_OVERDUE_S:
+                break
+            self._counter_rows.popleft()
+            if ok and any(v > 0 for v in row.values()):
+                self.fit.add(row, power_w, weight=COUNTER_ROW_WEIGHT)
+                self._max_power_w = max(self._max_power_w, power_w)
+
     def _window_of(self, pid: int, t_s: float) -> float:
         times = self._ts[pid]
         return times[min(bisect.bisect_left(times, t_s), len(times) - 1)]
@@ -374,7 +356,15 @@ class ShareTracker:
             return
         if group is not None and any(v > 0 for v in group[1].values()):
             self.fit.add(group[1], group[2] / group[3], weight=float(group[3]))
+            self._max_power_w = max(self._max_power_w, group[2] / group[3])
         self._group = (key, row, power_w, 1, t_s)
+
+    def _plausible(self, coef_w: Mapping[int, float], idle_w: float) -> bool:
+        """A process fully busy cannot add much more than the most the device was ever seen to
+        draw above idle: a fit that says so was fooled by a few coincidences (on the H200
+        recording, three samples of a light service priced it at 1.1 kW)."""
+        limit_w = MAX_COEF_OVER_PEAK * max(self._max_power_w - idle_w, 0.0)
+        return all(c <= limit_w for c in coef_w.values())
 
     def _forget(self, now_s: float) -> None:
         keep_s = now_s - 2 * self.window_s - 60.0
@@ -425,3 +415,46 @@ def _fit_weights(
             est[pid] = covered * w + (1.0 - covered) * residual_w
     est = {pid: w for pid, w in est.items() if w > 0}
     return est if est else None
+
+
+def estimate_power_lag(
+    readings: Sequence[tuple[float, float]],
+    intervals: Sequence[tuple[float, float, float]],
+    current_s: float,
+) -> float:
+    """How many seconds the power reading trails the energy it describes, found by the counter.
+
+    Each counter interval's energy is exact; the readings, held from one to the next and shifted
+    back by ``d``, integrate to a prediction of it. The ``d`` with the smallest squared error
+    wins. Where power barely moved (every shift predicts alike) the current value stays."""
+    if len(readings) < 20 or len(intervals) < 5:
+        return current_s
+    import numpy as np
+
+    t = np.array([r[0] for r in readings])
+    p = np.array([r[1] for r in readings])
+    cum = np.concatenate([[0.0], np.cumsum(p[:-1] * np.diff(t))])
+
+    def integral(at: np.ndarray) -> np.ndarray:
+        i = np.clip(np.searchsorted(t, at, side="right") - 1, 0, len(t) - 1)
+        return cum[i] + p[i] * (at - t[i])
+
+    s = np.array([iv[0] for iv in intervals])
+    e = np.array([iv[1] for iv in intervals])
+    energy = np.array([iv[2] for iv in intervals])
+    best_s, best_err, errors = current_s, math.inf, []
+    for d in LAG_SHIFTS_S:
+        ok = (s + d >= t[0]) & (e + d <= t[-1])
+        if ok.sum() < 5:
+            continue
+        pred = integral(e[ok] + d) - integral(s[ok] + d)
+        err = float(np.mean((pred - energy[ok]) ** 2))
+        errors.append(err)
+        if err < best_err:
+            best_s, best_err = d, err
+    # Power too flat to tell the shifts apart (they differ by less than 0.1 % of an interval's
+    # energy, or the best is barely better than the worst): keep the current value.
+    floor = (1e-3 * float(np.mean(energy))) ** 2
+    if not errors or max(errors) - best_err <= floor or best_err >= 0.9 * max(errors):
+        return current_s
+    return best_s

@@ -242,8 +242,10 @@ class Daemon:
                        "pue": pricing.pue},
             "cost": (f"energy at {pricing.price_per_kwh} {pricing.currency}/kWh" if pricing.known
                      else "unknown: no energy_price_per_kwh configured"),
-            "attribution": "the job's share of each device's active energy (GPU SM share, CPU "
-            "time, RSS) per interval; idle energy reported separately",
+            "attribution": "the job's share of each device's active energy per interval (GPU: "
+            "all of it when alone, else by fitted marginal power x SM activity, or SM share; "
+            "CPU time; RSS); idle energy reported separately, the GPU idle baseline learned "
+            "from its counter",
         }
 
     def job_accounting(self) -> dict[str, Any]:
