@@ -310,8 +310,10 @@ class CallLedger:
         if self.power_lag_s and iv.device_class is DeviceClass.GPU and len(seg_e) > 1:
             seg_e = _advance_shape(lo, hi, seg_e, self.power_lag_s)
         total = math.fsum(seg_e.tolist())
+        share = 1.0  # the consumer's part of the shape's energy
         if total > 0 and math.isfinite(total) and np.all(seg_e >= 0):
             seg_e = seg_e / total * energy_j  # the segments shape the consumer part (no overflow)
+            share = energy_j / total
         else:  # no usable shape: spread evenly over the interval
             lo = np.array([start_s])
             hi = np.array([max(end_s, start_s)])
@@ -339,7 +341,8 @@ class CallLedger:
         # Alone on the device, the segments are the consumer's own power shape.
         alone = not any(v > 0 for k, v in parts.items() if k != consumer and k != IDLE)
         self._state(consumer).intervals.append(
-            PendingInterval(start_s, max(end_s, float(hi[-1])), lo, hi, seg_e, factor, alone)
+            PendingInterval(start_s, max(end_s, float(hi[-1])), lo, hi, seg_e, factor, alone,
+                            share=share if math.isfinite(share) and share > 0 else 1.0)
         )
 
     def settle(self, now_s: float) -> CallSettlement:

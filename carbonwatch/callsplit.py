@@ -82,6 +82,9 @@ class PendingInterval:
     # segment is then a cell of the fit; otherwise the whole interval is one cell.
     own_shape: bool = True
     learned: bool = False  # its rows are in the fit already (learned while the fit warmed up)
+    # The consumer's energy over the device's (active) energy in this interval: its readings
+    # divided by it are the device's power shape.
+    share: float = 1.0
 
 
 @dataclass
@@ -113,6 +116,7 @@ class CallPowerFit:
         self._y = [_EMPTY for _ in LAG_OFFSETS_S]
         self._w = [_EMPTY for _ in LAG_OFFSETS_S]
         self._g = [np.zeros(0, dtype=np.int64) for _ in LAG_OFFSETS_S]
+        self._own = [np.zeros(0, dtype=bool) for _ in LAG_OFFSETS_S]
         self._serial = 0
         # The last answer of solve() and how many rows came since: the fit moves slowly, and a
         # solve costs a few ms, so it is redone only every RESOLVE_ROWS new readings.
@@ -130,8 +134,10 @@ class CallPowerFit:
         return len(self._y[0]) < FIT_MIN_ROWS
 
     def add_rows(self, i: int, x: np.ndarray, y: np.ndarray, w: np.ndarray,
-                 group: np.ndarray) -> None:
-        """Rows for candidate ``i``; ``group`` numbers their intervals from 0 within the call."""
+                 group: np.ndarray, own: np.ndarray) -> None:
+        """Rows for candidate ``i``; ``group`` numbers their intervals from 0 within the call;
+        ``own``: the row's interval had the device to itself (its scale is estimated)."""
+        self._own[i] = np.concatenate([self._own[i], own])[-FIT_MAX_ROWS:]
         self._x[i] = np.concatenate([self._x[i], x])[-FIT_MAX_ROWS:]
         self._y[i] = np.concatenate([self._y[i], y])[-FIT_MAX_ROWS:]
         self._w[i] = np.concatenate([self._w[i], w])[-FIT_MAX_ROWS:]
@@ -149,6 +155,10 @@ class CallPowerFit:
         x = self._x[i]
         _, g = np.unique(self._g[i], return_inverse=True)
         gw = np.bincount(g, weights=w)
+        # Scales are estimated for intervals alone on the device (the collector's per-interval
+        # factor, large on a bursty service); beside a steady neighbour the device's energy
+        # hardly depends on the edges, and the share already came out.
+        own_g = np.bincount(g, weights=self._own[i].astype(np.float64)) > 0
 
         def centred(v: np.ndarray) -> np.ndarray:
             return v - (np.bincount(g, weights=v * w) / gw)[g]
@@ -168,9 +178,11 @@ class CallPowerFit:
             num = np.bincount(g, weights=w * dyr * pred)
             den = np.bincount(g, weights=w * pred * pred)
             fitted = den > 1e-12 * max(float(den.max()), 1e-300)
-            scale = np.where(fitted, num / np.where(fitted, den, 1.0), 1.0)
+            scale = np.where(fitted & own_g, num / np.where(fitted, den, 1.0), 1.0)
             scale = np.clip(scale, 0.2, 5.0)
-            scale /= float(np.exp(np.average(np.log(scale), weights=gw)))
+            if own_g.any():
+                scale[own_g] /= float(np.exp(np.average(np.log(scale[own_g]),
+                                                        weights=gw[own_g])))
         dy = centred(y / scale[g])
         # ActivityFit below is the judge; skip building it when it would surely refuse (the
         # same weighted r2, from the last round's coefficients, well under the bar).
@@ -231,6 +243,7 @@ class _Cut:
     own: np.ndarray  # per piece: inside an own-shape interval
     learned: np.ndarray  # per piece: inside an interval already learned from
     rim: np.ndarray  # per piece: in the first or last segment of an own-shape interval
+    share: np.ndarray  # per piece: its interval's share (1 outside intervals)
     points: list[tuple[float, float, float]]  # zero-width segments: (t_s, energy_j, g/J)
 
     @property
@@ -259,6 +272,7 @@ def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -
     iv_edge = np.zeros(n + 1, dtype=bool)
     cell_edge[0] = iv_edge[0] = True  # the margin before the first interval is a cell of its own
     inside, own, learned, rim = (np.zeros(n + 1) for _ in range(4))
+    share = np.ones(n)
     points: list[tuple[float, float, float]] = []
     at = 2 * r + 2
     for iv in due:
@@ -276,6 +290,7 @@ def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -
         piece_j[lo_i[0]:hi_i[-1]] += pj
         piece_g[lo_i[0]:hi_i[-1]] += pj * iv.co2e_g_per_j
         a, b = lo_i[0], hi_i[-1]
+        share[a:b] = iv.share
         cell_edge[lo_i] = True  # one fit cell per reading
         # The first and last readings straddle the counter's bounds (the shape there is partly
         # the neighbour interval's, partly a guess): no fit rows from them.
@@ -298,7 +313,7 @@ def _cut(span_lo: np.ndarray, span_hi: np.ndarray, due: list[PendingInterval]) -
     cover = np.cumsum(np.bincount(i_s, minlength=n + 1) - np.bincount(i_e, minlength=n + 1))[:n]
     return _Cut(x, width_s, i_s, i_e, cover, piece_j, piece_g, cell_edge, iv_edge,
                 np.cumsum(inside)[:n] > 0.5, np.cumsum(own)[:n] > 0.5,
-                np.cumsum(learned)[:n] > 0.5, np.cumsum(rim)[:n] > 0.5, points)
+                np.cumsum(learned)[:n] > 0.5, np.cumsum(rim)[:n] > 0.5, share, points)
 
 
 def learn(
@@ -383,6 +398,11 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
         integrals.append(np.concatenate(([0.0], np.cumsum(per_piece * w))))
     width = cell_w[ok]
     power_w = cell_j[ok] / width
+    # Beside another process the readings are the device's, scaled by this consumer's share of
+    # the interval: divided by it they are device power again, whose deviations within the
+    # interval are this consumer's (plus the neighbour's fluctuations, noise), in the same
+    # units as readings alone. Alone, the share is 1.
+    power_w = power_w / cut.share[first[ok]]
     # Each cell's interval, and the width-weighted mean over its interval's usable cells.
     group = (np.cumsum(cut.iv_edge[:cut.n]) - 1)[first[ok]]
     _, group = np.unique(group, return_inverse=True)
@@ -396,13 +416,13 @@ def _learn(fit: CallPowerFit, demand_x: np.ndarray, cut: _Cut) -> None:
         x = np.column_stack([np.zeros(len(ok)) if cum is None else
                              (np.interp(b, cut.x, cum) - np.interp(a, cut.x, cum)) / (b - a)
                              for cum in integrals])
-        fit.add_rows(i, x[use], power_w[use], width[use], group[use])
+        fit.add_rows(i, x[use], power_w[use], width[use], group[use], own_cell[ok][use])
         count = integrals[0]
         if count is not None:
             ga, gb = a - IDLE_GUARD_S, b + IDLE_GUARD_S
             none = (np.interp(gb, cut.x, count) - np.interp(ga, cut.x, count) <= 0) & own_cell[ok]
             for j in np.flatnonzero(none).tolist():
-                idle.append((float(power_w[j]), float(width[j])))
+                idle.append((float(power_w[j] * cut.share[first[ok][j]]), float(width[j])))
     fit.next_serial(int(group.max()) + 1)
 
 
