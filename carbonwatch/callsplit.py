@@ -55,6 +55,8 @@ FIT_MAX_ROWS = 600
 FIT_MIN_ROWS = 20
 FIT_MIN_R2 = 0.5
 SCALE_ROUNDS = 4
+# A counter interval's calls get at most this many times the energy the fit predicts for them.
+MAX_OVER_FIT = 2.0
 # New readings before a trusted fit is solved again (5 s at 10 Hz), and an untrusted one.
 RESOLVE_ROWS = 50
 RETRY_ROWS = 8
@@ -463,10 +465,19 @@ def _fitted(
     by_mass = cell_mass > 0
     frac = np.where(by_mass, mass / np.where(by_mass, cell_mass, 1.0),
                     w / np.where(cell_w > 0, cell_w, 1.0))
-    new_j = cell_j[cells] * frac
+    # Beside another process, energy far beyond what the fit says the interval's calls (and
+    # base) drew is not theirs: the attribution can hand a quiet service a slice of its
+    # neighbour's energy, which its few calls must not absorb. It stays between calls. (Alone
+    # on the device, the service owns all the active energy: nothing to hold back.)
+    cell_mass_j = np.bincount(cells, weights=mass, minlength=n_cells)
+    shared_cell = np.bincount(cells, weights=np.where(cut.own, 0.0, w), minlength=n_cells) > 0
+    excess_j = np.where(shared_cell & (cell_mass_j > 0),
+                        np.maximum(cell_j - MAX_OVER_FIT * cell_mass_j, 0.0), 0.0)
+    keep = np.where(cell_j > 0, (cell_j - excess_j) / np.where(cell_j > 0, cell_j, 1.0), 0.0)
+    new_j = cell_j[cells] * frac * keep[cells]
     g_per_j = np.where(cell_j > 0, cell_g / np.where(cell_j > 0, cell_j, 1.0), 0.0)
     new_g = new_j * g_per_j[cells]
-    between_j = math.fsum(new_j[~covered].tolist())
+    between_j = math.fsum(new_j[~covered].tolist()) + math.fsum(excess_j.tolist())
     # Covered piece p gives call i new_j[p] * (base_w / k + d_i) / pred_w[p].
     per_w = np.where(covered, 1.0 / np.where(covered, pred_w, 1.0), 0.0)
     base_share = np.where(covered, base_w / np.maximum(cut.cover, 1), 0.0) * per_w
