@@ -37,12 +37,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter, methodcaller
+from operator import attrgetter
 
 import numpy as np
 
 from carbonwatch.accounting import J_PER_KWH, co2e_g
 from carbonwatch.attribution import IDLE
+from carbonwatch.callinputs import consumer_shape, work_measures
 from carbonwatch.callsplit import (
     MARGIN_S,
     METHOD_FIT,
@@ -123,9 +124,6 @@ class CallSettlement:
 
 _EMPTY = np.empty(0, dtype=np.float64)
 _START, _END, _MODEL = attrgetter("start_s"), attrgetter("end_s"), attrgetter("model")
-_WEIGHT, _TAGS = attrgetter("weight"), attrgetter("tags")
-_GET_BATCH = methodcaller("get", "batch")
-_TOKENS_IN, _TOKENS_OUT = attrgetter("tokens_in"), attrgetter("tokens_out")
 
 
 class _Chunk:
@@ -292,32 +290,9 @@ class CallLedger:
         start_s, end_s = float(iv.start_s), float(iv.end_s)
         if not (math.isfinite(start_s) and math.isfinite(end_s) and math.isfinite(energy_j)):
             raise ValueError(f"interval times and energy must be finite, got {iv!r}, {energy_j!r}")
-        if iv.segments:
-            hi = np.array([s[0] for s in iv.segments], dtype=np.float64)
-            seg_e = np.array([s[1] for s in iv.segments], dtype=np.float64)
-        else:
-            hi = np.array([end_s], dtype=np.float64)
-            seg_e = np.array([energy_j], dtype=np.float64)
-        # Malformed segments (unsorted, before start_s) become zero-width, never negative-width.
-        hi = np.maximum.accumulate(np.maximum(hi, start_s))
-        lo = np.concatenate(([start_s], hi[:-1]))
+        lag_s = self.power_lag_s if iv.device_class is DeviceClass.GPU else 0.0
+        lo, hi, seg_e, share = consumer_shape(iv, item.parts, energy_j, lag_s)
         parts = item.parts
-        if parts.get(IDLE, 0.0) > 0 and iv.idle_energy_j > 0 and end_s > start_s:
-            # The consumer's part is active energy: shape it by the power above the idle line.
-            active = seg_e - (hi - lo) * (iv.idle_energy_j / (end_s - start_s))
-            if np.all(np.isfinite(active)) and float(np.maximum(active, 0.0).sum()) > 0:
-                seg_e = np.maximum(active, 0.0)
-        if self.power_lag_s and iv.device_class is DeviceClass.GPU and len(seg_e) > 1:
-            seg_e = _advance_shape(lo, hi, seg_e, self.power_lag_s)
-        total = math.fsum(seg_e.tolist())
-        share = 1.0  # the consumer's part of the shape's energy
-        if total > 0 and math.isfinite(total) and np.all(seg_e >= 0):
-            seg_e = seg_e / total * energy_j  # the segments shape the consumer part (no overflow)
-            share = energy_j / total
-        else:  # no usable shape: spread evenly over the interval
-            lo = np.array([start_s])
-            hi = np.array([max(end_s, start_s)])
-            seg_e = np.array([energy_j], dtype=np.float64)
         last_end_s = self._last_end_s.get(consumer)
         if last_end_s is None:  # its first interval: bridge back to its first call, if close
             st = self._state(consumer)
@@ -342,7 +317,7 @@ class CallLedger:
         alone = not any(v > 0 for k, v in parts.items() if k != consumer and k != IDLE)
         self._state(consumer).intervals.append(
             PendingInterval(start_s, max(end_s, float(hi[-1])), lo, hi, seg_e, factor, alone,
-                            share=share if math.isfinite(share) and share > 0 else 1.0)
+                            share=share)
         )
 
     def settle(self, now_s: float) -> CallSettlement:
@@ -417,7 +392,7 @@ class CallLedger:
                 ids[model] = len(self._models)
                 self._models.append(model)
             mid = np.fromiter(map(ids.__getitem__, map(_MODEL, new)), dtype=np.int64, count=n)
-        weight, tokens_in, tokens_out = _work_measures(new)
+        weight, tokens_in, tokens_out = work_measures(new)
         objs = None
         if self.emit_per_call:
             objs = np.empty(n, dtype=object)
@@ -547,60 +522,3 @@ class CallLedger:
             row["tokens_in"] += int(sums[4][i])
             row["tokens_out"] += int(sums[5][i])
             row["token_calls"] += int(token_calls[i])
-
-
-def _work_measures(spans: list[CallSpan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per span: the weight the fit uses, tokens_in and tokens_out (NaN where not reported).
-
-    The weight is the span's ``weight``, else its ``batch`` tag (what the H200 trace's server and
-    many batch servers report), else 1: one call's worth of work. Not tokens: a call's tokens enter
-    the fit as rates (tokens / duration), never as a weight that its duration would multiply."""
-    n = len(spans)
-    weight, tokens_in, tokens_out = (_floats(list(map(get, spans)))
-                                     for get in (_WEIGHT, _TOKENS_IN, _TOKENS_OUT))
-    missing = ~(np.isfinite(weight) & (weight >= 0))
-    if missing.any():
-        idx = np.flatnonzero(missing)
-        tags = list(map(_TAGS, spans)) if len(idx) == n else [spans[i].tags for i in idx.tolist()]
-        values = list(map(_GET_BATCH, tags))
-        try:  # numbers and numeric strings convert in one C pass; None becomes NaN
-            batch = np.array(values, dtype=np.float64).reshape(len(values))
-        except (TypeError, ValueError):
-            batch = np.array([_number(v) for v in values], dtype=np.float64)
-        batch[~(np.isfinite(batch) & (batch >= 0))] = 1.0
-        weight[idx] = batch
-    for tokens in (tokens_in, tokens_out):
-        tokens[~(tokens >= 0) | ~np.isfinite(tokens)] = np.nan
-    return weight, tokens_in, tokens_out
-
-
-def _advance_shape(
-    lo: np.ndarray, hi: np.ndarray, seg_e: np.ndarray, lag_s: float
-) -> np.ndarray:
-    """The segments' energy as if each reading stood ``lag_s`` earlier: segment [a, b) gets the
-    shape's energy over [a + lag, b + lag). The interval's own bounds stay (the counter measured
-    them); past its end the last reading's power holds, the best guess until the next interval.
-    Only the shape moves: the caller scales it to the interval's energy."""
-    edges = np.concatenate(([lo[0]], hi))
-    cum = np.concatenate(([0.0], np.cumsum(seg_e)))
-    width = hi[-1] - lo[-1]
-    tail_w = seg_e[-1] / width if width > 0 else 0.0
-    q = edges + lag_s
-    shifted = np.interp(q, edges, cum) + np.maximum(q - edges[-1], 0.0) * tail_w
-    out = np.diff(shifted)
-    return out if np.all(np.isfinite(out)) and np.all(out >= 0) else seg_e
-
-
-def _floats(values: list[float | None]) -> np.ndarray:
-    """A float array with NaN for None. Most spans report no measure: that case costs one
-    C-level count, not a conversion per element."""
-    if values.count(None) == len(values):
-        return np.full(len(values), np.nan)
-    return np.array(values, dtype=np.float64).reshape(len(values))
-
-
-def _number(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
