@@ -15,6 +15,13 @@ energy would land in the gap after it. Where the idle energy is its own line, th
 has the idle power taken out first (the consumer's part is active energy only; idle power, flat,
 would smear it into the gaps between calls).
 
+Device misses. Under a trusted fit, a gap of up to ``MAX_BRIDGE_S`` before a consumer's interval
+(the device gave it nothing there: the second of its launch before its first SM sample, a quiet
+second under the idle baseline's error) is bridged, so calls that ran there share the interval's
+energy by demand instead of getting 0 J; and beside another process an interval's calls get at
+most ``MAX_OVER_FIT`` times what the fit predicts for them, the rest staying between calls (the
+attribution can hand a quiet service a slice of its neighbour's energy).
+
 Timing. Intervals are split when they are settled, ``settle_s`` after they ended, so that spans
 reported a little late (client batching) are there to receive their energy. A call is emitted once
 every interval it overlaps is settled: when it ends before the settled frontier. A span that
