@@ -126,36 +126,30 @@ class ActivityFit(Generic[K]):
         highest value) in fewer rows than this has too little evidence to be priced; it is left
         out, and so are the rows it was clearly active in (they would push its power onto the
         others). Callers treat it as not priced."""
-        rows = list(self._rows)
-        if min_support > 0:
-            peak: dict[K, float] = {}
-            for act, _, _ in rows:
-                for k, v in act.items():
-                    peak[k] = max(peak.get(k, 0.0), v)
-            support = dict.fromkeys(peak, 0)
-            for act, _, _ in rows:
-                for k, v in act.items():
-                    support[k] += v > 0.1 * peak[k]
-            thin = {k for k, n in support.items() if n < min_support}
-            if thin:
-                rows = [
-                    ({k: v for k, v in act.items() if k not in thin}, p, w)
-                    for act, p, w in rows
-                    if not any(act.get(k, 0.0) > 0.1 * peak[k] for k in thin)
-                ]
-        if len(rows) < self.min_rows:
+        if len(self._rows) < self.min_rows:
             return None
-        keys: list[K] = sorted({k for act, _, _ in rows for k in act}, key=repr)
+        keys: list[K] = sorted({k for act, _, _ in self._rows for k in act}, key=repr)
         col = {k: i for i, k in enumerate(keys)}
-        n = len(rows)
+        n = len(self._rows)
         x = np.zeros((n, len(keys)))
         y = np.empty(n)
         sw = np.empty(n)
-        for i, (act, p, w) in enumerate(rows):
+        for i, (act, p, w) in enumerate(self._rows):
             for k, v in act.items():
                 x[i, col[k]] = v
             y[i] = p
-            sw[i] = math.sqrt(w)
+            sw[i] = w
+        sw = np.sqrt(sw)
+        if min_support > 0 and len(keys):
+            clear = x > 0.1 * x.max(axis=0)
+            thin = clear.sum(axis=0) < min_support
+            if thin.any():
+                keep = ~clear[:, thin].any(axis=1)
+                keys = [k for k, t in zip(keys, thin, strict=True) if not t]
+                x, y, sw = x[keep][:, ~thin], y[keep], sw[keep]
+                n = len(y)
+                if n < self.min_rows:
+                    return None
         # A regressor that never moved is indistinguishable from a free intercept: leave it out
         # (its coefficient is then 0 here, and callers fall back for it). With the intercept
         # pinned, a steady consumer (a trainer busy 90 % of every sample) is identifiable: keep

@@ -29,7 +29,7 @@ from carbonwatch.collectors.gpuidle import MIN_IDLE_INTERVAL_S, parse_idle_setti
 if TYPE_CHECKING:
     from carbonwatch.collectors.gpu import ProcessSample
     from carbonwatch.config import Settings
-    from carbonwatch.powerfit import ActivityFit
+    from carbonwatch.powerfit import ActivityFit, Fit
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ MAX_COEF_OVER_PEAK = 1.5
 # The power reading's lag is re-estimated every LAG_EVERY intervals from the last LAG_READINGS
 # readings and LAG_INTERVALS counter intervals, among shifts of 0 to 2 s.
 LAG_EVERY = 5
+LAG_EVERY_LATER = 30
+# A solved fit is reused for up to this long while rows trickle in (solving costs ~0.5 ms).
+REFIT_EVERY_S = 3.0
 LAG_READINGS = 1200
 LAG_INTERVALS = 60
 LAG_SHIFTS_S = tuple(round(0.05 * i, 2) for i in range(41))
@@ -140,6 +143,9 @@ class ShareTracker:
         self._readings: deque[tuple[float, float]] = deque(maxlen=LAG_READINGS)
         self._counter_energy: deque[tuple[float, float, float]] = deque(maxlen=LAG_INTERVALS)
         self._since_lag_estimate = 0
+        self._lag_estimates = 0
+        self._rows_added = 0  # rows ever given to the fit (a solve is reused until it moves)
+        self._fit_cache: tuple[Fit[int] | None, float, int, float] | None = None
         # Consecutive readings under one activity vector (one SM sample window) make one fit row,
         # their mean power: power within a window moves with kernels the samples cannot see.
         # (sample windows, activity, power sum, readings, last reading time)
@@ -186,7 +192,7 @@ class ShareTracker:
     def mean_activity(self, pid: int, start_s: float, end_s: float) -> tuple[float | None, float]:
         """(mean SM fraction over the interval, None if nothing is known; the fraction of the
         interval covered by samples rather than carried)."""
-        n = min(max(4, math.ceil((end_s - start_s) / 0.05)), 400)
+        n = min(max(4, math.ceil((end_s - start_s) / 0.1)), 200)
         step = (end_s - start_s) / n
         seen = [self.activity(pid, start_s + (j + 0.5) * step) for j in range(n)]
         known = [x for x, _ in seen if x is not None]
@@ -216,13 +222,17 @@ class ShareTracker:
         if energy_j is not None:
             self._counter_energy.append((start_s, end_s, energy_j))
             self._since_lag_estimate += 1
-            if self._since_lag_estimate >= LAG_EVERY and len(self._counter_energy) >= LAG_EVERY:
+            # Early and often while it is unknown, then every LAG_EVERY_LATER intervals.
+            every = LAG_EVERY if self._lag_estimates < 3 else LAG_EVERY_LATER
+            if self._since_lag_estimate >= every and len(self._counter_energy) >= LAG_EVERY:
                 self._since_lag_estimate = 0
+                self._lag_estimates += 1
                 lag_s = estimate_power_lag(self._readings, self._counter_energy, self.power_align_s)
                 if abs(lag_s - self.power_align_s) > 0.1:
                     # Rows built on the old alignment would teach the fit the wrong shape.
                     self.fit.clear()
                     self._group = None
+                    self._rows_added += 1
                 self.power_align_s = lag_s
         if energy_j is not None and end_s - start_s >= MIN_IDLE_INTERVAL_S and consumers:
             self._counter_rows.append((start_s, end_s, energy_j / (end_s - start_s),
@@ -260,11 +270,7 @@ class ShareTracker:
         # lost one can say 0 % for a process that is busy again.
         if self.mode == SPLIT_POWER_FIT and idle_w is not None and active_j is not None \
                 and end_s > start_s:
-            self.fit.fixed_base_w = idle_w
-            fit = self.fit.solve(min_support=MIN_FIT_SUPPORT)
-            self.last_fit_r2 = fit.r2 if fit is not None else None
-            if fit is not None and not self._plausible(fit.coef_w, idle_w):
-                fit = None
+            fit = self._solve(idle_w, end_s)
             if fit is not None:
                 weights = _fit_weights(fit.coef_w, acts, max(active_j, 0.0) / (end_s - start_s))
                 if weights:
@@ -276,6 +282,24 @@ class ShareTracker:
         # Without a fit, a process not sampled yet (just launched) gets no share beside sampled
         # ones: at launch it is mostly loading, and the next intervals see its samples.
         return ShareResult(dict(busy), SPLIT_SM_SHARE)
+
+    def _solve(self, idle_w: float, now_s: float) -> Fit[int] | None:
+        """The fit, re-solved only when it may have moved: new rows since the last solve and
+        ``REFIT_EVERY_S`` passed (or no usable fit yet), or the idle baseline moved."""
+        cached = self._fit_cache
+        if cached is not None and abs(cached[3] - idle_w) <= 0.005 * idle_w:
+            fit, solved_s, rows_then, _ = cached
+            if rows_then == self._rows_added or (
+                fit is not None and now_s - solved_s < REFIT_EVERY_S
+            ):
+                return fit
+        self.fit.fixed_base_w = idle_w
+        fit = self.fit.solve(min_support=MIN_FIT_SUPPORT)
+        if fit is not None and not self._plausible(fit.coef_w, idle_w):
+            fit = None
+        self.last_fit_r2 = fit.r2 if fit is not None else None
+        self._fit_cache = (fit, now_s, self._rows_added, idle_w)
+        return fit
 
     def _ran_in(self, pid: int, start_s: float, end_s: float) -> bool:
         """Whether a sample with activity covers part of [start_s, end_s] (a process that exited
@@ -342,6 +366,7 @@ class ShareTracker:
             self._counter_rows.popleft()
             if ok and any(v > 0 for v in row.values()):
                 self.fit.add(row, power_w, weight=COUNTER_ROW_WEIGHT)
+                self._rows_added += 1
                 self._max_power_w = max(self._max_power_w, power_w)
 
     def _window_of(self, pid: int, t_s: float) -> float:
@@ -356,6 +381,7 @@ class ShareTracker:
             return
         if group is not None and any(v > 0 for v in group[1].values()):
             self.fit.add(group[1], group[2] / group[3], weight=float(group[3]))
+            self._rows_added += 1
             self._max_power_w = max(self._max_power_w, group[2] / group[3])
         self._group = (key, row, power_w, 1, t_s)
 
@@ -434,24 +460,27 @@ def estimate_power_lag(
     t = np.array([r[0] for r in readings])
     p = np.array([r[1] for r in readings])
     cum = np.concatenate([[0.0], np.cumsum(p[:-1] * np.diff(t))])
-
-    def integral(at: np.ndarray) -> np.ndarray:
-        i = np.clip(np.searchsorted(t, at, side="right") - 1, 0, len(t) - 1)
-        return cum[i] + p[i] * (at - t[i])
-
     s = np.array([iv[0] for iv in intervals])
     e = np.array([iv[1] for iv in intervals])
     energy = np.array([iv[2] for iv in intervals])
-    best_s, best_err, errors = current_s, math.inf, []
-    for d in LAG_SHIFTS_S:
-        ok = (s + d >= t[0]) & (e + d <= t[-1])
-        if ok.sum() < 5:
-            continue
-        pred = integral(e[ok] + d) - integral(s[ok] + d)
-        err = float(np.mean((pred - energy[ok]) ** 2))
-        errors.append(err)
-        if err < best_err:
-            best_s, best_err = d, err
+    shifts = np.array(LAG_SHIFTS_S)[:, None]
+    lo, hi = s[None, :] + shifts, e[None, :] + shifts  # (shifts, intervals)
+    inside = (lo >= t[0]) & (hi <= t[-1])
+
+    def integral(at: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(t, at, side="right") - 1
+        i = np.minimum(np.maximum(i, 0), len(t) - 1)
+        return cum[i] + p[i] * (at - t[i])
+
+    sq = np.where(inside, (integral(hi) - integral(lo) - energy[None, :]) ** 2, 0.0)
+    counts = inside.sum(axis=1)
+    usable = counts >= 5
+    if not usable.any():
+        return current_s
+    errors = [float(v) for v in sq.sum(axis=1)[usable] / counts[usable]]
+    best = int(np.argmin(errors))
+    best_s = float(np.array(LAG_SHIFTS_S)[usable][best])
+    best_err = errors[best]
     # Power too flat to tell the shifts apart (they differ by less than 0.1 % of an interval's
     # energy, or the best is barely better than the worst): keep the current value.
     floor = (1e-3 * float(np.mean(energy))) ** 2
