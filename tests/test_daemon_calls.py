@@ -22,6 +22,10 @@ def test_calls_share_the_service_energy_exactly_and_every_call_gets_some(tmp_pat
             assert status == 200, body
             assert body["accepted"] == len(calls[i:i + 1000])
         daemon.wait_for(daemon.replay_finished)
+        daemon.wait_for(lambda: daemon.request("GET", "/healthz")[1]["pending_calls"] == 0)
+        _, health = daemon.request("GET", "/healthz")
+        # Every settled call says how it was apportioned; on this trace, by overlap time.
+        assert health["calls_apportioned"] == {"power_fit": 0, "overlap_time": len(calls)}
         status, listed = daemon.request("GET", "/v1/jobs")
         (service,) = listed["jobs"]
         assert (service["kind"], service["model"], service["pids"]) == ("inference", MODEL,

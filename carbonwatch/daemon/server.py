@@ -412,7 +412,8 @@ class Daemon:
                    for d in self.device_views()]
         return {"ok": ok, "status": status, "node": self.node,
                 "collector_errors": self.sampler.errors,
-                "pending_calls": self.state.pending_calls(), "devices": devices}
+                "pending_calls": self.state.pending_calls(),
+                "calls_apportioned": self.state.apportioned(), "devices": devices}
 
     def _metric_health(self) -> Health:
         devices = self.device_views()

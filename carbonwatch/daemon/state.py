@@ -370,6 +370,11 @@ class DaemonState:
         with self.lock:
             return len(self._span_batch)
 
+    def apportioned(self) -> dict[str, int]:
+        """Calls settled since start, by how their energy was apportioned."""
+        with self.lock:
+            return {"power_fit": self.calls.fitted_calls, "overlap_time": self.calls.overlap_calls}
+
 
 def _rollup(
     batches: Sequence[_Batch], log_calls: bool = True,
