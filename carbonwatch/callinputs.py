@@ -16,9 +16,10 @@ from carbonwatch.model import EnergyInterval
 if TYPE_CHECKING:
     from carbonwatch.calls import CallSpan
 
-_WEIGHT, _TAGS = attrgetter("weight"), attrgetter("tags")
+_TAGS = attrgetter("tags")
 _GET_BATCH = methodcaller("get", "batch")
-_TOKENS_IN, _TOKENS_OUT = attrgetter("tokens_in"), attrgetter("tokens_out")
+_MEASURES = attrgetter("weight", "tokens_in", "tokens_out")
+_NOT_REPORTED = (None, None, None)
 
 
 def work_measures(spans: Sequence[CallSpan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,8 +29,12 @@ def work_measures(spans: Sequence[CallSpan]) -> tuple[np.ndarray, np.ndarray, np
     many batch servers report), else 1: one call's worth of work. Not tokens: a call's tokens enter
     the fit as rates (tokens / duration), never as a weight that its duration would multiply."""
     n = len(spans)
-    weight, tokens_in, tokens_out = (_floats(list(map(get, spans)))
-                                     for get in (_WEIGHT, _TOKENS_IN, _TOKENS_OUT))
+    measures = list(map(_MEASURES, spans))  # one C-level pass for all three fields
+    if measures.count(_NOT_REPORTED) == n:  # the common case: nothing to convert
+        weight, tokens_in, tokens_out = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    else:  # None becomes NaN in a float array
+        table = np.array(measures, dtype=np.float64).reshape(n, 3)
+        weight, tokens_in, tokens_out = (table[:, k].copy() for k in range(3))
     missing = ~(np.isfinite(weight) & (weight >= 0))
     if missing.any():
         idx = np.flatnonzero(missing)
@@ -61,14 +66,6 @@ def advance_shape(
     shifted = np.interp(q, edges, cum) + np.maximum(q - edges[-1], 0.0) * tail_w
     out = np.diff(shifted)
     return out if np.all(np.isfinite(out)) and np.all(out >= 0) else seg_e
-
-
-def _floats(values: list[float | None]) -> np.ndarray:
-    """A float array with NaN for None. Most spans report no measure: that case costs one
-    C-level count, not a conversion per element."""
-    if values.count(None) == len(values):
-        return np.full(len(values), np.nan)
-    return np.array(values, dtype=np.float64).reshape(len(values))
 
 
 def _number(value: object) -> float:
