@@ -31,6 +31,9 @@ from carbonwatch.store import Store
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
 SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
 HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it has
+# A new service's first intervals wait up to this long for its power fit to be tried, so its
+# first calls are not split by time alone (see CallLedger warmup_s).
+WARMUP_REAL_S = 10.0
 
 
 class Watcher(Protocol):
@@ -192,6 +195,7 @@ class DaemonState:
         self.calls = CallLedger(
             settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,
             horizon_s=HORIZON_REAL_S * speed, power_lag_s=NVML_POWER_LAG_S,
+            warmup_s=WARMUP_REAL_S * speed,
         )
         self.devices: dict[str, DeviceStatus] = {}
         self.scanner = scanner
