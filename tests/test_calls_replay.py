@@ -72,12 +72,12 @@ def test_calls_alone_on_a_gpu_get_their_true_energy_through_the_cli(tmp_path: Pa
                         service["energy_j"], rel_tol=1e-9)
 
 
-@pytest.mark.parametrize("seed", [3, 4, 5, 6])
+@pytest.mark.parametrize("seed", [3, 4, 5, 6, 7])
 def test_calls_beside_a_trainer_get_their_true_energy(tmp_path: Path, seed: int) -> None:
-    # Of seeds 1-8, these are where the device attribution gives the service its true energy
-    # within 8 %; on seeds 1, 2 and 8 it is off by +13 %, -18 % and -5 % (bench_calls_accuracy.py
-    # shows every seed), and the split can only share out what it is given, which the next test
-    # isolates.
+    # Of seeds 1-8, these meet the whole bar. On seeds 1 and 2 the device attribution gives the
+    # service +13 % / -15 % of its true energy, and on seed 8 -4 % with 5 % more held back
+    # between calls (bench_calls_accuracy.py shows every seed): the split can only share out
+    # what it is given, which the next test isolates.
     truth = generate(tmp_path, shared(), seed=seed)
     report = replay_calls(tmp_path)
     [service] = report.services
@@ -91,8 +91,8 @@ def test_beside_a_trainer_the_split_shares_what_it_is_given_by_the_work(
 ) -> None:
     """The split alone: truth scaled by what the device attribution gave the service. Beside a
     trainer the fit is noisier than alone (the trainer's own fluctuations are in the service's
-    readings): of seeds 1-8 only seed 7 misses the 15 % class bar (its light classes at
-    0.74-0.80); docs/benchmarks.md has the figures over seeds."""
+    readings), but on every seed 1-8 each class is within 13 %; docs/benchmarks.md has the
+    figures over seeds."""
     truth = generate(tmp_path, shared(), seed=seed)
     report = replay_calls(tmp_path)
     [service] = report.services
