@@ -204,14 +204,16 @@ def replay_calls(
         calls.append(call)
         m = models.setdefault(span.model, {"calls": 0, "energy_j": [], "co2e_g": [],
                                            "fitted_calls": 0, "tokens_in": 0, "tokens_out": 0,
-                                           "token_calls": 0, "token_energy_j": []})
+                                           "token_calls": 0, "token_energy_j": [],
+                                           "token_calls_in": 0})
         m["calls"] += 1
         m["energy_j"].append(energy_j)
         m["co2e_g"].append(co2e_g)
         m["fitted_calls"] += method == METHOD_FIT
-        if span.tokens_out is not None:
+        m["tokens_in"] += span.tokens_in or 0  # as the minute rows: None adds 0
+        if span.tokens_out is not None:  # per-token figures: the calls that reported output
             m["token_calls"] += 1
-            m["tokens_in"] += span.tokens_in or 0
+            m["token_calls_in"] += span.tokens_in or 0
             m["tokens_out"] += span.tokens_out
             m["token_energy_j"].append(energy_j)
     for m in models.values():
@@ -220,7 +222,7 @@ def replay_calls(
         token_j = math.fsum(m.pop("token_energy_j"))
         # Per token only over the calls that reported tokens; null when none did.
         m["energy_j_per_output_token"] = token_j / m["tokens_out"] if m["tokens_out"] else None
-        total = m["tokens_in"] + m["tokens_out"]
+        total = m.pop("token_calls_in") + m["tokens_out"]
         m["energy_j_per_token"] = token_j / total if m["token_calls"] and total else None
 
     services = []
