@@ -345,9 +345,12 @@ class CallLedger:
             due = [iv for iv in st.intervals if iv.end_s < cutoff_s]
             fit = self._fit(consumer) if self.use_fit else None
             if (due and fit is not None and fit.warming_up
-                    and due[0].end_s > cutoff_s - self.warmup_s):
+                    and due[0].end_s > cutoff_s - self.warmup_s
+                    and any(len(iv.seg_lo_s) >= 3 for iv in due)):
                 # Too few readings to fit yet: learn from the due intervals but hold them (and
                 # their calls) back a little, rather than split the first seconds by time alone.
+                # (Only intervals with readings inside can teach the fit: a one-segment interval,
+                # from a CPU counter, is never held.)
                 self._split(st, [iv for iv in due if not iv.learned], fit, learn_only=True)
                 due = []
             if due:

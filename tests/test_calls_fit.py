@@ -228,3 +228,22 @@ def test_beside_another_process_calls_get_at_most_twice_what_the_fit_says_they_d
     assert 0 < got <= 2.2 * drawn_j  # twice the fit's prediction, which is near the truth
     # The rest stays with the service, between calls (conservation is property-tested above).
     assert out.between_calls_j["svc"] >= 0.95 * (50 - 2.2) * drawn_j
+
+
+def test_intervals_without_readings_inside_are_never_held_for_the_fit():
+    """A one-segment interval (a CPU counter) cannot teach the fit: the warm-up does not hold
+    its calls back."""
+    ledger = CallLedger(settle_s=0.0, warmup_s=10.0, power_lag_s=LAG_S)
+    call = CallSpan("m", 0.2, 0.4)
+    ledger.add_spans("svc", [call])
+    ledger.add_interval("svc", _interval(0.0, [(1.0, 10.0)]), 10.0)
+    [(span, energy_j, _, _)] = ledger.settle(1.5).per_call
+    assert span is call and energy_j == pytest.approx(2.0)  # overlap time: 0.2 s of 1 s
+
+
+def test_intervals_with_readings_are_held_while_the_fit_warms_up():
+    ledger = CallLedger(settle_s=0.0, warmup_s=10.0, power_lag_s=LAG_S)
+    ledger.add_spans("svc", [CallSpan("m", 0.2, 0.4)])
+    ledger.add_interval("svc", _interval(0.0, [(0.1 * (q + 1), 1.0) for q in range(10)]), 10.0)
+    assert ledger.settle(1.5).per_call == []  # held: too few readings to try a fit
+    assert len(ledger.settle(11.5).per_call) == 1  # released after warmup_s
