@@ -480,7 +480,8 @@ class Daemon:
                    for d in self.device_views()]
         view = {"ok": ok, "status": status, "node": self.node,
                 "collector_errors": self.sampler.errors,
-                "pending_calls": self.state.pending_calls(), "devices": devices,
+                "pending_calls": self.state.pending_calls(),
+                "calls_apportioned": self.state.apportioned(), "devices": devices,
                 "connections": self._connection_view()}
         if self.scrape_targets:
             view["scrape"] = self.scraper.view()
