@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -185,6 +186,9 @@ class _GpuState:
     last_shares: dict[int | str, float] = field(default_factory=dict)
     last_split: str = ""
     reset_logged: bool = False
+    # A counter reading taken in parallel with the other devices' (value or the read's error),
+    # consumed by the next _read_counter.
+    prefetched: int | DeviceError | None = None
 
 
 class GpuCollector:
@@ -209,6 +213,7 @@ class GpuCollector:
             self._options = dataclasses.replace(self._options, idle_w=idle_power_w)
         opts = self._options
         self._states: list[_GpuState] = []
+        self._pool: ThreadPoolExecutor | None = None
         for index in range(backend.device_count()):
             device = backend.device(index)
             uuid = device.uuid
@@ -297,6 +302,7 @@ class GpuCollector:
 
     def collect(self, now_s: float) -> list[EnergyInterval]:
         out: list[EnergyInterval] = []
+        self._prefetch_counters(now_s)
         for st in self._states:
             if st.lost:
                 # Lost during a poll: close its books once with what the power samples saw.
@@ -306,14 +312,51 @@ class GpuCollector:
                 continue
             else:
                 interval = self._collect_one(st, now_s)
+            st.prefetched = None  # never carried to a later round
             if interval is not None:
                 out.append(interval)
         return out
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._backend.close()
 
     # -- internals --
+
+    def _prefetch_counters(self, now_s: float) -> None:
+        """Read the energy counters of every device due a reading at once, on a small pool.
+
+        On an H200 one read takes ~3.8 ms in the driver (ctypes releases the GIL meanwhile): read
+        one after another, 8 GPUs take ~31 ms, and the last device's reading lands ~27 ms after
+        the first's though both close an interval ending at the same ``now_s``. In parallel the
+        round takes about one read. A single device is read inline, as before."""
+        due = [st for st in self._states
+               if st.use_counter and not st.lost and st.start_s is not None and now_s > st.start_s]
+        if len(due) < 2:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=min(8, len(self._states)),
+                                            thread_name_prefix="carbonwatch-counter")
+
+        def read(st: _GpuState) -> int | DeviceError:
+            try:
+                return st.device.total_energy_mj()
+            except DeviceError as exc:  # raised where the value is used, as an inline read's
+                return exc
+
+        for st, value in zip(due, self._pool.map(read, due), strict=True):
+            st.prefetched = value
+
+    @staticmethod
+    def _read_counter(st: _GpuState) -> int:
+        """The prefetched counter reading (raising its error) if there is one, else a read now."""
+        value, st.prefetched = st.prefetched, None
+        if value is None:
+            return st.device.total_energy_mj()
+        if isinstance(value, DeviceError):
+            raise value
+        return value
 
     def _open(self, st: _GpuState, now_s: float) -> None:
         """Start the first interval: read the counter baseline (or learn that there is none)."""
@@ -321,7 +364,7 @@ class GpuCollector:
         st.last_seen_us = int(now_s * 1e6)
         if st.use_counter:
             try:
-                st.counter_mj = st.device.total_energy_mj()
+                st.counter_mj = self._read_counter(st)
             except NotSupported as exc:
                 self._to_power_integral(st, exc)
             except DeviceLost as exc:
@@ -353,7 +396,7 @@ class GpuCollector:
         new_counter_mj: int | None = None
         if st.use_counter:
             try:
-                new_counter_mj = st.device.total_energy_mj()
+                new_counter_mj = self._read_counter(st)
             except DeviceTimeout:
                 return None  # keep the interval open; the next read covers it
             except DeviceLost as exc:

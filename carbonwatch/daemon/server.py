@@ -253,7 +253,7 @@ class Daemon:
         Built here rather than by ``detect`` because the daemon resumes a replay where the store
         left off: trace time must equal clock time, not start again at the clock's start."""
         from carbonwatch.collectors.gpu import GpuCollector
-        from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
+        from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace, read_latency
 
         trace_dir = self.settings.backend[len(REPLAY_PREFIX):]
         if not trace_dir:
@@ -269,7 +269,8 @@ class Daemon:
         self.clock = ReplayClock(start_s, self.speed)
         self.end_s = trace.end_s
         faults = hooks.replay_faults(self.settings.extra.get("replay_faults"), trace.start_s)
-        backend = ReplayGpuBackend(trace, self.clock, devices=self.replay_gpus, faults=faults)
+        backend = ReplayGpuBackend(trace, self.clock, devices=self.replay_gpus, faults=faults,
+                                   latency=read_latency(self.settings.extra.get("replay_latency")))
         self.notes.append(
             f"GPU: replaying {trace.directory} ({trace.gpu_name} x{self.replay_gpus}, "
             f"{trace.end_s - trace.start_s:.1f} s of trace at {self.speed:g}x); "
