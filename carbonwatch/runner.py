@@ -300,6 +300,10 @@ def run_command(
         if status == "finished" and members is not None and any(members.exit_codes()):
             status = "failed"  # job identity hook: a rank that joined failed
         store.add_energy_minutes(ledger.drain_minute_rows())
+        from carbonwatch.embodied import record_devices  # the models embodied carbon needs
+
+        with store.transaction():
+            record_devices(store.conn, sampler.devices(), ended_s)
         store.update_job(
             job_id,
             status=status,

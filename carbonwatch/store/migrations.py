@@ -377,3 +377,15 @@ def m006_tokens(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+@migration
+def m007_statements(conn: sqlite3.Connection) -> None:
+    """The device models behind each ``device_id`` (first and last seen), so embodied carbon
+    (carbonwatch.embodied) can find each device's figure. Stores written before this hold no
+    models: their embodied carbon is unknown, never 0."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS devices (device_id TEXT NOT NULL, device_class TEXT NOT NULL,"
+        " name TEXT NOT NULL, uuid TEXT, first_seen_s REAL NOT NULL, last_seen_s REAL NOT NULL,"
+        " PRIMARY KEY (device_id, name))"
+    )
