@@ -81,6 +81,9 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/v1/jobs/{id}/end", end_job)
     app.router.add_post("/v1/calls", post_calls)
     app.router.add_get("/v1/summary", summary)
+    from carbonwatch.daemon.sci_route import make_handler  # a model's SCI terms
+
+    app.router.add_get("/v1/models/{model}/sci", make_handler(_daemon))
     app.router.add_get("/v1/devices", devices)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)

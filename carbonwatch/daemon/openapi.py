@@ -236,6 +236,28 @@ DOCUMENT: dict[str, Any] = {
                 },
             },
         },
+        "/v1/models/{model}/sci": {
+            "get": {
+                "summary": "A model's Software Carbon Intensity (ISO/IEC 21031): E, I, M, R",
+                "description": "SCI = (E x I + M) per R; M is embodied carbon (null where no "
+                "device used has a sourced figure, and SCI with it).",
+                "parameters": [
+                    {"name": "model", "in": "path", "required": True,
+                     "schema": {"type": "string", "maxLength": 256}},
+                    {"name": "functional_unit", "in": "query", "schema": {
+                        "type": "string", "enum": ["calls", "1k-output-tokens", "training-run"],
+                        "default": "calls"}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "E_kwh": {"type": "number"},
+                        "I_g_per_kwh": {"type": ["number", "null"]},
+                        "M_g": {"type": ["number", "null"]}, "R": {"type": "number"},
+                        "sci_g_per_unit": {"type": ["number", "null"]}}}, "the SCI terms"),
+                    **_errors(400, 404),
+                },
+            },
+        },
         "/v1/devices": {
             "get": {
                 "summary": "Measured devices: method, provenance, state, last interval",
