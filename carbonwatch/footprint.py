@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.config import Settings
-from carbonwatch.embodied import Amortisation, embodied_by, embodied_of
+from carbonwatch.embodied import Amortisation, device_names, device_seconds, embodied_of
 from carbonwatch.grid.signals import marginal_by
 
 PHASES = ("training", "inference")
@@ -30,12 +30,26 @@ def _where(model: str) -> tuple[str, list[Any]]:
     return "e.model = ? AND e.phase IN ('training', 'inference')", [model]
 
 
-def phase_embodied(
+def embodied_by_phase_and_hour(
     conn: sqlite3.Connection, model: str, amort: Amortisation
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], list[tuple[int, str, float]]]:
+    """Embodied carbon per phase, and (hour_s, phase, g) for payback, from one scan."""
     where, args = _where(model)
-    got = embodied_by(conn, amort, "e.phase", where, args)
-    return {p: got.get(p) or embodied_of({}, {}, amort) for p in PHASES}
+    key = "e.phase || ':' || (e.minute_s - e.minute_s % 3600)"
+    names = device_names(conn)
+    per_phase: dict[str, dict[str, float]] = {p: {} for p in PHASES}
+    per_hour: dict[tuple[int, str], dict[str, float]] = {}
+    for (k, dev), secs in device_seconds(conn, key, where, args).items():
+        phase, hour = str(k).split(":")
+        per_phase[phase][dev] = per_phase[phase].get(dev, 0.0) + secs
+        per_hour.setdefault((int(hour), phase), {})[dev] = secs
+    phases = {p: embodied_of(per_phase[p], names, amort) for p in PHASES}
+    hourly = []
+    for (hour, phase), secs in sorted(per_hour.items()):
+        g = embodied_of(secs, names, amort)["embodied_co2e_g"]
+        if g is not None:
+            hourly.append((hour, phase, float(g)))
+    return phases, hourly
 
 
 def phase_marginal(
@@ -45,21 +59,6 @@ def phase_marginal(
     got = marginal_by(conn, settings, "e.phase", where, args)
     empty = {"co2e_g_marginal": None, "marginal_coverage": None, "marginal_zones": []}
     return {p: got.get(p) or dict(empty) for p in PHASES}
-
-
-def hourly_embodied(
-    conn: sqlite3.Connection, model: str, amort: Amortisation
-) -> list[tuple[int, str, float]]:
-    """(hour_s, phase, embodied g) for the hours with a known figure."""
-    where, args = _where(model)
-    got = embodied_by(conn, amort, "e.phase || ':' || (e.minute_s - e.minute_s % 3600)",
-                      where, args)
-    out = []
-    for k, v in got.items():
-        phase, hour = str(k).split(":")
-        if v["embodied_co2e_g"] is not None:
-            out.append((int(hour), phase, float(v["embodied_co2e_g"])))
-    return sorted(out)
 
 
 def overtaken_at(hourly: list[tuple[int, str, float]]) -> float | None:
@@ -121,7 +120,7 @@ def extend(
 ) -> dict[str, Any]:
     """Add embodied, marginal and payback figures to a model statement (in place, returned)."""
     amort = Amortisation.from_settings(settings)
-    embodied = phase_embodied(conn, model, amort)
+    embodied, hourly_emb = embodied_by_phase_and_hour(conn, model, amort)
     marginal = phase_marginal(conn, model, settings)
     for phase in PHASES:
         block = statement[phase]
@@ -132,6 +131,11 @@ def extend(
     if inf.get("per_1000_calls"):
         inf["per_1000_calls"]["embodied_co2e_g"] = i_emb / calls * 1000 if i_emb is not None \
             else None
+        own = inf.get("calls_only_per_1000_calls")
+        if own is not None:  # the calls' own share of the serving embodied carbon, by energy
+            own["embodied_co2e_g"] = (i_emb * own["energy_j"] / inf["per_1000_calls"]["energy_j"]
+                                      / calls * 1000 if i_emb is not None
+                                      and inf["per_1000_calls"]["energy_j"] > 0 else None)
         m = marginal["inference"]["co2e_g_marginal"]
         inf["per_1000_calls"]["co2e_g_marginal"] = m / calls * 1000 if m is not None else None
     t_emb = embodied["training"]["embodied_co2e_g"]
@@ -153,6 +157,6 @@ def extend(
         "note": "co2e_g is costed with average intensity (inventory); co2e_g_marginal with the "
                 "marginal signal (WattTime MOER) where its points cover every minute, else null",
     }
-    hourly = list(hourly_operational) + hourly_embodied(conn, model, amort)
+    hourly = list(hourly_operational) + hourly_emb
     statement["payback"] = payback(statement, embodied, hourly)
     return statement

@@ -175,6 +175,25 @@ def test_payback_adds_embodied_to_training_and_dates_the_overtaking(db):
     assert s["training"]["embodied_co2e_g"] == pytest.approx(train_emb, rel=1e-9)
     assert s["inference"]["per_1000_calls"]["embodied_co2e_g"] == pytest.approx(
         inf_emb / calls * 1000, rel=1e-9)
+    # The calls' own share (3 kJ of the 4 kJ a minute the service drew) of the embodied carbon.
+    assert s["inference"]["calls_only_per_1000_calls"]["embodied_co2e_g"] == pytest.approx(
+        inf_emb * 0.75 / calls * 1000, rel=1e-9)
     md = render_markdown(s)
     assert "**Payback:**" in md and "**Embodied (manufacturing) carbon**" in md
     assert f"no sourced figure for {H200}" in md
+
+
+def test_the_models_page_payback_follows_new_rows(tmp_path):
+    """The dashboard caches the payback per store state: a new energy row changes it."""
+    from footprint_helpers import _row
+
+    from carbonwatch.dashboard.data.payback import model_payback
+
+    db = build_store(tmp_path / "fp.db")
+    before = model_payback(db, MODEL)
+    assert model_payback(db, MODEL) == before
+    with open_store(db) as store:
+        store.add_energy_minutes([_row(T0 + 3 * 86400, "gpu0", "job:serve", "inference", 4_000.0)])
+    after = model_payback(db, MODEL)
+    assert after["inference_co2e_g"] == pytest.approx(
+        before["inference_co2e_g"] + 4_000 / 3.6e6 * PUE * INTENSITY + 60 * A100_G_PER_S)
