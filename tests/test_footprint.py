@@ -197,3 +197,14 @@ def test_the_models_page_payback_follows_new_rows(tmp_path):
     after = model_payback(db, MODEL)
     assert after["inference_co2e_g"] == pytest.approx(
         before["inference_co2e_g"] + 4_000 / 3.6e6 * PUE * INTENSITY + 60 * A100_G_PER_S)
+
+
+def test_the_figures_can_be_a_toml_table_and_bad_ones_stop_the_command(db, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('embodied_lifetime_years = 5\n[embodied_kgco2e]\n"*H200*" = 900\n')
+    out = _report(db, "--config", str(cfg), "--json", "--job", "h200")
+    assert out.returncode == 0, out.stderr
+    rate = 900e3 / (5 * 365.25 * 24 * 3600 * 0.85)
+    assert json.loads(out.stdout)["jobs"][0]["embodied_co2e_g"] == pytest.approx(30 * 60 * rate)
+    bad = _report(db, "--json", env={"CARBONWATCH_EMBODIED_KGCO2E": "*H100*"})
+    assert bad.returncode == 2 and "embodied_kgco2e: '*H100*' is not PATTERN=KG" in bad.stderr

@@ -44,8 +44,14 @@ class WithMarginal:
     def intensity_at(self, t_s: float) -> IntensityPoint:
         return self.source.intensity_at(t_s)
 
-    def __getattr__(self, name: str) -> Any:  # errors, covers_now, close of the average source
+    def __getattr__(self, name: str) -> Any:  # errors, covers_now of the average source
         return getattr(self.source, name)
+
+    def close(self) -> None:
+        for part in (self.source, self.recorder):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
 
 
 def marginal_recorder(settings: Settings, *, clock: Any = None, background: bool = True) -> Any:
