@@ -27,6 +27,7 @@ from carbonwatch.grid.signals import marginal_recorder, signal_of
 AVERAGE_G_PER_KWH = 300.0
 MOER_LB_PER_MWH = 1000.0
 MOER_G_PER_KWH = MOER_LB_PER_MWH * 0.453592
+AOER_LB_PER_MWH = 700.0  # WattTime's average operating emissions rate
 ZONE = "CAISO_NORTH"
 
 
@@ -56,7 +57,7 @@ def em_app(hour_s: float) -> web.Application:
 
 
 def wt_app(hour_s: float) -> web.Application:
-    """WattTime v3: login, then a 5-minute MOER forecast in lbs/MWh."""
+    """WattTime v3: login, then a 5-minute MOER (or AOER) forecast in lbs/MWh."""
 
     async def login(request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != "Basic dXNlcjpwdw==":  # user:pw
@@ -66,13 +67,15 @@ def wt_app(hour_s: float) -> web.Application:
     async def forecast(request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != "Bearer wt-token":
             return web.Response(status=401)
-        assert request.query["region"] == ZONE and request.query["signal_type"] == "co2_moer"
+        signal = request.query["signal_type"]
+        assert request.query["region"] == ZONE and signal in ("co2_moer", "co2_aoer")
+        value = MOER_LB_PER_MWH if signal == "co2_moer" else AOER_LB_PER_MWH
         start = hour_s - 3600
         return web.json_response({
-            "data": [{"point_time": _iso(start + 300 * k), "value": MOER_LB_PER_MWH}
+            "data": [{"point_time": _iso(start + 300 * k), "value": value}
                      for k in range(4 * 12)],
             "meta": {"data_point_period_seconds": 300, "region": ZONE,
-                     "signal_type": "co2_moer", "units": "lbs_co2_per_mwh",
+                     "signal_type": signal, "units": "lbs_co2_per_mwh",
                      "generated_at": _iso(hour_s)}})
 
     app = web.Application()
@@ -164,8 +167,33 @@ def test_one_job_carries_the_average_and_the_marginal_figure(tmp_path):
     assert job["footprint_provenance"]["marginal"]["coverage"] == 0.0
 
 
+def test_one_provider_giving_both_signals_gives_both_figures(tmp_path):
+    """WattTime alone: its AOER (average) costs co2e_g, its MOER gives co2e_g_marginal."""
+    now_s = time.time()
+    hour_s = now_s - now_s % 3600
+    with serving(wt_app(hour_s)) as (wt_url,):
+        env = _env(tmp_path, CARBONWATCH_PROVIDER="watttime-aoer",
+                   CARBONWATCH_PROVIDER_URL=wt_url, CARBONWATCH_MARGINAL_PROVIDER="watttime",
+                   CARBONWATCH_MARGINAL_PROVIDER_URL=wt_url,
+                   CARBONWATCH_WATTTIME_USERNAME="user", CARBONWATCH_WATTTIME_PASSWORD="pw")
+        spin = "import time\nt = time.time()\nwhile time.time() - t < 0.6: pass\n"
+        out = _cli(env, "run", "--json", "--", sys.executable, "-c", spin)
+        assert out.returncode == 0, out.stderr
+        run = json.loads(out.stdout)
+        job = json.loads(_cli(env, "report", "--json", "--job", run["job_id"]).stdout)["jobs"][0]
+    kwh = run["energy_j"] / 3.6e6
+    assert run["provenance"]["carbon"]["intensity"] == "watttime-aoer"
+    assert job["co2e_g"] == pytest.approx(kwh * AOER_LB_PER_MWH * 0.453592)
+    assert job["co2e_g_marginal"] == pytest.approx(kwh * MOER_G_PER_KWH)
+    with sqlite3.connect(tmp_path / "cw.db") as conn:
+        signals = dict(conn.execute(
+            "SELECT provider, signal FROM intensity_points GROUP BY provider").fetchall())
+    assert signals == {"watttime-aoer": "average", "watttime": "marginal"}
+
+
 def test_only_a_marginal_provider_can_be_the_marginal_provider(tmp_path):
     assert signal_of("watttime") == "marginal" and signal_of("electricitymaps") == "average"
+    assert signal_of("watttime-aoer") == "average"
     with pytest.raises(ConfigError, match="gives no marginal signal"):
         marginal_recorder(Settings(marginal_provider="electricitymaps", zone=ZONE))
     with pytest.raises(ConfigError, match="needs a zone"):
