@@ -111,4 +111,27 @@ def test_eu_ai_act_section_states_energy_method_measured_share_and_period(db):
     run = s["training"]["runs"][0]
     assert f"**Period:** {run['started']} to {run['ended']}" in md
     assert "**Measured vs estimated:** 100.0% of the training energy was measured" in md
+    assert "and 0.0% estimated" in md
     assert "**Method:**" in md
+
+
+def test_eu_ai_act_measured_share_equals_sql_on_a_mixed_store(tmp_path):
+    """GPUs measured, CPUs estimated (tests/seed.py): the section's share is the SQL one."""
+    import sqlite3
+
+    from seed import SeedSpec, seed_store
+
+    from carbonwatch.exports import euaiact
+
+    db = tmp_path / "mixed.db"
+    seed_store(db, SeedSpec())
+    with sqlite3.connect(db) as conn:
+        model, measured, total = conn.execute(
+            "SELECT model, SUM(CASE WHEN provenance = 'measured' THEN energy_j ELSE 0 END), "
+            "SUM(energy_j) FROM energy_minute WHERE phase = 'training' GROUP BY model "
+            "ORDER BY model LIMIT 1").fetchone()
+    assert 0 < measured < total  # the store really is mixed
+    with open_store(db, read_only=True) as store:
+        md = euaiact.render(model_statement(store, model))
+    assert f"{measured / total:.1%} of the training energy was measured" in md
+    assert f"and {1 - measured / total:.1%} estimated" in md

@@ -32,8 +32,10 @@ def render(statement: dict[str, Any]) -> str:
         f"- **Period:** {first or '—'} to {last or '(running)'} (training runs); all records "
         f"{s['period']['first'] or '—'} to {s['period']['last'] or '—'}.",
         f"- **Measured vs estimated:** {_pct(t_measured)} of the training energy was measured "
-        f"by the devices' hardware energy counters (NVML, RAPL), the rest estimated with power "
-        f"models; over all of the model's energy {_pct(prov['measured_share'])} was measured.",
+        f"by the devices' hardware energy counters (NVML, RAPL) and "
+        f"{_pct(None if t_measured is None else 1 - t_measured)} estimated with power models "
+        f"(CPU TDP table, RAM model, integrated power samples); over all of the model's energy "
+        f"{_pct(prov['measured_share'])} was measured.",
         "- **Method:** per device and interval, each device's energy above its idle baseline "
         "was attributed to the processes of the model's training jobs (GPU SM share, CPU time, "
         "RSS) by carbonwatch, a sidecar on each node; idle energy is reported separately and is "
