@@ -14,8 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.config import Settings
-from carbonwatch.embodied import Amortisation, device_names, device_seconds, embodied_of
-from carbonwatch.grid.signals import marginal_by
+from carbonwatch.embodied import (
+    Amortisation,
+    device_names,
+    device_seconds,
+    embodied_of,
+    job_embodied,
+)
+from carbonwatch.grid.signals import job_marginal, marginal_by
 
 PHASES = ("training", "inference")
 
@@ -160,3 +166,15 @@ def extend(
     hourly = list(hourly_operational) + hourly_emb
     statement["payback"] = payback(statement, embodied, hourly)
     return statement
+
+
+def job_footprint(
+    conn: sqlite3.Connection, settings: Settings, job_id: str
+) -> tuple[float | None, list[str], float | None]:
+    """One job's embodied gCO2e, the device models without a figure, and its marginal gCO2e
+    (None: unknown), from its minute rows: what ``carbonwatch run`` prints beside co2e_g."""
+    emb = job_embodied(conn, Amortisation.from_settings(settings), [job_id]).get(job_id)
+    marg = job_marginal(conn, settings, [job_id]).get(job_id)
+    return (emb["embodied_co2e_g"] if emb else None,
+            emb["devices_without_figure"] if emb else [],
+            marg["co2e_g_marginal"] if marg else None)

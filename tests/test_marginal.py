@@ -145,6 +145,8 @@ def test_one_job_carries_the_average_and_the_marginal_figure(tmp_path):
     assert run["energy_j"] > 0
     assert run["provenance"]["carbon"]["intensity"] == "electricitymaps"
     assert run["co2e_g"] == pytest.approx(run["energy_j"] / 3.6e6 * AVERAGE_G_PER_KWH)
+    # `carbonwatch run` itself says both.
+    assert run["co2e_g_marginal"] == pytest.approx(run["energy_j"] / 3.6e6 * MOER_G_PER_KWH)
 
     with sqlite3.connect(tmp_path / "cw.db") as conn:
         signals = dict(conn.execute(
