@@ -36,6 +36,10 @@ def test_a_daemon_job_on_the_h200_trace_has_unknown_embodied_carbon(tmp_path):
         assert status == 201, created
         daemon.wait_for(daemon.replay_finished)
         daemon.request("POST", f"/v1/jobs/{created['id']}/end", {"exit_code": 0})
+        status, got = daemon.request("GET", f"/v1/jobs/{created['id']}")
+    assert status == 200 and got["embodied_co2e_g"] is None  # the API says unknown too
+    assert got["embodied_devices_without_figure"] == ["NVIDIA H200"]
+    assert got["co2e_g_marginal"] is None  # no marginal signal configured
     with sqlite3.connect(db) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM devices")}
     trace = load_trace(FIXTURE)

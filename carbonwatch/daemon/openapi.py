@@ -64,6 +64,11 @@ _JOB = {
         "between_calls_j": {"type": "number",
                             "description": "service energy while no call ran"},
         "provenance": {"type": "object"},
+        "embodied_co2e_g": {"type": ["number", "null"], "description":
+                            "hardware manufacture, amortised (GET /v1/jobs/{id}); null: unknown"},
+        "embodied_devices_without_figure": {"type": "array", "items": {"type": "string"}},
+        "co2e_g_marginal": {"type": ["number", "null"], "description":
+                            "at the marginal signal (WattTime MOER); null: unknown"},
     },
 }
 
