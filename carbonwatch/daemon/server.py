@@ -226,6 +226,10 @@ class Daemon:
         )
         self.provenance = self._provenance()
         self._reload()
+        from carbonwatch.embodied import record_devices  # the models embodied carbon needs
+
+        devices, seen_s = self.sampler.devices(), self.clock.time()
+        self.writer.call(lambda s: record_devices(s.conn, devices, seen_s))
         self.loop = SamplingLoop(
             sampler=self.sampler, state=self.state, writer=self.writer, totals=self.totals,
             clock=self.clock, steady=steady, speed=self.speed, end_s=self.end_s,
