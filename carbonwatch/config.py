@@ -59,6 +59,7 @@ class Settings:
     daemon_url: str = ""  # empty: http://{host}:{port}
     provider: str = "static"
     provider_url: str = ""
+    csv_tz: str = ""  # IANA zone of CSV timestamps written without one; empty: UTC
     electricitymaps_token: str = ""
     watttime_username: str = ""
     watttime_password: str = ""
@@ -93,6 +94,15 @@ class Settings:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
+        if self.csv_tz:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.csv_tz)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ConfigError(
+                    f"csv_tz must be an IANA time zone (e.g. Europe/London), got {self.csv_tz!r}"
+                ) from exc
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
         return self

@@ -63,6 +63,8 @@ def _cache(settings: Settings) -> Iterator[IntensityCache | None]:
 
 def _resolve(settings: Settings, zone: str, *, forecast: bool, clock: Clock) -> Resolved:
     provider = make_provider(settings, clock=clock)
+    if provider is not None:
+        zone = zone or getattr(provider, "default_zone", "")
     if provider is not None and not zone:
         raise InputError(f"provider {provider.name!r} needs a zone: pass --zone or set 'zone'")
     with _cache(settings) as cache:
@@ -161,13 +163,18 @@ def plan_json(plan: Plan, extra: dict[str, Any]) -> dict[str, Any]:
         "baseline_intensity_g_per_kwh": plan.baseline_intensity_g_per_kwh,
         "saving_pct": None if saving is None else 100.0 * saving,
         "basis": plan.basis,
+        "reason": plan.reason,
         "interruptible": plan.interruptible,
         **extra,
     }
 
 
 def _forecast_slots(
-    settings: Settings, zone: str | None, forecast_csv: str | None, clock: Clock
+    settings: Settings,
+    zone: str | None,
+    forecast_csv: str | None,
+    clock: Clock,
+    tz: str | None = None,
 ) -> tuple[list[IntensityPoint], dict[str, Any]]:
     if forecast_csv:
         try:
@@ -175,7 +182,9 @@ def _forecast_slots(
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read forecast {forecast_csv}: {exc}") from exc
         try:
-            points = read_intensity_csv(text, zone=zone or "", provider="csv")
+            points = read_intensity_csv(
+                text, zone=zone or "", provider="csv", tz=tz or settings.csv_tz
+            )
         except InputError as exc:
             raise InputError(f"{forecast_csv}: {exc}") from exc
         return points, {"forecast": {"via": "file", "source": forecast_csv}}
@@ -202,6 +211,12 @@ def _forecast_slots(
     default=None,
     help="Plan on a forecast CSV file instead (timestamp + intensity columns).",
 )
+@click.option(
+    "--tz",
+    default=None,
+    help="IANA zone of --forecast timestamps written without one (default: setting csv_tz, "
+    "else UTC), e.g. Europe/London; DST-correct.",
+)
 @_provider_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @settings_options
@@ -213,6 +228,7 @@ def plan_cmd(
     interruptible: bool,
     zone: str | None,
     forecast_csv: str | None,
+    tz: str | None,
     provider: str | None,
     provider_url: str | None,
     as_json: bool,
@@ -238,7 +254,7 @@ def plan_cmd(
     release_s = parse_time_s(start, now_s)
     # "+24h" counts from the job's earliest start, which is now unless --start says otherwise.
     deadline_s = parse_time_s(deadline, release_s)
-    slots, extra = _forecast_slots(settings, zone, forecast_csv, clock)
+    slots, extra = _forecast_slots(settings, zone, forecast_csv, clock, tz)
     plan = plan_job(
         slots,
         duration_s=parse_duration_s(duration),
@@ -261,7 +277,8 @@ def plan_cmd(
             f"{out['saving_pct']:.1f} % less carbon"
         )
     if plan.basis == "no_forecast":
-        click.echo(f"no forecast covers the job: policy '{settings.no_forecast_policy}'")
+        why = f" ({plan.reason})" if plan.reason else ""
+        click.echo(f"no forecast covers the job{why}: policy '{settings.no_forecast_policy}'")
 
 
 @click.command("estimate")

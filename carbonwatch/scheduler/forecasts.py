@@ -57,6 +57,7 @@ async def fetch_forecast(
     provider = make_provider(job_settings, clock=clock)
     if provider is None:
         return Fetched([], "static", "", None, [])
+    zone = zone or getattr(provider, "default_zone", "")
     if not zone:
         raise InputError(
             f"provider {provider.name!r} needs a zone: pass --zone or set 'zone' on the daemon"
@@ -104,7 +105,7 @@ def plan_fields(
     name's mean power times the duration) and a forecast mean; either missing leaves it NULL."""
     kwh_pue = None if energy_j is None else energy_j / J_PER_KWH * pue
     mean, base = plan.mean_intensity_g_per_kwh, plan.baseline_intensity_g_per_kwh
-    return {
+    fields: dict[str, Any] = {
         "plan": [[s, e] for s, e in plan.windows],
         "plan_basis": plan.basis,
         "forecast_via": fetched.via,
@@ -115,6 +116,9 @@ def plan_fields(
         "planned_at_s": now_s,
         "forecast_fetched_at_s": fetched.fetched_at_s,
     }
+    if plan.reason:
+        fields["message"] = f"no forecast covers the job ({plan.reason})"
+    return fields
 
 
 def same_windows(a: list[list[float]], b: list[list[float]]) -> bool:
