@@ -94,6 +94,39 @@ def per_call_ns(calls: int) -> tuple[list[int], list[int]]:
     return bare_ns, tracked_ns
 
 
+def work_measures_ns(calls: int) -> dict[str, float]:
+    """Median per-call time (ns) of each way of recording a call, with and without work
+    measures, timed one by one in alternating blocks as ``per_call_ns``."""
+    client = CLIENT
+    plain = client.track_inference("bench", route="/predict")(work)
+    weighted = client.track_inference("bench", weight=lambda x: 32, route="/predict")(work)
+
+    def span(i: int) -> int:
+        with client.inference("bench", route="/predict"):
+            return work(i)
+
+    def span_tokens(i: int) -> int:
+        with client.inference("bench", tokens_in=812, route="/predict") as call:
+            out = work(i)
+            call.set_tokens(tokens_out=out)
+            return out
+
+    variants = {"bare call": work, "track_inference": plain,
+                "track_inference weight=callable": weighted,
+                "with inference()": span, "with inference(tokens_in=) + set_tokens": span_tokens}
+    times: dict[str, list[int]] = {name: [] for name in variants}
+    clock = time.perf_counter_ns
+    block = 1000
+    for _ in range(calls // block):
+        for name, fn in variants.items():
+            out = times[name]
+            for i in range(block):
+                t0 = clock()
+                fn(i)
+                out.append(clock() - t0)
+    return {name: _pct(v, 0.5) for name, v in times.items()}
+
+
 def batched_ns(calls: int) -> tuple[float, float]:
     """Mean per call over timeit batches (no per-call timer overhead); the median batch."""
     tracked = CLIENT.track_inference("bench")(work)
@@ -141,6 +174,7 @@ def main() -> None:
         CLIENT = Client(daemon_url=url, max_buffer=5_000_000)
         bare, tracked = per_call_ns(args.calls)
         mean_bare, mean_tracked = batched_ns(args.calls)
+        measures = work_measures_ns(args.calls // 2)
         # The background sender's own cost: this process's CPU while it drains a full backlog.
         backlog = len(CLIENT._buffer)
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -169,6 +203,12 @@ def main() -> None:
           f"(timeit, median of batches of 10,000)")
     print(f"  background sender    {sender_cpu_ns:8.0f} ns CPU per span "
           f"({backlog} span backlog drained at {sender_rate:,.0f} spans/s)")
+    print(f"work measures: {args.calls // 2} calls of each way, timed one by one "
+          "(median; 'added' is minus the bare call)")
+    bare_ns = measures["bare call"]
+    for name, ns in measures.items():
+        if name != "bare call":
+            print(f"  {name:42s} median {ns:8.0f} ns   added {ns - bare_ns:8.0f} ns")
     print(f"codecarbon OfflineEmissionsTracker start_task/stop_task: {len(cc)} calls")
     print(f"  per call             median {cc_median / 1e3:8.1f} us   p99 "
           f"{_pct(cc, 0.99) / 1e3:8.1f} us")

@@ -52,11 +52,12 @@ def start_daemon(
     raise RuntimeError("daemon did not start")
 
 
-def bodies(batch: int, count: int, end_s: float) -> list[bytes]:
+def bodies(batch: int, count: int, end_s: float, tokens: bool = False) -> list[bytes]:
     """Pre-encoded request bodies, so the client spends its CPU on HTTP, not on json.dumps.
 
     The spans lie in the minute before ``end_s`` (the replay's start), like calls a busy service
-    reported moments ago: they settle as soon as the settle window has passed."""
+    reported moments ago: they settle as soon as the settle window has passed. ``tokens``: each
+    call also carries weight, tokens_in and tokens_out, as an LLM service's would."""
     out = []
     step_s = 60.0 / (batch * count)
     for b in range(count):
@@ -64,6 +65,10 @@ def bodies(batch: int, count: int, end_s: float) -> list[bytes]:
         calls = [{"model": "bench", "start": base + i * step_s,
                   "end": base + i * step_s + step_s * 0.8, "pid": PID,
                   "tags": {"batch": 1 << (i % 11)}} for i in range(batch)]
+        if tokens:
+            for i, call in enumerate(calls):
+                call.update(weight=float(1 << (i % 11)), tokens_in=200 + i % 1800,
+                            tokens_out=1 + i % 400)
         out.append(json.dumps({"calls": calls}).encode())
     return out
 
@@ -101,6 +106,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="concurrent requests")
     parser.add_argument("--raw-log", type=int, default=None,
                         help="raw call log rows kept (default: the setting's default, 100000)")
+    parser.add_argument("--tokens", action="store_true",
+                        help="calls carry weight, tokens_in and tokens_out")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,7 +117,7 @@ def main() -> None:
         proc, url = start_daemon(Path(tmp) / "bench.db", extra_env=extra_env)
         try:
             daemon = psutil.Process(proc.pid)
-            payloads = bodies(args.batch, 16, load_trace(TRACE).start_s)
+            payloads = bodies(args.batch, 16, load_trace(TRACE).start_s, args.tokens)
             asyncio.run(load(url, payloads[:1], args.batch, 0.5, 1))  # warm up
             cpu0 = daemon.cpu_times()
             sent, latencies, elapsed = asyncio.run(
@@ -135,7 +142,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     print(f"ingest: {sent} calls in {len(latencies)} requests of {args.batch} over {elapsed:.1f} s"
-          f" with {args.clients} concurrent clients")
+          f" with {args.clients} concurrent clients"
+          + (", each call with weight, tokens_in, tokens_out" if args.tokens else ""))
     print(f"  throughput {sent / elapsed:,.0f} calls/s ({len(latencies) / elapsed:.1f} req/s)")
     print(f"  latency p50 {q[49] * 1e3:.1f} ms, p99 {q[98] * 1e3:.1f} ms per request")
     print(f"  daemon CPU {cpu_s / elapsed * 100:.0f} % of one core while ingesting "

@@ -85,7 +85,10 @@ class CallSettlement:
     # consumer -> energy of the settled intervals that no call covered (stays with the service).
     between_calls_j: dict[str, float] = field(default_factory=dict)
     # Rows for table call_minute, keyed by each call's start minute; additive (add, don't replace).
-    # busy_s is the sum of call durations, so concurrent calls each count.
+    # busy_s is the sum of call durations, so concurrent calls each count. tokens_in/tokens_out
+    # sum the calls' reported tokens (a call without them adds 0); token_calls counts the calls
+    # that reported tokens_out and token_energy_j is their energy, so a per-token figure can say
+    # how much of the energy it covers.
     minute_rows: list[dict] = field(default_factory=list)
 
 
@@ -101,6 +104,7 @@ class _PendingInterval:
 
 _EMPTY = np.empty(0, dtype=np.float64)
 _START, _END, _MODEL = attrgetter("start_s"), attrgetter("end_s"), attrgetter("model")
+_TOKENS_IN, _TOKENS_OUT = attrgetter("tokens_in"), attrgetter("tokens_out")
 
 
 class _Chunk:
@@ -437,6 +441,7 @@ class CallLedger:
             for w in (ch.end_s[done] - start_s, energy_j, carbon_g, cost)
         ]
         calls = np.bincount(inverse, minlength=m)
+        tokens = self._token_sums(ch, done, inverse, energy_j, m)
         for i, key in enumerate(keys.tolist()):
             minute_s, model = key // n_models, self._models[key % n_models]
             row = rows.get((minute_s, model))
@@ -444,9 +449,46 @@ class CallLedger:
                 row = rows[(minute_s, model)] = {
                     "minute_s": minute_s, "model": model, "calls": 0, "busy_s": 0.0,
                     "energy_j": 0.0, "co2e_g": 0.0, "cost": 0.0,
+                    "tokens_in": 0, "tokens_out": 0, "token_calls": 0, "token_energy_j": 0.0,
                 }
             row["calls"] += int(calls[i])
             row["busy_s"] += float(sums[0][i])
             row["energy_j"] += float(sums[1][i])
             row["co2e_g"] += float(sums[2][i])
             row["cost"] += float(sums[3][i])
+            if tokens is not None:
+                row["tokens_in"] += tokens[0][i]
+                row["tokens_out"] += tokens[1][i]
+                row["token_calls"] += tokens[2][i]
+                row["token_energy_j"] += float(tokens[3][i])
+
+    @staticmethod
+    def _token_sums(
+        ch: _Chunk, done: np.ndarray | slice, inverse: np.ndarray, energy_j: np.ndarray, m: int
+    ) -> tuple[list[int], list[int], list[int], np.ndarray] | None:
+        """Per minute row: tokens in, tokens out, calls reporting tokens_out, their energy.
+
+        None when no span object is kept (``emit_per_call=False``) or no call in ``done``
+        reported tokens. Counts are summed in int64: each is at most 10^9 (the API's bound) and
+        the ledger holds at most ``max_pending_spans`` calls, so no sum can overflow."""
+        if ch.spans is None:
+            return None
+        spans = ch.spans[done].tolist()
+        n = len(spans)
+        t_in = list(map(_TOKENS_IN, spans))  # attribute reads in C, not a Python loop
+        t_out = list(map(_TOKENS_OUT, spans))
+        none_in, none_out = t_in.count(None), t_out.count(None)
+        if none_in == n and none_out == n:
+            return None
+        has_out = np.array([t is not None for t in t_out], dtype=bool) if none_out else \
+            np.ones(n, dtype=bool)
+        sums = []
+        for values, missing in ((t_in, none_in), (t_out, none_out)):
+            if missing:
+                values = [0 if t is None else t for t in values]
+            acc = np.zeros(m, dtype=np.int64)
+            np.add.at(acc, inverse, np.array(values, dtype=np.int64))
+            sums.append(acc.tolist())
+        calls = np.bincount(inverse, weights=has_out, minlength=m).astype(np.int64).tolist()
+        return sums[0], sums[1], calls, np.bincount(
+            inverse, weights=energy_j * has_out, minlength=m)

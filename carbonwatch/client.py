@@ -6,6 +6,13 @@
     with carbonwatch.inference("resnet50"):
         ...
 
+    @carbonwatch.track_inference(model="resnet50", weight=lambda batch: len(batch))
+    def predict(batch): ...
+
+    with carbonwatch.inference("llama-3-8b", tokens_in=len(prompt_ids)) as call:
+        out = generate(prompt_ids)
+        call.set_tokens(tokens_out=len(out))
+
     with carbonwatch.job("finetune-v3", kind="training", model="resnet50"):
         train()
 
@@ -16,6 +23,14 @@ daemon is away the serving code never blocks and never sees an exception: spans 
 ``max_buffer``, further ones are dropped and counted, and the count is reported in the field
 ``dropped`` once the daemon answers again. Only the standard library is used here (urllib, not
 aiohttp), so the serving process gains no dependency.
+
+Work measures (optional): ``weight`` (batch size, FLOPs: any number in [0, 1e12]) and
+``tokens_in``/``tokens_out`` (integers in [0, 10^9]) travel with the call; tokens give the per-token
+figures of the summary, the dashboard and ``report --model``. They are checked here, when given, so
+one bad value never makes the daemon refuse a whole batch: a bad argument to ``inference`` or
+``set_tokens`` raises ``ValueError``/``TypeError`` at once (a bug in the calling code); a ``weight``
+callable that fails or returns a bad value never breaks the call: the span is recorded without a
+weight and one warning is logged. Calls without work measures take exactly the path above.
 
 Settings: ``CARBONWATCH_DAEMON_URL`` (default ``http://127.0.0.1:8787``) and ``CARBONWATCH_TOKEN``
 (sent as ``Authorization: Bearer``), read when the client is created.
@@ -40,6 +55,18 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
+
+from carbonwatch.client_spans import (
+    MAX_UNIX_S,
+    InferenceSpan,
+    check_tokens,
+    check_weight,
+    weighted_decorator,
+    work_json,
+)
+
+__all__ = ["Client", "InferenceSpan", "Job", "default_client", "inference", "job",
+           "track_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +153,7 @@ class Client:
         self.dropped_total = 0  # spans dropped (buffer full) since this process started
         self.rejected_total = 0  # spans the daemon refused (4xx): not retried
         self._warned_statuses: set[int] = set()  # one warning per refusal status, not per batch
+        self.weight_errors_total = 0  # calls whose weight callable failed (recorded without)
         self.sent_total = 0
 
     def _start(self) -> None:
@@ -140,9 +168,18 @@ class Client:
             self._dropped_unreported += 1
             self.dropped_total += 1
 
-    def track_inference(self, model: str, **tags: Any) -> Callable[[F], F]:
-        """Decorator: record one span per call of a sync or async function (also on error)."""
+    def track_inference(
+        self, model: str, weight: float | Callable[..., Any] | None = None, **tags: Any
+    ) -> Callable[[F], F]:
+        """Decorator: record one span per call of a sync or async function (also on error).
+
+        ``weight``: a number (every call's work), or a callable given the call's own arguments
+        that returns it (``weight=lambda batch: len(batch)``), called before the function runs."""
         head = _head(model, tags)
+        if weight is not None and not callable(weight):
+            head += work_json(check_weight(weight), None, None)  # constant: part of the head
+        elif weight is not None:
+            return self._track_weighted(head, weight)
         buf, cap, append, drop, now = (
             self._buffer, self.max_buffer, self._buffer.append, self._drop, time.time,
         )
@@ -178,9 +215,51 @@ class Client:
 
         return decorate
 
-    def inference(self, model: str, **tags: Any) -> InferenceSpan:
-        """Context manager (``with`` or ``async with``) recording one span for its block."""
-        return InferenceSpan(self, _head(model, tags))
+    def _track_weighted(self, head: str, weight_of: Callable[..., Any]) -> Callable[[F], F]:
+        """``track_inference`` with a weight callable: apart, so plain calls pay nothing for it."""
+        return weighted_decorator(  # type: ignore[return-value]
+            head, weight_of, self._buffer, self.max_buffer, self._drop, self._warn_weight)
+
+    def _warn_weight(self, exc: Exception) -> None:
+        self.weight_errors_total += 1
+        if self.weight_errors_total == 1:  # once: this runs per call
+            log.warning("carbonwatch: the weight callable failed (%s: %s); calls are recorded "
+                        "without a weight", type(exc).__name__, exc)
+
+    def inference(
+        self, model: str, *, tokens_in: int | None = None, tokens_out: int | None = None,
+        weight: float | None = None, **tags: Any,
+    ) -> InferenceSpan:
+        """Context manager (``with`` or ``async with``) recording one span for its block.
+
+        Work measures known before the call go here; tokens produced by it are set on the span
+        (``call.set_tokens(tokens_out=n)``) before the block ends."""
+        span = InferenceSpan(self, _head(model, tags))
+        if tokens_in is not None or tokens_out is not None or weight is not None:
+            span.set_tokens(tokens_in, tokens_out)
+            if weight is not None:
+                span.set_weight(weight)
+        return span
+
+    def record(
+        self, model: str, start_s: float, end_s: float, *, weight: float | None = None,
+        tokens_in: int | None = None, tokens_out: int | None = None, **tags: Any,
+    ) -> None:
+        """One call already timed elsewhere (a server middleware that learns the status and the
+        tokens after the response): Unix seconds, ``end_s >= start_s``. Raises ValueError or
+        TypeError for a value the daemon would refuse, so it never costs a whole batch."""
+        start_s, end_s = float(start_s), float(end_s)
+        if not 0.0 <= start_s <= end_s <= MAX_UNIX_S:  # NaN fails too
+            raise ValueError(f"start_s, end_s: need 0 <= start_s <= end_s <= {MAX_UNIX_S:.0f} "
+                             f"(Unix seconds), got {start_s!r}, {end_s!r}")
+        head = _head(model, tags)
+        if weight is not None or tokens_in is not None or tokens_out is not None:
+            head += work_json(
+                None if weight is None else check_weight(weight),
+                None if tokens_in is None else check_tokens(tokens_in, "tokens_in"),
+                None if tokens_out is None else check_tokens(tokens_out, "tokens_out"),
+            )
+        self._record(head, start_s, end_s)
 
     def _record(self, head: str, start_s: float, end_s: float) -> None:
         if len(self._buffer) < self.max_buffer:
@@ -355,40 +434,6 @@ class Client:
             self._start()
 
 
-class InferenceSpan:
-    """One call's span, as a ``with`` or ``async with`` block."""
-
-    __slots__ = ("_client", "_head", "_t0")
-
-    def __init__(self, client: Client, head: str) -> None:
-        self._client = client
-        self._head = head
-        self._t0 = 0.0
-
-    def __enter__(self) -> InferenceSpan:
-        self._t0 = time.time()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._client._record(self._head, self._t0, time.time())
-
-    async def __aenter__(self) -> InferenceSpan:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-
 class Job:
     """A training (or other) job marker: the daemon attributes this process's energy to it.
 
@@ -457,14 +502,22 @@ def default_client() -> Client:
     return _default
 
 
-def track_inference(model: str, **tags: Any) -> Callable[[F], F]:
-    """Decorator recording one call span per invocation (sync or async), tagged ``tags``."""
-    return default_client().track_inference(model, **tags)
+def track_inference(
+    model: str, weight: float | Callable[..., Any] | None = None, **tags: Any
+) -> Callable[[F], F]:
+    """Decorator recording one call span per invocation (sync or async), tagged ``tags``;
+    ``weight`` a number or a callable given the call's arguments."""
+    return default_client().track_inference(model, weight, **tags)
 
 
-def inference(model: str, **tags: Any) -> InferenceSpan:
-    """``with carbonwatch.inference("m"):`` records one call span for the block."""
-    return default_client().inference(model, **tags)
+def inference(
+    model: str, *, tokens_in: int | None = None, tokens_out: int | None = None,
+    weight: float | None = None, **tags: Any,
+) -> InferenceSpan:
+    """``with carbonwatch.inference("m") as call:`` records one call span for the block;
+    ``call.set_tokens(tokens_in=, tokens_out=)`` adds what the call produced."""
+    return default_client().inference(
+        model, tokens_in=tokens_in, tokens_out=tokens_out, weight=weight, **tags)
 
 
 def job(name: str, kind: str = "training", model: str | None = None) -> Job:

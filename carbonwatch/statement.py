@@ -15,6 +15,7 @@ from typing import Any
 
 from carbonwatch.errors import InputError
 from carbonwatch.store import Store, job_dicts
+from carbonwatch.tokens import per_token
 
 J_PER_KWH = 3.6e6
 PHASES = ("training", "inference")
@@ -33,6 +34,9 @@ METHODOLOGY = [
     "average over a whole run.",
     "Cost is energy times the configured price (PUE included); device-hour rates, where set, "
     "are in the training runs' own costs only.",
+    "Per token: the serving energy of the calls that reported output tokens (their share of "
+    "the calls' apportioned energy, between-call energy included pro rata), divided by the "
+    "tokens the serving code reported; per output token and per token (prompt + output) apart.",
 ]
 
 
@@ -106,14 +110,14 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
     tables = _tables(conn)
     rollups = {"energy_day", "energy_hour", "call_day"} <= tables
     energy = _energy(conn, model, rollups)
-    if rollups:
-        calls_row = conn.execute("SELECT SUM(calls), SUM(energy_j), SUM(co2e_g), SUM(cost), "
-                                 "MIN(day_s), MAX(day_s) FROM call_day WHERE model = ?",
-                                 [model]).fetchone()
-    else:
-        calls_row = conn.execute("SELECT SUM(calls), SUM(energy_j), SUM(co2e_g), SUM(cost), "
-                                 "MIN(minute_s), MAX(minute_s) FROM call_minute WHERE model = ?",
-                                 [model]).fetchone()
+    table = "call_day" if rollups else "call_minute"
+    columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    # A store written before migration m006 holds no tokens: read as none reported.
+    aggregates = ", ".join(f"SUM({c})" if c in columns else "0" for c in (
+        "tokens_in", "tokens_out", "token_calls", "token_energy_j"))
+    calls_row = conn.execute(
+        f"SELECT SUM(calls), SUM(energy_j), SUM(co2e_g), SUM(cost), {aggregates} "  # noqa: S608
+        f"FROM {table} WHERE model = ?", [model]).fetchone()
     jobs = _jobs(conn, model)
     if not energy and not jobs and not calls_row[0]:
         known = [r[0] for r in conn.execute(
@@ -147,6 +151,10 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
     calls_energy_j, calls_co2e_g, calls_cost = (float(v or 0.0) for v in calls_row[1:4])
     t_j, t_g, t_c = sums["training"]
     i_j, i_g, i_c = sums["inference"]
+    tokens = per_token(
+        serving_energy_j=i_j, serving_co2e_g=i_g, calls=calls, calls_energy_j=calls_energy_j,
+        tokens_in=int(calls_row[4] or 0), tokens_out=int(calls_row[5] or 0),
+        token_calls=int(calls_row[6] or 0), token_energy_j=float(calls_row[7] or 0.0))
     per_call_g = i_g / calls if calls else None
     runs = [j for j in jobs if j["kind"] == "training"]
     total_j = t_j + i_j
@@ -183,6 +191,7 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
             "calls_only_per_1000_calls": (_figures(
                 calls_energy_j / calls * 1000, calls_co2e_g / calls * 1000,
                 cost(calls_cost / calls * 1000)) if calls else None),
+            **tokens,
         },
         "totals": {
             **_figures(total_j, t_g + i_g, cost(t_c + i_c)),
@@ -253,6 +262,18 @@ def render_markdown(statement: dict[str, Any]) -> str:
             f"{per['co2e_g']:,.2f} g CO2e, {_money(per['cost'])} {cur} (everything the serving "
             f"jobs drew; the calls alone: {own['energy_j'] / 3600:,.2f} Wh, "
             f"{own['co2e_g']:,.2f} g CO2e).",
+            "",
+        ]
+    if i.get("energy_j_per_output_token") is not None:
+        share = i["token_energy_share"]
+        lines += [
+            f"**Per token:** {i['energy_j_per_output_token']:,.4g} J per output token, "
+            f"{i['energy_j_per_token']:,.4g} J per token (prompt and output), "
+            f"{i['co2e_g_per_1k_output_tokens']:,.4g} g CO2e per 1,000 output tokens "
+            f"({i['tokens_out']:,} output and {i['tokens_in']:,} prompt tokens over "
+            f"{i['token_calls']:,} calls"
+            + (f"; the figures cover the {share:.1%} of the serving energy that went to calls "
+               "reporting tokens" if share < 1 else "") + ").",
             "",
         ]
     if tot["inference_overtook_training_at"]:

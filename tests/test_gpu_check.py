@@ -208,12 +208,16 @@ def test_the_live_orchestration_runs_end_to_end_on_a_fake_gpu():
     segs = [s for s in run.segments if not (len(s.roles) == 1 and s.end_s - s.start_s < 0.5)]
     names = [s.name for s in segs]
     assert names == ["idle", "train alone", "idle", "infer alone", "idle", "infer + train", "idle"]
-    assert len(run.power) > 1000  # ~200 a second for ~11 s, on a shared machine
+    assert len(run.power) > 200  # ~200 a second for ~11 s when idle; far fewer on a loaded machine
     checks = gc.evaluate(run, expect_solo=("train", "infer"))
     total, train, infer = checks[:3]
     assert abs(total.error_pct) < 1.0  # counter vs the independent poll of the same power
-    for solo in (train, infer):  # 60 W above idle, for the workload's ~2.5 s
-        assert solo.truth_j == pytest.approx(60 * 2.5, rel=0.15)
+    for solo, role in ((train, "train"), (infer, "infer")):
+        # 60 W above idle for as long as the workload ran: 2.5 s of sleep plus however long the
+        # interpreter took to start and exit (seconds on a loaded machine), so take the phase's
+        # own length, not the nominal 2.5 s.
+        phase = next(s for s in segs if s.roles == frozenset({role}))
+        assert solo.truth_j == pytest.approx(60 * (phase.end_s - phase.start_s), rel=0.15)
         # judged, whatever the collector's split gives (whether it passes is the collector's
         # business: here the interval a process exits in has no process left to credit)
         assert solo.error_pct is not None and solo.passed is not None

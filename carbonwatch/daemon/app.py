@@ -228,7 +228,8 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
 async def post_calls(request: web.Request) -> web.Response:
     d = _daemon(request)
     body = await request.read()
-    batch = validation.call_batch(validation.parse_json(body, check_nesting=False))
+    batch = validation.call_batch(validation.parse_json(
+        body, check_nesting=False, nonfinite_to_validator=True))
     state = d.state
     by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time())
     batch_id = state.new_batch_id()

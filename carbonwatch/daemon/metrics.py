@@ -45,6 +45,7 @@ class MetricTotals:
         self._lock = threading.Lock()
         self._energy: dict[EnergyKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self._calls: dict[str, int] = defaultdict(int)
+        self._tokens: dict[tuple[str, str], int] = defaultdict(int)  # (model, "in"|"out")
         self._dropped = 0
         self._rows_dropped = 0  # minute rows dropped while the store refused writes
         self._ended: dict[str, float] = {}  # job id -> ended_s, its series not folded yet
@@ -66,6 +67,16 @@ class MetricTotals:
         with self._lock:
             for model, n in by_model.items():
                 self._calls[model] += n
+
+    def add_tokens(self, by_model_direction: Mapping[tuple[str, str], int]) -> None:
+        """Tokens of settled calls, keyed (model, "in" | "out"), after they are committed."""
+        with self._lock:
+            for key, n in by_model_direction.items():
+                self._tokens[key] += n
+
+    def tokens(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._tokens)
 
     def add_dropped(self, spans: int) -> None:
         """Spans a client reported dropping before it could send them (a batch's ``dropped``)."""
@@ -156,6 +167,14 @@ class DaemonCollector:
         for model, n in sorted(calls.items()):
             served.add_metric([model, self.node], n)
         yield served
+        tokens = CounterMetricFamily(
+            "carbonwatch_inference_tokens",
+            "Tokens of settled inference calls, as their clients reported them (direction in: "
+            "prompt, out: generated).", labels=["model", "direction", "node"],
+        )
+        for (model, direction), n in sorted(self.totals.tokens().items()):
+            tokens.add_metric([model, direction, self.node], n)
+        yield tokens
         lost = CounterMetricFamily(
             "carbonwatch_inference_spans_dropped",
             "Call spans clients reported dropping before sending (their buffer was full).",

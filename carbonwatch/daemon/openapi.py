@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from carbonwatch.daemon.validation import MAX_BODY_BYTES, MAX_CALLS_PER_REQUEST
+from carbonwatch.daemon.validation import (
+    MAX_BODY_BYTES,
+    MAX_CALLS_PER_REQUEST,
+    MAX_TOKENS,
+    MAX_WEIGHT,
+)
 from carbonwatch.scheduler.routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -60,6 +65,22 @@ _JOB = {
                             "description": "service energy while no call ran"},
         "provenance": {"type": "object"},
     },
+}
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+# group_by=model only; see carbonwatch/tokens.py for the definitions.
+_TOKEN_FIGURES = {
+    "inference_energy_j": {"type": "number",
+                           "description": "the model's serving energy (between calls included)"},
+    "inference_co2e_g": {"type": "number"},
+    "tokens_in": {"type": "integer"},
+    "tokens_out": {"type": "integer"},
+    "token_calls": {"type": "integer", "description": "calls that reported tokens_out"},
+    "token_energy_share": {**_NUMBER_OR_NULL, "description": "share of the serving energy the "
+                           "per-token figures cover (that of the calls reporting tokens_out)"},
+    "energy_j_per_output_token": {**_NUMBER_OR_NULL, "description": "null: no tokens reported"},
+    "energy_j_per_token": {**_NUMBER_OR_NULL, "description": "per token in + out"},
+    "co2e_g_per_1k_output_tokens": _NUMBER_OR_NULL,
 }
 
 _JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -152,7 +173,9 @@ DOCUMENT: dict[str, Any] = {
                 "description": "A call's pid maps to the job that owns it; an unknown pid gets an "
                 "inference service job (kind inference, source api). A call without pid goes to "
                 "its model's service if exactly one runs. Each call's energy is its service's "
-                "energy split by overlap time, settled a few seconds after the call ends.",
+                "energy split by overlap time, settled a few seconds after the call ends. "
+                "`weight`, `tokens_in` and `tokens_out` are optional work measures; tokens "
+                "feed the per-token figures of `/v1/summary?group_by=model`.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object",
                     "required": ["calls"],
@@ -166,6 +189,15 @@ DOCUMENT: dict[str, Any] = {
                                 "end": {"type": "number", "description": ">= start"},
                                 "pid": {"type": "integer", "minimum": 1},
                                 "tags": _TAGS,
+                                "weight": {"type": "number", "minimum": 0,
+                                           "maximum": MAX_WEIGHT,
+                                           "description": "the call's work (batch size, FLOPs)"},
+                                "tokens_in": {"type": "integer", "minimum": 0,
+                                              "maximum": MAX_TOKENS,
+                                              "description": "prompt tokens"},
+                                "tokens_out": {"type": "integer", "minimum": 0,
+                                               "maximum": MAX_TOKENS,
+                                               "description": "generated tokens"},
                             },
                         }},
                         "dropped": {"type": "integer", "minimum": 0,
@@ -197,8 +229,9 @@ DOCUMENT: dict[str, Any] = {
                         "type": "array", "items": {"type": "object", "properties": {
                             "key": {"type": "string"}, "energy_j": {"type": "number"},
                             "co2e_g": {"type": "number"}, "cost": {"type": ["number", "null"]},
-                            "currency": {"type": "string"}, "calls": {"type": "integer"}}}}}},
-                        "groups"),
+                            "currency": {"type": "string"}, "calls": {"type": "integer"},
+                            **_TOKEN_FIGURES}}}}},
+                        "groups (group_by=model: with tokens and per-token figures)"),
                     **_errors(400),
                 },
             },

@@ -263,9 +263,9 @@ class Daemon:
             max_batch = conn.execute("SELECT MAX(id) FROM call_batches").fetchone()[0] or 0
             return (energy, storeops.job_names_and_ends(conn, ids),
                     storeops.calls_by_model(conn), storeops.dropped_spans(conn), max_batch,
-                    storeops.pending_batches(conn))
+                    storeops.pending_batches(conn), storeops.tokens_by_model(conn))
 
-        energy, jobs, calls, dropped, max_batch, pending = self.writer.call(seeds)
+        energy, jobs, calls, dropped, max_batch, pending, tokens = self.writer.call(seeds)
         unknown = ("", 0.0)  # a consumer with no jobs row: nameless, long ended
         self.totals.add_energy(
             ((c[len(prefix):], jobs.get(c[len(prefix):], unknown)[0], model, phase, device)
@@ -279,6 +279,7 @@ class Daemon:
                 if ended_s is not None:
                     self.totals.job_ended(c[len(prefix):], ended_s)
         self.totals.add_calls(calls)
+        self.totals.add_tokens(tokens)
         self.totals.add_dropped(dropped)
         state.set_next_batch_id(max_batch + 1)
         now_s = self.clock.time()

@@ -90,9 +90,16 @@ class Flush:
         """After commit: the counters grow by what the store now holds."""
         totals.add_energy(self.metric_energy)
         calls: dict[str, int] = defaultdict(int)  # a flush may hold several minutes of a model
+        tokens: dict[tuple[str, str], int] = defaultdict(int)
         for r in self.call_minutes:
             calls[r["model"]] += r["calls"]
+            if r.get("tokens_in"):
+                tokens[(r["model"], "in")] += r["tokens_in"]
+            if r.get("tokens_out"):
+                tokens[(r["model"], "out")] += r["tokens_out"]
         totals.add_calls(calls)
+        if tokens:
+            totals.add_tokens(tokens)
 
 
 def merge_flushes(flushes: Sequence[Flush], max_minutes: int) -> tuple[Flush, int]:
@@ -128,7 +135,7 @@ def merge_flushes(flushes: Sequence[Flush], max_minutes: int) -> tuple[Flush, in
             key = (row["minute_s"], row["model"])
             have = call_minutes.setdefault(key, {**row, **dict.fromkeys(_CALL_SUMS, 0)})
             for name in _CALL_SUMS:
-                have[name] += row[name]
+                have[name] += row.get(name, 0)  # rows without tokens reported none
         for consumer, (calls, energy_j) in flush.job_calls.items():
             old_calls, old_j = job_calls.get(consumer, (0, 0.0))
             job_calls[consumer] = (old_calls + calls, old_j + energy_j)
@@ -157,7 +164,8 @@ def merge_flushes(flushes: Sequence[Flush], max_minutes: int) -> tuple[Flush, in
     return merged, dropped
 
 
-_CALL_SUMS = ("calls", "busy_s", "energy_j", "co2e_g", "cost")
+_CALL_SUMS = ("calls", "busy_s", "energy_j", "co2e_g", "cost", "tokens_in", "tokens_out",
+              "token_calls", "token_energy_j")
 
 
 def _add_minute_row(have: dict[str, Any], row: Mapping[str, Any]) -> None:
@@ -390,20 +398,28 @@ def _rollup(
             batch.settled, batch.consumers, strict=True
         ):
             start_s, end_s, model = span.start_s, span.end_s, span.model
+            tokens_in, tokens_out = span.tokens_in, span.tokens_out
             if log_calls:
                 tags = span.tags
                 row((batch_id, model, span.pid, start_s, end_s,
-                     tag_json(tags) if tags else "{}", energy_j))
+                     tag_json(tags) if tags else "{}", energy_j, span.weight, tokens_in,
+                     tokens_out))
             key = (start_s // 60.0 * 60.0, model)
             acc = minutes.get(key)
             if acc is None:
-                minutes[key] = [1, end_s - start_s, energy_j, carbon_g, cost]
+                acc = minutes[key] = [1, end_s - start_s, energy_j, carbon_g, cost, 0, 0, 0, 0.0]
             else:
                 acc[0] += 1
                 acc[1] += end_s - start_s
                 acc[2] += energy_j
                 acc[3] += carbon_g
                 acc[4] += cost
+            if tokens_in is not None:
+                acc[5] += tokens_in
+            if tokens_out is not None:  # a token call: its energy is what per-token figures use
+                acc[6] += tokens_out
+                acc[7] += 1
+                acc[8] += energy_j
             by_job = per_consumer.get(consumer)
             if by_job is None:
                 per_consumer[consumer] = [1, energy_j]
@@ -412,8 +428,10 @@ def _rollup(
                 by_job[1] += energy_j
     call_minutes = [
         {"minute_s": int(minute_s), "model": model, "calls": int(n), "busy_s": busy_s,
-         "energy_j": energy_j, "co2e_g": carbon_g, "cost": cost}
-        for (minute_s, model), (n, busy_s, energy_j, carbon_g, cost) in minutes.items()
+         "energy_j": energy_j, "co2e_g": carbon_g, "cost": cost, "tokens_in": t_in,
+         "tokens_out": t_out, "token_calls": t_calls, "token_energy_j": t_j}
+        for (minute_s, model), (n, busy_s, energy_j, carbon_g, cost, t_in, t_out, t_calls, t_j)
+        in minutes.items()
     ]
     job_calls = {c: (int(n), e) for c, (n, e) in per_consumer.items()}
     return call_rows, call_minutes, job_calls

@@ -12,15 +12,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from carbonwatch.store import Store, _decode
+from carbonwatch.tokens import per_token
 
 CALL_MINUTE_UPSERT = """
-    INSERT INTO call_minute (minute_s, model, calls, busy_s, energy_j, co2e_g, cost)
-    VALUES (:minute_s, :model, :calls, :busy_s, :energy_j, :co2e_g, :cost)
+    INSERT INTO call_minute (minute_s, model, calls, busy_s, energy_j, co2e_g, cost,
+        tokens_in, tokens_out, token_calls, token_energy_j)
+    VALUES (:minute_s, :model, :calls, :busy_s, :energy_j, :co2e_g, :cost,
+        :tokens_in, :tokens_out, :token_calls, :token_energy_j)
     ON CONFLICT (minute_s, model) DO UPDATE SET
         calls = calls + excluded.calls, busy_s = busy_s + excluded.busy_s,
         energy_j = energy_j + excluded.energy_j, co2e_g = co2e_g + excluded.co2e_g,
-        cost = cost + excluded.cost
+        cost = cost + excluded.cost, tokens_in = tokens_in + excluded.tokens_in,
+        tokens_out = tokens_out + excluded.tokens_out,
+        token_calls = token_calls + excluded.token_calls,
+        token_energy_j = token_energy_j + excluded.token_energy_j
 """
+# A minute row from a writer that knows nothing of tokens (older code, tests) reported none.
+NO_TOKENS = {"tokens_in": 0, "tokens_out": 0, "token_calls": 0, "token_energy_j": 0.0}
 
 JOB_ID_PREFIX = "job:"
 
@@ -111,7 +119,8 @@ def settle_batches(
     """Record settled batches: minute rollups, per-job call totals, and clear the batches'
     pending bodies (they no longer need re-reading after a restart)."""
     if minute_rows:
-        conn.executemany(CALL_MINUTE_UPSERT, minute_rows)
+        conn.executemany(CALL_MINUTE_UPSERT, (
+            r if "tokens_in" in r else {**r, **NO_TOKENS} for r in minute_rows))
     for consumer, (calls, energy_j) in job_calls.items():
         if consumer.startswith(JOB_ID_PREFIX):
             conn.execute(
@@ -137,8 +146,8 @@ def log_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], keep: i
     if not rows or keep <= 0:
         return
     conn.executemany(
-        "INSERT INTO calls (batch_id, model, pid, start_s, end_s, tags, energy_j)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO calls (batch_id, model, pid, start_s, end_s, tags, energy_j, weight,"
+        " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
     conn.execute("DELETE FROM calls WHERE id <= (SELECT MAX(id) FROM calls) - ?", [keep])
@@ -202,6 +211,20 @@ def calls_by_model(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT model, SUM(calls) FROM call_minute GROUP BY model"))
 
 
+def tokens_by_model(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """(model, "in" | "out") -> tokens over all time (the token counter's seed)."""
+    out: dict[tuple[str, str], int] = {}
+    for model, t_in, t_out in conn.execute(
+        "SELECT model, SUM(tokens_in), SUM(tokens_out) FROM call_minute GROUP BY model"
+        " HAVING SUM(tokens_in) > 0 OR SUM(tokens_out) > 0"
+    ):
+        if t_in:
+            out[(model, "in")] = int(t_in)
+        if t_out:
+            out[(model, "out")] = int(t_out)
+    return out
+
+
 def dropped_spans(conn: sqlite3.Connection) -> int:
     """Spans clients reported dropping, over every batch received."""
     return int(conn.execute("SELECT COALESCE(SUM(dropped_before), 0) FROM call_batches")
@@ -235,14 +258,16 @@ def summary(
         key: {"key": key, "energy_j": e or 0.0, "co2e_g": g or 0.0, "cost": c or 0.0, "calls": 0}
         for key, e, g, c in rows
     }
-    if group_by in ("phase", "model"):
+    if group_by == "model":
+        _add_token_figures(conn, groups, lo, hi)
+    elif group_by == "phase":
         calls = conn.execute(
             "SELECT model, SUM(calls) FROM call_minute WHERE minute_s >= ? AND minute_s < ?"
             " GROUP BY model",
             [lo, hi],
         ).fetchall()
-        for model, n in calls:
-            key = "inference" if group_by == "phase" else model
+        for _model, n in calls:
+            key = "inference"
             group = groups.setdefault(
                 key, {"key": key, "energy_j": 0.0, "co2e_g": 0.0, "cost": 0.0, "calls": 0}
             )
@@ -257,3 +282,28 @@ def summary(
             ):
                 groups[JOB_ID_PREFIX + job_id].update(name=name, calls=int(n))
     return list(groups.values())
+
+
+def _add_token_figures(
+    conn: sqlite3.Connection, groups: dict[Any, dict[str, Any]], lo: float, hi: float
+) -> None:
+    """Per model: calls, tokens and the per-token figures (carbonwatch.tokens) over [lo, hi)."""
+    serving = {model: (e or 0.0, g or 0.0) for model, e, g in conn.execute(
+        "SELECT model, SUM(energy_j), SUM(co2e_g) FROM energy_minute"
+        " WHERE minute_s >= ? AND minute_s < ? AND phase = 'inference' GROUP BY model", [lo, hi])}
+    calls = {row[0]: row[1:] for row in conn.execute(
+        "SELECT model, SUM(calls), SUM(energy_j), SUM(tokens_in), SUM(tokens_out),"
+        " SUM(token_calls), SUM(token_energy_j) FROM call_minute"
+        " WHERE minute_s >= ? AND minute_s < ? GROUP BY model", [lo, hi])}
+    for model in calls.keys() - groups.keys():
+        groups[model] = {"key": model, "energy_j": 0.0, "co2e_g": 0.0, "cost": 0.0, "calls": 0}
+    for model, group in groups.items():
+        n, calls_j, t_in, t_out, t_calls, t_j = calls.get(model, (0, 0.0, 0, 0, 0, 0.0))
+        energy_j, carbon_g = serving.get(model, (0.0, 0.0))
+        group["calls"] = int(n or 0)
+        group["inference_energy_j"] = energy_j
+        group["inference_co2e_g"] = carbon_g
+        group.update(per_token(
+            serving_energy_j=energy_j, serving_co2e_g=carbon_g, calls=int(n or 0),
+            calls_energy_j=calls_j or 0.0, tokens_in=int(t_in or 0), tokens_out=int(t_out or 0),
+            token_calls=int(t_calls or 0), token_energy_j=t_j or 0.0))

@@ -23,6 +23,11 @@ MAX_TEXT = 256  # names, models, tag keys
 MAX_TAG_VALUE = 1024
 MAX_PID = 2**31 - 1  # pid_t; larger values cannot be a process
 MAX_UNIX_S = 1e10  # year 2286: later "times" are garbage that would overflow minute keys
+# Work measures per call. Generous for any real call (a 1e12-FLOP-unit batch, a billion tokens),
+# small enough that sums over millions of calls stay exact in SQLite's 64-bit integers and finite
+# in doubles.
+MAX_WEIGHT = 1e12
+MAX_TOKENS = 10**9
 JOB_KINDS = ("training", "inference", "other")
 Scalar = str | int | float | bool | None
 
@@ -47,11 +52,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
 
 
-def parse_json(body: bytes, *, allow_empty: bool = False, check_nesting: bool = True) -> Any:
+def parse_json(
+    body: bytes, *, allow_empty: bool = False, check_nesting: bool = True,
+    nonfinite_to_validator: bool = False,
+) -> Any:
     """Decode a UTF-8 JSON body; NaN/Infinity and nesting deeper than MAX_DEPTH are refused.
 
     ``check_nesting=False`` skips the walk for bodies whose validator admits no deep value (call
-    batches: a 10,000-call walk would cost more than the rest of the validation)."""
+    batches: a 10,000-call walk would cost more than the rest of the validation).
+    ``nonfinite_to_validator=True`` decodes NaN/Infinity as floats and leaves their refusal to a
+    validator that checks every number's finiteness (call batches), so the 400 names the field
+    (``calls[3].tokens_out``) rather than only saying the JSON holds a NaN somewhere."""
     if not body.strip():
         if allow_empty:
             return {}
@@ -61,7 +72,9 @@ def parse_json(body: bytes, *, allow_empty: bool = False, check_nesting: bool = 
     except UnicodeDecodeError as exc:
         raise bad(f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(
+            text, parse_constant=float if nonfinite_to_validator else _reject_constant
+        )
     except json.JSONDecodeError as exc:
         raise bad(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
@@ -152,6 +165,27 @@ def seconds(value: Any, where: str) -> float:
     if not 0 <= value <= MAX_UNIX_S:
         raise bad(f"{where}: must be Unix seconds between 0 and {MAX_UNIX_S:.0f}, got {value}")
     return value
+
+
+def measure(value: Any, where: str, *, hi: float) -> float:
+    """A work measure: a finite number in [0, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad(f"{where}: expected a number, got {_type(value)}")
+    if isinstance(value, float) and not math.isfinite(value):  # from 1e400 (NaN is not JSON)
+        raise bad(f"{where}: must be a finite number (NaN and Infinity are not allowed)")
+    if not 0 <= value <= hi:
+        shown = f"{value:g}" if isinstance(value, float) else str(value)[:40]  # 10**400: no float
+        raise bad(f"{where}: must be between 0 and {hi:g}, got {shown}")
+    return float(value)
+
+
+def token_count(value: Any, where: str) -> int:
+    """A token count: a whole number in [0, MAX_TOKENS] (1.0 is not one: tokens are counted)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise bad(f"{where}: must be a finite integer (NaN and Infinity are not allowed)")
+        raise bad(f"{where}: expected an integer token count, got {value!r}")
+    return integer(value, where, lo=0, hi=MAX_TOKENS)
 
 
 def tags(value: Any, where: str) -> dict[str, Scalar]:
@@ -246,12 +280,15 @@ class CallBatch:
     dropped: int
 
 
-_CALL_FIELDS = frozenset({"model", "start", "end", "pid", "tags"})
+_CALL_FIELDS = frozenset({"model", "start", "end", "pid", "tags", "weight", "tokens_in",
+                          "tokens_out"})
+_WORK_FIELDS = ("weight", "tokens_in", "tokens_out")
 _BATCH_FIELDS = frozenset({"calls", "dropped"})
 
 
 def call_batch(body: Any) -> CallBatch:
-    """``{"calls": [{"model", "start", "end", "pid"?, "tags"?}], "dropped"?: N}``.
+    """``{"calls": [{"model", "start", "end", "pid"?, "tags"?, "weight"?, "tokens_in"?,
+    "tokens_out"?}], "dropped"?: N}``.
 
     This is the ingestion hot path (up to 10,000 calls a request): the common case is checked
     with plain type tests and only a failing call goes through the message-building helpers."""
@@ -268,6 +305,7 @@ def call_batch(body: Any) -> CallBatch:
     dropped = 0 if dropped is None else integer(dropped, "dropped", lo=0, hi=2**62)
     spans = []
     append = spans.append
+    max_w, max_t = MAX_WEIGHT, MAX_TOKENS
     for i, call in enumerate(raw):
         if type(call) is not dict:
             raise bad(f"calls[{i}]: expected a JSON object, got {_type(call)}")
@@ -281,11 +319,27 @@ def call_batch(body: Any) -> CallBatch:
             and (type(end) is float or type(end) is int)
             and 0 <= start <= end <= MAX_UNIX_S
             and (pid_ is None or (type(pid_) is int and 0 < pid_ <= MAX_PID))
-            and len(call) == 3 + ("pid" in call) + ("tags" in call)
             and (tags_ is None or _flat_tags(tags_))
         ):
             _explain_call(call, i)
-        append(CallSpan(model, float(start), float(end), pid_, tags_ or NO_TAGS))
+        extra = len(call) - 3 - ("pid" in call) - ("tags" in call)
+        if not extra:
+            append(CallSpan(model, float(start), float(end), pid_, tags_ or NO_TAGS))
+            continue
+        # Work measures (or unknown fields): weight a finite number in [0, MAX_WEIGHT], tokens
+        # integers in [0, MAX_TOKENS]; any other extra field is unknown. Inline: a function
+        # call per call would cost a fifth of this check.
+        weight, tokens_in, tokens_out = get("weight"), get("tokens_in"), get("tokens_out")
+        if not (
+            extra == ("weight" in call) + ("tokens_in" in call) + ("tokens_out" in call)
+            and (weight is None
+                 or ((type(weight) is float or type(weight) is int) and 0 <= weight <= max_w))
+            and (tokens_in is None or (type(tokens_in) is int and 0 <= tokens_in <= max_t))
+            and (tokens_out is None or (type(tokens_out) is int and 0 <= tokens_out <= max_t))
+        ):
+            _explain_call(call, i)
+        append(CallSpan(model, float(start), float(end), pid_, tags_ or NO_TAGS,
+                        None if weight is None else float(weight), tokens_in, tokens_out))
     return CallBatch(spans, dropped)
 
 
@@ -310,6 +364,11 @@ def _explain_call(call: dict[str, Any], i: int) -> NoReturn:
     """Raise the precise error for a call the fast path refused."""
     where = f"calls[{i}]"
     _unknown(call, _CALL_FIELDS, where)
+    if "model" not in call or call["model"] is None:
+        given = [name for name in ("tokens_in", "tokens_out") if call.get(name) is not None]
+        if given:  # per-token figures are per model: tokens without one could never be counted
+            raise bad(f"{where}.model: required with {' and '.join(given)} (tokens are counted "
+                      "per model)")
     for name in ("model", "start", "end"):
         if name not in call:
             raise bad(f"{where}.{name}: required")
@@ -321,6 +380,11 @@ def _explain_call(call: dict[str, Any], i: int) -> NoReturn:
     if call.get("pid") is not None:
         pid(call["pid"], f"{where}.pid")
     tags(call.get("tags"), f"{where}.tags")
+    if call.get("weight") is not None:
+        measure(call["weight"], f"{where}.weight", hi=MAX_WEIGHT)
+    for name in ("tokens_in", "tokens_out"):
+        if call.get(name) is not None:
+            token_count(call[name], f"{where}.{name}")
     raise bad(f"{where}: invalid call")  # unreachable: every refusal above has a message
 
 

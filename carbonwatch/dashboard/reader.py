@@ -31,6 +31,8 @@ ENERGY_COLUMNS = ("device_id", "device_class", "consumer", "phase", "model", "zo
 ENERGY_SUMS = ("energy_j", "co2e_g", "cost", "intensity_energy", "minutes")
 CALL_COLUMNS = ("model",)
 CALL_SUMS = ("calls", "busy_s", "energy_j", "co2e_g", "cost", "minutes")
+# Token sums of the call tables (migration m006); read as 0 from a store written before them.
+TOKEN_SUMS = ("tokens_in", "tokens_out", "token_calls", "token_energy_j")
 
 FIRST_RUN_HINT = "Wrap a job to record it: carbonwatch run -- python train.py"
 
@@ -51,6 +53,7 @@ class Schema:
     version: int
     has_zone: bool
     has_rollups: bool
+    has_tokens: bool = False
 
 
 def _uri(path: Path) -> str:
@@ -122,7 +125,9 @@ def _schema(conn: sqlite3.Connection, path: Path) -> Schema:
         )
     columns = {r[1] for r in conn.execute("PRAGMA table_info(energy_minute)")}
     rollups = {f"{t}_{level}" for t in ("energy", "call") for level, _ in LEVELS}
-    return Schema(version, "zone" in columns, rollups <= tables)
+    call_columns = {r[1] for r in conn.execute("PRAGMA table_info(call_minute)")}
+    return Schema(version, "zone" in columns, rollups <= tables,
+                  set(TOKEN_SUMS) <= call_columns)
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,7 @@ def rollup(
     if table == "energy":
         columns, sums = ENERGY_COLUMNS, ENERGY_SUMS
     else:
-        columns, sums = CALL_COLUMNS, CALL_SUMS
+        columns, sums = CALL_COLUMNS, CALL_SUMS + TOKEN_SUMS
     where = dict(where or {})
     if "zone" in where and not schema.has_zone:
         where.pop("zone")  # an old store has one zone: every row is in it
@@ -224,6 +229,9 @@ def rollup(
                 else "SUM(energy_j * intensity_g_per_kwh)" if s == "intensity_energy"
                 else f"SUM({s})" for s in sums
             ]
+        if table == "call" and not schema.has_tokens:  # an older store: no tokens reported
+            aggregates = ["0" if s in TOKEN_SUMS else a for s, a in zip(sums, aggregates,
+                                                                         strict=True)]
         filters, args = _filters(where, columns)
         keys = list(range(1, len(select) + 1))
         sql = (

@@ -319,3 +319,61 @@ def m005_deferred_runs_and_actuals(conn: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS energy_minute_forecast ON energy_minute (minute_s)"
         " WHERE intensity_kind = 'forecast'"
     )
+
+
+# Token columns of the call rollups (m006): summed as the other call sums are, by the triggers.
+TOKEN_SUMS = ("tokens_in", "tokens_out", "token_calls", "token_energy_j")
+_TOKEN_COLUMNS = (
+    ("tokens_in", "INTEGER NOT NULL DEFAULT 0"),  # tokens in, summed over the calls
+    ("tokens_out", "INTEGER NOT NULL DEFAULT 0"),
+    ("token_calls", "INTEGER NOT NULL DEFAULT 0"),  # calls that reported tokens_out
+    ("token_energy_j", "REAL NOT NULL DEFAULT 0"),  # those calls' own energy
+)
+
+
+def _call_token_upsert(level: str, seconds: int, row: str, sign: str) -> str:
+    """As ``_call_upsert`` (m004), with the token sums."""
+    r = row
+    names = ("calls", "busy_s", "energy_j", "co2e_g", "cost", *TOKEN_SUMS)
+    columns = ", ".join(names)
+    values = ", ".join(f"{sign}{r}.{c}" for c in names)
+    assignments = ", ".join(f"{c} = {c} + excluded.{c}" for c in (*names, "minutes"))
+    return f"""
+        INSERT INTO call_{level} ({level}_s, model, {columns}, minutes)
+        VALUES ({r}.minute_s - {r}.minute_s % {seconds}, {r}.model, {values}, {sign}1)
+        ON CONFLICT ({level}_s, model) DO UPDATE SET {assignments};"""  # noqa: S608
+
+
+@migration
+def m006_tokens(conn: sqlite3.Connection) -> None:
+    """Tokens per model: ``call_minute`` and its hour and day rollups gain ``tokens_in``,
+    ``tokens_out``, ``token_calls`` (calls that reported tokens_out) and ``token_energy_j``
+    (those calls' energy, so a per-token figure says how much energy it covers); the call_minute
+    triggers are rebuilt to sum them. The raw call log keeps each call's ``weight`` and tokens.
+    Existing rows hold no tokens (0): the figures stay unknown for them, never made up.
+    One transaction, every column guarded, so a run cut short is simply repeated."""
+    conn.execute("BEGIN")
+    try:
+        for table in ("call_minute", *(f"call_{level}" for level, _ in ROLLUP_LEVELS)):
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, decl in _TOKEN_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        have = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+        for name, decl in (("weight", "REAL"), ("tokens_in", "INTEGER"), ("tokens_out", "INTEGER")):
+            if name not in have:
+                conn.execute(f"ALTER TABLE calls ADD COLUMN {name} {decl}")  # NULL: not reported
+        add = "".join(_call_token_upsert(lv, s, "NEW", "+") for lv, s in ROLLUP_LEVELS)
+        remove = "".join(_call_token_upsert(lv, s, "OLD", "-") for lv, s in ROLLUP_LEVELS)
+        for suffix in ("ai", "ad", "au"):
+            conn.execute(f"DROP TRIGGER IF EXISTS call_minute_rollup_{suffix}")
+        conn.execute(f"CREATE TRIGGER call_minute_rollup_ai AFTER INSERT ON call_minute "
+                     f"BEGIN{add} END")
+        conn.execute(f"CREATE TRIGGER call_minute_rollup_ad AFTER DELETE ON call_minute "
+                     f"BEGIN{remove} END")
+        conn.execute(f"CREATE TRIGGER call_minute_rollup_au AFTER UPDATE ON call_minute "
+                     f"BEGIN{remove}{add} END")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -18,7 +18,8 @@ from carbonwatch.dashboard.data.common import (
     zone_filter,
 )
 from carbonwatch.dashboard.data.jobs import job_rows
-from carbonwatch.dashboard.reader import HOUR_S, read_snapshot, rollup
+from carbonwatch.dashboard.reader import HOUR_S, TOKEN_SUMS, read_snapshot, rollup
+from carbonwatch.tokens import per_token
 
 
 # --- overview -----------------------------------------------------------------------------
@@ -145,10 +146,22 @@ class ModelRow:
     training: dict[str, float]  # metric -> value in range
     inference: dict[str, float]  # serving energy attributed to the model's inference jobs
     calls: int
+    # The calls' own energy and token sums (call rollups), for the per-token figures.
+    calls_energy_j: float = 0.0
+    tokens: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOKEN_SUMS, 0))
 
     def per_1000_calls(self, metric: str) -> float | None:
         """Serving cost of 1,000 calls: everything the serving jobs drew, between calls included."""
         return self.inference[metric] / self.calls * 1000 if self.calls else None
+
+    def per_token(self) -> dict[str, Any]:
+        """Tokens and per-token figures, as /v1/summary and the statement give them."""
+        t = self.tokens
+        return per_token(
+            serving_energy_j=self.inference["energy_j"], serving_co2e_g=self.inference["co2e_g"],
+            calls=self.calls, calls_energy_j=self.calls_energy_j,
+            tokens_in=int(t["tokens_in"]), tokens_out=int(t["tokens_out"]),
+            token_calls=int(t["token_calls"]), token_energy_j=float(t["token_energy_j"]))
 
 
 @dataclass
@@ -183,7 +196,11 @@ def models(path: Path | None, range_key: str, zone: str | None) -> ModelsView:
             for m in METRICS:
                 target[m] += float(r[m])
     for r in calls:
-        row(str(r["model"])).calls += int(r["calls"])
+        target = row(str(r["model"]))
+        target.calls += int(r["calls"])
+        target.calls_energy_j += float(r["energy_j"])
+        for name in TOKEN_SUMS:
+            target.tokens[name] += r[name]
     for model in runs:
         if model:
             row(str(model))

@@ -26,6 +26,10 @@ COLUMNS = [
     ("g_per_1000", "g CO2e / 1,000 calls", "numeric"),
     ("wh_per_1000", "Wh / 1,000 calls", "numeric"),
     ("cost_per_1000", "Cost / 1,000 calls", "numeric"),
+    ("tokens_out", "Output tokens", "numeric"),
+    ("j_per_output_token", "J / output token", "numeric"),
+    ("j_per_token", "J / token (in + out)", "numeric"),
+    ("g_per_1k_output_tokens", "g CO2e / 1,000 output tokens", "numeric"),
     ("ratio", "Inference ÷ training", "numeric"),
 ]
 
@@ -42,7 +46,9 @@ def layout() -> html.Div:
             style_header={"fontWeight": "600", "whiteSpace": "normal", "height": "auto"},
             style_cell_conditional=[{"if": {"column_id": "model"}, "textAlign": "left"}]),
             note="Per 1,000 calls: everything the model's serving jobs drew (between calls "
-                 "included), divided by the calls. Idle device power is not in it."),
+                 "included), divided by the calls. Idle device power is not in it. Per token: "
+                 "the same energy, for the calls that reported output tokens, divided by their "
+                 "tokens; empty where no call reported tokens."),
         html.Div([html.Label("Model ", htmlFor="models-model"),
                   dcc.Dropdown(id="models-model", options=[], value=None, clearable=False)],
                  className="cw-model-pick"),
@@ -93,6 +99,11 @@ def _row(r: data.ModelRow) -> dict[str, Any]:
         return None if v is None else round(v / scale, 4)
 
     train, inf = r.training["co2e_g"], r.inference["co2e_g"]
+    tok = r.per_token()
+
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else float(f"{value:.{digits}g}")  # significant digits
+
     return {
         "model": r.model, "training_runs": r.training_runs,
         "training_kg": round(train / 1000, 3),
@@ -101,4 +112,8 @@ def _row(r: data.ModelRow) -> dict[str, Any]:
         "inference_kwh": round(r.inference["energy_j"] / 3.6e6, 3),
         "g_per_1000": per("co2e_g", 1), "wh_per_1000": per("energy_j", 3600),
         "cost_per_1000": per("cost", 1), "ratio": round(inf / train, 3) if train else None,
+        "tokens_out": tok["tokens_out"] if tok["token_calls"] else None,
+        "j_per_output_token": rounded(tok["energy_j_per_output_token"], 4),
+        "j_per_token": rounded(tok["energy_j_per_token"], 4),
+        "g_per_1k_output_tokens": rounded(tok["co2e_g_per_1k_output_tokens"], 4),
     }
