@@ -64,6 +64,9 @@ class Settings:
     watttime_username: str = ""
     watttime_password: str = ""
     no_forecast_policy: str = "latest"  # latest | now
+    # Defer a job only when its expected saving is at least this many one-sigma bands of the
+    # provider's measured forecast error (0: trust the forecast as it is).
+    defer_error_sigmas: float = 1.0
     raw_call_log_max: int = 100_000
     scheduler_refresh_s: float = 900.0  # how often queued jobs are re-planned on a newer forecast
     intensity_refresh_s: float = 900.0  # how often accounting refetches the intensity series
@@ -88,7 +91,7 @@ class Settings:
         if price is not None and not (math.isfinite(price) and price >= 0):
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
         for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
-                     "metrics_job_retention_s"):
+                     "metrics_job_retention_s", "defer_error_sigmas"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")

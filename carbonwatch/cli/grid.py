@@ -24,8 +24,11 @@ from carbonwatch.grid.csvseries import read_intensity_csv
 from carbonwatch.grid.parse import iso_utc
 from carbonwatch.grid.preflight import estimate_gpu_job
 from carbonwatch.grid.registry import make_provider
+from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
+from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
+from carbonwatch.scheduler.forecasts import ERROR_HISTORY_S
 from carbonwatch.scheduler.planner import Plan, plan_job
 
 _DAY_S = 86400.0
@@ -194,6 +197,25 @@ def _forecast_slots(
     return (resolved.points if resolved.is_forecast else []), {"forecast": source}
 
 
+def _error_model(settings: Settings, slots: list[IntensityPoint], now_s: float) -> ErrorModel:
+    """The forecast error of the provider and zone the slots came from, measured on the store's
+    forecasts and actuals; unknown (empty) without a store or history."""
+    from carbonwatch.store import open_store
+
+    keys = {(p.zone, p.provider) for p in slots if p.kind == "forecast"}
+    if len(keys) != 1 or not settings.db_path.exists():
+        return ErrorModel(())
+    zone, provider = keys.pop()
+    try:
+        store = open_store(settings.db_path, read_only=True)
+    except StoreError:
+        return ErrorModel(())
+    try:
+        return measure(store.conn, zone, provider, since_s=now_s - ERROR_HISTORY_S)
+    finally:
+        store.close()
+
+
 @click.command("plan")
 @click.option("--duration", required=True, help="How long the job runs: 45m, 2h, 1h30m.")
 @click.option(
@@ -237,8 +259,11 @@ def plan_cmd(
 ) -> None:
     """The lowest-carbon time to run a job before its deadline.
 
-    With no usable forecast the job runs at the latest safe start (or now, per the
-    no_forecast_policy setting); it never ends after the deadline.
+    Planned on expected intensity: the forecast corrected by the provider's error, measured on
+    the forecasts and actuals in the store, by horizon; the job waits only when the expected
+    saving beats that error (setting defer_error_sigmas). With no usable forecast the job runs
+    at the latest safe start (or now, per the no_forecast_policy setting); it never ends after
+    the deadline.
 
     \b
     Examples:
@@ -255,15 +280,20 @@ def plan_cmd(
     # "+24h" counts from the job's earliest start, which is now unless --start says otherwise.
     deadline_s = parse_time_s(deadline, release_s)
     slots, extra = _forecast_slots(settings, zone, forecast_csv, clock, tz)
-    plan = plan_job(
-        slots,
+    error = _error_model(settings, slots, now_s)
+    planned = plan_with_error(
+        normalise(slots),
+        error,
+        now_s=now_s,
         duration_s=parse_duration_s(duration),
         release_s=release_s,
         deadline_s=deadline_s,
         interruptible=interruptible,
         no_forecast_policy=settings.no_forecast_policy,
+        sigmas=settings.defer_error_sigmas,
     )
-    out = plan_json(plan, extra)
+    plan = planned.plan
+    out = plan_json(plan, {**extra, **planned.as_json(), "forecast_error": error.as_json()})
     if as_json:
         echo_json(out)
         return
@@ -272,10 +302,19 @@ def plan_cmd(
     if out["mean_intensity_g_per_kwh"] is not None:
         click.echo(f"mean intensity {out['mean_intensity_g_per_kwh']:.1f} gCO2e/kWh")
     if out["saving_pct"] is not None:
+        band = out["saving_band_g_per_kwh"]
         click.echo(
             f"vs starting at once {out['baseline_intensity_g_per_kwh']:.1f} gCO2e/kWh: "
             f"{out['saving_pct']:.1f} % less carbon"
+            + (
+                f" (expected saving {out['expected_saving_g_per_kwh']:.1f} ± {band:.1f} "
+                f"gCO2e/kWh, {out['saving_band_pct']:.1f} points)"
+                if band is not None and out["expected_saving_g_per_kwh"] is not None
+                else ""
+            )
         )
+    if planned.note:
+        click.echo(planned.note)
     if plan.basis == "no_forecast":
         why = f" ({plan.reason})" if plan.reason else ""
         click.echo(f"no forecast covers the job{why}: policy '{settings.no_forecast_policy}'")

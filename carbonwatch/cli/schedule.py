@@ -67,8 +67,10 @@ def _fmt_g(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _fmt_pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}%"
+def _fmt_pct(value: float | None, band: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}%" if band is None else f"{value:.1f}±{band:.1f}%"
 
 
 def _windows(view: dict[str, Any]) -> str:
@@ -187,9 +189,11 @@ def submit_cmd(
             "(latest safe start, or now)"
         )
     if view["expected_saving_pct"] is not None:
+        band = view.get("saving_band_pct")
         click.echo(
             f"  mean intensity {view['plan_intensity_g_per_kwh']:.1f} gCO2e/kWh, "
-            f"{view['expected_saving_pct']:.1f}% below starting now"
+            f"{_fmt_pct(view['expected_saving_pct'], band)} below starting now"
+            + ("" if band is not None else " (forecast error unknown)")
         )
     if view["expected_co2e_g"] is not None:
         click.echo(
@@ -223,15 +227,21 @@ def queue_cmd(active: bool, as_json: bool, config_path: str | None, db: str | No
         click.echo("no deferred jobs")
         return
     click.echo(
-        f"{'ID':<12}  {'NAME':<16} {'STATUS':<9} {'EXP gCO2e':>9} {'SAVING':>7}  "
+        f"{'ID':<12}  {'NAME':<16} {'STATUS':<9} {'EXP gCO2e':>9} {'SAVING':>12}  "
         f"{'DEADLINE':<20}  PLAN (UTC)"
     )
     for v in views:
-        saving = v["realised_saving_pct"] if v["status"] == "done" else v["expected_saving_pct"]
+        if v["status"] == "done":  # realised: measured, no band
+            saving = _fmt_pct(v["realised_saving_pct"])
+        else:
+            saving = _fmt_pct(v["expected_saving_pct"], v.get("saving_band_pct"))
+        slurm = ""
+        if v.get("slurm_job_id"):
+            slurm = f"  slurm {v['slurm_job_id']} {v['slurm_state'] or ''}".rstrip()
         click.echo(
             f"{v['id']:<12}  {v['name'][:16]:<16} {v['status']:<9} "
-            f"{_fmt_g(v['expected_co2e_g']):>9} {_fmt_pct(saving):>7}  "
-            f"{v['deadline']:<20}  {_windows(v)}"
+            f"{_fmt_g(v['expected_co2e_g']):>9} {saving:>12}  "
+            f"{v['deadline']:<20}  {_windows(v)}{slurm}"
         )
 
 

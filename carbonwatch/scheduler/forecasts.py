@@ -19,10 +19,12 @@ from carbonwatch.errors import InputError, ProviderError
 from carbonwatch.grid.accounting import cached_points, save_points
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
-from carbonwatch.scheduler.planner import Forecast, Plan, plan_job
+from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
+from carbonwatch.scheduler.planner import Plan
 
 StoreCall = Callable[[Callable[[Any], Any]], Awaitable[Any]]
 CACHE_HORIZON_S = 7 * 86400.0
+ERROR_HISTORY_S = 30 * 86400.0  # forecast error is measured over the last 30 days of pairs
 _SAME_PLAN_S = 1.0  # a re-plan moving no window by more than this keeps the armed triggers
 
 
@@ -35,6 +37,7 @@ class Fetched:
     provider: str  # the provider's name in the cache ('' for static)
     fetched_at_s: float | None  # the newest fetch among the points
     errors: list[str]
+    error: ErrorModel = ErrorModel(())  # the provider's measured forecast error for the zone
 
 
 async def fetch_forecast(
@@ -62,6 +65,8 @@ async def fetch_forecast(
         raise InputError(
             f"provider {provider.name!r} needs a zone: pass --zone or set 'zone' on the daemon"
         )
+    since_s = clock.time() - ERROR_HISTORY_S
+    error = await read(lambda s: measure(s.conn, zone, provider.name, since_s=since_s))
     try:
         points = await provider.forecast(zone)
     except ProviderError as exc:
@@ -70,10 +75,11 @@ async def fetch_forecast(
             lambda s: cached_points(s, zone, provider.name, now_s, now_s + CACHE_HORIZON_S)
         )
         newest = max((p.fetched_at_s or 0.0 for p in cached), default=None)
-        return Fetched(cached, "cache" if cached else "static", provider.name, newest, [str(exc)])
+        via = "cache" if cached else "static"
+        return Fetched(cached, via, provider.name, newest, [str(exc)], error)
     await write(lambda s: save_points(s.conn, points))
     newest = max((p.fetched_at_s or 0.0 for p in points), default=None)
-    return Fetched(points, "provider", provider.name, newest, [])
+    return Fetched(points, "provider", provider.name, newest, [], error)
 
 
 def plan_deferred(
@@ -84,17 +90,27 @@ def plan_deferred(
     deadline_s: float,
     interruptible: bool,
     no_forecast_policy: str,
+    error: ErrorModel | None = None,
+    sigmas: float = 1.0,
 ) -> Plan:
     """The planner on fetched points: overlapping fetches resolved first (actual beats forecast,
-    newer beats older); static points are a flat average, not a forecast, and are dropped."""
+    newer beats older); static points are a flat average, not a forecast, and are dropped.
+    Planned on expected intensity with the provider's measured ``error``, deferred only when the
+    saving beats ``sigmas`` times its band (see :mod:`carbonwatch.scheduler.forecast_error`)."""
     slots = normalise(p for p in points if p.kind != "static")
-    return plan_job(
-        Forecast(slots),
+    planned = plan_with_error(
+        slots,
+        error or ErrorModel(()),
+        now_s=release_s,
         duration_s=duration_s,
         release_s=release_s,
         deadline_s=deadline_s,
         interruptible=interruptible,
         no_forecast_policy=no_forecast_policy,
+        sigmas=sigmas,
+    )
+    return dataclasses.replace(
+        planned.plan, saving_band_g_per_kwh=planned.band_g_per_kwh, note=planned.note
     )
 
 
@@ -115,9 +131,12 @@ def plan_fields(
         "expected_baseline_co2e_g": None if kwh_pue is None or base is None else kwh_pue * base,
         "planned_at_s": now_s,
         "forecast_fetched_at_s": fetched.fetched_at_s,
+        "saving_band_g_per_kwh": plan.saving_band_g_per_kwh,
     }
     if plan.reason:
         fields["message"] = f"no forecast covers the job ({plan.reason})"
+    elif plan.note:
+        fields["message"] = plan.note
     return fields
 
 

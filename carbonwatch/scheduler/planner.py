@@ -63,6 +63,10 @@ class Plan:
     # Why the policy chose, when it did: the holes in the forecast between release and deadline
     # ("no data 02:00-04:00 on 2026-03-25").
     reason: str | None = None
+    # The expected saving's one-sigma band from the provider's measured forecast error (None:
+    # unknown), and what the error decided ("... running at release"); see forecast_error.
+    saving_band_g_per_kwh: float | None = None
+    note: str | None = None
 
     @property
     def start_s(self) -> float:

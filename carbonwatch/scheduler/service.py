@@ -204,6 +204,8 @@ class SchedulerService:
             deadline_s=sub.deadline_s,
             interruptible=sub.interruptible,
             no_forecast_policy=self.settings.no_forecast_policy,
+            error=fetched.error,
+            sigmas=self.settings.defer_error_sigmas,
         )
         energy_j = power_w * duration_s if power_w else None
         job_id = uuid.uuid4().hex[:12]
@@ -333,6 +335,8 @@ class SchedulerService:
                     deadline_s=row["deadline_s"],
                     interruptible=row["interruptible"],
                     no_forecast_policy=self.settings.no_forecast_policy,
+                    error=fetched.error,
+                    sigmas=self.settings.defer_error_sigmas,
                 )
             except InputError:
                 return  # cannot fit any more from now: the armed plan still meets the deadline
