@@ -38,6 +38,7 @@ _FIELDS = frozenset(
         "provider_url",
         "cwd",
         "env",
+        "via",
     }
 )
 
@@ -132,7 +133,11 @@ def _submission(body: Any, now_s: float) -> Submission:
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
     ):
         raise bad("env: expected an object of string values")
+    via = body.get("via", "")
+    if via not in ("", "local", "slurm"):
+        raise bad("via: must be 'local' or 'slurm'")
     return Submission(
+        via="" if via == "local" else via,
         command=list(command),
         deadline_s=deadline_s,
         duration_s=duration_s,
@@ -230,6 +235,13 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "realised_co2e_g": {"type": ["number", "null"]},
             "realised_baseline_co2e_g": {"type": ["number", "null"]},
             "message": {"type": ["string", "null"]},
+            "saving_band_pct": {
+                "type": ["number", "null"],
+                "description": "one sigma of expected_saving_pct from the measured forecast error",
+            },
+            "via": {"type": "string", "description": "'' (the daemon launches it) or 'slurm'"},
+            "slurm_job_id": {"type": ["string", "null"]},
+            "slurm_state": {"type": ["string", "null"], "description": "Slurm's JobState"},
         },
     },
     "DeferredRequest": {
@@ -250,6 +262,11 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "provider_url": {"type": "string"},
             "cwd": {"type": "string", "description": "absolute directory to run in"},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "via": {
+                "type": "string",
+                "enum": ["local", "slurm"],
+                "description": "slurm: command is sbatch's arguments; submitted with --begin",
+            },
         },
     },
 }
