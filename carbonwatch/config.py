@@ -55,7 +55,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
     socket: str = ""
-    token: str = ""
+    token: str = ""  # the read/ingest token (CARBONWATCH_TOKEN)
+    # Operators' token (CARBONWATCH_ADMIN_TOKEN): launching and cancelling jobs, other owners'
+    # jobs; the dashboard also takes it as a login.
+    admin_token: str = ""
     daemon_url: str = ""  # empty: http://{host}:{port}
     provider: str = "static"
     provider_url: str = ""
@@ -74,6 +77,10 @@ class Settings:
     # /metrics keeps a job's own series until this long after it ended (daemon clock seconds),
     # then folds them into the node's job_id="" series, so ended jobs do not grow it forever.
     metrics_job_retention_s: float = 3600.0
+    # Inference servers whose Prometheus counters the daemon reads (``NAME=URL``, comma-separated;
+    # a TOML array also works): their process's energy is split over the tokens they report.
+    scrape: str = ""
+    scrape_interval_s: float = 15.0  # how often each server is scraped (one window each)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,12 +98,14 @@ class Settings:
         if price is not None and not (math.isfinite(price) and price >= 0):
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
         for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
-                     "metrics_job_retention_s", "defer_error_sigmas"):
+                     "metrics_job_retention_s", "scrape_interval_s", "defer_error_sigmas"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
+        if self.scrape_interval_s <= 0:
+            raise ConfigError("scrape_interval_s must be > 0")
         if self.csv_tz:
             from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -131,6 +140,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if math.isnan(value):
                 raise ValueError("NaN")
             return value
+        if isinstance(raw, list):  # a TOML array for a list-valued setting (scrape)
+            return ",".join(str(item) for item in raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: setting {name!r} has an invalid value {raw!r}") from exc
@@ -152,6 +163,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     return dict(data.get("carbonwatch", data))
 
 
+def _default_exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # e.g. a service user whose HOME is still another user's
+        raise ConfigError(
+            f"cannot check for the default config file {path}: {exc.strerror}. Name one with "
+            "--config (or CARBONWATCH_CONFIG), or set XDG_CONFIG_HOME to a folder this user "
+            "may read") from exc
+
+
 def load_settings(
     config_path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -165,7 +186,7 @@ def load_settings(
 
     explicit = config_path or env.get(ENV_PREFIX + "CONFIG")
     path = Path(explicit) if explicit else default_config_path()
-    if explicit or path.exists():
+    if explicit or _default_exists(path):
         for key, raw in read_toml(path).items():
             if key in _NAMES:
                 values[key] = _coerce(key, raw, f"config file {path}")

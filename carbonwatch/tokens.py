@@ -22,8 +22,12 @@ from typing import Any
 def token_energy_share(
     calls: int, calls_energy_j: float, token_calls: int, token_energy_j: float
 ) -> float | None:
-    """The share of the serving energy that belongs to the calls that reported tokens_out."""
-    if token_calls <= 0:
+    """The share of the serving energy that belongs to the calls that reported tokens_out.
+
+    A scraped server's rows (carbonwatch.scrape) can carry token energy with no finished request
+    yet (its counters count tokens as they are generated, requests when they end): that energy is
+    still the tokens', so energy without token calls is a share too, not "no tokens reported"."""
+    if token_calls <= 0 and not token_energy_j > 0:
         return None
     if token_calls >= calls:
         return 1.0

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# System packages some tests need (a headless browser, a Prometheus server, a single-node Slurm).
-# Installed only when missing; needs root (as in CI). Without root, the tests that need them say
-# so and are skipped. Slurm is then started (scripts/slurm-up.sh) for the Slurm deferral tests.
+# System packages some tests need (a headless browser, a Prometheus server, setpriv,
+# systemd-analyze, a single-node Slurm). Installed only when missing; needs root (as in CI).
+# Without root, the tests that need them say so and are skipped. Slurm is then started
+# (scripts/slurm-up.sh) for the Slurm deferral tests.
 set -uo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# setpriv: the security fuzz runs the daemon it feeds hostile commands as nobody when run as root.
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# systemd-analyze: checks the shipped unit with systemd's own parser and exposure rating.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# slurm-wlm and munge: `carbonwatch submit --via slurm` is tested against a real Slurm.
 command -v slurmctld >/dev/null 2>&1 || need+=(slurm-wlm)
 command -v munged >/dev/null 2>&1 || need+=(munge)
 if [ ${#need[@]} -gt 0 ]; then

@@ -44,11 +44,15 @@ class Server:
     (None: no --db), with any further arguments (``--prometheus URL``)."""
 
     def __init__(self, db: Path | None, home: Path, refresh_s: float = 30.0,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), env: Mapping[str, str] | None = None,
+                 login: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # wait() logs in with this bearer token when the server asks for a login.
+        self.login = login
         # Only the settings a test gives: none leak in from the developer's environment.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")},
+               **(env or {})}
         env.update(XDG_CONFIG_HOME=str(home), XDG_DATA_HOME=str(home))
         self.log = home / f"dashboard-{self.port}.log"
         command = [sys.executable, "-c", "from carbonwatch.cli import main; main()", "dashboard",
@@ -64,7 +68,9 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dashboard exited: {self.log.read_text()}")
             try:
-                with urllib.request.urlopen(self.url + "/", timeout=2) as resp:  # noqa: S310
+                headers = {"Authorization": f"Bearer {self.login}"} if self.login else {}
+                request = urllib.request.Request(self.url + "/", headers=headers)
+                with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310
                     if resp.status == 200:
                         return self
             except OSError:

@@ -5,11 +5,13 @@ open and close a job on a real daemon."""
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -82,6 +84,169 @@ def test_systemd_unit_runs_the_daemon_with_flags_it_has_and_a_writable_store():
     assert "node" in config.read_text()  # the node label is a setting, shown commented out
 
 
+SYSTEMD = DEPLOY / "systemd"
+UDEV_RULE = DEPLOY / "udev" / "90-carbonwatch-rapl.rules"
+
+
+def _unit(*paths: Path) -> configparser.ConfigParser:
+    """A unit with its drop-ins applied in order (later files win, as systemd reads them)."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # keys are case-sensitive
+    for path in paths:
+        unit.read(path)
+    return unit
+
+
+def test_systemd_unit_runs_unprivileged_and_sandboxed_by_default():
+    service = _unit(SYSTEMD / "carbonwatch.service")["Service"]
+    assert service["User"] == service["Group"] == "carbonwatch"
+    # No capability to hold or gain, nothing to escalate to.
+    assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
+    expected = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                "PrivateTmp": "yes", "StateDirectory": "carbonwatch",
+                "StateDirectoryMode": "0700", "UMask": "0077", "RestrictSUIDSGID": "yes"}
+    assert {k: service.get(k) for k in expected} == expected
+    assert "/var/lib/carbonwatch" in service["ReadWritePaths"].split()
+    assert 1024 < int(service["LimitNOFILE"]) <= 65536
+    # What would break measuring: NVML needs /dev/nvidia*, attribution every user's /proc.
+    assert "PrivateDevices" not in service and "ProtectProc" not in service
+    sysusers = (SYSTEMD / "carbonwatch.sysusers.conf").read_text()
+    assert re.search(r"^u carbonwatch ", sysusers, flags=re.M)  # creates the user and group
+
+
+def test_the_scheduler_drop_in_is_root_with_only_the_capabilities_launching_needs():
+    base = _unit(SYSTEMD / "carbonwatch.service")["Service"]
+    service = _unit(SYSTEMD / "carbonwatch.service", SYSTEMD / "carbonwatch-scheduler.conf")
+    service = service["Service"]
+    assert service["User"] == "root"
+    caps = set(service["CapabilityBoundingSet"].split())
+    assert {"CAP_SETUID", "CAP_SETGID"} <= caps
+    assert caps <= {"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_READ_SEARCH"}
+    # Ambient capabilities would pass on to every job; uid 0 -> the user's uid clears them.
+    assert service["AmbientCapabilities"] == "" and service["NoNewPrivileges"] == "yes"
+    # The rest of the default unit's sandbox stays.
+    for key in ("ProtectKernelModules", "RestrictSUIDSGID", "StateDirectoryMode", "LimitNOFILE"):
+        assert service[key] == base[key]
+
+
+SD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SD_ANALYZE is None, reason="systemd-analyze is not installed (Debian: systemd)")
+def test_systemd_accepts_the_unit_and_the_drop_in(tmp_path):
+    """systemd's own parser: every key known, and the default unit's exposure rating low."""
+    unit = tmp_path / "carbonwatch.service"
+    # verify checks that the program exists: point ExecStart at one that does.
+    text = (SYSTEMD / "carbonwatch.service").read_text()
+    unit.write_text(text.replace("/opt/carbonwatch/venv/bin/carbonwatch", sys.executable))
+    env = {"PATH": "/usr/bin:/bin", "SYSTEMD_LOG_COLOR": "0"}
+
+    def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SD_ANALYZE, *args], capture_output=True, text=True,  # noqa: S603
+                              env=env, timeout=60)
+
+    verified = analyze("verify", str(unit))
+    assert "Unknown" not in verified.stderr and "Failed" not in verified.stderr, verified.stderr
+    security = analyze("security", "--offline=yes", str(unit))
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure, security.stdout + security.stderr
+    assert float(exposure.group(1)) <= 4.0  # measured 3.5 with systemd 252: "OK"
+    drop_in = tmp_path / "carbonwatch.service.d"
+    drop_in.mkdir()
+    shutil.copy(SYSTEMD / "carbonwatch-scheduler.conf", drop_in / "scheduler.conf")
+    env["SYSTEMD_UNIT_PATH"] = f"{tmp_path}:"
+    verified = analyze("verify", "carbonwatch.service")
+    assert "Unknown" not in verified.stderr and "Failed" not in verified.stderr, verified.stderr
+
+
+def _env_file() -> dict[str, str]:
+    lines = (SYSTEMD / "carbonwatch.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_the_env_file_ships_no_usable_token_and_the_daemon_refuses_to_start_with_it(tmp_path):
+    env = _env_file()
+    assert {"CARBONWATCH_TOKEN", "CARBONWATCH_ADMIN_TOKEN"} <= set(env)
+    assert all(value == "" for name, value in env.items() if "TOKEN" in name)
+    assert all(n.removeprefix("CARBONWATCH_").lower() in Settings.__dataclass_fields__
+               for n in env)
+    # As installed: the unit's host, this file's settings. The daemon must not come up open.
+    daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none", "--host", "0.0.0.0", env=env)
+    done = daemon.run_to_exit()
+    assert done.returncode == 2 and "without a token" in done.stderr, done.stderr
+
+
+def _powercap(root: Path) -> Path:
+    """One RAPL package as the kernel shows it since CVE-2020-8694: energy_uj root-only."""
+    zone = root / "intel-rapl:0"
+    zone.mkdir(parents=True)
+    for name, value, mode in (("name", "package-0", 0o444), ("energy_uj", "1000000", 0o400),
+                              ("max_energy_range_uj", "262143328850", 0o444)):
+        (zone / name).write_text(value + "\n")
+        (zone / name).chmod(mode)
+    return zone
+
+
+def _cpu_device(daemon: DaemonProcess) -> dict:
+    status, body = daemon.request("GET", "/v1/devices")
+    assert status == 200, body
+    (cpu,) = [d for d in body["devices"] if d["class"] == "cpu"]
+    return cpu
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root (to own the fake sysfs files) and setpriv (util-linux)")
+def test_an_unprivileged_daemon_reads_rapl_through_the_udev_rule():
+    """The daemon as nobody:nogroup over a powercap tree whose energy_uj is root-only, as the
+    kernel has it: CPU energy is modelled. The udev rule's own commands applied to the tree (the
+    group being the test's stand-in for carbonwatch): the same daemon measures it with RAPL, and
+    the counter is still not world-readable."""
+    rule = UDEV_RULE.read_text()
+    assert re.search(r'^SUBSYSTEM=="powercap", KERNEL=="intel-rapl\*", ACTION=="add"', rule, re.M)
+    commands = re.findall(r'RUN\+="([^"]+)"', rule)
+    assert commands and all("/sys%p/energy_uj" in c for c in commands)
+    assert all(" carbonwatch " in c for c in commands if "chgrp" in c)
+    # Outside pytest's tmp_path: its folders are 0700, closed to nobody.
+    base = Path(tempfile.mkdtemp(prefix="cw-unprivileged-"))
+    try:
+        base.chmod(0o755)
+        zone = _powercap(base / "powercap")
+        store = base / "store"
+        store.mkdir(mode=0o700)
+        os.chown(store, 65534, 65534)
+        env = {"CARBONWATCH_RAPL_ROOT": str(base / "powercap"), "XDG_CONFIG_HOME": str(base),
+               "XDG_DATA_HOME": str(base)}
+
+        def daemon() -> DaemonProcess:
+            return _Unprivileged(store / "cw.db", "--backend", "none", env=env).start()
+
+        d = daemon()
+        try:
+            assert _cpu_device(d)["provenance"] != "measured"
+        finally:
+            d.stop()
+        for command in commands:
+            words = shlex.split(command.replace("/sys%p", str(zone)))
+            words = ["nogroup" if w == "carbonwatch" else w for w in words]
+            subprocess.run(words, check=True, timeout=30)  # noqa: S603
+        mode = (zone / "energy_uj").stat().st_mode
+        assert mode & 0o040 and not mode & 0o004  # group-readable, never world-readable
+        d = daemon()
+        try:
+            cpu = _cpu_device(d)
+            assert (cpu["provenance"], cpu["method"]) == ("measured", "rapl"), cpu
+        finally:
+            assert d.stop() == 0
+    finally:
+        shutil.rmtree(base)
+
+
+class _Unprivileged(DaemonProcess):
+    def command(self) -> list[str]:
+        drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        return [*drop, *super().command()]
+
+
 # --- Kubernetes ------------------------------------------------------------------------------
 
 
@@ -118,6 +283,28 @@ def test_daemonset_has_host_pid_the_nvidia_runtime_and_a_persistent_store():
         assert key.startswith("CARBONWATCH_")
         assert key.removeprefix("CARBONWATCH_").lower() in Settings.__dataclass_fields__
         assert isinstance(value, str)
+
+
+def test_daemonset_runs_the_daemon_non_root_read_only_and_without_capabilities():
+    pod = _k8s()["DaemonSet"]["spec"]["template"]["spec"]
+    pod_ctx = pod["securityContext"]
+    assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] != 0
+    (container,) = pod["containers"]
+    ctx = container["securityContext"]
+    assert ctx.get("runAsUser", pod_ctx["runAsUser"]) != 0 and ctx["runAsNonRoot"] is True
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    # The image's own user is the pod's: runAsNonRoot can check it (numeric), files agree.
+    user = re.search(r"^USER (\d+):(\d+)$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert user and (int(user[1]), int(user[2])) == (pod_ctx["runAsUser"], pod_ctx["runAsGroup"])
+    # The one step as uid 0 hands the store's hostPath over, with no other capability.
+    for init in pod.get("initContainers", []):
+        init_ctx = init["securityContext"]
+        assert init_ctx["allowPrivilegeEscalation"] is False
+        assert init_ctx["capabilities"]["drop"] == ["ALL"]
+        assert set(init_ctx["capabilities"].get("add", [])) <= {"CHOWN", "FOWNER"}
+        assert f"{pod_ctx['runAsUser']}:{pod_ctx['runAsGroup']}" in " ".join(init["command"])
+        assert {m["name"] for m in init["volumeMounts"]} == {"store"}
 
 
 def test_metrics_service_and_pod_monitor_reach_the_daemons_port():

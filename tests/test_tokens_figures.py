@@ -36,3 +36,14 @@ def test_unknown_is_null_never_zero(kw):
     assert f["energy_j_per_output_token"] is None
     assert f["energy_j_per_token"] is None
     assert f["co2e_g_per_1k_output_tokens"] is None
+
+
+def test_token_energy_without_a_finished_request_is_still_the_tokens():
+    """A scraped server's minutes: tokens and their energy, before any request ended."""
+    f = _figures(calls=0, calls_energy_j=300.0, token_calls=0, token_energy_j=300.0)
+    assert f["token_energy_share"] == 1.0
+    assert f["energy_j_per_output_token"] == pytest.approx(1000 / 500)
+    # Beside client calls that reported no tokens: only the tokens' part of the energy.
+    f = _figures(calls=10, calls_energy_j=400.0, token_calls=0, token_energy_j=100.0)
+    assert f["token_energy_share"] == pytest.approx(0.25)
+    assert f["energy_j_per_output_token"] == pytest.approx(250 / 500)

@@ -22,6 +22,12 @@ from carbonwatch.cli.common import handle_errors, intensity_source, load, settin
               show_default=True, help="Trace seconds per real second, for replay:DIR.")
 @click.option("--replay-gpus", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Serve the replayed trace as this many GPUs (benchmarks).")
+@click.option("--scrape", "scrape", multiple=True, metavar="NAME=URL",
+              help="Read an inference server's Prometheus counters (vLLM, TGI, Triton) at URL "
+              "(on this node) and split its process's energy over the tokens it reports; "
+              "repeatable (setting scrape).")
+@click.option("--scrape-interval", "scrape_interval_s", type=float, default=None,
+              help="Seconds between scrapes, one window each (default 15).")
 @settings_options
 @handle_errors
 def daemon_cmd(
@@ -32,6 +38,8 @@ def daemon_cmd(
     node: str | None,
     replay_speed: float,
     replay_gpus: int,
+    scrape: tuple[str, ...],
+    scrape_interval_s: float | None,
     config_path: str | None,
     db: str | None,
 ) -> None:
@@ -50,6 +58,7 @@ def daemon_cmd(
       CARBONWATCH_TOKEN=s3cret carbonwatch daemon --host 0.0.0.0 --node gpu-node-001
       carbonwatch daemon --db /tmp/cw.db --backend replay:tests/fixtures/h200-shared-gpu \\
           --replay-speed 10
+      carbonwatch daemon --scrape vllm=http://127.0.0.1:8000/metrics
     """
     # sqlite-utils imports pandas whenever it is installed, for DataFrame helpers the daemon never
     # calls: ~35 MB of a sidecar's resident memory. Without it sqlite-utils works the same.
@@ -58,7 +67,8 @@ def daemon_cmd(
     from carbonwatch.daemon.server import run_daemon  # aiohttp only when the daemon runs
 
     settings = load(config_path, db=db, host=host, port=port, socket=socket_path, backend=backend,
-                    node=node)
+                    node=node, scrape=",".join(scrape) if scrape else None,
+                    scrape_interval_s=scrape_interval_s)
 
     def ready(url: str) -> None:
         click.echo(f"carbonwatch: daemon listening on {url} (store {settings.db_path})", err=True)

@@ -34,6 +34,7 @@ from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
+from carbonwatch.daemon.scraping import Scraper, parse_targets
 from carbonwatch.daemon.state import DaemonState
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
@@ -122,6 +123,8 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()  # wall time; a replay replaces it
         self.end_s: float | None = None
         self.url = ""
+        # Refused at start, before anything opens: a bad target is a configuration error.
+        self.scrape_targets = parse_targets(settings.scrape)
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -189,6 +192,7 @@ class Daemon:
         from carbonwatch.scheduler.service import SchedulerService
 
         self.scheduler = SchedulerService(self.settings, read=self.read, write=self.writer.run)
+        self.scraper = Scraper(self, self.scrape_targets, self.settings.scrape_interval_s)
 
     def _replay_collectors(self) -> tuple[list[Collector], str]:
         """The trace's GPU (``replay_gpus`` copies), served in trace time at ``replay_speed``.
@@ -335,10 +339,12 @@ class Daemon:
         self.loop.start()
         try:
             await self.scheduler.start(self.url)
+            await self.scraper.start()
             on_ready(self.url)
             await stop.wait()
         finally:
             log.info("shutting down: finishing requests, then the final flush")
+            await self.scraper.stop()
             await self.scheduler.stop()  # launches no more; launched jobs run on
             await runner.cleanup()  # stop accepting; in-flight requests finish
             await asyncio.to_thread(self.loop.stop)
@@ -393,9 +399,12 @@ class Daemon:
         ok, status = self._sampling_status()
         devices = [{k: d[k] for k in ("device_id", "state", "last_sample_age_s")}
                    for d in self.device_views()]
-        return {"ok": ok, "status": status, "node": self.node,
+        view = {"ok": ok, "status": status, "node": self.node,
                 "collector_errors": self.sampler.errors,
                 "pending_calls": self.state.pending_calls(), "devices": devices}
+        if self.scrape_targets:
+            view["scrape"] = self.scraper.view()
+        return view
 
     def _metric_health(self) -> Health:
         devices = self.device_views()

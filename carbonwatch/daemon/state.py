@@ -26,6 +26,7 @@ from carbonwatch.daemon.registry import Job, Registry
 from carbonwatch.ledger import Ledger
 from carbonwatch.runner import children_map
 from carbonwatch.sampler import AttributedInterval
+from carbonwatch.scrape import ScrapeLedger
 from carbonwatch.store import Store
 
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
@@ -73,7 +74,8 @@ class Flush:
     sampled_until_s: float | None
 
     def empty(self) -> bool:
-        return not (self.energy_rows or self.batch_ids or self.between_j or self.call_rows)
+        return not (self.energy_rows or self.batch_ids or self.between_j or self.call_rows
+                    or self.call_minutes or self.job_calls)
 
     def write(self, store: Store, resume_key: str) -> None:
         """The part that must commit together (the raw call log is written apart: see
@@ -201,6 +203,9 @@ class DaemonState:
             settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,
             horizon_s=HORIZON_REAL_S * speed,
         )
+        # Scraped inference servers (daemon/scraping.py): their energy split over their tokens.
+        self.scraped = ScrapeLedger(settle_s=SETTLE_REAL_S * speed, pue=pricing.pue,
+                                    price_per_kwh=pricing.price_per_kwh)
         self.devices: dict[str, DeviceStatus] = {}
         self.scanner = scanner
         self._watched: set[int] = set()  # root pids the scanner watches (sampling thread only)
@@ -216,6 +221,9 @@ class DaemonState:
         with self.lock:
             self.ledger.add(item)
             for consumer, energy_j in item.parts.items():
+                if self.scraped.watches(consumer):  # a scraped server: split by its tokens
+                    self.scraped.add_interval(consumer, item, energy_j)
+                    continue
                 job = self.registry.job_for_consumer(consumer)
                 if job is not None and job.serves_calls:
                     self.calls.add_interval(consumer, item, energy_j)
@@ -349,14 +357,22 @@ class DaemonState:
             ]
             sampled_until_s = self.ledger.last_s
             self.registry.forget_ended()
+            scraped = self.scraped.flush() if final else self.scraped.settle(now_s)
         call_rows, call_minutes, job_calls = _rollup(completed, log_calls)
+        between_j = dict(settlement.between_calls_j)
+        call_minutes += scraped.minute_rows
+        for consumer, (n, energy_j) in scraped.job_calls.items():
+            old_n, old_j = job_calls.get(consumer, (0, 0.0))
+            job_calls[consumer] = (old_n + n, old_j + energy_j)
+        for consumer, energy_j in scraped.between_j.items():
+            between_j[consumer] = between_j.get(consumer, 0.0) + energy_j
         return Flush(
             energy_rows=rows,
             batch_ids=[b.batch_id for b in completed],
             call_rows=call_rows,
             call_minutes=call_minutes,
             job_calls=job_calls,
-            between_j={c: e for c, e in settlement.between_calls_j.items() if e},
+            between_j={c: e for c, e in between_j.items() if e},
             metric_energy=metric_energy,
             sampled_until_s=sampled_until_s,
         )

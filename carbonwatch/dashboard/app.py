@@ -16,7 +16,7 @@ from typing import Any
 from dash import Dash, Input, Output, dcc, html
 
 from carbonwatch.dashboard import data
-from carbonwatch.dashboard.components import guarded
+from carbonwatch.dashboard.components import ACCESS_CONFIG_KEY, guarded
 from carbonwatch.dashboard.figures import when
 from carbonwatch.dashboard.pages import devices, fleet, grid, jobs, models, overview
 from carbonwatch.dashboard.style import CSS
@@ -41,9 +41,11 @@ FLEET_NAV = ("/fleet", "Fleet")
 def create_app(
     db_path: str | Path | None, *, refresh_s: float = 30.0, currency: str = "USD",
     prometheus_url: str | None = None, fleet_client: FleetClient | None = None,
+    access: str | None = None,
 ) -> Dash:
     """The app over a store (``db_path``), the fleet through Prometheus (``prometheus_url``, or a
-    ready ``fleet_client``), or both. Without a store the local pages say so."""
+    ready ``fleet_client``), or both. Without a store the local pages say so. ``access`` says who
+    may open it (the login asked, or why none is): the first-run panel shows it."""
     if fleet_client is None and prometheus_url:
         fleet_client = FleetClient(prometheus_url)
     ctx = Context(None if db_path is None else Path(db_path), currency, fleet_client)
@@ -51,6 +53,8 @@ def create_app(
     app = Dash(__name__, title="carbonwatch", update_title=None,
                suppress_callback_exceptions=True, include_assets_files=False)
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
+    if access:
+        app.server.config[ACCESS_CONFIG_KEY] = access
     app.layout = _shell(refresh_s, NAV + ((FLEET_NAV,) if fleet_client else ()))
     _register_shell(app, ctx)
     for page in (overview, models, jobs, grid, devices):

@@ -8,12 +8,16 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flask
 from dash import dcc, html
 
 from carbonwatch.dashboard.reader import DataUnavailable
 
 log = logging.getLogger("carbonwatch.dashboard")
 
+# Where create_app leaves the sentence saying who may open this dashboard (the login, or why
+# none is asked): per app, in its Flask config, so several apps can live in one process.
+ACCESS_CONFIG_KEY = "CARBONWATCH_ACCESS"
 FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif"  # DataTable cells do not inherit it
 GRAPH_CONFIG = {"displaylogo": False, "responsive": True,
                 "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -45,7 +49,18 @@ def first_run(exc: DataUnavailable | None = None) -> html.Div:
             html.Li(["Mark inference calls in the serving code: ",
                      html.Code("@carbonwatch.track_inference(model=\"my-model\")")]),
         ]),
+        html.P(access_note(), className="cw-hint", id="first-run-access"),
     ], className="cw-message cw-first-run", role="status")
+
+
+def access_note() -> str:
+    """Who may open this dashboard, as create_app described it (callbacks run in a request of
+    their app, so its Flask config is at hand)."""
+    if flask.has_app_context():
+        note = flask.current_app.config.get(ACCESS_CONFIG_KEY)
+        if note:
+            return str(note)
+    return "Anyone who can reach this dashboard can read the store."
 
 
 def guarded(

@@ -1,0 +1,1 @@
+"""Serving integrations that need no client code: ASGI middleware (``asgi``)."""
