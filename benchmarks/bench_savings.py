@@ -89,14 +89,17 @@ def week_mean(values: np.ndarray, r: int, hours: int) -> np.ndarray:
 def error_model(values: np.ndarray, r: int, forecaster) -> ErrorModel:
     """The forecaster's error by horizon over the HISTORY_DAYS before hour r: forecasts issued
     every 6 h then, each scored on the actuals (all in the past at r)."""
-    horizons, errors = [], []
+    horizons, errors, issues = [], [], []
     for issue in range(r - HISTORY_DAYS * 24, r - HORIZON_H, 6):
         f = forecaster(values, issue, HORIZON_H)
         err = values[issue : issue + HORIZON_H] - f
         ok = np.isfinite(err)
         horizons.append(np.arange(HORIZON_H)[ok] * H)
         errors.append(err[ok])
-    return ErrorModel.from_pairs(np.concatenate(horizons), np.concatenate(errors))
+        issues.append(np.full(int(ok.sum()), float(issue)))
+    return ErrorModel.from_pairs(
+        np.concatenate(horizons), np.concatenate(errors), np.concatenate(issues)
+    )
 
 
 def points_of(t0: float, r: int, values: np.ndarray, kind: str, made_s: float):

@@ -13,9 +13,11 @@ Planning with it (:func:`plan_with_error`):
   known, with no error;
 - the planner runs on the expected series, and the expected saving is the release window's
   expected mean minus the plan's;
-- its band is sqrt(sigma_plan^2 + sigma_release^2), each sigma the time-weighted mean of its
-  slots' sigmas: errors within one window are taken as fully correlated (they are, in practice:
-  a forecast off in one hour is off in the next), the two windows as independent;
+- its band is sqrt(sigma_plan^2 + sigma_release^2 - 2 rho sigma_plan sigma_release), each sigma
+  the time-weighted mean of its slots' sigmas: errors within one window are taken as fully
+  correlated (they are, in practice: a forecast off in one hour is off in the next), and rho is
+  the measured correlation between the errors of one forecast in the two windows' horizon bands
+  (0 when unknown; never below 0, so a band is never widened on the strength of an estimate);
 - the job is deferred only when the expected saving is at least ``sigmas`` times that band
   (setting ``defer_error_sigmas``); otherwise it runs at release. With no pairs in the store the
   error is unknown: the plan is the forecast's, and its band is reported as unknown.
@@ -55,21 +57,44 @@ class ErrorModel:
     """Forecast error by horizon band; bands with too few pairs are left out."""
 
     bands: tuple[HorizonError, ...]
+    # rho[a][b]: correlation of one forecast's errors in bands a and b (empty: unknown, 0).
+    rho: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
     def from_pairs(
-        cls, horizons_s: Sequence[float] | np.ndarray, errors: Sequence[float] | np.ndarray
+        cls,
+        horizons_s: Sequence[float] | np.ndarray,
+        errors: Sequence[float] | np.ndarray,
+        issues: Sequence[float] | np.ndarray | None = None,
     ) -> ErrorModel:
         """From (horizon, actual - forecast) pairs; a negative horizon (a forecast of a slot
-        already under way) counts as 0."""
+        already under way) counts as 0. ``issues`` (when each forecast was made) groups the
+        pairs by forecast, for the correlation between horizons."""
         h = np.maximum(np.asarray(horizons_s, float), 0.0)
         e = np.asarray(errors, float)
         bands = []
+        z = np.full(len(e), np.nan)  # each error standardised by its band
         for lo, hi in zip(HORIZON_EDGES_S, HORIZON_EDGES_S[1:], strict=False):
-            sel = e[(h >= lo) & (h < hi)]
+            mask = (h >= lo) & (h < hi)
+            sel = e[mask]
             if len(sel) >= MIN_PAIRS:
-                bands.append(HorizonError(lo, hi, len(sel), float(sel.mean()), float(sel.std())))
-        return cls(tuple(bands))
+                band = HorizonError(lo, hi, len(sel), float(sel.mean()), float(sel.std()))
+                bands.append(band)
+                if band.sigma_g_per_kwh > 0:
+                    z[mask] = (sel - band.bias_g_per_kwh) / band.sigma_g_per_kwh
+        rho: tuple[tuple[float, ...], ...] = ()
+        if issues is not None and bands:
+            which = np.searchsorted([b.lo_s for b in bands], h, side="right") - 1
+            rho = _band_correlation(np.asarray(issues, float), which, z, len(bands))
+        return cls(tuple(bands), rho)
+
+    def correlation(self, horizon_a_s: float, horizon_b_s: float) -> float:
+        if not self.rho:
+            return 0.0
+        starts = [b.lo_s for b in self.bands]
+        a = max(bisect.bisect_right(starts, max(horizon_a_s, 0.0)) - 1, 0)
+        b = max(bisect.bisect_right(starts, max(horizon_b_s, 0.0)) - 1, 0)
+        return self.rho[a][b]
 
     @property
     def pairs(self) -> int:
@@ -97,6 +122,29 @@ class ErrorModel:
         ]
 
 
+def _band_correlation(
+    issues: np.ndarray, which: np.ndarray, z: np.ndarray, bands: int
+) -> tuple[tuple[float, ...], ...]:
+    """rho[a][b]: the mean product of standardised errors over pairs of slots of one forecast,
+    one slot in band a and one in band b (distinct slots), clamped to [0, 0.99]; 0 where fewer
+    than MIN_PAIRS pairs exist."""
+    ok = np.isfinite(z) & (which >= 0)
+    if ok.sum() < 2:
+        return ()
+    keys, index = np.unique(issues[ok], return_inverse=True)
+    cell = index * bands + which[ok]
+    size = len(keys) * bands
+    sums = np.bincount(cell, weights=z[ok], minlength=size).reshape(len(keys), bands)
+    counts = np.bincount(cell, minlength=size).reshape(len(keys), bands).astype(float)
+    squares = np.bincount(cell, weights=z[ok] ** 2, minlength=size).reshape(len(keys), bands)
+    products = sums.T @ sums - np.diag(squares.sum(axis=0))  # distinct slots only
+    pairs = counts.T @ counts - np.diag(counts.sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(pairs >= MIN_PAIRS, products / pairs, 0.0)
+    rho = np.clip(np.nan_to_num(rho), 0.0, 0.99)
+    return tuple(tuple(float(x) for x in row) for row in rho)
+
+
 def measure(
     conn: sqlite3.Connection, zone: str, provider: str, *, since_s: float | None = None
 ) -> ErrorModel:
@@ -104,7 +152,8 @@ def measure(
     of a slot paired with the newest actual of the same slot (same start)."""
     rows = conn.execute(
         """
-        SELECT f.start_s - f.fetched_at_s, a.intensity_g_per_kwh - f.intensity_g_per_kwh
+        SELECT f.start_s - f.fetched_at_s, a.intensity_g_per_kwh - f.intensity_g_per_kwh,
+               f.fetched_at_s
         FROM intensity_points f
         JOIN intensity_points a
           ON a.zone = f.zone AND a.provider = f.provider AND a.start_s = f.start_s
@@ -119,7 +168,7 @@ def measure(
     if not rows:
         return ErrorModel(())
     data = np.asarray(rows, float)
-    return ErrorModel.from_pairs(data[:, 0], data[:, 1])
+    return ErrorModel.from_pairs(data[:, 0], data[:, 1], data[:, 2])
 
 
 @dataclass(frozen=True)
@@ -187,6 +236,12 @@ def _window_sigma(
     return total / weight if weight > 0 else math.nan
 
 
+def _mid(windows: Iterable[tuple[float, float]]) -> float:
+    """The time-weighted middle of the windows."""
+    pairs = list(windows)
+    return sum((s + e) / 2 * (e - s) for s, e in pairs) / sum(e - s for s, e in pairs)
+
+
 def plan_with_error(
     points: Sequence[IntensityPoint],
     model: ErrorModel,
@@ -225,7 +280,8 @@ def plan_with_error(
             False,
             "forecast error unknown (no past forecasts with actuals for this zone and provider)",
         )
-    band = math.hypot(s_plan, s_base)
+    rho = model.correlation(_mid(plan.windows) - now_s, _mid(release_window) - now_s)
+    band = math.sqrt(max(s_plan**2 + s_base**2 - 2 * rho * s_plan * s_base, 0.0))
     at_release = plan.windows == release_window
     if at_release or saving >= sigmas * band:
         return ErrorPlan(plan, saving, band, False, None)
