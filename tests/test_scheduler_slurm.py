@@ -107,7 +107,7 @@ def test_a_job_deferred_through_slurm_waits_for_its_window_moves_and_is_measured
         assert first_s == pytest.approx(t0 + 12.0)
         slurm_id = view["slurm_job_id"]
         job = _show(slurm, slurm_id)
-        assert job.state == "PENDING" and job.start_s == pytest.approx(first_s, abs=1.0)
+        assert job.state == "PENDING" and first_s <= job.start_s <= first_s + 3.0
         # The queue shows Slurm's view of it.
         listing = _ok(_cli(env, "queue")).stdout
         assert f"slurm {slurm_id} PENDING" in listing
@@ -129,6 +129,11 @@ def test_a_job_deferred_through_slurm_waits_for_its_window_moves_and_is_measured
             f"--wrap={sys.executable} {script} {other}", cwd=tmp_path)).stdout)
         _ok(_cli(env, "cancel", second["id"]))
         assert _show(slurm, second["slurm_job_id"]).state == "CANCELLED"
+        # sbatch's refusal is the submitter's error, in Slurm's words; nothing is queued.
+        refused = _cli(env, "submit", "--via", "slurm", "--deadline", "+2h", "--duration", "3s",
+                       "--", "--partition=nosuch", "--wrap=true", cwd=tmp_path)
+        assert refused.returncode == 2 and "Slurm refused the job" in refused.stderr
+        assert "nosuch" in refused.stderr or "partition" in refused.stderr, refused.stderr
 
         done = _wait(daemon, view["id"], lambda v: v["status"] in ("done", "failed", "cancelled"),
                      timeout_s=90)

@@ -15,9 +15,12 @@ a time limit to judge by). The Slurm job id is stored on the row. Afterwards:
   ``slurm:<job id>`` (deploy/slurm/prolog.sh) and the epilog ends it; the finished row takes
   that job's measured gCO2e, as a daemon-launched job takes its wrapper's.
 
-Slurm reads ``--begin`` and ``StartTime`` in the caller's local time: the commands run with
-``TZ=UTC`` and get UTC times, rounded up to the second so a job never starts before its
-window. :class:`SlurmCli` is the seam (the commands); :class:`SlurmDeferral` the policy.
+Slurm reads absolute times in the caller's local time. sbatch exports its environment to the
+job, so it keeps the submitter's and gets relative times (``--begin=now+N``, N rounded up, so the
+job never starts before its window; ``--deadline=now+M``, M rounded down, never after its
+deadline); scontrol and scancel run with ``TZ=UTC`` and absolute UTC times.
+
+:class:`SlurmCli` is the seam (the commands); :class:`SlurmDeferral` the policy.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import math
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,7 +100,9 @@ class SlurmCli:
     ) -> str:
         if shutil.which(argv[0]) is None:
             raise SlurmError(f"{argv[0]} not found: is Slurm installed on the daemon's host?")
-        full = {**os.environ, **(env or {}), **self.env, "TZ": "UTC"}
+        full = {**os.environ, **(env or {}), **self.env}
+        if env is None:  # not sbatch: nothing inherits this environment
+            full["TZ"] = "UTC"
         try:
             done = subprocess.run(  # noqa: S603 - argv, never a shell
                 argv, env=full, cwd=cwd or None, capture_output=True, text=True,
@@ -113,8 +119,10 @@ class SlurmCli:
         self, args: Sequence[str], *, begin_s: float, deadline_s: float, duration_s: float,
         env: Mapping[str, str], cwd: str | None, user: int | None = None,
     ) -> str:
-        argv = ["sbatch", "--parsable", f"--begin={slurm_time(begin_s)}",
-                f"--deadline={slurm_time(deadline_s)}"]
+        now_s = time.time()
+        begin = math.ceil(begin_s - now_s)
+        argv = ["sbatch", "--parsable", f"--begin=now+{begin}" if begin > 0 else "--begin=now",
+                f"--deadline=now+{max(0, math.floor(deadline_s - now_s))}"]
         if not _gives_time(args):
             argv.append(f"--time={max(1, math.ceil(duration_s / 60.0))}")
         out = self._run([*argv, *args], env=env, cwd=cwd, user=user)
