@@ -149,3 +149,88 @@ def test_unknown_error_is_reported_unknown() -> None:
     assert got.band_g_per_kwh is None and not got.held
     assert "unknown" in (got.note or "")
     assert np.isfinite(got.saving_g_per_kwh)
+
+
+def test_plan_submit_and_queue_show_the_band(tmp_path: Path) -> None:
+    """Through the CLI and a real daemon: with the provider's past forecasts and actuals in the
+    store, the expected saving comes with its band."""
+    import json
+    import time
+
+    from daemon_helpers import DaemonProcess
+    from test_scheduler_daemon import _cli, _env, _ok, _shifted_csv
+
+    now = time.time()
+    store = open_store(tmp_path / "cw.db")
+    rng = random.Random(5)
+    past = [p for p in TRUTH[:400]]
+    shift = now - 3 * 86400 - past[0].start_s  # the past three days
+    with store.conn:
+        for k in range(12):
+            made = TRUTH[0].start_s + k * 6 * H
+            save_points(
+                store.conn,
+                [
+                    IntensityPoint(
+                        p.start_s + shift,
+                        p.end_s + shift,
+                        p.intensity_g_per_kwh,
+                        "forecast",
+                        "average",
+                        "csv",
+                        "CISO",
+                        p.fetched_at_s + shift,
+                    )
+                    for p in forecast_at(made, rng)
+                ],
+            )
+        save_points(
+            store.conn,
+            [
+                IntensityPoint(
+                    p.start_s + shift,
+                    p.end_s + shift,
+                    p.intensity_g_per_kwh,
+                    "actual",
+                    "average",
+                    "csv",
+                    "CISO",
+                    now - 3600,
+                )
+                for p in past
+            ],
+        )
+    store.close()
+    csv = _shifted_csv(
+        tmp_path / "f.csv", [400.0] * 4 + [100.0] * 4 + [400.0] * 16, now - 60, 3600.0
+    )
+    env = _env(
+        tmp_path,
+        CARBONWATCH_PROVIDER="csv",
+        CARBONWATCH_PROVIDER_URL=str(csv),
+        CARBONWATCH_ZONE="CISO",
+        CARBONWATCH_DB=str(tmp_path / "cw.db"),
+    )
+    planned = json.loads(
+        _ok(
+            _cli(env, "plan", "--zone", "CISO", "--duration", "2h", "--deadline", "+20h", "--json")
+        ).stdout
+    )
+    assert planned["saving_band_g_per_kwh"] > 0 and not planned["held_at_release"]
+    assert planned["expected_saving_g_per_kwh"] == pytest.approx(300.0, abs=60.0)
+    daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env).start()
+    try:
+        env["CARBONWATCH_DAEMON_URL"] = daemon.url
+        view = json.loads(
+            _ok(
+                _cli(
+                    env, "submit", "--json", "--deadline", "+20h", "--duration", "2h", "--", "true"
+                )
+            ).stdout
+        )
+        listing = _ok(_cli(env, "queue")).stdout
+        _ok(_cli(env, "cancel", view["id"]))
+    finally:
+        daemon.stop()
+    assert view["saving_band_pct"] is not None and view["saving_band_pct"] > 0
+    assert f"{view['expected_saving_pct']:.1f}±{view['saving_band_pct']:.1f}%" in listing
