@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -52,17 +53,32 @@ class Settings:
     rapl_root: str = "/sys/class/powercap"
     power_interval_s: float = 0.1
     counter_interval_s: float = 1.0
+    # GPU idle power: "" learns it from the energy counter (kept per GPU UUID in the store);
+    # "80" fixes it for every GPU; "GPU-uuid=80,GPU-uuid2=95" per GPU.
+    gpu_idle_power_w: str = ""
+    # How long a process's last NVML SM sample stands in for it when newer ones are missing.
+    gpu_share_window_s: float = 5.0
     host: str = "127.0.0.1"
     port: int = 8787
-    socket: str = ""
-    token: str = ""  # the read/ingest token (CARBONWATCH_TOKEN)
-    # Operators' token (CARBONWATCH_ADMIN_TOKEN): launching and cancelling jobs, other owners'
-    # jobs; the dashboard also takes it as a login.
+    socket: str = ""  # listen on this unix socket instead of TCP
+    # A unix socket beside the TCP listener, for the node's users: each reaches its own jobs and
+    # launches deferred jobs (run as itself) there, with no token. Empty: none.
+    local_socket: str = ""
+    # The unix socket's mode (octal). 660: the daemon's user and group; 666: every local user,
+    # each acting as themselves (the kernel tells the daemon who connects: SO_PEERCRED).
+    socket_mode: str = "660"
+    token: str = ""  # ingest and read: inference clients, Prometheus, `carbonwatch run`
+    # Operators: launching commands over TCP, cancelling and ending other users' jobs; the
+    # dashboard also takes it as a login. Empty: the scheduler's launch routes are open only on
+    # the unix socket.
     admin_token: str = ""
     daemon_url: str = ""  # empty: http://{host}:{port}
     provider: str = "static"
     provider_url: str = ""
     csv_tz: str = ""  # IANA zone of CSV timestamps written without one; empty: UTC
+    # Comma-separated provider URLs (or CSV files) a submitted deferred job may choose besides the
+    # daemon's own provider_url. Empty: none; a request never picks what the daemon fetches.
+    provider_urls: str = ""
     electricitymaps_token: str = ""
     watttime_username: str = ""
     watttime_password: str = ""
@@ -84,6 +100,14 @@ class Settings:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def socket_mode_bits(self) -> int:
+        return int(self.socket_mode.strip(), 8)
+
+    @property
+    def allowed_provider_urls(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.provider_urls.split(",") if u.strip())
+
+    @property
     def db_path(self) -> Path:
         return Path(self.db) if self.db else default_data_dir() / "carbonwatch.db"
 
@@ -98,7 +122,8 @@ class Settings:
         if price is not None and not (math.isfinite(price) and price >= 0):
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
         for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
-                     "metrics_job_retention_s", "scrape_interval_s", "defer_error_sigmas"):
+                     "metrics_job_retention_s", "scrape_interval_s",
+                     "gpu_share_window_s", "defer_error_sigmas"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -115,8 +140,21 @@ class Settings:
                 raise ConfigError(
                     f"csv_tz must be an IANA time zone (e.g. Europe/London), got {self.csv_tz!r}"
                 ) from exc
+        from carbonwatch.collectors.gpuidle import parse_idle_setting
+
+        try:
+            parse_idle_setting(self.gpu_idle_power_w)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
+        if not re.fullmatch(r"0?[0-7]{3}", self.socket_mode.strip()):
+            raise ConfigError(
+                f"socket_mode must be an octal mode like 660, got {self.socket_mode!r}"
+            )
+        if self.admin_token and self.admin_token == self.token:
+            raise ConfigError("admin_token must differ from token: every client holding the ingest "
+                              "token would be an operator")
         return self
 
 

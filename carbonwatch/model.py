@@ -45,6 +45,10 @@ class DeviceInfo:
     uuid: str | None = None
     state: DeviceState = DeviceState.OK
     detail: str = ""
+    # GPUs: the idle baseline in use and its source (learned-from-counter, configured,
+    # lowest-power-reading, unknown); None/"" where the collector has no such notion.
+    idle_power_w: float | None = None
+    idle_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class EnergyInterval:
     method: str
     shares: Mapping[int | str, float] = field(default_factory=dict)
     segments: tuple[tuple[float, float], ...] = ()
+    # How ``shares`` were made (GPUs: solo, power-fit, sm-share, even, none); "" where not told.
+    split_method: str = ""
 
     @property
     def duration_s(self) -> float:

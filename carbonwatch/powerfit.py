@@ -105,6 +105,10 @@ class ActivityFit(Generic[K]):
     def __len__(self) -> int:
         return len(self._rows)
 
+    def clear(self) -> None:
+        """Forget every row (the caller learned its rows were built wrong)."""
+        self._rows.clear()
+
     def add(self, activity: Mapping[K, float], power_w: float, weight: float = 1.0) -> None:
         """One reading. Non-finite or negative values are refused rather than poisoning the fit."""
         if not (math.isfinite(power_w) and math.isfinite(weight)) or weight <= 0:
@@ -112,7 +116,11 @@ class ActivityFit(Generic[K]):
         clean = {k: float(x) for k, x in activity.items() if math.isfinite(x) and x > 0}
         self._rows.append((clean, float(power_w), float(weight)))
 
-    def solve(self) -> Fit[K] | None:
+    def solve(self, min_support: int = 0) -> Fit[K] | None:
+        """Fit the rows. ``min_support``: a regressor clearly active (above a tenth of its
+        highest value) in fewer rows than this has too little evidence to be priced; it is left
+        out, and so are the rows it was clearly active in (they would push its power onto the
+        others). Callers treat it as not priced."""
         if len(self._rows) < self.min_rows:
             return None
         keys: list[K] = sorted({k for act, _, _ in self._rows for k in act}, key=repr)
@@ -125,10 +133,28 @@ class ActivityFit(Generic[K]):
             for k, v in act.items():
                 x[i, col[k]] = v
             y[i] = p
-            sw[i] = math.sqrt(w)
-        # A regressor that never moved is indistinguishable from the intercept: leave it out
-        # (its coefficient is then 0 here, and callers fall back for it).
-        moving = np.ptp(x, axis=0) > 1e-9 if len(keys) else np.zeros(0, dtype=bool)
+            sw[i] = w
+        sw = np.sqrt(sw)
+        if min_support > 0 and len(keys):
+            clear = x > 0.1 * x.max(axis=0)
+            thin = clear.sum(axis=0) < min_support
+            if thin.any():
+                keep = ~clear[:, thin].any(axis=1)
+                keys = [k for k, t in zip(keys, thin, strict=True) if not t]
+                x, y, sw = x[keep][:, ~thin], y[keep], sw[keep]
+                n = len(y)
+                if n < self.min_rows:
+                    return None
+        # A regressor that never moved is indistinguishable from a free intercept: leave it out
+        # (its coefficient is then 0 here, and callers fall back for it). With the intercept
+        # pinned, a steady consumer (a trainer busy 90 % of every sample) is identifiable: keep
+        # every regressor that was ever non-zero.
+        if not len(keys):
+            moving = np.zeros(0, dtype=bool)
+        elif self.fixed_base_w is None:
+            moving = np.ptp(x, axis=0) > 1e-9
+        else:
+            moving = np.any(x > 1e-9, axis=0)
         used = [k for k, m in zip(keys, moving, strict=True) if m]
         if not used:
             return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from carbonwatch.accounting import Pricing
 from carbonwatch.attribution import IDLE
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
+from carbonwatch.collectors.gpushare import GpuOptions
 from carbonwatch.collectors.replay import Fault, ReplayGpuBackend, load_trace
 from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.grid.types import IntensitySource
@@ -36,6 +37,19 @@ class ReplayReport:
     intervals: list[AttributedInterval]
     idle_policy: str
     provenance: str
+    idle_baseline: dict[str, Any] = field(default_factory=dict)
+
+    def split_methods(self) -> dict[str, dict[str, float]]:
+        """How the intervals' active energy was split: method -> intervals, active energy."""
+        out: dict[str, dict[str, float]] = {}
+        for item in self.intervals:
+            iv = item.interval
+            row = out.setdefault(
+                iv.split_method or "unknown", {"intervals": 0, "active_energy_j": 0.0}
+            )
+            row["intervals"] += 1
+            row["active_energy_j"] += iv.active_energy_j
+        return out
 
     @property
     def error_pct(self) -> float:
@@ -54,6 +68,18 @@ class ReplayReport:
             "intervals": len(self.intervals),
             "idle_policy": self.idle_policy,
             "provenance": self.provenance,
+            "idle_baseline": self.idle_baseline,
+            "split_methods": self.split_methods(),
+            "interval_splits": [
+                {
+                    "start_s": i.interval.start_s,
+                    "end_s": i.interval.end_s,
+                    "energy_j": i.interval.energy_j,
+                    "idle_energy_j": i.interval.idle_energy_j,
+                    "split_method": i.interval.split_method,
+                }
+                for i in self.intervals
+            ],
         }
 
 
@@ -66,11 +92,14 @@ def replay_trace(
     intensity: IntensitySource | None = None,
     pricing: Pricing | None = None,
     faults: Sequence[Fault] = (),
+    gpu_options: GpuOptions | None = None,
 ) -> ReplayReport:
+    """``gpu_options``: the idle baseline (configured, or learned earlier for the trace's GPU
+    UUID) and the share window, as on a live node; by default everything is learned afresh."""
     trace = load_trace(trace_dir)
     clock = ManualClock(trace.start_s)
     backend = ReplayGpuBackend(trace, clock, faults=faults)
-    collector = GpuCollector(backend)
+    collector = GpuCollector(backend, options=gpu_options)
     roles = {pid: role for role, pid in trace.pids.items()}
     ledger = Ledger(pricing or Pricing())
     intervals: list[AttributedInterval] = []
@@ -112,4 +141,10 @@ def replay_trace(
         intervals=intervals,
         idle_policy=idle_policy,
         provenance=f"{device.provenance.value} ({device.method})",
+        idle_baseline={
+            "uuid": device.uuid,
+            "power_w": device.idle_power_w,
+            "source": device.idle_source,
+            "detail": device.detail,
+        },
     )

@@ -149,7 +149,10 @@ def run_command(
     identity: str | None = None,
     clock: Clock | None = None,
     processes: ProcessScanner | None = None,
+    child: subprocess.Popen[Any] | None = None,
 ) -> JobResult:
+    """Run ``argv`` and measure it; with ``child``, measure that already started command
+    instead (a daemon refused to: its energy before now is not seen)."""
     clock = clock or SystemClock()
     if not argv:
         raise ValueError("no command given: use `carbonwatch run -- CMD ARGS...`")
@@ -227,7 +230,8 @@ def run_command(
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
+        if child is None:
+            child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
     except OSError as exc:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -367,8 +371,9 @@ def _result(
             if pricing.known
             else "unknown: no energy_price_per_kwh configured"
         ),
-        "attribution": "the tree's share of each device's active energy (GPU SM share, CPU "
-        "time, RSS); idle energy reported separately",
+        "attribution": "the tree's share of each device's active energy (GPU: all of it when "
+        "alone, else by fitted marginal power x SM activity, or SM share; CPU time; RSS); idle "
+        "energy reported separately",
     }
     if gpus_given is not None:
         provenance["gpus_given"] = gpus_given.how

@@ -25,7 +25,8 @@ METHODOLOGY = [
     "RAPL for CPUs where readable; otherwise a power model (CPU TDP table, RAM model) or "
     "integrated power samples, marked 'estimated'.",
     "Each device's energy above its idle baseline is split among the processes active on it "
-    "(by GPU SM share, CPU time); idle energy is reported separately and is not in these figures.",
+    "(GPU: by the power each process draws, estimated from its SM activity; CPU: by CPU time); "
+    "idle energy is reported separately and is not in these figures.",
     "Training is the energy attributed to the model's training jobs. Inference is the energy "
     "attributed to the jobs serving the model, between calls included, so 'per 1,000 calls' is "
     "the full serving cost of 1,000 calls; the calls' own share is given as well.",

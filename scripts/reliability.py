@@ -220,6 +220,9 @@ def render(report: dict[str, Any], command: str, elapsed_s: float) -> str:
     out += ["", SECURITY_INTRO, "| Input tried | Result | Test |", "|---|---|---|"]
     out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in SECURITY_ROWS]
     out += ["", SECURITY_FOUND, SEAMS]
+    security = ROOT / "docs" / "security.md"  # hand-kept: the tests/security/ inputs and results
+    if security.exists():
+        out += ["", "## Security", "", security.read_text().strip()]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -44,6 +44,7 @@ class HttpClient:
     url = ""
     stderr: list[str]
     _conn: http.client.HTTPConnection | None = None
+    default_token: str | None = None  # sent when a request names none
 
     def request(
         self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
@@ -52,6 +53,8 @@ class HttpClient:
         """(status, decoded JSON or text)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if token is None:
+            token = self.default_token
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
         for attempt in range(2):

@@ -1,6 +1,7 @@
 """Properties of GpuCollector over arbitrary traces: counter energy is conserved and every
 interval's segments sum to its energy, whatever the power shape or polling rates."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from hypothesis import strategies as st
 
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
-from carbonwatch.collectors.replay import ReplayGpuBackend, Trace, drive
+from carbonwatch.collectors.replay import ProcessUtilRow, ReplayGpuBackend, Trace, drive
+from carbonwatch.grid.static import StaticSource, world_average
+from carbonwatch.sampler import Sampler
 
 
 @st.composite
@@ -62,3 +65,49 @@ def test_counter_energy_is_conserved_and_segments_sum(case):
         ends = [t for t, _ in iv.segments]
         assert ends == sorted(ends) and ends[-1] == iv.end_s and ends[0] > iv.start_s
         assert 0.0 <= iv.idle_energy_j <= iv.energy_j
+
+
+@st.composite
+def shared_traces(draw):
+    """A trace as above, plus up to three processes with arbitrary, sparse SM samples and
+    launch/exit events: every split path (solo, power-fit, sm-share, even, none) is reachable."""
+    trace, power_interval_s, counter_interval_s = draw(traces())
+    start_s, end_s = trace.start_s, trace.end_s
+    pids = draw(st.lists(st.integers(100, 103), min_size=1, max_size=3, unique=True))
+    rows, events, roles = [], [], {}
+    for pid in pids:
+        role = f"p{pid}"
+        roles[role] = pid
+        a = draw(st.floats(start_s - 1.0, end_s))
+        b = draw(st.floats(a, end_s + 1.0))
+        events += [(a, f"{role}_launch"), (b, f"{role}_exit")]
+        for ts in draw(st.lists(st.floats(start_s, end_s), max_size=20)):
+            read_s = ts + draw(st.floats(0.0, 1.0))
+            sm = draw(st.integers(0, 100))
+            rows.append(ProcessUtilRow(read_s, pid, int(ts * 1e6), sm, 0.0))
+    rows.sort(key=lambda r: r.t_s)
+    shared = dataclasses.replace(
+        trace, process_util=rows, events=sorted(events), meta={"gpu": "synthetic", "pids": roles}
+    )
+    return shared, power_interval_s, counter_interval_s
+
+
+@settings(max_examples=80, deadline=None)
+@given(shared_traces(), st.sampled_from(["separate", "proportional", "even"]))
+def test_every_shared_interval_conserves_whatever_the_samples(case, policy):
+    trace, power_interval_s, counter_interval_s = case
+    clock = ManualClock(trace.start_s)
+    collector = GpuCollector(ReplayGpuBackend(trace, clock))
+    sampler = Sampler([collector], intensity=StaticSource(world_average()),
+                      owners=lambda: {pid: f"pid:{pid}" for pid in trace.pids.values()},
+                      idle_policy=policy)
+    intervals = list(
+        drive(collector, clock, trace.start_s, trace.end_s, power_interval_s, counter_interval_s)
+    )
+    assert math.fsum(i.energy_j for i in intervals) == pytest.approx(trace.energy_j, abs=1e-6)
+    for iv in intervals:
+        assert iv.split_method in {"solo", "power-fit", "sm-share", "even", "none"}
+        assert all(math.isfinite(w) and w >= 0 for w in iv.shares.values())
+        parts = sampler.attribute(iv, {pid: f"pid:{pid}" for pid in trace.pids.values()}).parts
+        assert all(v >= 0 for v in parts.values())
+        assert math.fsum(parts.values()) == pytest.approx(iv.energy_j, abs=1e-9)

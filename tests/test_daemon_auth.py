@@ -7,7 +7,7 @@ import stat
 
 from daemon_helpers import DaemonProcess
 
-TOKEN = "s3cret-token"
+TOKEN = "5f0c2d9e8b7a6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c"
 
 
 def test_off_loopback_without_a_token_refuses_to_start_and_says_why(tmp_path):

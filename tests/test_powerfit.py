@@ -92,3 +92,18 @@ def test_nnls_is_feasible_and_no_worse_than_any_clipped_solution(n: int, seed: i
     assert (x >= 0).all()
     clipped = np.clip(np.linalg.lstsq(a, b, rcond=None)[0], 0, None)
     assert np.linalg.norm(a @ x - b) <= np.linalg.norm(a @ clipped - b) + 1e-9
+
+
+def test_a_regressor_with_too_little_support_is_left_out_with_its_rows():
+    fit: ActivityFit[str] = ActivityFit(min_rows=10, fixed_base_w=80.0)
+    for i in range(60):
+        fit.add({"train": 0.9 + 0.01 * (i % 5)}, 80.0 + 300.0 * (0.9 + 0.01 * (i % 5)))
+    # Three rows where a barely seen consumer coincides with a power spike.
+    for _ in range(3):
+        fit.add({"train": 0.5, "rare": 0.5}, 80.0 + 600.0)
+    loose = fit.solve()
+    assert loose is not None and loose.coef_w["rare"] > 500.0  # priced on three rows
+    strict = fit.solve(min_support=8)
+    assert strict is not None and "rare" not in strict.coef_w
+    assert strict.coef_w["train"] == pytest.approx(300.0, rel=0.01)
+    assert strict.rows == 60

@@ -51,9 +51,14 @@ def _shifted_csv(path: Path, values: list[float], start_s: float, slot_s: float)
     return path
 
 
+# Over TCP only the admin token launches; the daemon and the CLI both read it from here.
+ADMIN_TOKEN = "adm1n" * 8 + "0123456789abcdef"
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")}
     env.update(XDG_CONFIG_HOME=str(tmp_path / "cfg"), XDG_DATA_HOME=str(tmp_path / "data"))
+    env["CARBONWATCH_ADMIN_TOKEN"] = ADMIN_TOKEN
     env.update(extra)
     return env
 
@@ -374,7 +379,8 @@ def test_an_interruptible_job_is_paused_between_its_slots(tmp_path):
     values = [high, low[0], high, low[1], high, high]
     csv = _shifted_csv(tmp_path / "ciso.csv", values, t0, 4.0)
     ticks = tmp_path / "ticks.txt"
-    env = _env(tmp_path)
+    # The job names its own forecast file: allowed because the daemon lists it.
+    env = _env(tmp_path, CARBONWATCH_PROVIDER_URLS=str(csv))
     with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
         env["CARBONWATCH_DAEMON_URL"] = daemon.url
         view = _submit(

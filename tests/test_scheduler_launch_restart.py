@@ -75,7 +75,9 @@ def _restart(service: SchedulerService, settle_s: float) -> None:
 
 @pytest.fixture
 def wrapper_is_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launcher, "wrapper_argv", lambda name, kind, command: list(command))
+    monkeypatch.setattr(
+        launcher, "wrapper_argv", lambda name, kind, command, cwd=None: list(command)
+    )
 
 
 def test_a_restart_adopts_the_wrapper_a_killed_daemon_started(

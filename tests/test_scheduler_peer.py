@@ -1,4 +1,5 @@
-"""Who may make the daemon run a command: without a token, only its own user (or root)."""
+"""Who may make the daemon run a command: over TCP only the admin token (the unix socket is
+tested in tests/security/)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import pytest
 from daemon_helpers import InProcessDaemon
 
-from carbonwatch.scheduler.peer import peer_uid
+from carbonwatch.scheduler.peer import PROC_NET, _diag_owner, _tcp_owner, peer_uid
 
 
 class _Transport:
@@ -37,6 +38,26 @@ def test_the_peer_of_a_loopback_tcp_connection_is_found_in_proc():
         conn, _ = server.accept()
         with conn:
             assert peer_uid(_Transport(conn)) == os.geteuid()
+
+
+@pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"),
+                                              (socket.AF_INET6, "::1")])
+def test_sock_diag_and_proc_net_tcp_agree_on_a_loopback_peer(family, host):
+    with socket.create_server((host, 0), family=family) as server, \
+            socket.create_connection(server.getsockname()[:2]):
+        conn, _ = server.accept()
+        with conn:
+            peer, local = conn.getpeername(), conn.getsockname()
+            assert _diag_owner(peer, local) == _tcp_owner(peer, local, PROC_NET) == os.geteuid()
+
+
+def test_a_v4_client_of_a_dual_stack_listener_is_found():
+    with socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True) as server, \
+            socket.create_connection(("127.0.0.1", server.getsockname()[1])):
+        conn, _ = server.accept()
+        with conn:
+            assert conn.getpeername()[0] == "::ffff:127.0.0.1"
+            assert _diag_owner(conn.getpeername(), conn.getsockname()) == os.geteuid()
 
 
 def test_the_peer_of_a_unix_socket_comes_from_the_kernel():
@@ -76,7 +97,7 @@ def _post_as(uid: int, url: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-def test_another_local_user_may_not_submit_without_a_token(tmp_path):
+def test_over_tcp_only_the_admin_token_launches(tmp_path):
     try:
         nobody = pwd.getpwnam("nobody").pw_uid
     except KeyError:
@@ -84,11 +105,19 @@ def test_another_local_user_may_not_submit_without_a_token(tmp_path):
     with InProcessDaemon(tmp_path / "cw.db") as daemon:
         body = {"command": ["true"], "deadline_s": time.time() + 7200, "duration_s": 60}
         status, payload = _post_as(nobody, daemon.url, body)
-        assert status == 403 and f"uid {nobody} may not run commands" in payload["error"]
-        # The daemon's own user may.
-        status, view = daemon.request("POST", "/v1/deferred", body)
+        assert status == 403 and "no admin token" in payload["error"]
+        # Over TCP without an admin token not even the daemon's own user (or root) may.
+        status, payload = daemon.request("POST", "/v1/deferred", body)
+        assert status == 403 and "--socket" in payload["error"], payload
+    token = "a" * 32 + "0123456789abcdef0123456789abcdef"
+    with InProcessDaemon(tmp_path / "cw2.db", admin_token=token) as daemon:
+        status, payload = _post_as(nobody, daemon.url, body)  # no token: still refused
+        assert status == 403 and "needs the admin token" in payload["error"]
+        status, view = daemon.request("POST", "/v1/deferred", body, token=token)
         assert status == 201, view
         status, _ = daemon.request("DELETE", f"/v1/deferred/{view['id']}")
+        assert status == 403  # cancelling over TCP needs it too
+        status, _ = daemon.request("DELETE", f"/v1/deferred/{view['id']}", token=token)
         assert status == 200
         status, listing = daemon.request("GET", "/v1/deferred")
         assert [v["status"] for v in listing["deferred"]] == ["cancelled"]

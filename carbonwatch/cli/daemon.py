@@ -55,7 +55,7 @@ def daemon_cmd(
     \b
     Examples:
       carbonwatch daemon
-      CARBONWATCH_TOKEN=s3cret carbonwatch daemon --host 0.0.0.0 --node gpu-node-001
+      CARBONWATCH_TOKEN=$(openssl rand -hex 32) carbonwatch daemon --host 0.0.0.0 --node n1
       carbonwatch daemon --db /tmp/cw.db --backend replay:tests/fixtures/h200-shared-gpu \\
           --replay-speed 10
       carbonwatch daemon --scrape vllm=http://127.0.0.1:8000/metrics

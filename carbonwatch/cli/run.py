@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
+from typing import Any
 
 import click
 
@@ -15,10 +18,13 @@ from carbonwatch.cli.common import (
     settings_options,
 )
 from carbonwatch.collectors.detect import build_collectors, default_process_scanner
+from carbonwatch.collectors.gpushare import gpu_options
 from carbonwatch.config import Settings
+from carbonwatch.errors import CarbonwatchError
 from carbonwatch.identity import identity_from_env
 from carbonwatch.runner import format_summary, run_command
 from carbonwatch.store import open_store
+from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
 
 
 @click.command(
@@ -60,15 +66,37 @@ def run_cmd(
     settings = load(config_path, db=db, backend=backend)
     found = identity_from_env(os.environ)  # Slurm job, torchrun run, pod: ranks are one job
     identity = found.key if found else None
+    child = None
     if backend is None:  # an explicit backend means: measure here, with it
-        _run_with_daemon_if_any(settings, command, name, kind, model, as_json, identity)
+        child = _run_with_daemon_if_any(settings, command, name, kind, model, as_json, identity)
+        if child is not None:
+            identity = None  # measured alone, as one wrapper: no rank to join
     scanner = default_process_scanner()
-    collectors, notes = build_collectors(
-        settings.backend, rapl_root=settings.rapl_root, processes=scanner
-    )
+    try:
+        store = open_store(settings.db_path)
+    except CarbonwatchError as exc:
+        if child is None:
+            raise
+        # The command already runs: measure and print it even where no store can be written.
+        click.echo(f"carbonwatch: not recording this run ({exc})", err=True)
+        store = None
+
+    def idle_learned(uuid: str, idle_w: float, learned_s: float) -> None:
+        if store is not None:
+            save_gpu_idle(store.conn, uuid, idle_w, learned_s, time.time())
+
+    try:
+        stored_idle = load_gpu_idle(store.conn) if store is not None else {}
+        collectors, notes = build_collectors(
+            settings.backend, rapl_root=settings.rapl_root, processes=scanner,
+            gpu_options=gpu_options(settings, stored_idle, idle_learned),
+        )
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     for note in notes:
         click.echo(f"carbonwatch: {note}", err=True)
-    store = open_store(settings.db_path)
     try:
         result = run_command(
             list(command),
@@ -81,6 +109,7 @@ def run_cmd(
             model=model,
             identity=identity,
             processes=scanner,
+            child=child,
         )
     except FileNotFoundError as exc:
         click.echo(f"carbonwatch: error: {exc}", err=True)
@@ -88,7 +117,8 @@ def run_cmd(
     finally:
         for collector in collectors:
             collector.close()
-        store.close()
+        if store is not None:
+            store.close()
     if as_json:
         echo_json(result.as_json())
     else:
@@ -104,10 +134,12 @@ def _run_with_daemon_if_any(
     model: str | None,
     as_json: bool,
     identity: str | None = None,
-) -> None:
+) -> subprocess.Popen[Any] | None:
     """A running daemon already measures this node: register the command with it (and exit with
-    the command's code) rather than measure twice. Returns only when no daemon answers."""
-    from carbonwatch.daemon.attach import run_if_daemon  # stdlib only, no aiohttp
+    the command's code) rather than measure twice. Returns when no daemon answers (None), or
+    when the daemon refused the job: then the command, already running, is returned to be
+    measured here; it is never killed over a refusal."""
+    from carbonwatch.daemon.attach import DaemonRefused, run_if_daemon  # stdlib only
 
     try:
         # With an identity, ranks of one job merge into one daemon job; the last to exit ends it.
@@ -118,8 +150,11 @@ def _run_with_daemon_if_any(
     except FileNotFoundError as exc:
         click.echo(f"carbonwatch: error: {exc}", err=True)
         sys.exit(127)
+    except DaemonRefused as refused:
+        click.echo(f"carbonwatch: {refused.reason}; measuring the command here instead", err=True)
+        return refused.child
     if attached is None:
-        return
+        return None
     if as_json:
         echo_json(attached.as_json())
     else:

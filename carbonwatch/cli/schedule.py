@@ -36,7 +36,8 @@ def _client(settings: Settings) -> Any:
     url = daemon_url(settings)
     if url is None:
         raise DaemonUnavailable("daemon_url is 'none': submit, queue and cancel need the daemon")
-    return DaemonClient(url, settings.token, timeout_s=60.0)
+    # Launching and cancelling over TCP need the admin token; on the unix socket none is needed.
+    return DaemonClient(url, settings.admin_token or settings.token, timeout_s=60.0)
 
 
 def _call(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -109,7 +110,8 @@ def _windows(view: dict[str, Any]) -> str:
     help="static | electricitymaps | watttime | ukgrid | carbonaware | csv "
     "(default: the daemon's).",
 )
-@click.option("--provider-url", default=None, help="Provider base URL, or the CSV file/URL.")
+@click.option("--provider-url", default=None, help="Provider base URL, or the CSV file/URL: "
+              "only the daemon's own or one its provider_urls setting allows.")
 @click.option("--name", default=None, help="Job name (default: the command's name).")
 @click.option(
     "--kind",
@@ -170,7 +172,9 @@ def submit_cmd(
         "interruptible": interruptible,
         "kind": kind,
         "cwd": os.getcwd(),
-        "env": dict(os.environ),
+        # The job's environment, less carbonwatch's tokens: none is ever put into a job's.
+        "env": {k: v for k, v in os.environ.items()
+                if k not in ("CARBONWATCH_TOKEN", "CARBONWATCH_ADMIN_TOKEN")},
     }
     if duration.strip().lower() == "auto":
         body["duration"] = "auto"

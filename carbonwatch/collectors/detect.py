@@ -22,6 +22,7 @@ from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.cpu_model import TdpCpuCollector
 from carbonwatch.collectors.gpu import GpuCollector
+from carbonwatch.collectors.gpushare import GpuOptions
 from carbonwatch.collectors.processes import ProcessScanner, ProcessSource
 from carbonwatch.collectors.procfs import ProcfsIterator
 from carbonwatch.collectors.ram import RamModelCollector
@@ -37,23 +38,25 @@ def build_collectors(
     rapl_root: str | Path = "/sys/class/powercap",
     clock: Clock | None = None,
     processes: ProcessSource | None = None,
+    gpu_options: GpuOptions | None = None,
 ) -> tuple[list[Collector], list[str]]:
     """Collectors for ``backend`` and notes on what was chosen and why.
 
     ``processes`` (default: one :class:`ProcessScanner` shared by the CPU and RAM collectors, keying
     every pid so the attribution layer can map pids to jobs) gives their per-process shares.
     Raises ConfigError for an unknown backend and DeviceError when ``nvml`` is required but
-    unavailable."""
+    unavailable. ``gpu_options`` (idle baseline, share window) go to the GPU collector."""
     clock = clock or SystemClock()
     notes: list[str] = []
     if backend.startswith("replay:"):
-        return [_replay_collector(backend.removeprefix("replay:"), clock, notes)], notes
+        trace_dir = backend.removeprefix("replay:")
+        return [_replay_collector(trace_dir, clock, notes, gpu_options)], notes
     if backend not in ("auto", "none", "nvml"):
         raise ConfigError(f"unknown collector backend {backend!r}; expected one of {BACKENDS}")
 
     collectors: list[Collector] = []
     if backend in ("auto", "nvml"):
-        gpu = _nvml_collector(required=backend == "nvml", notes=notes)
+        gpu = _nvml_collector(required=backend == "nvml", notes=notes, options=gpu_options)
         if gpu is not None:
             collectors.append(gpu)
     else:
@@ -88,7 +91,12 @@ def default_process_scanner() -> ProcessScanner:
     return ProcessScanner()
 
 
-def _nvml_collector(required: bool, notes: list[str], nvml: Any = None) -> GpuCollector | None:
+def _nvml_collector(
+    required: bool,
+    notes: list[str],
+    options: GpuOptions | None = None,
+    nvml: Any = None,
+) -> GpuCollector | None:
     """``nvml``: the pynvml module to use (default nvidia-ml-py's; tests pass a fake)."""
     try:
         from carbonwatch.collectors.nvml import NvmlBackend  # imports pynvml; NVML inits below
@@ -113,13 +121,15 @@ def _nvml_collector(required: bool, notes: list[str], nvml: Any = None) -> GpuCo
             raise DeviceError(f"backend 'nvml' requested but {why}")
         notes.append(f"GPU: not measured ({why})")
         return None
-    collector = GpuCollector(backend)
+    collector = GpuCollector(backend, options=options)
     modes = ", ".join(f"{d.device_id} {d.name} ({d.method})" for d in collector.devices())
     notes.append(f"GPU: NVML, {modes}")
     return collector
 
 
-def _replay_collector(trace_dir: str, clock: Clock, notes: list[str]) -> GpuCollector:
+def _replay_collector(
+    trace_dir: str, clock: Clock, notes: list[str], options: GpuOptions | None = None
+) -> GpuCollector:
     from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
 
     if not trace_dir:
@@ -130,4 +140,4 @@ def _replay_collector(trace_dir: str, clock: Clock, notes: list[str]) -> GpuColl
         f"GPU: replaying {trace.directory} ({trace.gpu_name}, {trace.end_s - trace.start_s:.1f} s)"
         " from now; CPU and RAM not measured"
     )
-    return GpuCollector(backend)
+    return GpuCollector(backend, options=options)

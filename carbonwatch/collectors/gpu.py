@@ -8,12 +8,19 @@ Backends (``nvml``, ``replay``) raise only :mod:`carbonwatch.errors` exceptions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from carbonwatch.clock import Clock
+from carbonwatch.collectors import gpuidle
+from carbonwatch.collectors.gpuidle import IdleBaseline
+from carbonwatch.collectors.gpushape import power_pieces as _power_pieces
+from carbonwatch.collectors.gpushape import scale_segments as _scale_segments
+from carbonwatch.collectors.gpushare import GpuOptions, ShareTracker
 from carbonwatch.errors import DeviceError, DeviceLost, DeviceTimeout, NotSupported
 from carbonwatch.model import DeviceClass, DeviceInfo, DeviceState, EnergyInterval, Provenance
 
@@ -169,9 +176,14 @@ class _GpuState:
     # so the interval's first stretch has a level to integrate.
     samples: list[tuple[float, float]] = field(default_factory=list)
     carry: tuple[float, float] | None = None
-    min_power_w: float | None = None
+    idle: IdleBaseline = field(default_factory=IdleBaseline)
+    tracker: ShareTracker = field(default_factory=ShareTracker)
+    pids_at_start: set[int] | None = None  # compute pids when the interval opened (None: unknown)
+    max_util_pct: float | None = None  # highest device utilisation polled in the interval
+    last_busy_s: float = -math.inf  # last time a process, an SM sample or utilisation showed use
     last_seen_us: int = 0
     last_shares: dict[int | str, float] = field(default_factory=dict)
+    last_split: str = ""
     reset_logged: bool = False
 
 
@@ -180,7 +192,8 @@ class GpuCollector:
 
     The first ``poll``/``collect`` opens each device's interval by reading its counter; with a
     ``clock`` the interval is opened at construction instead, at ``clock.time()``.
-    ``idle_power_w`` fixes the idle baseline; left None it is learned per device (see ``_idle_w``).
+    ``idle_power_w`` fixes every device's idle baseline (as ``options.idle_w`` does); otherwise it
+    is learned from the counter (see :mod:`carbonwatch.collectors.gpuidle`).
     """
 
     def __init__(
@@ -188,21 +201,31 @@ class GpuCollector:
         backend: GpuBackend,
         clock: Clock | None = None,
         idle_power_w: float | None = None,
+        options: GpuOptions | None = None,
     ) -> None:
         self._backend = backend
-        self._idle_power_w = idle_power_w
+        self._options = options or GpuOptions()
+        if idle_power_w is not None:
+            self._options = dataclasses.replace(self._options, idle_w=idle_power_w)
+        opts = self._options
         self._states: list[_GpuState] = []
         for index in range(backend.device_count()):
             device = backend.device(index)
+            uuid = device.uuid
             self._states.append(
                 _GpuState(
                     device=device,
                     device_id=gpu_device_id(device.index),
-                    uuid=device.uuid,
+                    uuid=uuid,
                     name=device.name,
                     # a backend may say how a device is measured (MIG) or that it was lost at start
                     lost=bool(getattr(device, "lost", False)),
                     detail=str(getattr(device, "detail", "")),
+                    idle=IdleBaseline(
+                        configured_w=opts.idle_w_by_uuid.get(uuid, opts.idle_w),
+                        stored_w=opts.stored_idle_w.get(uuid),
+                    ),
+                    tracker=ShareTracker(window_s=opts.share_window_s, mode=opts.split_mode),
                 )
             )
         if clock is not None:
@@ -230,7 +253,9 @@ class GpuCollector:
                     provenance=Provenance.MEASURED if st.use_counter else Provenance.ESTIMATED,
                     uuid=st.uuid,
                     state=state,
-                    detail=st.detail,
+                    detail="; ".join(x for x in (st.detail, st.idle.describe()) if x),
+                    idle_power_w=st.idle.current()[0],
+                    idle_source=st.idle.current()[1],
                 )
             )
         return out
@@ -262,6 +287,13 @@ class GpuCollector:
             except DeviceError:
                 continue  # no power reading: the counter still measures; shaping degrades to flat
             self._add_sample(st, now_s, power_w)
+            try:
+                util_pct = float(st.device.utilization_pct())
+            except DeviceError:
+                continue  # without it, process-free intervals are judged by the process list
+            st.max_util_pct = max(util_pct, st.max_util_pct or 0.0)
+            if util_pct > gpuidle.IDLE_MAX_UTIL_PCT:
+                st.last_busy_s = now_s
 
     def collect(self, now_s: float) -> list[EnergyInterval]:
         out: list[EnergyInterval] = []
@@ -308,8 +340,8 @@ class GpuCollector:
             st.samples[-1] = (st.samples[-1][0], power_w)  # same instant polled twice: keep one
         else:
             st.samples.append((t_s, power_w))
-        if st.min_power_w is None or power_w < st.min_power_w:
-            st.min_power_w = power_w
+        st.idle.note_power(power_w)
+        st.tracker.add_power(t_s, power_w)
 
     def _collect_one(self, st: _GpuState, now_s: float) -> EnergyInterval | None:
         assert st.start_s is not None
@@ -357,10 +389,28 @@ class GpuCollector:
             segments = tuple(pieces) if pieces else ((now_s, 0.0),)
         else:
             segments = _scale_segments(pieces, energy_j, now_s)
-        shares = self._shares(st)
-        st.last_shares = shares
-        idle_w = self._idle_w(st)
+        present, busy_sample_s = self._read_processes(st)
+        st.last_busy_s = max(st.last_busy_s, busy_sample_s, now_s if present else -math.inf)
+        # Process-free: no context at either end, no use seen since well before the start (the
+        # counter moves every ~100 ms, so its reading at start_s may still hold earlier activity).
+        if (
+            method == METHOD_COUNTER
+            and st.pids_at_start == set()
+            and present == set()
+            and st.last_busy_s <= start_s - gpuidle.COUNTER_STALE_S
+        ):
+            st.idle.observe_idle(now_s - start_s, energy_j)
+            st.idle.report(st.uuid, self._options.on_idle_learned)
+        idle_w = st.idle.current()[0]
         idle_energy_j = min(energy_j, idle_w * (now_s - start_s)) if idle_w is not None else 0.0
+        split = st.tracker.split(
+            start_s, now_s, present, idle_w, st.pids_at_start, energy_j - idle_energy_j,
+            busy_at_start=st.last_busy_s >= start_s - gpuidle.COUNTER_STALE_S,
+            energy_j=energy_j if method == METHOD_COUNTER else None,
+        )
+        shares = split.shares
+        st.last_shares, st.last_split = shares, split.method
+        st.pids_at_start = present
         self._advance(st, now_s, new_counter_mj)
         return EnergyInterval(
             device_id=st.device_id,
@@ -373,14 +423,8 @@ class GpuCollector:
             method=method,
             shares=shares,
             segments=segments,
+            split_method=split.method,
         )
-
-    def _idle_w(self, st: _GpuState) -> float | None:
-        # Idle baseline: the configured idle power, else the lowest plausible power sample seen so
-        # far on this device. The learned value only falls over time, so a GPU that starts busy
-        # over-reports idle at first and converges once it rests (the trace idles at ~80-125 W).
-        # Without any sample yet the baseline is unknown and all energy counts as active.
-        return self._idle_power_w if self._idle_power_w is not None else st.min_power_w
 
     def _advance(self, st: _GpuState, now_s: float, counter_mj: int | None) -> None:
         st.start_s = now_s
@@ -388,25 +432,23 @@ class GpuCollector:
         last = st.samples[-1] if st.samples else st.carry
         st.carry = last
         st.samples = []
+        st.max_util_pct = None
 
-    def _shares(self, st: _GpuState) -> dict[int | str, float]:
-        """Per-pid SM share over the interval; equal weights over compute pids when none is busy."""
-        sm_by_pid: dict[int | str, float] = {}
+    def _read_processes(self, st: _GpuState) -> tuple[set[int] | None, float]:
+        """Feed new SM samples to the tracker; return (compute pids now, or None when unreadable;
+        the newest sample time showing activity)."""
         try:
             samples = st.device.process_utilization(st.last_seen_us)
         except DeviceError:
-            samples = []  # not offered (MIG, vGPU) or timed out: fall back to compute pids
+            samples = []  # not offered (MIG, vGPU) or timed out: the compute list still counts
         for s in samples:
             st.last_seen_us = max(st.last_seen_us, s.ts_us)
-            if s.sm_pct > 0:
-                sm_by_pid[s.pid] = sm_by_pid.get(s.pid, 0.0) + float(s.sm_pct)
-        if sm_by_pid:
-            return sm_by_pid
+        st.tracker.add_samples(samples)
+        busy_s = max((s.ts_us / 1e6 for s in samples if s.sm_pct > 0), default=-math.inf)
         try:
-            pids = st.device.compute_pids()
+            return set(st.device.compute_pids()), busy_s
         except DeviceError:
-            pids = []
-        return {pid: 1.0 for pid in sorted(set(pids))}
+            return None, busy_s
 
     def _to_power_integral(self, st: _GpuState, exc: NotSupported) -> None:
         st.use_counter = False
@@ -429,7 +471,7 @@ class GpuCollector:
         end_s = st.samples[-1][0]
         pieces = _power_pieces(st.carry, st.samples, st.start_s, end_s)
         energy_j = sum(e for _, e in pieces)
-        idle_w = self._idle_w(st)
+        idle_w = st.idle.current()[0]
         duration_s = end_s - st.start_s
         interval = EnergyInterval(
             device_id=st.device_id,
@@ -443,50 +485,9 @@ class GpuCollector:
             # The lost device can no longer say who used it: keep the previous interval's consumers.
             shares=dict(st.last_shares),
             segments=tuple(pieces),
+            split_method=st.last_split,
         )
         st.samples = []
         st.start_s = None  # closed: later calls emit nothing more
         return interval
 
-
-def _power_pieces(
-    carry: tuple[float, float] | None,
-    samples: Sequence[tuple[float, float]],
-    start_s: float,
-    end_s: float,
-) -> list[tuple[float, float]]:
-    """Trapezoid integral of power over [start_s, end_s] as (piece_end_s, energy_j) pieces.
-
-    The level at start_s is the last sample before it (else the first sample inside); after the last
-    sample the level holds until end_s. One piece ends at each sample time, one at end_s.
-    """
-    inside = [(t, p) for t, p in samples if start_s < t <= end_s]
-    if carry is not None:
-        level0 = carry[1]
-    elif inside:
-        level0 = inside[0][1]
-    else:
-        return []
-    points = [(start_s, level0), *inside]
-    if points[-1][0] < end_s:
-        points.append((end_s, points[-1][1]))
-    return [
-        (t1, (p0 + p1) / 2.0 * (t1 - t0))
-        for (t0, p0), (t1, p1) in zip(points, points[1:], strict=False)
-    ]
-
-
-def _scale_segments(
-    pieces: Sequence[tuple[float, float]], energy_j: float, end_s: float
-) -> tuple[tuple[float, float], ...]:
-    """Scale the power shape so the segments sum exactly to the counter's energy."""
-    shape_j = sum(e for _, e in pieces)
-    if shape_j <= 0.0:
-        return ((end_s, energy_j),)
-    factor = energy_j / shape_j
-    scaled = [(t, e * factor) for t, e in pieces]
-    # Put the float rounding residue in the last segment so the sum is exact.
-    residue = energy_j - sum(e for _, e in scaled)
-    t_last, e_last = scaled[-1]
-    scaled[-1] = (t_last, e_last + residue)
-    return tuple(scaled)

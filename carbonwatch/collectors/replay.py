@@ -125,6 +125,27 @@ class Trace:
             windows[pid] = (min(launch, default=-math.inf), max(exit_, default=math.inf))
         return windows
 
+    def presence_windows(self) -> dict[int, tuple[float, float]]:
+        """pid -> (from_s, until_s) during which the pid holds a compute context, as NVML's
+        compute-process list would show it: from launch/exit events where the trace has them,
+        else from the process's own samples (its first sample window to the last poll that
+        returned one), so a trace without events replays like the live device."""
+        with_events = {
+            pid for role, pid in self.pids.items()
+            if any(e in (f"{role}_launch", f"{role}_exit") for _, e in self.events)
+        }
+        windows = {pid: w for pid, w in self.pid_windows().items() if pid in with_events}
+        sampled: dict[int, tuple[float, float]] = {}
+        for r in self.process_util:
+            first, last = sampled.get(r.pid, (math.inf, -math.inf))
+            sampled[r.pid] = (min(first, r.sample_ts_us / 1e6 - SAMPLE_WINDOW_S), max(last, r.t_s))
+        for pid, window in sampled.items():
+            windows.setdefault(pid, window)
+        return windows
+
+
+# A per-process sample covers about this long before its time stamp (NVML's sample period).
+SAMPLE_WINDOW_S = 0.5
 
 REQUIRED_FILES = ("power.csv", "energy.csv", "process_util.csv", "events.csv", "meta.json")
 
@@ -288,7 +309,7 @@ class ReplayGpuDevice:
         self._index = index
         self._offset_s = offset_s
         self._faults = [f for f in faults if f.device == index]
-        self._windows = trace.pid_windows()
+        self._windows = trace.presence_windows()
         self._util_t_s = [r.t_s for r in trace.process_util]
 
     @property
@@ -297,6 +318,11 @@ class ReplayGpuDevice:
 
     @property
     def uuid(self) -> str:
+        # The recorded GPU's own UUID for the first copy (so its learned idle baseline applies);
+        # made-up ones, distinct per copy, otherwise.
+        recorded = self._trace.meta.get("uuid")
+        if isinstance(recorded, str) and recorded and self._index == 0:
+            return recorded
         return f"GPU-00000000-0000-0000-0000-{self._index:012d}"
 
     @property

@@ -6,7 +6,6 @@ anything is written, so a refused request leaves the store as it was."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import sqlite3
 import time
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from carbonwatch.daemon import storeops, validation
+from carbonwatch.daemon import authz, storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
 from carbonwatch.daemon.registry import Job, ended_by_tag
@@ -54,25 +53,17 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error(503, f"store unavailable: {exc}")
 
 
-def auth_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
-        # compare_digest: the time taken does not reveal how much of the token matched
-        if not hmac.compare_digest(given, expected):
-            reason = "missing" if not given else "wrong"
-            return error(401, f"{reason} bearer token: send 'Authorization: Bearer <token>'")
-        return await handler(request)
-
-    return require_token
+def auth_middleware(
+    token: str, admin_token: str = ""
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The bearer-token check and the caller's scopes: see :mod:`carbonwatch.daemon.authz`."""
+    return authz.auth_middleware(token, admin_token)
 
 
 def make_app(daemon: Daemon) -> web.Application:
     middlewares = [errors_as_json]
-    if daemon.token:
-        middlewares.insert(0, auth_middleware(daemon.token))
+    if daemon.token or daemon.admin_token:
+        middlewares.insert(0, auth_middleware(daemon.token, daemon.admin_token))
     app = web.Application(client_max_size=validation.MAX_BODY_BYTES, middlewares=middlewares)
     app[DAEMON] = daemon
     app.router.add_post("/v1/jobs", create_job)
@@ -107,15 +98,36 @@ async def _body(request: web.Request, *, allow_empty: bool = False) -> Any:
 async def create_job(request: web.Request) -> web.Response:
     d = _daemon(request)
     spec = validation.new_job(await _body(request))
+    who = authz.caller(request)
+    owner_uid = who.uid
+    if spec.owner_uid is not None and spec.owner_uid != who.uid:
+        if not who.admin:
+            raise ApiError(403, "owner_uid: only an operator registers a job on another user's "
+                                "behalf")
+        owner_uid = spec.owner_uid  # e.g. the Slurm prolog (root) opening the user's job
     state = d.state
+    live = state.registry.track_trees
+    authz.check_pids(who, spec.pids, live)  # outside the lock: it reads /proc
+    released: list[tuple[str, set[int]]] = []
     with state.lock:
         reg = state.registry
         same = reg.by_identity(spec.identity) if spec.identity else None
+        if same is not None and not who.may_manage(same.owner_uid):
+            raise ApiError(403, f"job {same.id} with identity {spec.identity!r} belongs to "
+                                f"uid {same.owner_uid}; only its owner or an operator may merge "
+                                "into it")
         for pid in spec.pids:
             owner = reg.owner_of_pid(pid)
             if owner is not None and owner is not same:
+                if live and _squatted(owner, pid, who):
+                    # Held by a job whose owner does not own the pid (e.g. registered by a call
+                    # naming it): the pid's real owner takes it back.
+                    released.append((owner.id, reg.release_pid(owner, pid)))
+                    continue
                 raise ApiError(409, f"pid {pid} already belongs to running job {owner.id} "
                                     f"({owner.name!r}); end that job first")
+        for other_id, left in released:
+            d.writer.submit(lambda s, i=other_id, p=left: storeops.set_job_pids(s.conn, i, p))
         if same is not None:
             reg.add_pids(same, spec.pids)
             pids = set(same.pids)
@@ -125,11 +137,12 @@ async def create_job(request: web.Request) -> web.Response:
             now_s = d.clock.time()
             job = Job(id=state.new_id(), name=spec.name, kind=spec.kind, model=spec.model,
                       pids=set(spec.pids), started_s=now_s, source="api", identity=spec.identity,
-                      serves_calls=spec.kind == "inference", ended_by=ended_by_tag(spec.tags))
+                      serves_calls=spec.kind == "inference", ended_by=ended_by_tag(spec.tags),
+                      owner_uid=owner_uid)
             row = {"id": job.id, "name": spec.name, "kind": spec.kind, "model": spec.model,
                    "command": spec.command, "pids": spec.pids, "tags": spec.tags,
                    "identity": spec.identity, "source": "api", "started_s": now_s,
-                   **d.job_accounting()}
+                   "owner_uid": owner_uid, **d.job_accounting()}
             # Queued before the job is visible to the sampler: its row precedes its energy.
             future = d.writer.submit(lambda s: storeops.insert_job(s.conn, row))
             reg.add(job)
@@ -147,6 +160,15 @@ async def create_job(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
+def _squatted(holder: Job, pid: int, who: authz.Caller) -> bool:
+    """Whether ``pid``, held by ``holder``, may be taken by ``who``: the caller owns the pid (or
+    is an operator) and the holder's owner does not own it."""
+    real = authz.pid_uid(pid)
+    if real is None or holder.owner_uid == real:
+        return False
+    return who.admin or who.uid == real
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
@@ -159,7 +181,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         raise bad("limit: must be between 1 and 1000")
     rows = await _daemon(request).read(lambda s: storeops.list_jobs(s, status, limit))
-    return web.json_response({"jobs": [job_view(r) for r in rows]})
+    who = authz.caller(request)
+    return web.json_response({"jobs": [job_view(r, who) for r in rows]})
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -167,15 +190,22 @@ async def get_job(request: web.Request) -> web.Response:
     row = await _daemon(request).read(lambda s: s.job(job_id))
     if row is None:
         raise ApiError(404, f"no job with id {job_id[:64]!r}")
-    return web.json_response(job_view(row))
+    return web.json_response(job_view(row, authz.caller(request)))
 
 
 async def end_job(request: web.Request) -> web.Response:
     d = _daemon(request)
     job_id = request.match_info["id"]
     exit_code = validation.job_end(await _body(request, allow_empty=True))
+    who = authz.caller(request)
     with d.state.lock:
-        running = job_id in d.state.registry.running
+        job = d.state.registry.running.get(job_id)
+        running = job is not None
+        owner_uid = job.owner_uid if job is not None else None
+    if running and not who.may_manage(owner_uid):
+        whose = f"uid {owner_uid}" if owner_uid is not None else "no local user"
+        raise ApiError(403, f"job {job_id} belongs to {whose}; {who.describe()} may not end it "
+                            "(only its owner or an operator)")
     if not running:
         row = await d.read(lambda s: s.job(job_id))
         if row is None:
@@ -192,10 +222,13 @@ async def end_job(request: web.Request) -> web.Response:
         raise ApiError(409, f"job {job_id} already ended") from None
     await asyncio.wrap_future(written)
     row = await d.read(lambda s: s.job(job_id))
-    return web.json_response(job_view(row))
+    return web.json_response(job_view(row, who))
 
 
-def job_view(row: dict[str, Any]) -> dict[str, Any]:
+def job_view(row: dict[str, Any], who: authz.Caller | None = None) -> dict[str, Any]:
+    """The API's view of a job; another user's command line (it may hold secrets) is hidden:
+    other users see totals, not command lines."""
+    mine = who is None or who.may_manage(row.get("owner_uid"))
     return {
         "id": row["id"],
         "name": row["name"],
@@ -206,7 +239,8 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
         "identity": row.get("identity"),
         "pids": row.get("pids") or [],
         "tags": row.get("tags") or {},
-        "command": row.get("command"),
+        "command": row.get("command") if mine else None,
+        "owner_uid": row.get("owner_uid"),
         "started_s": row["started_s"],
         "ended_s": row.get("ended_s"),
         "exit_code": row.get("exit_code"),
@@ -233,6 +267,10 @@ async def post_calls(request: web.Request) -> web.Response:
     state = d.state
     by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time())
     batch_id = state.new_batch_id()
+    if created:  # a service registered by its first call belongs to whoever reported it
+        uid = authz.caller(request).uid
+        for job in created:
+            job.owner_uid = uid
     rows = [d.service_row(job) for job in created]
     received_s = time.time()
     n = len(batch.spans)

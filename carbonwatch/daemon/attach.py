@@ -82,6 +82,8 @@ def daemon_url(settings: Settings) -> str | None:
         return settings.daemon_url
     if settings.socket:
         return f"unix:{settings.socket}"
+    if settings.local_socket:
+        return f"unix:{settings.local_socket}"
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host  # noqa: S104
     return f"http://{host}:{settings.port}"
 
@@ -99,11 +101,22 @@ def find_daemon(settings: Settings, wait_s: float = 0.0) -> DaemonClient | None:
             status, body = client.request("GET", "/healthz", timeout_s=PROBE_TIMEOUT_S)
         except (OSError, http.client.HTTPException, ValueError):
             status, body = 0, None
-        if status in (200, 503) and isinstance(body, dict):
+        # 401: a daemon that wants a token for its health; a local user's own jobs need none
+        if status in (200, 401, 503) and isinstance(body, dict):
             return client
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.2)
+
+
+class DaemonRefused(CarbonwatchError):
+    """The daemon would not take the job (or could not be asked). The command already runs and
+    is left running: ``child`` is handed to the wrapper, which measures it on its own."""
+
+    def __init__(self, child: subprocess.Popen[Any], reason: str) -> None:
+        super().__init__(reason)
+        self.child = child
+        self.reason = reason
 
 
 @dataclass
@@ -206,11 +219,15 @@ def run_if_daemon(
     }
     if identity:
         payload["identity"] = identity
-    status, body = client.request("POST", "/v1/jobs", payload)
-    if status not in (200, 201):
-        child.kill()
-        child.wait()
-        raise CarbonwatchError(f"the daemon at {client.url} refused the job: {body}")
+    try:
+        status, body = client.request("POST", "/v1/jobs", payload)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise DaemonRefused(child, f"the daemon at {client.url} did not answer: {exc}") from None
+    if status not in (200, 201) or not isinstance(body, dict) or "id" not in body:
+        # Never kill the user's command over this: it is measured without the daemon instead.
+        detail = body.get("error", body) if isinstance(body, dict) else body
+        raise DaemonRefused(child, f"the daemon at {client.url} refused the job ({status}): "
+                                   f"{detail}")
     exit_code = wait_forwarding(child)
     if identity:
         job = _end_if_last_rank(client, str(body["id"]), exit_code, child.pid, alive)

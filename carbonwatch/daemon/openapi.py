@@ -24,6 +24,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "malformed JSON or an invalid field (the message names it)",
         401: "missing or wrong bearer token",
+        403: "not yours: a pid another uid owns, or another user's job (owner or operator only)",
         404: "no such job",
         409: "conflict (pid owned by another job, job already ended)",
         413: f"body larger than {MAX_BODY_BYTES} bytes",
@@ -51,6 +52,10 @@ _JOB = {
         "identity": {"type": ["string", "null"]},
         "pids": {"type": "array", "items": {"type": "integer"}},
         "tags": _TAGS,
+        "command": {"type": ["array", "null"], "items": {"type": "string"},
+                    "description": "null for another user's job"},
+        "owner_uid": {"type": ["integer", "null"],
+                      "description": "the local uid that registered it; null: another machine"},
         "started_s": {"type": "number", "description": "Unix seconds"},
         "ended_s": {"type": ["number", "null"]},
         "exit_code": {"type": ["integer", "null"]},
@@ -91,7 +96,10 @@ DOCUMENT: dict[str, Any] = {
         "title": "carbonwatch daemon",
         "version": "1",
         "description": "Energy, gCO2e and cost per job and per inference call on one node. "
-        "Loopback by default; off loopback every request needs `Authorization: Bearer <token>`. "
+        "Loopback by default; off loopback every request needs `Authorization: Bearer <token>`, "
+        "except a local user's own-job routes over loopback (its uid is known). A job belongs "
+        "to the local uid that registered it: only it or an operator (admin token, root, the "
+        "daemon's user) ends or merges it or sees its command line. "
         "Times are Unix seconds (UTC). Errors are JSON `{\"error\": \"...\"}`.",
     },
     "components": {
@@ -121,6 +129,8 @@ DOCUMENT: dict[str, Any] = {
                         "tags": _TAGS,
                         "identity": {"type": "string"},
                         "command": {"type": "array", "items": {"type": "string"}},
+                        "owner_uid": {"type": "integer", "minimum": 0, "description":
+                                      "operators only: the user the job belongs to"},
                     },
                 }}}},
                 "responses": {
@@ -129,11 +139,11 @@ DOCUMENT: dict[str, Any] = {
                     "200": _json({"type": "object", "properties": {
                         "id": {"type": "string"}, "merged": {"type": "boolean"}}},
                         "merged into the running job with the same identity"),
-                    **_errors(400, 409, 413, 503),
+                    **_errors(400, 403, 409, 413, 503),
                 },
             },
             "get": {
-                "summary": "List jobs, newest first",
+                "summary": "List jobs, newest first (another user's command line is null)",
                 "parameters": [
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
                         "running", "finished", "failed", "interrupted", "lost"]}},
@@ -164,7 +174,7 @@ DOCUMENT: dict[str, Any] = {
                 "requestBody": {"required": False, "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"exit_code": {"type": "integer"}}}}}},
                 "responses": {"200": _json({"$ref": "#/components/schemas/Job"}, "the ended job"),
-                              **_errors(400, 404, 409, 413, 503)},
+                              **_errors(400, 403, 404, 409, 413, 503)},
             },
         },
         "/v1/calls": {

@@ -34,6 +34,7 @@ class Job:
     # Who ends it (the ``ended_by`` tag, e.g. the Slurm epilog): then it is left running when its
     # processes are gone, since its opener, not its processes, says when it is over.
     ended_by: str | None = None
+    owner_uid: int | None = None  # the local user who registered it (None: another machine)
     trees: dict[int, ProcessTree] = field(default_factory=dict)
 
     @property
@@ -67,6 +68,7 @@ def job_from_row(row: dict[str, Any]) -> Job:
         serves_calls=kind == "inference" or (row.get("calls") or 0) > 0,
         auto=bool((row.get("tags") or {}).get("auto")),
         ended_by=ended_by_tag(row.get("tags")),
+        owner_uid=row.get("owner_uid"),
     )
 
 
@@ -98,6 +100,14 @@ class Registry:
             self._by_pid[pid] = job.id
             if self.track_trees and pid not in job.trees:
                 job.trees[pid] = ProcessTree(pid)
+
+    def release_pid(self, job: Job, pid: int) -> set[int]:
+        """Take ``pid`` (and its tree) away from ``job``; the job's pids left."""
+        job.pids.discard(pid)
+        job.trees.pop(pid, None)
+        if self._by_pid.get(pid) == job.id:
+            del self._by_pid[pid]
+        return set(job.pids)
 
     def remove(self, job_id: str) -> Job | None:
         job = self.running.pop(job_id, None)

@@ -27,9 +27,11 @@ from aiohttp import web
 from carbonwatch.accounting import Pricing
 from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
+from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
+from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
 from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
@@ -57,15 +59,27 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(settings: Settings) -> None:
-    """Off loopback the API must be authenticated: refuse to start without a token."""
+    """Off loopback the API must be authenticated: refuse to start without a token, or with one
+    too short or a known placeholder (``change-me``) that anyone could guess."""
     if settings.socket:
         return  # a Unix socket is guarded by its file permissions
-    if not is_loopback(settings.host) and not settings.token:
+    if is_loopback(settings.host):
+        return
+    if not settings.token:
         raise ConfigError(
             f"refusing to listen on {settings.host}:{settings.port} without a token: off loopback "
             "every request must carry one. Set CARBONWATCH_TOKEN (or token in the config file), "
             "or listen on 127.0.0.1"
         )
+    for name, value in (("CARBONWATCH_TOKEN", settings.token),
+                        ("CARBONWATCH_ADMIN_TOKEN", settings.admin_token)):
+        why = weak_token(value) if value else None
+        if why:
+            raise ConfigError(
+                f"refusing to listen on {settings.host}:{settings.port}: {name} {why}. Off "
+                f"loopback a token must be a secret of at least {MIN_TOKEN_BYTES} random bytes, "
+                "e.g. `openssl rand -hex 32`"
+            )
 
 
 class Reader:
@@ -109,6 +123,7 @@ class Daemon:
         check_bind(settings)
         self.settings = settings
         self.token = settings.token
+        self.admin_token = settings.admin_token
         self.intensity = intensity
         self.pricing = Pricing.from_settings(settings)
         self.node = node or settings.node or socket.gethostname()
@@ -129,12 +144,45 @@ class Daemon:
     # --- start-up ------------------------------------------------------------------------------
 
     def open(self) -> None:
+        self._private_store()
         self.writer.start()
         try:
             self._open()
         except StoreError as exc:  # e.g. a corrupt page met while reloading
             raise StoreError(f"cannot start on the store {self.settings.db_path}: {exc}. "
                              "If the file is damaged, restore a backup or move it aside") from None
+
+    def _private_store(self) -> None:
+        """The store holds command lines and deferred jobs' environments: its files 0600, its
+        folder 0700 when the daemon makes it (a folder it did not make, say /tmp, is left as it
+        is, with a note at start-up when other users may enter it)."""
+        path = self.settings.db_path
+        folder = path.parent
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for file in (path, path.with_name(path.name + "-wal"),
+                         path.with_name(path.name + "-shm")):
+                if file.exists() and file.stat().st_uid == os.geteuid():
+                    os.chmod(file, 0o600)
+            loose = folder.stat().st_mode & 0o077
+        except OSError:
+            return  # the writer's open reports what is wrong with the path
+        if loose:
+            self.notes.append(
+                f"the store's folder {folder} is open to other users (mode "
+                f"{folder.stat().st_mode & 0o777:o}); it keeps job command lines and the "
+                f"environments of queued jobs: chmod 700 {folder}"
+            )
+    def _gpu_options(self) -> GpuOptions:
+        """Idle baselines learned on earlier runs (by GPU UUID) in, newly learned ones out."""
+        from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
+
+        def learned(uuid: str, idle_w: float, learned_s: float) -> None:
+            now_s = self.clock.time()
+            self.writer.submit_idle(lambda s: save_gpu_idle(s.conn, uuid, idle_w, learned_s, now_s))
+
+        stored = self.writer.call(lambda s: load_gpu_idle(s.conn))
+        return gpu_options(self.settings, stored, learned)
 
     def _open(self) -> None:
         resume_key = "sampled_until_s"
@@ -153,7 +201,7 @@ class Daemon:
             scanner = default_process_scanner()
             collectors, notes = build_collectors(
                 self.settings.backend, rapl_root=self.settings.rapl_root, clock=steady,
-                processes=scanner,
+                processes=scanner, gpu_options=self._gpu_options(),
             )
             collectors = [WallTimeLabels(c, steady) for c in collectors]
             self.notes += notes
@@ -222,7 +270,7 @@ class Daemon:
             f"{trace.end_s - trace.start_s:.1f} s of trace at {self.speed:g}x); "
             "CPU and RAM not measured"
         )
-        return [GpuCollector(backend, clock=self.clock)], resume_key
+        return [GpuCollector(backend, clock=self.clock, options=self._gpu_options())], resume_key
 
     def _provenance(self) -> dict[str, Any]:
         point = self.intensity.intensity_at(self.clock.time())
@@ -234,8 +282,10 @@ class Daemon:
                        "pue": pricing.pue},
             "cost": (f"energy at {pricing.price_per_kwh} {pricing.currency}/kWh" if pricing.known
                      else "unknown: no energy_price_per_kwh configured"),
-            "attribution": "the job's share of each device's active energy (GPU SM share, CPU "
-            "time, RSS) per interval; idle energy reported separately",
+            "attribution": "the job's share of each device's active energy per interval (GPU: "
+            "all of it when alone, else by fitted marginal power x SM activity, or SM share; "
+            "CPU time; RSS); idle energy reported separately, the GPU idle baseline learned "
+            "from its counter",
         }
 
     def job_accounting(self) -> dict[str, Any]:
@@ -248,7 +298,7 @@ class Daemon:
         return {"id": job.id, "name": job.name, "kind": job.kind, "model": job.model,
                 "command": None, "pids": sorted(job.pids), "tags": {"auto": True},
                 "identity": None, "source": job.source, "started_s": job.started_s,
-                **self.job_accounting()}
+                "owner_uid": job.owner_uid, **self.job_accounting()}
 
     def _reload(self) -> None:
         """What a previous run left: running jobs, unsettled batches, counter totals."""
@@ -314,20 +364,20 @@ class Daemon:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         settings = self.settings
+        self.local_url = ""  # where the node's users (and launched jobs) reach it as themselves
         try:
             if settings.socket:
-                path = Path(settings.socket)
-                if path.is_socket():
-                    path.unlink()  # a stale socket from a previous run
-                site: web.BaseSite = web.UnixSite(runner, str(path))
-                await site.start()
-                os.chmod(path, 0o660)
-                self.url = f"unix:{path}"
+                await _unix_site(runner, Path(settings.socket), settings.socket_mode_bits)
+                self.url = self.local_url = f"unix:{settings.socket}"
             else:
                 site = web.TCPSite(runner, settings.host, settings.port)
                 await site.start()
                 host, port = runner.addresses[0][:2]
                 self.url = f"http://{_url_host(host)}:{port}"
+                if settings.local_socket:  # beside TCP: launches as the peer's uid
+                    await _unix_site(runner, Path(settings.local_socket),
+                                     settings.socket_mode_bits)
+                    self.local_url = f"unix:{settings.local_socket}"
         except OSError as exc:
             await runner.cleanup()
             where = settings.socket or f"{settings.host}:{settings.port}"
@@ -338,7 +388,7 @@ class Daemon:
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         self.loop.start()
         try:
-            await self.scheduler.start(self.url)
+            await self.scheduler.start(self.local_url or self.url)
             await self.scraper.start()
             on_ready(self.url)
             await stop.wait()
@@ -376,6 +426,10 @@ class Daemon:
                 "state": d.state.value,
                 "detail": d.detail,
                 "uuid": d.uuid,
+                # GPUs: the idle baseline in use and where it came from (learned-from-counter,
+                # configured, lowest-power-reading, unknown)
+                "idle_power_w": d.idle_power_w,
+                "idle_source": d.idle_source or None,
                 # real seconds, also when replaying faster than real time
                 "last_sample_age_s": (now_s - st.last_end_s) / self.speed if st else None,
                 "power_w": st.power_w if st else None,
@@ -416,6 +470,19 @@ class Daemon:
             device_age_s={d["device_id"]: d["last_sample_age_s"] for d in devices
                           if d["last_sample_age_s"] is not None},
         )
+
+
+async def _unix_site(runner: web.AppRunner, path: Path, mode: int) -> None:
+    """Listen on the unix socket ``path`` with ``mode``: created owner-only and widened once
+    bound, so no one connects in between under a looser umask."""
+    if path.is_socket():
+        path.unlink()  # a stale socket from a previous run
+    old = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
 
 
 def _url_host(host: str) -> str:

@@ -39,9 +39,11 @@ JOB_ID_PREFIX = "job:"
 def insert_job(conn: sqlite3.Connection, row: Mapping[str, Any]) -> None:
     conn.execute(
         "INSERT INTO jobs (id, name, kind, model, command, pids, tags, identity, source, status,"
-        " started_s, cost, currency, provenance) VALUES (:id, :name, :kind, :model, :command,"
-        " :pids, :tags, :identity, :source, 'running', :started_s, :cost, :currency, :provenance)",
+        " started_s, cost, currency, provenance, owner_uid) VALUES (:id, :name, :kind, :model,"
+        " :command, :pids, :tags, :identity, :source, 'running', :started_s, :cost, :currency,"
+        " :provenance, :owner_uid)",
         {
+            "owner_uid": None,
             **row,
             "command": json.dumps(row["command"]) if row.get("command") is not None else None,
             "pids": json.dumps(sorted(row["pids"])),

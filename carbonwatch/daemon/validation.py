@@ -222,9 +222,11 @@ class NewJob:
     tags: dict[str, Scalar]
     identity: str | None
     command: list[str] | None
+    owner_uid: int | None = None  # on whose behalf (operators only, e.g. the Slurm prolog)
 
 
-_JOB_FIELDS = frozenset({"name", "kind", "model", "pid", "pids", "tags", "identity", "command"})
+_JOB_FIELDS = frozenset({"name", "kind", "model", "pid", "pids", "tags", "identity", "command",
+                         "owner_uid"})
 
 
 def new_job(body: Any) -> NewJob:
@@ -263,6 +265,8 @@ def new_job(body: Any) -> NewJob:
         tags=tags(obj.get("tags"), "tags"),
         identity=optional_text(obj.get("identity"), "identity"),
         command=command,
+        owner_uid=None if obj.get("owner_uid") is None
+        else integer(obj["owner_uid"], "owner_uid", lo=0, hi=2**32 - 2),
     )
 
 

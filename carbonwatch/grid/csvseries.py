@@ -134,14 +134,16 @@ def _pick_columns(header: list[str], first: list[str]) -> tuple[int, int]:
     if time_col is None or (time_col < len(first) and _parse_when(first[time_col]) is None):
         time_col = next((i for i, cell in enumerate(first) if _parse_when(cell) is not None), None)
     if time_col is None:
-        raise InputError(f"no timestamp column found among {header}")
+        raise InputError(f"no timestamp column found among the header's {len(header)} columns "
+                         "(e.g. 'timestamp', 'datetime')")
     value_col = next((names.index(n) for n in _VALUE_NAMES if n in names), None)
     if value_col is None:
         value_col = next(
             (i for i, n in enumerate(names) if "intensity" in n or "co2" in n or "lbs" in n), None
         )
     if value_col is None or value_col == time_col:
-        raise InputError(f"no intensity column found among {header} (e.g. 'avg_CI', 'intensity')")
+        raise InputError(f"no intensity column found among the header's {len(header)} columns "
+                         "(e.g. 'avg_CI', 'intensity')")
     return time_col, value_col
 
 
@@ -176,15 +178,17 @@ def read_intensity_csv(
             continue  # a gap in the series
         start_s = when_of(row[time_col])
         if start_s is None:
-            raise InputError(f"line {line_no}: cannot parse time {row[time_col]!r}")
+            raise InputError(f"line {line_no}: cannot parse time in column {time_col + 1}")
         try:
             value = float(cell) * scale
-        except ValueError as exc:
-            raise InputError(f"line {line_no}: intensity {cell!r} is not a number") from exc
+        except ValueError:
+            raise InputError(f"line {line_no}: intensity in column {value_col + 1} is not a "
+                             "number") from None
         if math.isnan(value):
             continue
         if not math.isfinite(value) or value < 0:
-            raise InputError(f"line {line_no}: intensity {cell!r} is not finite and >= 0")
+            raise InputError(f"line {line_no}: intensity in column {value_col + 1} is not finite "
+                             "and >= 0")
         has_kind = kind_col is not None and kind_col < len(row)
         label = row[kind_col].strip().lower() if has_kind else ""
         candidate = (_KIND_RANK.get(label, 2), -line_no, value)

@@ -116,6 +116,7 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "command": row["command"],
         "cwd": row.get("cwd"),
+        "owner_uid": row.get("owner_uid"),
         "zone": row.get("zone"),
         "provider": row.get("provider"),
         "interruptible": bool(row.get("interruptible")),

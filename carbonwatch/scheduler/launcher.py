@@ -1,7 +1,11 @@
 """Start a deferred job through the wrapper, pause and resume it, end it.
 
 The job runs as ``python -m carbonwatch run --name N --kind K -- CMD`` in the submitter's cwd and
-environment, so it is measured like any other job (the wrapper registers it with this daemon).
+environment, as the submitter's uid and gid (a root daemon sets them, and the submitter's
+supplementary groups, in the child before it runs anything), so it is measured like any other job
+(the wrapper registers it with this daemon over its unix socket or loopback, as that user: no
+token is ever put into the job's environment). The working directory is entered after the
+privileges are dropped, so a job cannot start inside a directory its user could not enter.
 The wrapper starts in a new session (its own process group, no controlling terminal), so it
 outlives a daemon restart and a Ctrl-C meant for the daemon never reaches it.
 
@@ -18,21 +22,36 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-# Settings the wrapper must take from the daemon, not from the submitter's environment.
-DAEMON_ENV = ("CARBONWATCH_DAEMON_URL", "CARBONWATCH_TOKEN", "CARBONWATCH_DB")
+# Settings the wrapper must take from the daemon, not from the submitter's environment; the
+# tokens are dropped from the submitter's environment and never added.
+DAEMON_ENV = ("CARBONWATCH_DAEMON_URL", "CARBONWATCH_TOKEN", "CARBONWATCH_ADMIN_TOKEN",
+              "CARBONWATCH_DB")
+# Enters the job's directory as the job's user (subprocess's own cwd= is entered before the
+# uid changes), then becomes the wrapper (same pid: ``find`` and the pid record stay right).
+_ENTER = (
+    "import os, sys\n"
+    "try:\n"
+    "    os.chdir(sys.argv[1])\n"
+    "except OSError as exc:\n"
+    "    sys.exit(f'carbonwatch: cannot enter {sys.argv[1]!r} as uid {os.getuid()}: '\n"
+    "             f'{exc.strerror}')\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'carbonwatch', *sys.argv[2:]])\n"
+)
 # The deferred job's id, in the wrapper's environment: a daemon killed after starting the
 # wrapper but before recording its pid finds it again by this (see ``find``).
 MARKER_ENV = "CARBONWATCH_DEFERRED_ID"
 
 
-def wrapper_argv(name: str, kind: str, command: Sequence[str]) -> list[str]:
+def wrapper_argv(
+    name: str, kind: str, command: Sequence[str], cwd: str | None = None
+) -> list[str]:
+    head = [sys.executable, "-c", _ENTER, cwd] if cwd else [sys.executable, "-m", "carbonwatch"]
     return [
-        sys.executable,
-        "-m",
-        "carbonwatch",
+        *head,
         "run",
         "--name",
         name,
@@ -53,22 +72,43 @@ def launch(
     daemon_env: Mapping[str, str],
     log_path: Path,
     deferred_id: str,
+    user: int | None = None,
+    group: int | None = None,
+    extra_groups: Sequence[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start the wrapper; its output (and CMD's) goes to ``log_path``. Raises OSError."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    """Start the wrapper; its output (and CMD's) goes to ``log_path`` (0600 in a 0700 folder:
+    it keeps whatever the job printed). With ``user`` (a root daemon, another submitter) the
+    child sets its groups, gid and uid before it runs anything. Raises OSError."""
+    open_log = private_log(log_path, user, group)
     full_env = {k: v for k, v in env.items() if k not in DAEMON_ENV}
     full_env.update(daemon_env)
     full_env[MARKER_ENV] = deferred_id
-    with log_path.open("ab") as log:
+    drop: dict[str, object] = {}
+    if user is not None and user != os.geteuid():
+        # setgroups (initgroups' list, or none), setgid, setuid: in that order, in the child
+        drop = {"user": user, "group": group, "extra_groups": list(extra_groups or [])}
+    with open_log as log:
         return subprocess.Popen(  # noqa: S603 - argv, never a shell
-            wrapper_argv(name, kind, command),
-            cwd=cwd or None,
+            wrapper_argv(name, kind, command, cwd),
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            **drop,  # type: ignore[arg-type]
         )
+
+
+def private_log(path: Path, user: int | None = None, group: int | None = None) -> Any:
+    """``path`` opened for appending, 0600 (its folder 0700), owned by ``user`` when given so
+    the job's own user owns what it printed."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)  # made by an older version at 0755
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    if user is not None and user != os.geteuid() and os.geteuid() == 0:
+        os.fchown(fd, user, group if group is not None else -1)
+    return os.fdopen(fd, "ab")
 
 
 def find(deferred_id: str) -> tuple[int, float] | None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -12,11 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from carbonwatch.daemon import validation
+from carbonwatch.daemon import authz, validation
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import ConfigError, InputError
 from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
-from carbonwatch.scheduler.peer import peer_uid
 from carbonwatch.scheduler.service import Conflict, NotFound, SchedulerService, Submission
 
 SERVICE = web.AppKey("scheduler", SchedulerService)
@@ -55,19 +55,20 @@ def _service(request: web.Request) -> SchedulerService:
     return request.app[SERVICE]
 
 
-def _may_run_commands(request: web.Request, service: SchedulerService) -> None:
-    """Without a token, only the daemon's own user (or root) may make it run or kill commands
-    (see :mod:`carbonwatch.scheduler.peer`). With one, the auth middleware has checked it."""
-    if service.settings.token:
-        return
-    uid = peer_uid(request.transport)
-    if uid is None or uid not in (0, os.geteuid()):
-        who = "an unknown user" if uid is None else f"uid {uid}"
-        raise ApiError(
-            403,
-            f"{who} may not run commands as this daemon's user (uid {os.geteuid()}); "
-            "configure a token (CARBONWATCH_TOKEN) to allow it",
-        )
+def _launcher(request: web.Request, service: SchedulerService) -> tuple[int, int]:
+    """(uid, gid) the caller's commands run as; 403 naming why when it may not launch (see
+    :func:`carbonwatch.daemon.authz.launch_identity`)."""
+    return authz.launch_identity(authz.caller(request), bool(service.settings.admin_token))
+
+
+_PRIVATE = ("command", "cwd", "log_path")
+
+
+def _visible(view: dict[str, Any], who: authz.Caller) -> dict[str, Any]:
+    """Another user's deferred job: its plan and carbon, not its command line, directory or log."""
+    if who.may_manage(view.get("owner_uid")):
+        return view
+    return {**view, **dict.fromkeys(_PRIVATE)}
 
 
 def _opt_text(body: Mapping[str, Any], key: str, max_len: int = 4096) -> str | None:
@@ -83,7 +84,7 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def _submission(body: Any, now_s: float) -> Submission:
+def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submission:
     if not isinstance(body, dict):
         raise bad("expected a JSON object")
     unknown = sorted(set(body) - _FIELDS)
@@ -124,7 +125,11 @@ def _submission(body: Any, now_s: float) -> Submission:
     if not isinstance(interruptible, bool):
         raise bad("interruptible: expected true or false")
     cwd = _opt_text(body, "cwd")
-    if cwd and not (os.path.isabs(cwd) and os.path.isdir(cwd)):
+    if cwd and not os.path.isabs(cwd):
+        raise bad(f"cwd: {cwd!r} is not an absolute directory")
+    # Looked at only for the daemon's own user: for another user the daemon's answer would tell
+    # which directories exist where that user may not look; its job fails to enter it instead.
+    if cwd and check_cwd and not os.path.isdir(cwd):
         raise bad(f"cwd: {cwd!r} is not an existing absolute directory on the daemon's host")
     env = body.get("env", {})
     if (
@@ -154,8 +159,10 @@ def _submission(body: Any, now_s: float) -> Submission:
 
 async def submit(request: web.Request) -> web.Response:
     service = _service(request)
-    _may_run_commands(request, service)
-    sub = _submission(validation.parse_json(await request.read()), service.clock.time())
+    uid, gid = _launcher(request, service)
+    sub = _submission(validation.parse_json(await request.read()), service.clock.time(),
+                      check_cwd=uid == os.geteuid())
+    sub = dataclasses.replace(sub, owner_uid=uid, owner_gid=gid)
     try:
         view = await service.submit(sub)
     except (InputError, ConfigError) as exc:
@@ -173,7 +180,8 @@ async def queue(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         raise bad("limit: must be between 1 and 1000")
     views = await _service(request).queue(active_only=active, limit=limit)
-    return web.json_response({"deferred": views})
+    who = authz.caller(request)
+    return web.json_response({"deferred": [_visible(v, who) for v in views]})
 
 
 async def get(request: web.Request) -> web.Response:
@@ -181,13 +189,19 @@ async def get(request: web.Request) -> web.Response:
         view = await _service(request).get(request.match_info["id"])
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
-    return web.json_response(view)
+    return web.json_response(_visible(view, authz.caller(request)))
 
 
 async def cancel(request: web.Request) -> web.Response:
     service = _service(request)
-    _may_run_commands(request, service)
+    _launcher(request, service)
+    who = authz.caller(request)
     try:
+        owner = (await service.get(request.match_info["id"])).get("owner_uid")
+        if not who.may_manage(owner):
+            raise ApiError(403, f"deferred job {request.match_info['id']} belongs to uid {owner}; "
+                                f"{who.describe()} may not cancel it (only its owner or an "
+                                "operator)")
         view = await service.cancel(request.match_info["id"])
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
@@ -223,7 +237,9 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "enum": ["queued", "launching", "running", "paused", "done", "failed", "cancelled"],
             },
-            "command": {"type": "array", "items": {"type": "string"}},
+            "command": {"type": ["array", "null"], "items": {"type": "string"},
+                        "description": "null (as cwd and log_path) for another user's job"},
+            "owner_uid": {"type": ["integer", "null"]},
             "deadline": {"type": "string"},
             "duration_s": {"type": "number"},
             "interruptible": {"type": "boolean"},
@@ -259,7 +275,8 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "interruptible": {"type": "boolean"},
             "zone": {"type": "string"},
             "provider": {"type": "string"},
-            "provider_url": {"type": "string"},
+            "provider_url": {"type": "string", "description": "only the daemon's provider_url "
+                             "or one listed in its provider_urls setting"},
             "cwd": {"type": "string", "description": "absolute directory to run in"},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "via": {
@@ -285,7 +302,8 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "201": _json(_DEFERRED, "planned and queued"),
                 "400": _err("invalid field, deadline too soon, or no history for 'auto'"),
                 "401": _err("missing or wrong bearer token"),
-                "403": _err("no token configured and the caller is not the daemon's user"),
+                "403": _err("over TCP without the admin token, or a user the daemon cannot "
+                            "run commands as; cancel: another user's job"),
             },
         },
         "get": {
@@ -321,7 +339,8 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "404": _err("no such deferred job"),
                 "409": _err("the job already ended"),
                 "401": _err("missing or wrong bearer token"),
-                "403": _err("no token configured and the caller is not the daemon's user"),
+                "403": _err("over TCP without the admin token, or a user the daemon cannot "
+                            "run commands as; cancel: another user's job"),
             },
         },
     },

@@ -46,6 +46,7 @@ from apscheduler.triggers.date import DateTrigger
 
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
+from carbonwatch.daemon.authz import groups_of
 from carbonwatch.errors import CarbonwatchError, InputError
 from carbonwatch.grid.accounting import (
     cached_points,
@@ -97,6 +98,8 @@ class Submission:
     provider_url: str | None = None
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    owner_uid: int | None = None  # who asked: the command runs as this uid and gid
+    owner_gid: int | None = None
     via: str = ""  # "": the daemon launches it; "slurm": sbatch --begin (command: sbatch args)
 
 
@@ -148,8 +151,11 @@ class SchedulerService:
 
     async def start(self, daemon_url: str) -> None:
         """Arm the queued jobs of a previous run, reattach to the ones it left running, and
-        start the periodic refresh. ``daemon_url`` is where launched wrappers report."""
-        self.daemon_url = daemon_url
+        start the periodic refresh. ``daemon_url`` is where launched wrappers report (on a
+        wildcard address, through loopback: the daemon then knows the wrapper's uid)."""
+        self.daemon_url = daemon_url.replace("://0.0.0.0:", "://127.0.0.1:").replace(
+            "://[::]:", "://[::1]:"
+        )
         self._scheduler = AsyncIOScheduler(
             event_loop=asyncio.get_running_loop(),
             timezone=UTC,
@@ -198,6 +204,16 @@ class SchedulerService:
         zone = self.settings.zone if sub.zone is None else sub.zone
         provider = sub.provider or self.settings.provider
         url = sub.provider_url
+        if url is not None and url != self.settings.provider_url and (
+            url not in self.settings.allowed_provider_urls
+        ):
+            # The daemon fetches it with its own credentials, from inside the node: a request
+            # choosing it could read the node's files or send the API key anywhere.
+            raise InputError(
+                "provider_url: a submitted job may not choose the URL or file the daemon reads "
+                "its forecast from; it uses the daemon's provider_url, or one listed in its "
+                "provider_urls setting"
+            )
         if url is None:
             url = self.settings.provider_url if provider == self.settings.provider else ""
         fetched = await self._fetch(provider, url, zone)
@@ -219,7 +235,10 @@ class SchedulerService:
             "kind": sub.kind,
             "command": list(sub.command),
             "cwd": sub.cwd,
-            "env": dict(sub.env),
+            # carbonwatch's tokens never reach the store or the job
+            "env": {k: v for k, v in sub.env.items() if k not in launcher.DAEMON_ENV},
+            "owner_uid": sub.owner_uid,
+            "owner_gid": sub.owner_gid,
             "zone": zone,
             "provider": fetched.provider,
             "provider_url": url if fetched.provider else "",
@@ -273,6 +292,7 @@ class SchedulerService:
                     job_id,
                     status="cancelled",
                     ended_s=now_s,
+                    env={},  # ended: its captured environment may hold secrets
                     message=f"cancelled at {iso_utc(now_s)} before it started",
                 )
                 return await self.get(job_id)
@@ -510,12 +530,14 @@ class SchedulerService:
 
     # --- events -------------------------------------------------------------------------------
 
-    def _daemon_env(self) -> dict[str, str]:
-        return {
-            "CARBONWATCH_DAEMON_URL": self.daemon_url,
-            "CARBONWATCH_TOKEN": self.settings.token,
-            "CARBONWATCH_DB": str(self.settings.db_path),
-        }
+    def _daemon_env(self, uid: int | None) -> dict[str, str]:
+        """Where the wrapper reports. No token: it registers over the unix socket or loopback
+        as its own user. The daemon's store only for a job of the daemon's own user (another
+        user could not open it, and measures into its own if the daemon refuses it)."""
+        env = {"CARBONWATCH_DAEMON_URL": self.daemon_url}
+        if uid is None or uid == os.geteuid():
+            env["CARBONWATCH_DB"] = str(self.settings.db_path)
+        return env
 
     async def _launch(self, job_id: str) -> None:
         async with self._lock(job_id):
@@ -526,6 +548,7 @@ class SchedulerService:
             # Stored before the wrapper starts: a restart finds the wrapper instead of
             # starting another (see _restore_launching).
             await self._update(job_id, status="launching", started_s=now_s)
+            uid, gid = row.get("owner_uid"), row.get("owner_gid")
             try:
                 proc = launcher.launch(
                     row["name"],
@@ -533,16 +556,21 @@ class SchedulerService:
                     row["command"],
                     cwd=row["cwd"],
                     env=row["env"] or {},
-                    daemon_env=self._daemon_env(),
+                    daemon_env=self._daemon_env(uid),
                     log_path=Path(row["log_path"]),
                     deferred_id=job_id,
+                    user=uid,
+                    group=gid,
+                    extra_groups=groups_of(uid, gid) if uid is not None and gid is not None
+                    else None,
                 )
-            except OSError as exc:
+            except (OSError, subprocess.SubprocessError) as exc:
                 self._disarm(job_id)
                 await self._update(
                     job_id,
                     status="failed",
                     ended_s=now_s,
+                    env={},
                     message=f"could not start the wrapper: {exc}",
                 )
                 return
@@ -620,6 +648,7 @@ class SchedulerService:
                 "runs": runs,
                 "ran_s": ran_s,
                 "exit_code": code,
+                "env": {},  # ended: its captured environment may hold secrets
             }
             if running is not None and running.cancelling:
                 fields["status"] = "cancelled"

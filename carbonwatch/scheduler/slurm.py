@@ -96,17 +96,25 @@ class SlurmCli:
 
     def _run(
         self, argv: list[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-        user: int | None = None,
+        user: int | None = None, group: int | None = None,
     ) -> str:
         if shutil.which(argv[0]) is None:
             raise SlurmError(f"{argv[0]} not found: is Slurm installed on the daemon's host?")
         full = {**os.environ, **(env or {}), **self.env}
         if env is None:  # not sbatch: nothing inherits this environment
             full["TZ"] = "UTC"
+        drop: dict[str, Any] = {}
+        if user is not None and user != os.geteuid():
+            # A root daemon submits as the submitter, never as root for someone else: the Slurm
+            # job is theirs (their limits, their accounting, their files).
+            from carbonwatch.daemon.authz import groups_of
+
+            extra = groups_of(user, group) if group is not None else None
+            drop = {"user": user, "group": group, "extra_groups": extra or []}
         try:
             done = subprocess.run(  # noqa: S603 - argv, never a shell
                 argv, env=full, cwd=cwd or None, capture_output=True, text=True,
-                timeout=_TIMEOUT_S, user=user, check=False,
+                timeout=_TIMEOUT_S, check=False, **drop,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SlurmError(f"{argv[0]}: {exc}") from exc
@@ -118,6 +126,7 @@ class SlurmCli:
     def submit(
         self, args: Sequence[str], *, begin_s: float, deadline_s: float, duration_s: float,
         env: Mapping[str, str], cwd: str | None, user: int | None = None,
+        group: int | None = None,
     ) -> str:
         now_s = time.time()
         begin = math.ceil(begin_s - now_s)
@@ -125,7 +134,7 @@ class SlurmCli:
                 f"--deadline=now+{max(0, math.floor(deadline_s - now_s))}"]
         if not _gives_time(args):
             argv.append(f"--time={max(1, math.ceil(duration_s / 60.0))}")
-        out = self._run([*argv, *args], env=env, cwd=cwd, user=user)
+        out = self._run([*argv, *args], env=env, cwd=cwd, user=user, group=group)
         job_id = out.strip().split(";")[0]
         if not job_id.isdigit():
             raise SlurmError(f"sbatch answered {out.strip()[:200]!r}, not a job id")
@@ -173,9 +182,9 @@ class SlurmDeferral:
         self.cli = cli or SlurmCli()
         self._moving: set[asyncio.Task[None]] = set()
 
-    async def submit(self, row: dict[str, Any], user: int | None = None) -> dict[str, Any]:
-        """sbatch the row's job for its planned start; the fields to store (raises InputError
-        with Slurm's own message when sbatch refuses)."""
+    async def submit(self, row: dict[str, Any]) -> dict[str, Any]:
+        """sbatch the row's job for its planned start, as its owner; the fields to store (raises
+        InputError with Slurm's own message when sbatch refuses)."""
         try:
             job_id = await asyncio.to_thread(
                 self.cli.submit,
@@ -185,7 +194,8 @@ class SlurmDeferral:
                 duration_s=row["duration_s"],
                 env=row.get("env") or {},
                 cwd=row.get("cwd"),
-                user=user,
+                user=row.get("owner_uid"),
+                group=row.get("owner_gid"),
             )
         except SlurmError as exc:
             raise InputError(f"Slurm refused the job: {exc}") from exc
@@ -223,7 +233,7 @@ class SlurmDeferral:
                 raise InputError(f"scancel {job_id}: {exc}") from exc
         now_s = self.service.clock.time()
         await self.service._update(
-            row["id"], status="cancelled", ended_s=now_s, slurm_state="CANCELLED",
+            row["id"], status="cancelled", ended_s=now_s, slurm_state="CANCELLED", env={},
             message=f"cancelled at {iso_utc(now_s)} (scancel {job_id})",
         )
 
@@ -260,7 +270,7 @@ class SlurmDeferral:
         status = ("done" if state in _DONE else "cancelled" if state in _CANCELLED
                   else "failed")
         runs = [[started, ended]] if started is not None else []
-        update.update(status=status, ended_s=ended, runs=runs,
+        update.update(status=status, ended_s=ended, runs=runs, env={},  # may hold secrets
                       ran_s=(ended - started) if started is not None else 0.0,
                       exit_code=job.exit_code if job else None)
         if job is None:

@@ -32,7 +32,7 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # data folders: owner only
         if not path.exists():
             # Owner-only: deferred jobs keep their submitter's environment, which may hold secrets.
             # SQLite gives the -wal and -shm files the database file's mode.

@@ -380,7 +380,45 @@ def m006_tokens(conn: sqlite3.Connection) -> None:
 
 
 @migration
-def m007_sched_error_and_slurm(conn: sqlite3.Connection) -> None:
+def m007_owners(conn: sqlite3.Connection) -> None:
+    """Who owns each job, and nothing secret kept after a deferred job ends.
+
+    - ``jobs.owner_uid``: the local uid that registered the job (peer credentials on the unix
+      socket, ``/proc/net/tcp`` on loopback); NULL for a job registered from another machine or
+      by a wrapper writing the store itself. Only its owner or an operator may end or merge it.
+    - ``deferred_jobs.owner_uid`` / ``owner_gid``: who submitted it; a root daemon runs the
+      command as this uid and gid, never as root for someone else.
+    - The captured environment of deferred jobs that already ended is erased (it may hold
+      secrets); from now on it is erased when a job ends."""
+    for table, columns in {
+        "jobs": [("owner_uid", "INTEGER")],
+        "deferred_jobs": [("owner_uid", "INTEGER"), ("owner_gid", "INTEGER")],
+    }.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    conn.execute(
+        "UPDATE deferred_jobs SET env = '{}' WHERE status IN ('done', 'failed', 'cancelled')"
+    )
+
+
+@migration
+def m008_gpu_idle(conn: sqlite3.Connection) -> None:
+    """Each GPU's idle power as learned from its energy counter over process-free intervals, by
+    GPU UUID, so a restart, a ``carbonwatch run`` and a replay start from it (see
+    :mod:`carbonwatch.store.gpu_idle`). ``learned_s``: process-free seconds behind the figure."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS gpu_idle ("
+        " uuid TEXT PRIMARY KEY,"
+        " idle_w REAL NOT NULL CHECK (idle_w >= 0),"
+        " learned_s REAL NOT NULL,"
+        " updated_s REAL NOT NULL)"
+    )
+
+
+@migration
+def m009_sched_error_and_slurm(conn: sqlite3.Connection) -> None:
     """Forecast error and Slurm deferral on ``deferred_jobs``.
 
     - ``saving_band_g_per_kwh``: the one-sigma band of the expected saving, from the provider's

@@ -8,7 +8,9 @@
 # "slurm:<SLURM_JOB_ID>": the key `carbonwatch run` computes from SLURM_JOB_ID, so every task
 # started as `srun carbonwatch run -- CMD` joins this one job (the daemon merges by identity)
 # rather than recording its own, and the ranks on this node are counted once. The tag
-# ended_by=epilog tells the ranks to leave the job open: epilog.sh ends it.
+# ended_by=epilog tells the ranks to leave the job open: epilog.sh ends it. The job belongs to the
+# Slurm job's user (owner_uid, SLURM_JOB_UID): the prolog runs as root, an operator, and opens it
+# on that user's behalf, so the user's ranks may merge into it.
 # Never fails the Slurm job: a daemon that is down costs the record, not the job.
 set -u
 # shellcheck source=common.sh
@@ -26,8 +28,11 @@ for tag, name in (("user", "SLURM_JOB_USER"), ("partition", "SLURM_JOB_PARTITION
                   ("account", "SLURM_JOB_ACCOUNT")):
     if e.get(name):
         tags[tag] = e[name]
-print(json.dumps({"name": e.get("SLURM_JOB_NAME") or f"slurm-{job}",
-                  "kind": e["CARBONWATCH_SLURM_KIND"], "identity": f"slurm:{job}", "tags": tags}))
+body = {"name": e.get("SLURM_JOB_NAME") or f"slurm-{job}",
+        "kind": e["CARBONWATCH_SLURM_KIND"], "identity": f"slurm:{job}", "tags": tags}
+if e.get("SLURM_JOB_UID", "").isdigit():
+    body["owner_uid"] = int(e["SLURM_JOB_UID"])
+print(json.dumps(body))
 ')
 if ! answer=$(api POST /v1/jobs "$body"); then
   log "prolog: job $job: the daemon at $CARBONWATCH_URL did not open it"

@@ -44,6 +44,9 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
+ADMIN_TOKEN = "chaos-admin-" + "0123456789abcdef" * 3
+
+
 class ChaosDaemon(DaemonProcess):
     """A daemon process with a config file and, with ``keep_port``, the same port after a
     restart (so that wrappers started by the scheduler still reach it)."""
@@ -61,6 +64,10 @@ class ChaosDaemon(DaemonProcess):
             "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
         base_env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"),
                     "XDG_DATA_HOME": str(tmp_path / "data")}
+        if not any(k.endswith("TOKEN") for k in (env or {})):
+            # Over TCP only the admin token launches deferred jobs: experiments hold it.
+            base_env["CARBONWATCH_ADMIN_TOKEN"] = ADMIN_TOKEN
+            self.default_token = ADMIN_TOKEN
         port = [] if not keep_port else ["--port", str(free_port())]
         super().__init__(db or tmp_path / "cw.db", "--config", str(self.config_path), *port,
                          *args, env={**base_env, **(env or {})})

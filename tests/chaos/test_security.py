@@ -124,7 +124,7 @@ def _middleware_timing() -> dict[str, float]:
 
     class Request:
         def __init__(self, token: str) -> None:
-            self.headers = {"Authorization": f"Bearer {token}"}
+            self.raw_headers = ((b"Authorization", f"Bearer {token}".encode()),)
 
     async def handler(request):  # never reached: every token here is wrong
         raise AssertionError
