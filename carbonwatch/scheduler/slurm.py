@@ -98,11 +98,15 @@ class SlurmCli:
         self, argv: list[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
         user: int | None = None, group: int | None = None,
     ) -> str:
-        if shutil.which(argv[0]) is None:
+        path = shutil.which(argv[0])
+        if path is None:
             raise SlurmError(f"{argv[0]} not found: is Slurm installed on the daemon's host?")
-        full = {**os.environ, **(env or {}), **self.env}
-        if env is None:  # not sbatch: nothing inherits this environment
-            full["TZ"] = "UTC"
+        if env is None:  # scontrol, scancel: the daemon's environment, times in UTC
+            full = {**os.environ, **self.env, "TZ": "UTC"}
+        else:
+            # sbatch exports its environment to the job: the submitter's only, never the
+            # daemon's (it may hold the daemon's tokens).
+            full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, **self.env}
         drop: dict[str, Any] = {}
         if user is not None and user != os.geteuid():
             # A root daemon submits as the submitter, never as root for someone else: the Slurm
@@ -113,7 +117,7 @@ class SlurmCli:
             drop = {"user": user, "group": group, "extra_groups": extra or []}
         try:
             done = subprocess.run(  # noqa: S603 - argv, never a shell
-                argv, env=full, cwd=cwd or None, capture_output=True, text=True,
+                [path, *argv[1:]], env=full, cwd=cwd or None, capture_output=True, text=True,
                 timeout=_TIMEOUT_S, check=False, **drop,
             )
         except (OSError, subprocess.SubprocessError) as exc:
@@ -185,6 +189,14 @@ class SlurmDeferral:
     async def submit(self, row: dict[str, Any]) -> dict[str, Any]:
         """sbatch the row's job for its planned start, as its owner; the fields to store (raises
         InputError with Slurm's own message when sbatch refuses)."""
+        from carbonwatch.scheduler.launcher import DAEMON_ENV
+
+        env = {k: v for k, v in (row.get("env") or {}).items() if k not in DAEMON_ENV}
+        # `carbonwatch run` in the job reports to this daemon's address (on another node, the
+        # same address is that node's daemon when it listens there too); no token, no store.
+        env["CARBONWATCH_DAEMON_URL"] = self.service.daemon_url
+        if "SLURM_CONF" not in env and os.environ.get("SLURM_CONF"):
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]  # the cluster the daemon was given
         try:
             job_id = await asyncio.to_thread(
                 self.cli.submit,
@@ -192,7 +204,7 @@ class SlurmDeferral:
                 begin_s=row["plan"][0][0],
                 deadline_s=row["deadline_s"],
                 duration_s=row["duration_s"],
-                env=row.get("env") or {},
+                env=env,
                 cwd=row.get("cwd"),
                 user=row.get("owner_uid"),
                 group=row.get("owner_gid"),
