@@ -134,6 +134,9 @@ def test_a_job_deferred_through_slurm_waits_for_its_window_moves_and_is_measured
                        "--", "--partition=nosuch", "--wrap=true", cwd=tmp_path)
         assert refused.returncode == 2 and "Slurm refused the job" in refused.stderr
         assert "nosuch" in refused.stderr or "partition" in refused.stderr, refused.stderr
+        paused = _cli(env, "submit", "--via", "slurm", "--interruptible", "--deadline", "+2h",
+                      "--duration", "3s", "--", "--wrap=true", cwd=tmp_path)
+        assert paused.returncode == 2 and "not with via 'slurm'" in paused.stderr
 
         done = _wait(daemon, view["id"], lambda v: v["status"] in ("done", "failed", "cancelled"),
                      timeout_s=90)

@@ -141,6 +141,9 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
     via = body.get("via", "")
     if via not in ("", "local", "slurm"):
         raise bad("via: must be 'local' or 'slurm'")
+    if via == "slurm" and interruptible:
+        raise bad("interruptible: not with via 'slurm' (Slurm starts a job once and cannot pause "
+                  "it between windows); submit one job per stretch of work, with checkpoints")
     return Submission(
         via="" if via == "local" else via,
         command=list(command),
