@@ -212,6 +212,10 @@ def submit_cmd(
             "  no usable forecast: planned by the daemon's no_forecast_policy "
             "(latest safe start, or now)"
         )
+        if view.get("message"):
+            click.echo(f"  {view['message']}")
+    elif view.get("message") and "running at release" in view["message"]:
+        click.echo(f"  {view['message']}")
     if view["expected_saving_pct"] is not None:
         band = view.get("saving_band_pct")
         click.echo(
