@@ -97,6 +97,14 @@ class Settings:
     # a TOML array also works): their process's energy is split over the tokens they report.
     scrape: str = ""
     scrape_interval_s: float = 15.0  # how often each server is scraped (one window each)
+    # Bounds on what clients can make the daemon hold (docs/reliability.md, "Security: bounds").
+    max_auto_jobs_per_request: int = 64  # new services one call batch may register
+    max_auto_jobs: int = 1024  # services registered by their calls, running at once
+    max_label_values: int = 300  # distinct model names on /metrics and in rollups; then 'other'
+    request_header_timeout_s: float = 5.0  # a connection silent this long without a request
+    # Open connections per client address (uid on the Unix socket). On loopback every local
+    # user shares one address: 1024 leaves room for the 1,000-client load experiment.
+    max_connections_per_client: int = 1024
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -127,6 +135,9 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.request_header_timeout_s)
+                and self.request_header_timeout_s > 0):
+            raise ConfigError("request_header_timeout_s must be a finite number > 0")
         if self.power_interval_s <= 0 or self.counter_interval_s <= 0:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
         if self.scrape_interval_s <= 0:
@@ -146,6 +157,10 @@ class Settings:
             parse_idle_setting(self.gpu_idle_power_w)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        for name in ("max_auto_jobs_per_request", "max_auto_jobs", "max_label_values",
+                     "max_connections_per_client"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
         if not re.fullmatch(r"0?[0-7]{3}", self.socket_mode.strip()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except CarbonwatchError as exc:
             click.echo(f"carbonwatch: error: {exc}", err=True)
+            sys.exit(2)
+        except sqlite3.DatabaseError as exc:  # a damaged page met by a read, not only at open
+            click.echo(f"carbonwatch: error: cannot read the store ({exc}); if the file is "
+                       "damaged, restore a backup or move it aside", err=True)
             sys.exit(2)
 
     return wrapper

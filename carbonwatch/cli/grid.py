@@ -15,6 +15,7 @@ import click
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
+from carbonwatch.daemon.validation import MAX_UNIX_S
 from carbonwatch.errors import InputError, StoreError
 from carbonwatch.grid import static
 from carbonwatch.grid.accounting import static_point
@@ -26,7 +27,12 @@ from carbonwatch.grid.preflight import estimate_gpu_job
 from carbonwatch.grid.registry import make_provider
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
-from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
+from carbonwatch.scheduler.durations import (
+    MAX_AHEAD_S,
+    check_ahead,
+    parse_duration_s,
+    parse_time_s,
+)
 from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
 from carbonwatch.scheduler.forecasts import ERROR_HISTORY_S
 from carbonwatch.scheduler.planner import Plan, plan_job
@@ -277,15 +283,20 @@ def plan_cmd(
     clock = SystemClock()
     now_s = clock.time()
     release_s = parse_time_s(start, now_s)
+    if not 0 <= release_s <= MAX_UNIX_S:  # what-if plans may start years away, not centuries
+        raise InputError(f"--start {start!r} must fall between 1970 and 2286")
     # "+24h" counts from the job's earliest start, which is now unless --start says otherwise.
-    deadline_s = parse_time_s(deadline, release_s)
+    deadline_s = check_ahead(parse_time_s(deadline, release_s), release_s, "--deadline")
+    duration_s = parse_duration_s(duration)
+    if duration_s > MAX_AHEAD_S:
+        raise InputError(f"--duration {duration!r} is more than a year")
     slots, extra = _forecast_slots(settings, zone, forecast_csv, clock, tz)
     error = _error_model(settings, slots, now_s)
     planned = plan_with_error(
         normalise(slots),
         error,
         now_s=now_s,
-        duration_s=parse_duration_s(duration),
+        duration_s=duration_s,
         release_s=release_s,
         deadline_s=deadline_s,
         interruptible=interruptible,

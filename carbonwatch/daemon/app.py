@@ -19,6 +19,7 @@ from carbonwatch.daemon import authz, storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
 from carbonwatch.daemon.registry import Job, ended_by_tag
+from carbonwatch.daemon.state import fold_models
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import StoreError
 
@@ -51,6 +52,13 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
                      f"method {request.method} not allowed on {request.path}")
     except (StoreError, sqlite3.Error) as exc:  # sqlite3: a read on the reader's connection
         return error(503, f"store unavailable: {exc}")
+    except Exception as exc:  # noqa: BLE001 - no input may earn a 500 or a traceback per request
+        # A bug met by some input: one line to the log (no traceback to flood it), and a 503
+        # that says the request was not done, so a client may retry later.
+        log.error("%s %s failed: %s: %s", request.method, request.path[:200],
+                  type(exc).__name__, str(exc)[:500])
+        return error(503, f"the daemon could not handle this request ({type(exc).__name__}); "
+                          "it was not done; see the daemon's log")
 
 
 def auth_middleware(
@@ -61,9 +69,11 @@ def auth_middleware(
 
 
 def make_app(daemon: Daemon) -> web.Application:
+    # errors_as_json outermost: it also answers for what fails in auth (a peer look-up that
+    # raises is one log line and a 503, never a 500 with a traceback).
     middlewares = [errors_as_json]
     if daemon.token or daemon.admin_token:
-        middlewares.insert(0, auth_middleware(daemon.token, daemon.admin_token))
+        middlewares.append(auth_middleware(daemon.token, daemon.admin_token))
     app = web.Application(client_max_size=validation.MAX_BODY_BYTES, middlewares=middlewares)
     app[DAEMON] = daemon
     app.router.add_post("/v1/jobs", create_job)
@@ -105,6 +115,8 @@ async def create_job(request: web.Request) -> web.Response:
             raise ApiError(403, "owner_uid: only an operator registers a job on another user's "
                                 "behalf")
         owner_uid = spec.owner_uid  # e.g. the Slurm prolog (root) opening the user's job
+    if spec.model:
+        d.models.admit(spec.model)  # its /metrics label: its own name, or 'other' past the cap
     state = d.state
     live = state.registry.track_trees
     authz.check_pids(who, spec.pids, live)  # outside the lock: it reads /proc
@@ -265,7 +277,15 @@ async def post_calls(request: web.Request) -> web.Response:
     batch = validation.call_batch(validation.parse_json(
         body, check_nesting=False, nonfinite_to_validator=True))
     state = d.state
-    by_consumer, resolution, created = state.resolve(batch.spans, d.clock.time())
+    spans = fold_models(batch.spans, d.models)
+    folded: dict[str, int] = {}
+    by_consumer, resolution, created = state.resolve(spans, d.clock.time(), folded=folded)
+    cap = d.settings.max_auto_jobs_per_request
+    if len(created) > cap:  # refused before anything is registered or written
+        raise bad(f"calls: {len(created)} pids with no job yet in one request; at most {cap} "
+                  "(setting max_auto_jobs_per_request): register the services, or send fewer")
+    if folded:
+        d.totals.add_folded_calls(folded)
     batch_id = state.new_batch_id()
     if created:  # a service registered by its first call belongs to whoever reported it
         uid = authz.caller(request).uid
@@ -273,7 +293,7 @@ async def post_calls(request: web.Request) -> web.Response:
             job.owner_uid = uid
     rows = [d.service_row(job) for job in created]
     received_s = time.time()
-    n = len(batch.spans)
+    n = len(spans)
 
     def write(store: Any) -> None:
         for row in rows:

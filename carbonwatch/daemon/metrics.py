@@ -27,6 +27,41 @@ ENERGY_LABELS = ("job_id", "job_name", "model", "phase", "device")
 FOLDED_MEMORY = 4096  # recently folded job ids remembered, so late energy joins the fold
 
 
+OTHER = "other"  # the model label of every value past the cap
+
+
+class LabelCap:
+    """At most ``limit`` distinct values of a label (model names): the first ones seen keep
+    their name, later new ones become ``other`` and are counted. 30,000 model names once grew
+    /metrics from 4 kB to 7.4 MB; the cap bounds the series, the store's rollups and memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        self.refused = 0  # calls and jobs that brought a value past the cap
+
+    def admit(self, value: str, count: int = 1) -> str:
+        """``value``, taking a place if one is left; else OTHER (and ``count`` is counted)."""
+        if value in self._known or value == OTHER:  # 'other' itself takes no place
+            return value
+        with self._lock:
+            if value in self._known or len(self._known) < self.limit:
+                self._known.add(value)
+                return value
+            self.refused += count
+            return OTHER
+
+    def count_refused(self, count: int) -> None:
+        with self._lock:
+            self.refused += count
+
+    def label(self, value: str) -> str:
+        """The label a value is shown under: as ``admit``, without counting a refusal (the
+        value's calls or job were counted when they came in)."""
+        return value if value == "" else self.admit(value, 0)
+
+
 @dataclass(frozen=True)
 class Health:
     """What the health gauges show, read at scrape time."""
@@ -41,32 +76,39 @@ class MetricTotals:
     """Counter values keyed by their labels; thread-safe (the writer's callbacks add, scrapes
     read)."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: LabelCap | None = None) -> None:
+        self.models = models or LabelCap(2**62)
         self._lock = threading.Lock()
         self._energy: dict[EnergyKey, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self._calls: dict[str, int] = defaultdict(int)
         self._tokens: dict[tuple[str, str], int] = defaultdict(int)  # (model, "in"|"out")
         self._dropped = 0
         self._rows_dropped = 0  # minute rows dropped while the store refused writes
+        self._folded_calls: dict[str, int] = defaultdict(int)  # reason -> calls folded
         self._ended: dict[str, float] = {}  # job id -> ended_s, its series not folded yet
         self._folded: OrderedDict[str, None] = OrderedDict()
 
     def add_energy(self, items: Iterable[tuple[EnergyKey, float, float, float]]) -> None:
         """(key, energy_j, co2e_g, cost) items, after they are committed."""
+        label = self.models.label
         with self._lock:
             folded = self._folded
             for key, energy_j, carbon_g, cost in items:
                 if key[0] in folded:  # energy that arrived after its job was folded
                     key = ("", "", *key[2:])
+                model = label(key[2])
+                if model is not key[2]:
+                    key = (key[0], key[1], model, key[3], key[4])
                 acc = self._energy[key]
                 acc[0] += energy_j
                 acc[1] += carbon_g
                 acc[2] += cost
 
     def add_calls(self, by_model: Mapping[str, int]) -> None:
+        label = self.models.label
         with self._lock:
             for model, n in by_model.items():
-                self._calls[model] += n
+                self._calls[label(model)] += n
 
     def add_tokens(self, by_model_direction: Mapping[tuple[str, str], int]) -> None:
         """Tokens of settled calls, keyed (model, "in" | "out"), after they are committed."""
@@ -87,6 +129,16 @@ class MetricTotals:
         """Minute rows dropped: the store refused writes for longer than the daemon keeps them."""
         with self._lock:
             self._rows_dropped += rows
+
+    def add_folded_calls(self, by_reason: Mapping[str, int]) -> None:
+        """Calls whose pid was set aside (no such process; the auto-registered job cap)."""
+        with self._lock:
+            for reason, n in by_reason.items():
+                self._folded_calls[reason] += n
+
+    def folded_calls(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._folded_calls)
 
     def rows_dropped(self) -> int:
         with self._lock:
@@ -189,6 +241,23 @@ class DaemonCollector:
         )
         unstored.add_metric([self.node], self.totals.rows_dropped())
         yield unstored
+        folded = CounterMetricFamily(
+            "carbonwatch_calls_folded",
+            "Calls whose pid was set aside (reason: no_such_pid, auto_job_cap) and that were "
+            "attributed as if they named none.",
+            labels=["reason", "node"],
+        )
+        for reason, n in sorted(self.totals.folded_calls().items()):
+            folded.add_metric([reason, self.node], n)
+        yield folded
+        capped = CounterMetricFamily(
+            "carbonwatch_label_values_folded",
+            "Calls and jobs whose label value (a model name) came past the max_label_values "
+            "cap and was shown and stored as 'other'.",
+            labels=["label", "node"],
+        )
+        capped.add_metric(["model", self.node], self.totals.models.refused)
+        yield capped
 
         health = self.health()
         power = GaugeMetricFamily(

@@ -119,11 +119,26 @@ class SamplingLoop:
         self.last_tick_mono = time.monotonic()  # starting counts as a turn: not stuck yet
         self._thread.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Final flush (sampler, call ledger, minute rows) written before this returns."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._done.result(timeout=timeout_s)
+    def stop(self, timeout_s: float | None = None, report_every_s: float = 30.0) -> None:
+        """Final flush (sampler, call ledger, minute rows) written before this returns: however
+        long it takes unless ``timeout_s`` is given (a shutdown once gave up after 30 s with
+        thousands of jobs' ends unwritten). A line every ``report_every_s`` says it is busy."""
+        if not self._thread.is_alive():
+            return
+        self._queue.put(_STOP)
+        waited_s = 0.0
+        while True:
+            step_s = report_every_s if timeout_s is None else min(report_every_s,
+                                                                 timeout_s - waited_s)
+            try:
+                self._done.result(timeout=max(step_s, 0.0))
+                return
+            except TimeoutError:
+                waited_s += step_s
+                if timeout_s is not None and waited_s >= timeout_s:
+                    raise
+                log.warning("shutting down: the final flush is still writing (%.0f s so far)",
+                            waited_s)
 
     def request(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` on the sampling thread; its result (or exception) comes in the future."""
@@ -263,35 +278,54 @@ class SamplingLoop:
     def end_job(self, job_id: str, status: str, exit_code: int | None) -> Future[None]:
         """On the sampling thread: close the open intervals so the job's energy up to now is
         counted, stop attributing to it, and write its rows and its end in one transaction."""
+        future = self.end_jobs([(job_id, status, exit_code)])
+        if future is None:
+            raise KeyError(job_id)
+        return future
+
+    def end_jobs(self, ends: list[tuple[str, str, int | None]]) -> Future[None] | None:
+        """``end_job`` for many jobs at once: one close of the intervals, one flush, one
+        transaction however many end (None when none of them was running)."""
         if self.sampling:
             now_s = self.steady.time()
             if self.end_s is not None:
                 now_s = min(now_s, self.end_s)
             self.sampler.flush(now_s)
         ended_s = self.clock.time()
+        done: list[tuple[str, str, int | None, set[int]]] = []
         with self.state.lock:
-            job = self.state.registry.remove(job_id)
-        if job is None:
-            raise KeyError(job_id)
-        pids = job.all_pids()
+            for job_id, status, exit_code in ends:
+                job = self.state.registry.remove(job_id)
+                if job is not None:
+                    done.append((job_id, status, exit_code, job.all_pids()))
+        if not done:
+            return None
 
         def also(store: Any) -> None:
-            storeops.end_job(store.conn, job_id, status=status, ended_s=ended_s,
-                             exit_code=exit_code, pids=pids)
+            for job_id, status, exit_code, pids in done:
+                storeops.end_job(store.conn, job_id, status=status, ended_s=ended_s,
+                                 exit_code=exit_code, pids=pids)
 
         future = self.flush(also=also)
-        # Once its last energy is published (that callback came first), the job's series may be
-        # folded after the retention; a failed write is retried with its end, and energy
+        # Once their last energy is published (that callback came first), the jobs' series may
+        # be folded after the retention; a failed write is retried with the ends, and energy
         # published after a fold joins the fold.
-        future.add_done_callback(lambda f: self.totals.job_ended(job_id, ended_s))
+        ids = [job_id for job_id, *_ in done]
+        future.add_done_callback(lambda f: [self.totals.job_ended(j, ended_s) for j in ids])
         return future
 
     def _end_vanished(self) -> None:
         with self.state.lock:
             gone = self.state.registry.vanished()
-        for job in gone:
-            # A service registered by its first call ends when its process does; a job that
-            # registered itself should have said so: its end was not seen.
-            status = "finished" if job.auto else "lost"
-            log.info("job %s (%s): its processes are gone; marking it %s", job.id, job.name, status)
-            self.end_job(job.id, status, None)
+        if not gone:
+            return
+        # A service registered by its first call ends when its process does; a job that
+        # registered itself should have said so: its end was not seen.
+        ends = [(job.id, "finished" if job.auto else "lost", None) for job in gone]
+        if len(gone) <= 10:
+            for job, (_, status, _) in zip(gone, ends, strict=True):
+                log.info("job %s (%s): its processes are gone; marking it %s",
+                         job.id, job.name, status)
+        else:
+            log.info("%d jobs' processes are gone; marking them ended in one write", len(gone))
+        self.end_jobs(ends)

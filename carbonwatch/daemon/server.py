@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from aiohttp import web
 
 from carbonwatch.accounting import Pricing
@@ -32,12 +33,13 @@ from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
 from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
-from carbonwatch.daemon.metrics import DaemonCollector, Health, MetricTotals
+from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
+from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
 from carbonwatch.daemon.scraping import Scraper, parse_targets
-from carbonwatch.daemon.state import DaemonState
+from carbonwatch.daemon.state import DaemonState, fold_models
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
@@ -133,7 +135,8 @@ class Daemon:
         self.notes: list[str] = []
         self.writer = Writer(settings.db_path)
         self.reader = Reader(settings.db_path)
-        self.totals = MetricTotals()
+        self.models = LabelCap(settings.max_label_values)
+        self.totals = MetricTotals(self.models)
         self.speed = replay_speed if settings.backend.startswith(REPLAY_PREFIX) else 1.0
         self.clock: Clock = clock or SystemClock()  # wall time; a replay replaces it
         self.end_s: float | None = None
@@ -208,7 +211,9 @@ class Daemon:
         # Replayed pids belong to the recording machine: their trees are not looked up here.
         self.registry = Registry(track_trees=scanner is not None)
         self.state = DaemonState(pricing=self.pricing, registry=self.registry, speed=self.speed,
-                                 scanner=scanner)
+                                 scanner=scanner,
+                                 pid_exists=psutil.pid_exists if scanner is not None else None,
+                                 max_auto_jobs=self.settings.max_auto_jobs)
         self.interval_logs = hooks.sinks_for(self.settings.extra)
         self.sampler = Sampler(
             collectors,
@@ -304,7 +309,18 @@ class Daemon:
         """What a previous run left: running jobs, unsettled batches, counter totals."""
         state = self.state
         for row in self.writer.call(storeops.running_jobs):
-            self.registry.add(job_from_row(row))
+            try:
+                job = job_from_row(row)
+                if not all(isinstance(p, int) and 0 < p <= validation.MAX_PID for p in job.pids):
+                    raise ValueError(f"pids {sorted(map(str, job.pids))[:8]} are not all pids")
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                # A row no current daemon writes: ended as lost, never a start that crashes.
+                log.error("job %s cannot be resumed (%s); marked lost", row.get("id"), exc)
+                self.writer.call(lambda s, r=row: storeops.end_job(
+                    s.conn, r["id"], status="lost", ended_s=self.clock.time(), exit_code=None,
+                    pids=[]))
+                continue
+            self.registry.add(job)
         if self.registry.running:
             self.notes.append(f"resumed {len(self.registry.running)} running job(s)")
 
@@ -320,6 +336,11 @@ class Daemon:
                     storeops.pending_batches(conn), storeops.tokens_by_model(conn))
 
         energy, jobs, calls, dropped, max_batch, pending, tokens = self.writer.call(seeds)
+        # The cap's places go to the models with the most calls, then to those with energy.
+        for model, _ in sorted(calls.items(), key=lambda item: -(item[1] or 0)):
+            self.models.admit(model, 0)
+        for row in energy:
+            self.models.admit(row[2], 0)
         unknown = ("", 0.0)  # a consumer with no jobs row: nameless, long ended
         self.totals.add_energy(
             ((c[len(prefix):], jobs.get(c[len(prefix):], unknown)[0], model, phase, device)
@@ -343,7 +364,8 @@ class Daemon:
             except validation.ApiError as exc:  # cannot happen for a body we accepted
                 log.error("call batch %d cannot be re-read (%s); left pending", batch_id, exc)
                 continue
-            by_consumer, _, created = state.resolve(batch.spans, now_s, known=known)
+            spans = fold_models(batch.spans, self.models)
+            by_consumer, _, created = state.resolve(spans, now_s, known=known)
             if created:
                 rows = [self.service_row(j) for j in created]
                 self.writer.call(lambda s, rows=rows: [storeops.insert_job(s.conn, r)
@@ -361,7 +383,10 @@ class Daemon:
     ) -> None:
         """Serve until SIGTERM/SIGINT, or until ``stop`` is set (in-process use, no signals)."""
         app = make_app(self)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+        self.guard = ConnectionGuard(self.settings.request_header_timeout_s,
+                                     self.settings.max_connections_per_client)
+        app.middlewares.insert(0, self.guard.middleware)  # tells the guard of each request
+        runner = GuardedRunner(app, self.guard, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         settings = self.settings
         self.local_url = ""  # where the node's users (and launched jobs) reach it as themselves
@@ -455,10 +480,18 @@ class Daemon:
                    for d in self.device_views()]
         view = {"ok": ok, "status": status, "node": self.node,
                 "collector_errors": self.sampler.errors,
-                "pending_calls": self.state.pending_calls(), "devices": devices}
+                "pending_calls": self.state.pending_calls(), "devices": devices,
+                "connections": self._connection_view()}
         if self.scrape_targets:
             view["scrape"] = self.scraper.view()
         return view
+
+    def _connection_view(self) -> dict[str, int]:
+        guard = getattr(self, "guard", None)
+        if guard is None:
+            return {}
+        return {"open": sum(guard.per_client.values()), "closed_idle": guard.closed_idle,
+                "refused": guard.refused}
 
     def _metric_health(self) -> Health:
         devices = self.device_views()

@@ -10,6 +10,7 @@ crash a batch is either fully rolled up or fully re-read: never counted twice, n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 from carbonwatch.accounting import Pricing
 from carbonwatch.calls import CallLedger, CallSpan
 from carbonwatch.daemon import storeops
-from carbonwatch.daemon.metrics import EnergyKey, MetricTotals
+from carbonwatch.daemon.metrics import OTHER, EnergyKey, LabelCap, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry
 from carbonwatch.ledger import Ledger
 from carbonwatch.runner import children_map
@@ -32,6 +33,18 @@ from carbonwatch.store import Store
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
 SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
 HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it has
+
+
+def fold_models(spans: list[CallSpan], models: LabelCap) -> list[CallSpan]:
+    """The spans with each model name past the cap renamed ``other`` (and counted), so neither
+    /metrics nor the per-minute rollups grow by a series per name a client makes up."""
+    admit = models.admit
+    renamed = {m for m in {s.model for s in spans} if admit(m, 0) != m}  # the hot path: one pass
+    if not renamed:
+        return spans
+    out = [dataclasses.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
+    models.count_refused(sum(1 for s in spans if s.model in renamed))
+    return out
 
 
 class Watcher(Protocol):
@@ -193,6 +206,7 @@ class DaemonState:
     def __init__(
         self, *, pricing: Pricing, registry: Registry, speed: float = 1.0,
         scanner: Watcher | None = None, new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+        pid_exists: Callable[[int], bool] | None = None, max_auto_jobs: int | None = None,
     ) -> None:
         self.lock = threading.Lock()
         self.pricing = pricing
@@ -213,6 +227,10 @@ class DaemonState:
         self._span_batch: dict[int, tuple[_Batch, str]] = {}  # id(span) -> (batch, consumer)
         self._next_batch_id = 1
         self._completed: list[_Batch] = []  # batches completed outside a flush (refused spans)
+        # Live nodes: a call naming a pid with no process here is folded (see _resolve_one), and
+        # at most ``max_auto_jobs`` services registered by their calls run at once.
+        self.pid_exists = pid_exists
+        self.max_auto_jobs = max_auto_jobs
 
     # --- the sampler's sink (sampling thread) ------------------------------------------------
 
@@ -263,43 +281,64 @@ class DaemonState:
         self._next_batch_id = max(self._next_batch_id, batch_id)
 
     def resolve(
-        self, spans: Sequence[CallSpan], now_s: float, known: Mapping[str, str] | None = None
+        self, spans: Sequence[CallSpan], now_s: float, known: Mapping[str, str] | None = None,
+        folded: dict[str, int] | None = None,
     ) -> tuple[dict[str, list[CallSpan]], dict[str, str], list[Job]]:
         """Group spans by consumer. A pid maps to the job that owns it; an unknown pid gets an
         inference service job of its own (pid, model); a call without pid goes to its model's
         service if exactly one runs. ``known`` replays a stored resolution (after a restart).
+        Calls folded as if they named no pid are counted by reason into ``folded``.
 
         Returns (spans by consumer, the resolution to store with the batch, jobs created)."""
         by_consumer: dict[str, list[CallSpan]] = defaultdict(list)
         resolution: dict[str, str] = {}
         created: list[Job] = []
         cache: dict[tuple[int | None, str], str] = {}
+        fold_reason: dict[int, str] = {}  # pid -> why its calls are folded
         with self.lock:
+            auto = sum(1 for j in self.registry.running.values() if j.auto)
             for span in spans:
                 pid = span.pid
                 key = (pid, span.model) if pid is None else (pid, "")
                 consumer = cache.get(key)
                 if consumer is None:
-                    consumer = self._resolve_one(pid, span.model, now_s, known, created)
+                    consumer = self._resolve_one(pid, span.model, now_s, known, created, auto,
+                                                 fold_reason)
                     cache[key] = consumer
                     where = f"pid:{pid}" if pid is not None else f"model:{span.model}"
                     resolution[where] = consumer
+                if folded is not None and pid is not None and pid in fold_reason:
+                    reason = fold_reason[pid]
+                    folded[reason] = folded.get(reason, 0) + 1
                 by_consumer[consumer].append(span)
         return by_consumer, resolution, created
 
     def _resolve_one(
         self, pid: int | None, model: str, now_s: float, known: Mapping[str, str] | None,
-        created: list[Job],
+        created: list[Job], auto: int = 0, fold_reason: dict[int, str] | None = None,
     ) -> str:
         if known is not None:
             stored = known.get(f"pid:{pid}" if pid is not None else f"model:{model}")
             if stored is not None:
                 return stored
         reg = self.registry
+        job = reg.owner_of_pid(pid) if pid is not None else None
+        if pid is not None and job is None and known is None:
+            # A pid with no process on this node could never be measured: it would only be a
+            # "running" job until the next sweep (10,000 such calls once made 10,000 of them).
+            # Past the cap on services registered by their calls, a new pid is not one more.
+            reason = None
+            if self.pid_exists is not None and not self.pid_exists(pid):
+                reason = "no_such_pid"
+            elif self.max_auto_jobs is not None and auto + len(created) >= self.max_auto_jobs:
+                reason = "auto_job_cap"
+            if reason is not None:
+                if fold_reason is not None:
+                    fold_reason[pid] = reason
+                pid = None  # folded: as if the call named no pid
         if pid is None:
             services = reg.services_of_model(model)
             return services[0].consumer if len(services) == 1 else UNATTRIBUTED + model
-        job = reg.owner_of_pid(pid)
         if job is None:
             # Registered by the caller (register()) once its insert is queued to the writer, so
             # no flush can reach the store before the job's row does.

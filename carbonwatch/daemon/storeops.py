@@ -228,9 +228,11 @@ def tokens_by_model(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
 
 
 def dropped_spans(conn: sqlite3.Connection) -> int:
-    """Spans clients reported dropping, over every batch received."""
-    return int(conn.execute("SELECT COALESCE(SUM(dropped_before), 0) FROM call_batches")
-               .fetchone()[0])
+    """Spans clients reported dropping, over every batch received.
+
+    TOTAL, not SUM: SUM of integers raises "integer overflow" past 2^63, and a store holding
+    such values (older daemons accepted 2^62 per batch) must still open. TOTAL sums as a float."""
+    return int(conn.execute("SELECT TOTAL(dropped_before) FROM call_batches").fetchone()[0])
 
 
 def list_jobs(store: Store, status: str | None, limit: int) -> list[dict[str, Any]]:

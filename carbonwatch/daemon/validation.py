@@ -28,6 +28,9 @@ MAX_UNIX_S = 1e10  # year 2286: later "times" are garbage that would overflow mi
 # in doubles.
 MAX_WEIGHT = 1e12
 MAX_TOKENS = 10**9
+# A client's count of spans it dropped since its last delivered batch: 10^12 is 100k calls/s
+# dropped for 115 days. Larger is garbage, and 2^62 twice overflowed SQLite's integer SUM.
+MAX_DROPPED_PER_REQUEST = 10**12
 JOB_KINDS = ("training", "inference", "other")
 Scalar = str | int | float | bool | None
 
@@ -83,7 +86,32 @@ def parse_json(
         raise bad(f"invalid JSON: {exc}") from None
     if check_nesting:
         check_depth(value)
+    # A NUL reaches a string only as the escape \u0000 (JSON forbids raw control characters):
+    # one substring search, and the walk only when it may be there. NUL cuts C strings (argv,
+    # environment, paths) short and made a launched job stick in 'launching'.
+    if "\\u0000" in text:
+        where = _nul_path(value)
+        if where is not None:
+            raise bad(f"{where}: strings must not contain NUL (\\u0000)")
     return value
+
+
+def _nul_path(value: Any) -> str | None:
+    """The path (``env``, ``command[2]``) of the first string with a NUL in it, key or value."""
+    stack: list[tuple[Any, str]] = [(value, "body")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return where
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if "\0" in key:
+                    return f"{where} (a key)" if where != "body" else f"{key!r} (a key)"
+                stack.append((sub, key if where == "body" else f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{where}[{i}]") for i, sub in enumerate(item))
+    return None
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
@@ -306,7 +334,8 @@ def call_batch(body: Any) -> CallBatch:
     if len(raw) > MAX_CALLS_PER_REQUEST:
         raise bad(f"calls: {len(raw)} calls in one request; at most {MAX_CALLS_PER_REQUEST}")
     dropped = obj.get("dropped")
-    dropped = 0 if dropped is None else integer(dropped, "dropped", lo=0, hi=2**62)
+    dropped = 0 if dropped is None else integer(dropped, "dropped", lo=0,
+                                                      hi=MAX_DROPPED_PER_REQUEST)
     spans = []
     append = spans.append
     max_w, max_t = MAX_WEIGHT, MAX_TOKENS
@@ -403,7 +432,7 @@ def query_seconds(value: str | None, name: str) -> float | None:
     if number is not None:
         if not math.isfinite(number):
             raise bad(f"{name}: must be a finite number of Unix seconds or an ISO-8601 time")
-        return number
+        return _clamp_s(number)
     from datetime import datetime
 
     try:
@@ -413,4 +442,10 @@ def query_seconds(value: str | None, name: str) -> float | None:
                   "like 2026-11-26T12:00:00Z") from None
     if when.tzinfo is None:
         raise bad(f"{name}: time {value[:64]!r} has no zone; add Z (UTC) or an offset")
-    return when.timestamp()
+    return _clamp_s(when.timestamp())
+
+
+def _clamp_s(t_s: float) -> float:
+    """A query bound clamped to [0, MAX_UNIX_S]: nothing is stored outside it, so the answer is
+    the same, and 1e308 no longer overflows the store's integer minute keys."""
+    return min(max(t_s, 0.0), MAX_UNIX_S)

@@ -103,6 +103,14 @@ def _pct(part: float | None, whole: float | None) -> float | None:
     return 100.0 * (1.0 - part / whole)
 
 
+def _iso(t_s: Any) -> str | None:
+    """iso_utc, or None for a stored time no datetime can hold (rows of older daemons)."""
+    try:
+        return iso_utc(t_s)
+    except (ValueError, OverflowError, OSError, TypeError):
+        return None
+
+
 def view(row: Mapping[str, Any]) -> dict[str, Any]:
     """The API's (and ``carbonwatch queue --json``'s) picture of a deferred job. The captured
     environment is never shown: it may hold secrets."""
@@ -120,16 +128,16 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
         "zone": row.get("zone"),
         "provider": row.get("provider"),
         "interruptible": bool(row.get("interruptible")),
-        "submitted": iso_utc(row["submitted_s"]),
-        "deadline": iso_utc(row["deadline_s"]),
+        "submitted": _iso(row["submitted_s"]),
+        "deadline": _iso(row["deadline_s"]),
         "deadline_s": row["deadline_s"],
         "duration_s": row["duration_s"],
         "plan": [
-            {"start": iso_utc(s), "end": iso_utc(e), "start_s": s, "end_s": e} for s, e in plan
+            {"start": _iso(s), "end": _iso(e), "start_s": s, "end_s": e} for s, e in plan
         ],
         "plan_basis": row.get("plan_basis"),
         "forecast_via": row.get("forecast_via"),
-        "planned_at": None if row.get("planned_at_s") is None else iso_utc(row["planned_at_s"]),
+        "planned_at": None if row.get("planned_at_s") is None else _iso(row["planned_at_s"]),
         "plan_intensity_g_per_kwh": row.get("plan_intensity_g_per_kwh"),
         "baseline_intensity_g_per_kwh": row.get("baseline_intensity_g_per_kwh"),
         "expected_energy_j": row.get("expected_energy_j"),

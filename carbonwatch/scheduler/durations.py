@@ -9,6 +9,9 @@ from datetime import datetime
 
 from carbonwatch.errors import InputError
 
+# The farthest ahead a deadline (or a job's length) may be: forecasts reach days ahead, and a
+# time past year 9999 cannot even be shown (1e12 s was once stored and broke every listing).
+MAX_AHEAD_S = 365 * 86400.0
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _COMPACT = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _ISO = re.compile(
@@ -29,9 +32,10 @@ def parse_duration_s(text: str) -> float:
         if len(set(units)) == len(units) and units == sorted(units, key="dhms".index):
             seconds = sum(float(n) * _UNIT_S[u] for n, u in _COMPACT.findall(raw))
     if seconds is None:
-        raise InputError(f"cannot parse duration {text!r}; use e.g. 45m, 2h, 1h30m, 1d or PT1H30M")
+        raise InputError(
+            f"cannot parse duration {text[:64]!r}; use e.g. 45m, 2h, 1h30m, 1d or PT1H30M")
     if not (math.isfinite(seconds) and seconds > 0):
-        raise InputError(f"duration {text!r} must be more than zero")
+        raise InputError(f"duration {text[:64]!r} must be a finite number more than zero")
     return seconds
 
 
@@ -54,3 +58,12 @@ def parse_time_s(text: str, now_s: float) -> float:
     if when.tzinfo is None:
         raise InputError(f"time {text!r} has no zone; add Z (UTC) or an offset like +01:00")
     return when.timestamp()
+
+
+def check_ahead(t_s: float, now_s: float, what: str) -> float:
+    """``t_s`` if it is at most :data:`MAX_AHEAD_S` after ``now_s``, else a clear InputError."""
+    if not (math.isfinite(t_s) and t_s - now_s <= MAX_AHEAD_S):
+        raise InputError(f"{what} is more than a year ahead; the most is 365 days from now")
+    if t_s < 0:  # before 1970: no forecast, and some such times cannot even be shown
+        raise InputError(f"{what} is before 1970")
+    return t_s

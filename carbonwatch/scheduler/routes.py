@@ -16,7 +16,12 @@ from aiohttp import web
 from carbonwatch.daemon import authz, validation
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import ConfigError, InputError
-from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
+from carbonwatch.scheduler.durations import (
+    MAX_AHEAD_S,
+    check_ahead,
+    parse_duration_s,
+    parse_time_s,
+)
 from carbonwatch.scheduler.service import Conflict, NotFound, SchedulerService, Submission
 
 SERVICE = web.AppKey("scheduler", SchedulerService)
@@ -116,6 +121,9 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
             duration_s = _number(raw, "duration_s")
             if duration_s <= 0:
                 raise bad("duration_s: must be > 0")
+        if duration_s is not None and duration_s > MAX_AHEAD_S:
+            raise bad(f"duration: at most {MAX_AHEAD_S:.0f} s (a year), got {duration_s:g}")
+        check_ahead(deadline_s, now_s, "deadline")
     except InputError as exc:
         raise bad(str(exc)) from None
     kind = body.get("kind", "training")
@@ -138,6 +146,10 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
     ):
         raise bad("env: expected an object of string values")
+    for key in env:
+        # execve takes "KEY=VALUE": a key with '=' (or none at all) cannot be passed as given
+        if not key or "=" in key:
+            raise bad(f"env: variable name {key[:64]!r} must be non-empty and contain no '='")
     via = body.get("via", "")
     if via not in ("", "local", "slurm"):
         raise bad("via: must be 'local' or 'slurm'")

@@ -450,19 +450,32 @@ class SchedulerService:
         for row in rows:
             if row.get("via") == "slurm":
                 continue  # Slurm keeps it; the poll follows it to its end
-            if row["status"] == "queued":
-                await self._restore_queued(row, now_s)
-            elif row["status"] == "launching":
-                await self._restore_launching(row, now_s)
-            elif launcher.alive(row["wrapper_pid"] or 0, row.get("wrapper_created_s")):
-                await self._reattach(row, now_s)
-            else:  # it ended while no daemon watched it
-                self._running[row["id"]] = _Running(
-                    row["wrapper_pid"] or 0, row.get("wrapper_created_s"), None
-                )
-                await self._finish(row["id"], None)
+            try:
+                await self._restore_one(row, now_s)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not stop the daemon
+                # A row no current daemon would store (a deadline in year 33658, a NUL in its
+                # argv): it is failed, with the reason, and the others are restored.
+                log.error("deferred job %s cannot be restored (%s: %s); marked failed",
+                          row["id"], type(exc).__name__, exc)
+                self._disarm(row["id"])
+                self._running.pop(row["id"], None)
+                await self._update(row["id"], status="failed", ended_s=now_s, env={},
+                                   message=f"failed at restart: {type(exc).__name__}: {exc}")
         if rows:
             log.info("deferred jobs: restored %d", len(rows))
+
+    async def _restore_one(self, row: dict[str, Any], now_s: float) -> None:
+        if row["status"] == "queued":
+            await self._restore_queued(row, now_s)
+        elif row["status"] == "launching":
+            await self._restore_launching(row, now_s)
+        elif launcher.alive(row["wrapper_pid"] or 0, row.get("wrapper_created_s")):
+            await self._reattach(row, now_s)
+        else:  # it ended while no daemon watched it
+            self._running[row["id"]] = _Running(
+                row["wrapper_pid"] or 0, row.get("wrapper_created_s"), None
+            )
+            await self._finish(row["id"], None)
 
     async def _restore_queued(self, row: dict[str, Any], now_s: float) -> None:
         start_s = row["plan"][0][0]
@@ -564,14 +577,16 @@ class SchedulerService:
                     extra_groups=groups_of(uid, gid) if uid is not None and gid is not None
                     else None,
                 )
-            except (OSError, subprocess.SubprocessError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to start ends the job
+                # OSError (no such command), ValueError (a NUL stored by an older daemon),
+                # TypeError (a malformed stored row): never a job stuck in 'launching'.
                 self._disarm(job_id)
                 await self._update(
                     job_id,
                     status="failed",
                     ended_s=now_s,
                     env={},
-                    message=f"could not start the wrapper: {exc}",
+                    message=f"could not start the wrapper: {type(exc).__name__}: {exc}",
                 )
                 return
             running = _Running(proc.pid, launcher.created_s(proc.pid), proc)
