@@ -20,7 +20,8 @@ conf="$dir/slurm.conf"
 
 stop() {
   local f
-  for f in "$dir/run/slurmd.pid" "$dir/run/slurmctld.pid"; do
+  # munged too, but only when this script started it (its pid is then kept in DIR/run).
+  for f in "$dir/run/slurmd.pid" "$dir/run/slurmctld.pid" "$dir/run/munged.pid"; do
     if [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
       kill "$(cat "$f")" 2>/dev/null || true
       pid=$(cat "$f" 2>/dev/null) || continue
@@ -43,6 +44,7 @@ if ! munge -n </dev/null >/dev/null 2>&1; then
   chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
   runuser -u munge -- munged --force
   for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
+  cp /run/munge/munged.pid "$dir/run/munged.pid" 2>/dev/null || true
 fi
 
 node=$(hostname -s)
