@@ -105,6 +105,16 @@ class Settings:
     # Open connections per client address (uid on the Unix socket). On loopback every local
     # user shares one address: 1024 leaves room for the 1,000-client load experiment.
     max_connections_per_client: int = 1024
+    # Embodied carbon (carbonwatch.embodied): a device's manufacturing kg CO2e spread over
+    # lifetime x utilisation hours; per-model figures override the shipped table
+    # (``PATTERN=KG``, comma-separated, or a TOML table).
+    embodied_lifetime_years: float = 6.0
+    embodied_utilisation: float = 0.85
+    embodied_kgco2e: str = ""
+    # A second provider for the marginal signal (e.g. watttime beside an average provider): its
+    # points are kept so jobs carry co2e_g_marginal beside co2e_g.
+    marginal_provider: str = ""
+    marginal_provider_url: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -161,6 +171,13 @@ class Settings:
                      "max_connections_per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.embodied_lifetime_years) and self.embodied_lifetime_years > 0):
+            raise ConfigError("embodied_lifetime_years must be a finite number > 0")
+        if not (math.isfinite(self.embodied_utilisation) and 0 < self.embodied_utilisation <= 1):
+            raise ConfigError("embodied_utilisation must be in (0, 1]")
+        from carbonwatch.embodied import parse_overrides
+
+        parse_overrides(self.embodied_kgco2e)  # raises ConfigError naming the bad pair
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
         if not re.fullmatch(r"0?[0-7]{3}", self.socket_mode.strip()):
@@ -195,6 +212,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return value
         if isinstance(raw, list):  # a TOML array for a list-valued setting (scrape)
             return ",".join(str(item) for item in raw)
+        if isinstance(raw, dict):  # a TOML table for a pairs setting (embodied_kgco2e)
+            return ",".join(f"{k}={v}" for k, v in raw.items())
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: setting {name!r} has an invalid value {raw!r}") from exc

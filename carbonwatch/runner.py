@@ -56,6 +56,10 @@ class JobResult:
     devices: list[DeviceInfo] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     cpu_time_s: float | None = None  # CPU seconds of the whole tree, when a scanner saw it
+    # Beside co2e_g (carbonwatch.embodied, carbonwatch.grid.signals): None is unknown, not 0.
+    embodied_co2e_g: float | None = None
+    co2e_g_marginal: float | None = None
+    embodied_without_figure: list[str] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -83,6 +87,9 @@ class JobResult:
             "provenance": self.provenance,
             "pids": self.pids,
             "cpu_time_s": self.cpu_time_s,
+            "embodied_co2e_g": self.embodied_co2e_g,
+            "embodied_devices_without_figure": self.embodied_without_figure,
+            "co2e_g_marginal": self.co2e_g_marginal,
         }
 
 
@@ -304,6 +311,10 @@ def run_command(
         if status == "finished" and members is not None and any(members.exit_codes()):
             status = "failed"  # job identity hook: a rank that joined failed
         store.add_energy_minutes(ledger.drain_minute_rows())
+        from carbonwatch.embodied import record_devices  # the models embodied carbon needs
+
+        with store.transaction():
+            record_devices(store.conn, sampler.devices(), ended_s)
         store.update_job(
             job_id,
             status=status,
@@ -316,6 +327,10 @@ def run_command(
             cost=result.cost,
             provenance=result.provenance,
         )
+        from carbonwatch.footprint import job_footprint  # embodied and marginal, read back
+
+        (result.embodied_co2e_g, result.embodied_without_figure,
+         result.co2e_g_marginal) = job_footprint(store.conn, settings, result.job_id)
     return result
 
 
@@ -467,6 +482,17 @@ def format_summary(result: JobResult) -> str:
         f"  emissions {result.co2e_g:.4g} gCO2e  ({carbon['kind']} intensity from "
         f"{carbon['intensity']}, PUE {carbon['pue']})"
     )
+    if result.embodied_co2e_g is not None or result.embodied_without_figure:
+        lines.append(
+            "  embodied "
+            + ("unknown" if result.embodied_co2e_g is None
+               else f"{result.embodied_co2e_g:.4g} gCO2e")
+            + " (hardware manufacture, beside the emissions"
+            + (f"; no sourced figure for {', '.join(result.embodied_without_figure)}"
+               if result.embodied_without_figure else "") + ")"
+        )
+    if result.co2e_g_marginal is not None:
+        lines.append(f"  marginal emissions {result.co2e_g_marginal:.4g} gCO2e (WattTime MOER)")
     if result.cost is None:
         lines.append(
             "  cost unknown (set energy_price_per_kwh in the config, "

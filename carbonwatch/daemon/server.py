@@ -226,6 +226,10 @@ class Daemon:
         )
         self.provenance = self._provenance()
         self._reload()
+        from carbonwatch.embodied import record_devices  # the models embodied carbon needs
+
+        devices, seen_s = self.sampler.devices(), self.clock.time()
+        self.writer.call(lambda s: record_devices(s.conn, devices, seen_s))
         self.loop = SamplingLoop(
             sampler=self.sampler, state=self.state, writer=self.writer, totals=self.totals,
             clock=self.clock, steady=steady, speed=self.speed, end_s=self.end_s,
@@ -480,7 +484,8 @@ class Daemon:
                    for d in self.device_views()]
         view = {"ok": ok, "status": status, "node": self.node,
                 "collector_errors": self.sampler.errors,
-                "pending_calls": self.state.pending_calls(), "devices": devices,
+                "pending_calls": self.state.pending_calls(),
+                "calls_apportioned": self.state.apportioned(), "devices": devices,
                 "connections": self._connection_view()}
         if self.scrape_targets:
             view["scrape"] = self.scraper.view()

@@ -136,6 +136,7 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
             {"start": _iso(s), "end": _iso(e), "start_s": s, "end_s": e} for s, e in plan
         ],
         "plan_basis": row.get("plan_basis"),
+        "plan_signal": row.get("plan_signal"),  # average | marginal: what the plan minimised
         "forecast_via": row.get("forecast_via"),
         "planned_at": None if row.get("planned_at_s") is None else _iso(row["planned_at_s"]),
         "plan_intensity_g_per_kwh": row.get("plan_intensity_g_per_kwh"),

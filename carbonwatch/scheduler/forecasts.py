@@ -124,6 +124,9 @@ def plan_fields(
     fields: dict[str, Any] = {
         "plan": [[s, e] for s, e in plan.windows],
         "plan_basis": plan.basis,
+        # which intensity the plan minimised: average, or marginal (WattTime's MOER)
+        "plan_signal": (fetched.points[0].signal if plan.basis == "forecast" and fetched.points
+                        else None),
         "forecast_via": fetched.via,
         "plan_intensity_g_per_kwh": mean,
         "baseline_intensity_g_per_kwh": base,

@@ -260,6 +260,7 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "interruptible": {"type": "boolean"},
             "plan": {"type": "array", "items": {"type": "object"}},
             "plan_basis": {"type": ["string", "null"], "enum": ["forecast", "no_forecast", None]},
+            "plan_signal": {"type": ["string", "null"], "enum": ["average", "marginal", None]},
             "expected_co2e_g": {"type": ["number", "null"]},
             "expected_saving_pct": {"type": ["number", "null"]},
             "job_id": {"type": ["string", "null"]},
