@@ -75,6 +75,7 @@ class Settings:
     daemon_url: str = ""  # empty: http://{host}:{port}
     provider: str = "static"
     provider_url: str = ""
+    csv_tz: str = ""  # IANA zone of CSV timestamps written without one; empty: UTC
     # Comma-separated provider URLs (or CSV files) a submitted deferred job may choose besides the
     # daemon's own provider_url. Empty: none; a request never picks what the daemon fetches.
     provider_urls: str = ""
@@ -82,6 +83,9 @@ class Settings:
     watttime_username: str = ""
     watttime_password: str = ""
     no_forecast_policy: str = "latest"  # latest | now
+    # Defer a job only when its expected saving is at least this many one-sigma bands of the
+    # provider's measured forecast error (0: trust the forecast as it is).
+    defer_error_sigmas: float = 1.0
     raw_call_log_max: int = 100_000
     scheduler_refresh_s: float = 900.0  # how often queued jobs are re-planned on a newer forecast
     intensity_refresh_s: float = 900.0  # how often accounting refetches the intensity series
@@ -137,7 +141,7 @@ class Settings:
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
         for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
                      "metrics_job_retention_s", "scrape_interval_s",
-                     "gpu_share_window_s"):
+                     "gpu_share_window_s", "defer_error_sigmas"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -148,6 +152,15 @@ class Settings:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
         if self.scrape_interval_s <= 0:
             raise ConfigError("scrape_interval_s must be > 0")
+        if self.csv_tz:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.csv_tz)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ConfigError(
+                    f"csv_tz must be an IANA time zone (e.g. Europe/London), got {self.csv_tz!r}"
+                ) from exc
         from carbonwatch.collectors.gpuidle import parse_idle_setting
 
         try:

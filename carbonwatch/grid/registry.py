@@ -55,7 +55,7 @@ def make_provider(
     if name == "carbonaware":
         return CarbonAwareSdk(base_url=url, **common)
     if name == "csv":
-        return CsvProvider(url, policy=policy, clock=clock, session=session)
+        return CsvProvider(url, policy=policy, clock=clock, session=session, tz=settings.csv_tz)
     raise ConfigError(
         f"unknown provider {settings.provider!r}; choose one of {', '.join(PROVIDER_NAMES)}"
     )

@@ -431,3 +431,24 @@ def m009_statements(conn: sqlite3.Connection) -> None:
     have = {row[1] for row in conn.execute("PRAGMA table_info(deferred_jobs)")}
     if "plan_signal" not in have:  # average | marginal: which intensity a plan minimised
         conn.execute("ALTER TABLE deferred_jobs ADD COLUMN plan_signal TEXT")
+
+
+@migration
+def m010_sched_error_and_slurm(conn: sqlite3.Connection) -> None:
+    """Forecast error and Slurm deferral on ``deferred_jobs``.
+
+    - ``saving_band_g_per_kwh``: the one-sigma band of the expected saving, from the provider's
+      measured forecast error (NULL: unknown).
+    - ``via``: how the job is started: '' (the daemon's wrapper) or 'slurm' (``sbatch --begin``);
+      ``slurm_job_id`` and ``slurm_state`` the Slurm job and its last seen state. For a Slurm
+      job ``command`` holds the sbatch arguments. Guarded column by column."""
+    wanted = [
+        ("saving_band_g_per_kwh", "REAL"),
+        ("via", "TEXT NOT NULL DEFAULT ''"),
+        ("slurm_job_id", "TEXT"),
+        ("slurm_state", "TEXT"),
+    ]
+    have = {row[1] for row in conn.execute("PRAGMA table_info(deferred_jobs)")}
+    for name, decl in wanted:
+        if name not in have:
+            conn.execute(f"ALTER TABLE deferred_jobs ADD COLUMN {name} {decl}")
