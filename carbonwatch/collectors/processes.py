@@ -179,7 +179,7 @@ class ProcessScanner:
         iter_processes: Callable[..., Iterable[Any]] = psutil.process_iter,
         cpu_times: Callable[[], Any] | None = psutil.cpu_times,
         watched_only: bool = False,
-        refresh_scans: int = 10,
+        refresh_scans: int = 30,
     ) -> None:
         self._ttl_s = exited_ttl_s
         # watched_only: list the pids each scan (one listdir) but read only the watched trees and
@@ -193,6 +193,7 @@ class ProcessScanner:
         )
         self._refresh_scans = max(1, refresh_scans)
         self._rotation = 0
+        self._last_pid: int | None = None
         self._key_all = key_all_pids and not self._light
         self._iter = iter_processes
         self._cpu_times = cpu_times
@@ -264,14 +265,25 @@ class ProcessScanner:
         if watched is None:
             self._apply(now_s, self._iter(attrs=_ATTRS, ad_value=None), None)
             return
-        listed = set(self._iter.pids())  # type: ignore[attr-defined]
         alive = {pid for pid, t in self._procs.items() if t.exited_s is None}
         others = sorted(alive - watched)
         k = self._rotation % self._refresh_scans
         self._rotation += 1
-        due = (listed - alive) | (watched & listed) | {
-            p for p in others[k :: self._refresh_scans] if p in listed}
-        self._apply(now_s, self._read(sorted(due)), alive - listed)
+        due = (watched & alive) | set(others[k :: self._refresh_scans])
+        # Listing /proc (~1 ms for 1,000 processes) finds new pids; none was created while the
+        # kernel's last-handed-out pid stays put. Exits show as reads that fail: the watched are
+        # read every scan, the rest once per refresh_scans scans (or when /proc is listed).
+        last_pid = getattr(self._iter, "last_pid", lambda: None)()
+        listed: set[int] | None = None
+        if last_pid is None or last_pid != self._last_pid or not self._procs:
+            listed = set(self._iter.pids())  # type: ignore[attr-defined]
+            due = (due & listed) | (listed - alive)
+        self._last_pid = last_pid
+        entries = self._read(sorted(due))
+        gone = due - {e.info["pid"] for e in entries}
+        if listed is not None:
+            gone |= alive - listed
+        self._apply(now_s, entries, gone & alive)
 
     def _read(self, pids: Iterable[int]) -> list[Any]:
         read = self._iter.read  # type: ignore[attr-defined]

@@ -63,6 +63,20 @@ class ProcfsIterator:
             if entry is not None:
                 yield entry
 
+    def last_pid(self) -> int | None:
+        """The pid the kernel handed out last (``/proc/loadavg``'s fifth field): while it stays the
+        same no process was created, so a scan need not list /proc to find new ones."""
+        try:
+            fd = os.open(f"{self._root_s}/loadavg", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return int(os.read(fd, 256).split()[4])
+        except (OSError, IndexError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
     def pids(self) -> list[int]:
         """Every pid in the proc root (one ``listdir``, no per-process read)."""
         return [int(name) for name in os.listdir(self._root_s) if name.isdigit()]
