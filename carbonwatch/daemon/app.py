@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from carbonwatch.daemon import authz, storeops, validation
+from carbonwatch.daemon import authz, columnar, storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
 from carbonwatch.daemon.registry import Job, ended_by_tag
@@ -283,8 +283,11 @@ def job_view(row: dict[str, Any], who: authz.Caller | None = None) -> dict[str, 
 async def post_calls(request: web.Request) -> web.Response:
     d = _daemon(request)
     body = await request.read()
-    batch = validation.call_batch(validation.parse_json(
-        body, check_nesting=False, nonfinite_to_validator=True))
+    if request.content_type == columnar.CONTENT_TYPE:  # per model, arrays of starts and ends
+        batch = columnar.decode(body)
+    else:
+        batch = validation.call_batch(validation.parse_json(
+            body, check_nesting=False, nonfinite_to_validator=True))
     state = d.state
     spans = fold_models(batch.spans, d.models)
     folded: dict[str, int] = {}

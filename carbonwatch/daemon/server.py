@@ -30,7 +30,7 @@ from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
 from carbonwatch.config import Settings
-from carbonwatch.daemon import hooks, storeops, validation
+from carbonwatch.daemon import columnar, hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
 from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
 from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
@@ -367,7 +367,7 @@ class Daemon:
         now_s = self.clock.time()
         for batch_id, body, known in pending:
             try:
-                batch = validation.call_batch(validation.parse_json(body, check_nesting=False))
+                batch = columnar.any_batch(body)  # either form, as it was accepted
             except validation.ApiError as exc:  # cannot happen for a body we accepted
                 log.error("call batch %d cannot be re-read (%s); left pending", batch_id, exc)
                 continue
