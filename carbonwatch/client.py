@@ -56,6 +56,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
+from carbonwatch import client_columnar
 from carbonwatch.client_spans import (
     MAX_UNIX_S,
     InferenceSpan,
@@ -155,6 +156,7 @@ class Client:
         self._warned_statuses: set[int] = set()  # one warning per refusal status, not per batch
         self.weight_errors_total = 0  # calls whose weight callable failed (recorded without)
         self.sent_total = 0
+        self._columnar = True  # send the columnar call form until a daemon refuses it
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="carbonwatch-client", daemon=True)
@@ -349,6 +351,19 @@ class Client:
         None when it did not answer."""
         pid = os.getpid()
         dropped = self._dropped_unreported
+        # The columnar form: ~4x less sender CPU per span than the objects below, and cheaper for
+        # the daemon to decode. A daemon that predates it answers 400; then objects from here on.
+        if self._columnar:
+            body = client_columnar.encode(batch, pid, dropped)
+            if len(body) <= _BODY_LIMIT_BYTES:
+                status = self._post("/v1/calls", body, self._timeout(final),
+                                    client_columnar.CONTENT_TYPE)
+                if status in (400, 415):
+                    self._columnar = False
+                    log.info("carbonwatch: daemon refused the columnar call form (HTTP %d); "
+                             "sending call objects", status)
+                else:
+                    return self._settle(status, len(batch), dropped)
         # Built by hand from the pre-encoded heads: json.dumps of 10,000 dicts costs the serving
         # process ~3x more. repr() of a finite float is valid JSON and round-trips exactly.
         parts = [f'{h}"pid":{pid},"start":{t0!r},"end":{t1!r}}}' for h, t0, t1 in batch]
@@ -362,10 +377,15 @@ class Client:
                 n += 1
             n = max(n, 1)
         body = ('{"calls":[' + ",".join(parts[:n]) + '],"dropped":' + str(dropped) + "}").encode()
-        timeout_s = self.timeout_s
+        return self._settle(self._post("/v1/calls", body, self._timeout(final)), n, dropped)
+
+    def _timeout(self, final: bool) -> float:
         if final:
-            timeout_s = min(timeout_s, max(self._deadline_s - time.monotonic(), 0.05))
-        status = self._post("/v1/calls", body, timeout_s)
+            return min(self.timeout_s, max(self._deadline_s - time.monotonic(), 0.05))
+        return self.timeout_s
+
+    def _settle(self, status: int | None, n: int, dropped: int) -> int | None:
+        """Book the daemon's answer to ``n`` calls; how many leave the queue (None: retry)."""
         if status is None or status >= 500 or status in (408, 429):
             return None
         with self._drop_lock:
@@ -381,13 +401,15 @@ class Client:
             self.sent_total += n
         return n
 
-    def _post(self, path: str, body: bytes, timeout_s: float) -> int | None:
+    def _post(self, path: str, body: bytes, timeout_s: float,
+              content_type: str = "application/json") -> int | None:
         """POST JSON; the HTTP status, or None when the daemon could not be reached."""
-        status, _ = self._request(path, body, timeout_s)
+        status, _ = self._request(path, body, timeout_s, content_type)
         return status
 
-    def _request(self, path: str, body: bytes, timeout_s: float) -> tuple[int | None, bytes]:
-        headers = {"Content-Type": "application/json"}
+    def _request(self, path: str, body: bytes, timeout_s: float,
+                 content_type: str = "application/json") -> tuple[int | None, bytes]:
+        headers = {"Content-Type": content_type}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(
