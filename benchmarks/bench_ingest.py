@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -92,6 +94,10 @@ def as_columns(calls: list[dict]) -> list[dict]:
         for name in ("weight", "tokens_in", "tokens_out"):
             if name in call:
                 group.setdefault(name, []).append(call[name])
+    for group in groups.values():  # times packed as base64 float64s, as the client sends them
+        for name in ("start", "end"):
+            group[name] = base64.b64encode(
+                struct.pack(f"<{len(group[name])}d", *group[name])).decode()
     return list(groups.values())
 
 

@@ -1,6 +1,7 @@
 """The client's encoding of a batch in the columnar form of ``POST /v1/calls`` (see
 :mod:`carbonwatch.daemon.columnar`): per model and tags, arrays of starts and ends, plus arrays of
-weight/tokens where any call reported one. Standard library only, like the client.
+weight/tokens where any call reported one; starts and ends go packed (base64 of float64s).
+Standard library only, like the client.
 
 Why: the objects form repeats model, tags and pid in every call and the daemon parses one dict per
 call; here a 10,000-call batch of one model is two float arrays, cheaper to build (the sender's
@@ -10,10 +11,14 @@ per distinct head, cached."""
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
+from array import array
 from typing import Any
 
 CONTENT_TYPE = "application/vnd.carbonwatch.calls+json"
+_BIG_ENDIAN = sys.byteorder == "big"
 
 _SPLIT_CACHE_MAX = 65_536
 _NO_WORK = (None, None, None)
@@ -32,6 +37,14 @@ def _split(head: str) -> tuple[str, tuple[Any, Any, Any] | None]:
         work = (obj.get("weight"), obj.get("tokens_in"), obj.get("tokens_out"))
         parsed = _split_cache[head] = (key, None if work == _NO_WORK else work)
     return parsed
+
+
+def _packed(values: list[float]) -> str:
+    """Floats as base64 of little-endian float64s: exact, and ~100x cheaper than repr() each."""
+    packed = array("d", values)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
 def _column(values: list[Any]) -> str:
@@ -62,8 +75,8 @@ def encode(batch: list[tuple[str, float, float]], pid: int, dropped: int) -> byt
             group[2].append(_NO_WORK)
     parts = []
     for key, (starts, ends, works) in groups.items():
-        part = ("{" + key + ',"pid":' + str(pid) + ',"start":[' + ",".join(map(repr, starts))
-                + '],"end":[' + ",".join(map(repr, ends)) + "]")
+        part = ("{" + key + ',"pid":' + str(pid) + ',"start":"' + _packed(starts)
+                + '","end":"' + _packed(ends) + '"')
         if works is not None:
             part += (',"weight":' + _column([w[0] for w in works])
                      + ',"tokens_in":' + _column([w[1] for w in works])

@@ -4,9 +4,11 @@ a 400 naming the field."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import sqlite3
+import struct
 from typing import Any
 
 import pytest
@@ -68,11 +70,17 @@ def as_objects(groups: list[dict[str, Any]]) -> dict[str, Any]:
     return {"calls": calls}
 
 
+def packed(values: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode()
+
+
 @settings(max_examples=300, deadline=None)
-@given(groups())
-def test_columnar_and_objects_forms_give_the_same_spans(gs):
+@given(groups(), st.booleans())
+def test_columnar_and_objects_forms_give_the_same_spans(gs, pack):
     objects = validation.call_batch(validation.parse_json(
         json.dumps(as_objects(gs)).encode(), check_nesting=False, nonfinite_to_validator=True))
+    if pack:  # times as base64 float64s, as the Python client sends them
+        gs = [{**g, "start": packed(g["start"]), "end": packed(g["end"])} for g in gs]
     body = json.dumps({"models": gs}).encode()
     col = columnar.decode(body)
     assert col.spans == objects.spans
@@ -115,6 +123,18 @@ def test_nan_is_refused_naming_the_field():
     assert "models[0].start[1]" in _refused(body)
     body = b'{"models": [{"model": "m", "start": [1.0], "end": [1.5], "weight": [Infinity]}]}'
     assert "models[0].weight[0]" in _refused(body)
+
+
+def test_bad_packed_times_name_the_field():
+    group = {"model": "m", "start": packed([1.0, 2.0]), "end": packed([1.5, 2.5])}
+    assert len(columnar.decode(json.dumps({"models": [group]}).encode()).spans) == 2
+    short = {**group, "end": base64.b64encode(b"1234567").decode()}
+    assert "models[0].end: packed values must be a whole number" in _refused({"models": [short]})
+    nan = {**group, "start": packed([1.0, math.nan])}
+    assert "models[0].start[1]" in _refused({"models": [nan]})
+    late = {**group, "end": packed([1.5, 1.9])}
+    assert "models[0].end[1]" in _refused({"models": [late]})
+    assert "models[0].start" in _refused({"models": [{**group, "start": "not base64!"}]})
 
 
 def test_too_many_calls_in_one_request():
@@ -167,6 +187,8 @@ def test_openapi_documents_the_columnar_form(daemon):
     content = doc["paths"]["/v1/calls"]["post"]["requestBody"]["content"]
     assert columnar.CONTENT_TYPE in content and "application/json" in content
     schema = doc["components"]["schemas"]["ModelCalls"]
-    assert schema["properties"]["start"]["items"]["maximum"] == validation.MAX_UNIX_S
+    array, packed_ = schema["properties"]["start"]["anyOf"]
+    assert array["items"]["maximum"] == validation.MAX_UNIX_S
+    assert packed_ == {"type": "string", "contentEncoding": "base64"}
     assert not math.isnan(schema["properties"]["weight"]["anyOf"][0]["items"]["anyOf"][0]
                           ["maximum"])

@@ -8,11 +8,13 @@ Content type ``application/vnd.carbonwatch.calls+json``; the body::
                  "weight": [32, 8], "tokens_in": [812, 90], "tokens_out": [40, 12]}],
      "dropped": 0}
 
-Every group's calls share its model, pid and tags; ``weight``, ``tokens_in`` and ``tokens_out`` are
-optional, each either absent or one value per call (``null`` for a call without one). The bounds
-are the objects form's (``validation.call_batch``): times in [0, 1e10] with end >= start, weight a
-finite number in [0, 1e12], tokens integers in [0, 1e9], model 1-256 characters, tags as there,
-no NUL in any string, at most 10,000 calls a request. A refusal is a 400 naming the field
+``start`` and ``end`` may also be packed: a base64 string of little-endian IEEE-754 float64s
+(what the Python client sends). Every group's calls share its model, pid and tags;
+``weight``, ``tokens_in`` and ``tokens_out`` are optional, each either absent or one value per
+call (``null`` for a call without one). The bounds are the objects form's
+(``validation.call_batch``): times in [0, 1e10] with end >= start, weight a finite number in
+[0, 1e12], tokens integers in [0, 1e9], model 1-256 characters, tags as there, no NUL in any
+string, at most 10,000 calls a request. A refusal is a 400 naming the field
 (``models[0].end[3]``). The spans stored are exactly those the objects form gives for the same
 calls (``tests/test_calls_columnar.py`` proves it).
 
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from array import array
 from typing import Annotated, Any
 
 import msgspec
@@ -44,6 +48,7 @@ from carbonwatch.daemon.validation import (
 )
 
 CONTENT_TYPE = "application/vnd.carbonwatch.calls+json"
+_BIG_ENDIAN = sys.byteorder == "big"
 
 Time = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_UNIX_S)]
 Weight = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_WEIGHT)]
@@ -55,8 +60,10 @@ class ModelCalls(msgspec.Struct, forbid_unknown_fields=True):
     """One model's calls (one pid, one set of tags), column by column."""
 
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
-    start: list[Time]
-    end: list[Time]
+    # A JSON array of numbers, or the values packed: base64 of little-endian IEEE-754 float64s
+    # (the Python client's choice: repr() of a float costs more than the rest of the span).
+    start: list[Time] | bytes
+    end: list[Time] | bytes
     pid: Annotated[int, msgspec.Meta(gt=0, le=MAX_PID)] | None = None
     tags: dict[str, Scalar] | None = None
     weight: list[Weight | None] | None = None
@@ -136,7 +143,8 @@ def _spans(batch: ColumnarBatch, *, nul_possible: bool) -> CallBatch:
     total = 0
     for g, group in enumerate(batch.models):
         where = f"models[{g}]"
-        starts, ends = group.start, group.end
+        starts = _unpacked(group.start, f"{where}.start")
+        ends = _unpacked(group.end, f"{where}.end")
         n = len(starts)
         total += n
         if total > MAX_CALLS_PER_REQUEST:
@@ -169,6 +177,27 @@ def _spans(batch: ColumnarBatch, *, nul_possible: bool) -> CallBatch:
                                        strict=True)
         )
     return CallBatch(spans, batch.dropped)
+
+
+def _unpacked(values: list[float] | bytes, where: str) -> list[float]:
+    """A time column as floats: packed ones unpacked and held to the bounds msgspec checks on a
+    JSON array (finite, within [0, MAX_UNIX_S])."""
+    if type(values) is list:
+        return values
+    packed = array("d")
+    try:
+        packed.frombytes(values)  # type: ignore[arg-type]
+    except ValueError:
+        raise bad(f"{where}: packed values must be a whole number of float64s (8 bytes each), "
+                  f"got {len(values)} bytes") from None
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    out = packed.tolist()
+    hi = MAX_UNIX_S
+    for i, v in enumerate(out):
+        if not 0.0 <= v <= hi:  # also refuses NaN
+            raise bad(f"{where}[{i}]: expected a finite number in [0, {hi:g}], got {v}")
+    return out
 
 
 def _check_nul(model: str, tags: Any, where: str) -> None:

@@ -227,7 +227,8 @@ DOCUMENT: dict[str, Any] = {
                 }}, COLUMNAR_CONTENT_TYPE: {"schema": {
                     "$ref": "#/components/schemas/ColumnarBatch",
                     "description": "The columnar form (what the Python client sends): per model, "
-                    "arrays of starts and ends, optional arrays of weight/tokens_in/tokens_out "
+                    "arrays of starts and ends (or each packed: base64 of little-endian "
+                    "float64s), optional arrays of weight/tokens_in/tokens_out "
                     "(null for a call without one), one pid and one set of tags; same bounds as "
                     "the objects form, at most 10,000 calls in all, every array as long as "
                     "start, end >= start.",
