@@ -24,8 +24,6 @@ from carbonwatch.model import OTHER
 
 K = TypeVar("K", bound=Hashable)
 
-IDLE = "idle"
-
 
 @dataclass(frozen=True)
 class Split(Generic[K]):

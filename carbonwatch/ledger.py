@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from carbonwatch.accounting import Pricing, co2e_g
-from carbonwatch.attribution import IDLE
-from carbonwatch.model import OTHER, Provenance
+from carbonwatch.model import IDLE, OTHER, Provenance
 from carbonwatch.sampler import AttributedInterval
 
 # consumer key -> (phase, model). Phases: training | inference | other | idle.

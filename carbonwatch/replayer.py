@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from carbonwatch.accounting import Pricing
-from carbonwatch.attribution import IDLE
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.gpushare import GpuOptions
@@ -21,7 +20,7 @@ from carbonwatch.collectors.replay import Fault, ReplayGpuBackend, load_trace
 from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.ledger import Ledger
-from carbonwatch.model import OTHER
+from carbonwatch.model import IDLE, OTHER
 from carbonwatch.sampler import AttributedInterval, Sampler
 
 

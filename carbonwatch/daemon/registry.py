@@ -15,8 +15,8 @@ from typing import Any
 
 import psutil
 
-from carbonwatch.attribution import IDLE
-from carbonwatch.runner import ProcessTree
+from carbonwatch.model import IDLE
+from carbonwatch.proc import ProcessTree
 
 
 @dataclass

@@ -25,7 +25,7 @@ from carbonwatch.daemon import storeops
 from carbonwatch.daemon.metrics import OTHER, EnergyKey, LabelCap, MetricTotals
 from carbonwatch.daemon.registry import Job, Registry
 from carbonwatch.ledger import Ledger
-from carbonwatch.runner import children_map
+from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
 from carbonwatch.scrape import ScrapeLedger
 from carbonwatch.store import Store
