@@ -16,9 +16,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from carbonwatch.daemon import authz, storeops, validation
+from carbonwatch.daemon.live_jobs import LiveJob, ended_by_tag
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
-from carbonwatch.daemon.registry import Job, ended_by_tag
 from carbonwatch.daemon.state import fold_models
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import StoreError
@@ -118,11 +118,11 @@ async def create_job(request: web.Request) -> web.Response:
     if spec.model:
         d.models.admit(spec.model)  # its /metrics label: its own name, or 'other' past the cap
     state = d.state
-    live = state.registry.track_trees
+    live = state.live_jobs.track_trees
     authz.check_pids(who, spec.pids, live)  # outside the lock: it reads /proc
     released: list[tuple[str, set[int]]] = []
     with state.lock:
-        reg = state.registry
+        reg = state.live_jobs
         same = reg.by_identity(spec.identity) if spec.identity else None
         if same is not None and not who.may_manage(same.owner_uid):
             raise ApiError(403, f"job {same.id} with identity {spec.identity!r} belongs to "
@@ -147,7 +147,7 @@ async def create_job(request: web.Request) -> web.Response:
             job, status = same, 200
         else:
             now_s = d.clock.time()
-            job = Job(id=state.new_id(), name=spec.name, kind=spec.kind, model=spec.model,
+            job = LiveJob(id=state.new_id(), name=spec.name, kind=spec.kind, model=spec.model,
                       pids=set(spec.pids), started_s=now_s, source="api", identity=spec.identity,
                       serves_calls=spec.kind == "inference", ended_by=ended_by_tag(spec.tags),
                       owner_uid=owner_uid)
@@ -164,7 +164,7 @@ async def create_job(request: web.Request) -> web.Response:
     except StoreError:
         if status == 201:
             with state.lock:
-                state.registry.remove(job.id)
+                state.live_jobs.remove(job.id)
         raise
     body: dict[str, Any] = {"id": job.id}
     if status == 200:
@@ -172,7 +172,7 @@ async def create_job(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _squatted(holder: Job, pid: int, who: authz.Caller) -> bool:
+def _squatted(holder: LiveJob, pid: int, who: authz.Caller) -> bool:
     """Whether ``pid``, held by ``holder``, may be taken by ``who``: the caller owns the pid (or
     is an operator) and the holder's owner does not own it."""
     real = authz.pid_uid(pid)
@@ -211,7 +211,7 @@ async def end_job(request: web.Request) -> web.Response:
     exit_code = validation.job_end(await _body(request, allow_empty=True))
     who = authz.caller(request)
     with d.state.lock:
-        job = d.state.registry.running.get(job_id)
+        job = d.state.live_jobs.running.get(job_id)
         running = job is not None
         owner_uid = job.owner_uid if job is not None else None
     if running and not who.may_manage(owner_uid):

@@ -295,7 +295,7 @@ class SamplingLoop:
         done: list[tuple[str, str, int | None, set[int]]] = []
         with self.state.lock:
             for job_id, status, exit_code in ends:
-                job = self.state.registry.remove(job_id)
+                job = self.state.live_jobs.remove(job_id)
                 if job is not None:
                     done.append((job_id, status, exit_code, job.all_pids()))
         if not done:
@@ -316,7 +316,7 @@ class SamplingLoop:
 
     def _end_vanished(self) -> None:
         with self.state.lock:
-            gone = self.state.registry.vanished()
+            gone = self.state.live_jobs.vanished()
         if not gone:
             return
         # A service registered by its first call ends when its process does; a job that

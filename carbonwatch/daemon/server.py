@@ -34,8 +34,8 @@ from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
 from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
 from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
+from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs, job_from_row
 from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
-from carbonwatch.daemon.registry import Job, Registry, job_from_row
 from carbonwatch.daemon.replayclock import ReplayClock
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
 from carbonwatch.daemon.scraping import Scraper, parse_targets
@@ -43,6 +43,7 @@ from carbonwatch.daemon.state import DaemonState, fold_models
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
+from carbonwatch.model import job_of_consumer
 from carbonwatch.sampler import Sampler
 from carbonwatch.store import Store
 
@@ -209,8 +210,8 @@ class Daemon:
             collectors = [WallTimeLabels(c, steady) for c in collectors]
             self.notes += notes
         # Replayed pids belong to the recording machine: their trees are not looked up here.
-        self.registry = Registry(track_trees=scanner is not None)
-        self.state = DaemonState(pricing=self.pricing, registry=self.registry, speed=self.speed,
+        self.live_jobs = LiveJobs(track_trees=scanner is not None)
+        self.state = DaemonState(pricing=self.pricing, live_jobs=self.live_jobs, speed=self.speed,
                                  scanner=scanner,
                                  pid_exists=psutil.pid_exists if scanner is not None else None,
                                  max_auto_jobs=self.settings.max_auto_jobs)
@@ -298,7 +299,7 @@ class Daemon:
         return {"cost": 0.0 if self.pricing.known else None, "currency": self.pricing.currency,
                 "provenance": self.provenance}
 
-    def service_row(self, job: Job) -> dict[str, Any]:
+    def service_row(self, job: LiveJob) -> dict[str, Any]:
         """The jobs row of an inference service registered by its first call."""
         return {"id": job.id, "name": job.name, "kind": job.kind, "model": job.model,
                 "command": None, "pids": sorted(job.pids), "tags": {"auto": True},
@@ -320,16 +321,14 @@ class Daemon:
                     s.conn, r["id"], status="lost", ended_s=self.clock.time(), exit_code=None,
                     pids=[]))
                 continue
-            self.registry.add(job)
-        if self.registry.running:
-            self.notes.append(f"resumed {len(self.registry.running)} running job(s)")
-
-        prefix = storeops.JOB_ID_PREFIX
+            self.live_jobs.add(job)
+        if self.live_jobs.running:
+            self.notes.append(f"resumed {len(self.live_jobs.running)} running job(s)")
 
         def seeds(store: Store) -> tuple[Any, ...]:
             conn = store.conn
             energy = storeops.energy_totals(conn)
-            ids = {c[len(prefix):] for c, *_ in energy if c.startswith(prefix)}
+            ids = {j for c, *_ in energy if (j := job_of_consumer(c)) is not None}
             max_batch = conn.execute("SELECT MAX(id) FROM call_batches").fetchone()[0] or 0
             return (energy, storeops.job_names_and_ends(conn, ids),
                     storeops.calls_by_model(conn), storeops.dropped_spans(conn), max_batch,
@@ -343,16 +342,17 @@ class Daemon:
             self.models.admit(row[2], 0)
         unknown = ("", 0.0)  # a consumer with no jobs row: nameless, long ended
         self.totals.add_energy(
-            ((c[len(prefix):], jobs.get(c[len(prefix):], unknown)[0], model, phase, device)
-             if c.startswith(prefix) else ("", "", model, phase, device), e, g, cost)
+            ((j, jobs.get(j, unknown)[0], model, phase, device)
+             if (j := job_of_consumer(c)) is not None else ("", "", model, phase, device),
+             e, g, cost)
             for c, phase, model, device, e, g, cost in energy
         )
         # Ended jobs fold at the first scrape once past the retention, as before the restart.
         for c, *_ in energy:
-            if c.startswith(prefix):
-                ended_s = jobs.get(c[len(prefix):], unknown)[1]
+            if (j := job_of_consumer(c)) is not None:
+                ended_s = jobs.get(j, unknown)[1]
                 if ended_s is not None:
-                    self.totals.job_ended(c[len(prefix):], ended_s)
+                    self.totals.job_ended(j, ended_s)
         self.totals.add_calls(calls)
         self.totals.add_tokens(tokens)
         self.totals.add_dropped(dropped)

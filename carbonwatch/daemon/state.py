@@ -1,7 +1,7 @@
 """The daemon's shared in-memory state, between the HTTP handlers (event loop thread) and the
 sampling thread, behind one lock held only for in-memory work (never across I/O).
 
-What lives here: the job registry, the energy :class:`~carbonwatch.ledger.Ledger` (minute rows not
+What lives here: the job live_jobs, the energy :class:`~carbonwatch.ledger.Ledger` (minute rows not
 yet written), the :class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet
 split), and the progress of each acknowledged call batch. A batch's settled calls are held until
 the whole batch is settled and then written with ``pending`` cleared in one transaction, so after a
@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from carbonwatch.accounting import Pricing
 from carbonwatch.calls import CallLedger, CallSpan
 from carbonwatch.daemon import storeops
+from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
 from carbonwatch.daemon.metrics import OTHER, EnergyKey, LabelCap, MetricTotals
-from carbonwatch.daemon.registry import Job, Registry
 from carbonwatch.ledger import Ledger
 from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
@@ -204,14 +204,14 @@ def _add_minute_row(have: dict[str, Any], row: Mapping[str, Any]) -> None:
 
 class DaemonState:
     def __init__(
-        self, *, pricing: Pricing, registry: Registry, speed: float = 1.0,
+        self, *, pricing: Pricing, live_jobs: LiveJobs, speed: float = 1.0,
         scanner: Watcher | None = None, new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
         pid_exists: Callable[[int], bool] | None = None, max_auto_jobs: int | None = None,
     ) -> None:
         self.lock = threading.Lock()
         self.pricing = pricing
-        self.registry = registry
-        self.ledger = Ledger(pricing, registry.phase_of)
+        self.live_jobs = live_jobs
+        self.ledger = Ledger(pricing, live_jobs.phase_of)
         # Spans carry the clock's (trace) time: scale the real-time windows by the replay speed.
         self.calls = CallLedger(
             settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,
@@ -242,7 +242,7 @@ class DaemonState:
                 if self.scraped.watches(consumer):  # a scraped server: split by its tokens
                     self.scraped.add_interval(consumer, item, energy_j)
                     continue
-                job = self.registry.job_for_consumer(consumer)
+                job = self.live_jobs.job_for_consumer(consumer)
                 if job is not None and job.serves_calls:
                     self.calls.add_interval(consumer, item, energy_j)
             duration_s = iv.end_s - iv.start_s
@@ -255,7 +255,7 @@ class DaemonState:
         Runs on the sampling thread before each collect, so it is also where the process scanner
         (not thread-safe) learns which trees to report individually rather than as OTHER."""
         with self.lock:
-            snapshot = self.registry.owner_snapshot()
+            snapshot = self.live_jobs.owner_snapshot()
         out: dict[int | str, str] = {}
         # One pass over the process table serves every job's trees this tick.
         children = children_map() if any(trees for _, _, trees in snapshot) else {}
@@ -283,7 +283,7 @@ class DaemonState:
     def resolve(
         self, spans: Sequence[CallSpan], now_s: float, known: Mapping[str, str] | None = None,
         folded: dict[str, int] | None = None,
-    ) -> tuple[dict[str, list[CallSpan]], dict[str, str], list[Job]]:
+    ) -> tuple[dict[str, list[CallSpan]], dict[str, str], list[LiveJob]]:
         """Group spans by consumer. A pid maps to the job that owns it; an unknown pid gets an
         inference service job of its own (pid, model); a call without pid goes to its model's
         service if exactly one runs. ``known`` replays a stored resolution (after a restart).
@@ -292,11 +292,11 @@ class DaemonState:
         Returns (spans by consumer, the resolution to store with the batch, jobs created)."""
         by_consumer: dict[str, list[CallSpan]] = defaultdict(list)
         resolution: dict[str, str] = {}
-        created: list[Job] = []
+        created: list[LiveJob] = []
         cache: dict[tuple[int | None, str], str] = {}
         fold_reason: dict[int, str] = {}  # pid -> why its calls are folded
         with self.lock:
-            auto = sum(1 for j in self.registry.running.values() if j.auto)
+            auto = sum(1 for j in self.live_jobs.running.values() if j.auto)
             for span in spans:
                 pid = span.pid
                 key = (pid, span.model) if pid is None else (pid, "")
@@ -315,13 +315,13 @@ class DaemonState:
 
     def _resolve_one(
         self, pid: int | None, model: str, now_s: float, known: Mapping[str, str] | None,
-        created: list[Job], auto: int = 0, fold_reason: dict[int, str] | None = None,
+        created: list[LiveJob], auto: int = 0, fold_reason: dict[int, str] | None = None,
     ) -> str:
         if known is not None:
             stored = known.get(f"pid:{pid}" if pid is not None else f"model:{model}")
             if stored is not None:
                 return stored
-        reg = self.registry
+        reg = self.live_jobs
         job = reg.owner_of_pid(pid) if pid is not None else None
         if pid is not None and job is None and known is None:
             # A pid with no process on this node could never be measured: it would only be a
@@ -342,7 +342,7 @@ class DaemonState:
         if job is None:
             # Registered by the caller (register()) once its insert is queued to the writer, so
             # no flush can reach the store before the job's row does.
-            job = Job(id=self.new_id(), name=f"{model} (pid {pid})", kind="inference",
+            job = LiveJob(id=self.new_id(), name=f"{model} (pid {pid})", kind="inference",
                       model=model, pids={pid}, started_s=now_s, source="api", serves_calls=True,
                       auto=True)
             created.append(job)
@@ -350,10 +350,10 @@ class DaemonState:
             job.serves_calls = True  # a job that reports calls has its energy split over them
         return job.consumer
 
-    def register(self, jobs: Sequence[Job]) -> None:
+    def register(self, jobs: Sequence[LiveJob]) -> None:
         with self.lock:
             for job in jobs:
-                self.registry.add(job)
+                self.live_jobs.add(job)
 
     def new_batch_id(self) -> int:
         with self.lock:
@@ -388,14 +388,14 @@ class DaemonState:
             settlement = self.calls.flush() if final else self.calls.settle(now_s)
             completed, self._completed = self._completed, []
             self._settle(settlement.per_call, completed)
-            label_of = self.registry.label_of
+            label_of = self.live_jobs.label_of
             metric_energy = [
                 ((*label_of(r["consumer"]), r["model"], r["phase"], r["device_id"]),
                  r["energy_j"], r["co2e_g"], r["cost"])
                 for r in rows
             ]
             sampled_until_s = self.ledger.last_s
-            self.registry.forget_ended()
+            self.live_jobs.forget_ended()
             scraped = self.scraped.flush() if final else self.scraped.settle(now_s)
         call_rows, call_minutes, job_calls = _rollup(completed, log_calls)
         between_j = dict(settlement.between_calls_j)
