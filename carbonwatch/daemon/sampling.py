@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 from carbonwatch.clock import Clock, SteadyClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.daemon import storeops
+from carbonwatch.daemon.flush import Flush, merge_flushes
 from carbonwatch.daemon.metrics import MetricTotals
 from carbonwatch.daemon.rawlog import RawCallLog
-from carbonwatch.daemon.state import DaemonState, Flush, merge_flushes
+from carbonwatch.daemon.state import DaemonState
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.model import DeviceInfo, EnergyInterval
 from carbonwatch.sampler import Sampler

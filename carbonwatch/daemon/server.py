@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,10 +30,11 @@ from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
-from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
+from carbonwatch.daemon.bind import check_bind, unix_site, url_host
 from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs, job_from_row
 from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
+from carbonwatch.daemon.reader import Reader
 from carbonwatch.daemon.replayclock import ReplayClock
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
 from carbonwatch.daemon.scraping import Scraper, parse_targets
@@ -50,64 +49,6 @@ from carbonwatch.store import Store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REPLAY_PREFIX = "replay:"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve anywhere, so it needs a token
-
-
-def check_bind(settings: Settings) -> None:
-    """Off loopback the API must be authenticated: refuse to start without a token, or with one
-    too short or a known placeholder (``change-me``) that anyone could guess."""
-    if settings.socket:
-        return  # a Unix socket is guarded by its file permissions
-    if is_loopback(settings.host):
-        return
-    if not settings.token:
-        raise ConfigError(
-            f"refusing to listen on {settings.host}:{settings.port} without a token: off loopback "
-            "every request must carry one. Set CARBONWATCH_TOKEN (or token in the config file), "
-            "or listen on 127.0.0.1"
-        )
-    for name, value in (("CARBONWATCH_TOKEN", settings.token),
-                        ("CARBONWATCH_ADMIN_TOKEN", settings.admin_token)):
-        why = weak_token(value) if value else None
-        if why:
-            raise ConfigError(
-                f"refusing to listen on {settings.host}:{settings.port}: {name} {why}. Off "
-                f"loopback a token must be a secret of at least {MIN_TOKEN_BYTES} random bytes, "
-                "e.g. `openssl rand -hex 32`"
-            )
-
-
-class Reader:
-    """Read-only store access on one worker thread, so queries never block the event loop."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._store: Store | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carbonwatch-reader")
-
-    def _call(self, fn: Callable[[Store], T]) -> T:
-        if self._store is None:
-            self._store = Store(self._path, read_only=True)
-        return fn(self._store)
-
-    async def run(self, fn: Callable[[Store], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
-
-    def close(self) -> None:
-        def shut() -> None:
-            if self._store is not None:
-                self._store.close()
-
-        self._pool.submit(shut).result()
-        self._pool.shutdown()
 
 
 class Daemon:
@@ -392,15 +333,15 @@ class Daemon:
         self.local_url = ""  # where the node's users (and launched jobs) reach it as themselves
         try:
             if settings.socket:
-                await _unix_site(runner, Path(settings.socket), settings.socket_mode_bits)
+                await unix_site(runner, Path(settings.socket), settings.socket_mode_bits)
                 self.url = self.local_url = f"unix:{settings.socket}"
             else:
                 site = web.TCPSite(runner, settings.host, settings.port)
                 await site.start()
                 host, port = runner.addresses[0][:2]
-                self.url = f"http://{_url_host(host)}:{port}"
+                self.url = f"http://{url_host(host)}:{port}"
                 if settings.local_socket:  # beside TCP: launches as the peer's uid
-                    await _unix_site(runner, Path(settings.local_socket),
+                    await unix_site(runner, Path(settings.local_socket),
                                      settings.socket_mode_bits)
                     self.local_url = f"unix:{settings.local_socket}"
         except OSError as exc:
@@ -503,23 +444,6 @@ class Daemon:
             device_age_s={d["device_id"]: d["last_sample_age_s"] for d in devices
                           if d["last_sample_age_s"] is not None},
         )
-
-
-async def _unix_site(runner: web.AppRunner, path: Path, mode: int) -> None:
-    """Listen on the unix socket ``path`` with ``mode``: created owner-only and widened once
-    bound, so no one connects in between under a looser umask."""
-    if path.is_socket():
-        path.unlink()  # a stale socket from a previous run
-    old = os.umask(0o177)
-    try:
-        await web.UnixSite(runner, str(path)).start()
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def run_daemon(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from carbonwatch.fleet import queries as q
+import carbonwatch.fleet.queries as q
 from carbonwatch.fleet.promql import FleetError, PrometheusClient, quote
 
 MAX_LAST_SEEN_LOOKUPS = 20  # stale nodes whose last-seen time is looked up one by one
