@@ -32,6 +32,7 @@ from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
 from carbonwatch.daemon.bind import check_bind, unix_site, url_host
 from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
+from carbonwatch.daemon.intake import CallIntake, JobIntake
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs, job_from_row
 from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
 from carbonwatch.daemon.reader import Reader
@@ -52,6 +53,8 @@ REPLAY_PREFIX = "replay:"
 
 
 class Daemon:
+    """The node daemon: built and opened by :func:`build_daemon`, served by :meth:`serve`."""
+
     def __init__(
         self,
         settings: Settings,
@@ -85,6 +88,8 @@ class Daemon:
         self.url = ""
         # Refused at start, before anything opens: a bad target is a configuration error.
         self.scrape_targets = parse_targets(settings.scrape)
+        self.interval_logs: list[Any] = []
+        self.guard: ConnectionGuard | None = None  # once serving
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -188,6 +193,12 @@ class Daemon:
 
         self.scheduler = SchedulerService(self.settings, read=self.read, write=self.writer.run)
         self.scraper = Scraper(self, self.scrape_targets, self.settings.scrape_interval_s)
+        self.jobs = JobIntake(state=self.state, writer=self.writer, loop=self.loop,
+                              models=self.models, clock=self.clock,
+                              accounting=self.job_accounting, read=self.read)
+        self.calls = CallIntake(state=self.state, writer=self.writer, models=self.models,
+                                totals=self.totals, clock=self.clock, service_row=self.service_row,
+                                max_auto_jobs=self.settings.max_auto_jobs_per_request)
 
     def _replay_collectors(self) -> tuple[list[Collector], str]:
         """The trace's GPU (``replay_gpus`` copies), served in trace time at ``replay_speed``.
@@ -324,10 +335,10 @@ class Daemon:
     ) -> None:
         """Serve until SIGTERM/SIGINT, or until ``stop`` is set (in-process use, no signals)."""
         app = make_app(self)
-        self.guard = ConnectionGuard(self.settings.request_header_timeout_s,
-                                     self.settings.max_connections_per_client)
-        app.middlewares.insert(0, self.guard.middleware)  # tells the guard of each request
-        runner = GuardedRunner(app, self.guard, access_log=None, shutdown_timeout=10.0)
+        guard = self.guard = ConnectionGuard(self.settings.request_header_timeout_s,
+                                             self.settings.max_connections_per_client)
+        app.middlewares.insert(0, guard.middleware)  # tells the guard of each request
+        runner = GuardedRunner(app, guard, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         settings = self.settings
         self.local_url = ""  # where the node's users (and launched jobs) reach it as themselves
@@ -368,7 +379,7 @@ class Daemon:
     def close(self) -> None:
         self.reader.close()
         self.writer.close()
-        for log_ in getattr(self, "interval_logs", ()):
+        for log_ in self.interval_logs:
             log_.close()
 
     async def read(self, fn: Callable[[Store], T]) -> T:
@@ -428,7 +439,7 @@ class Daemon:
         return view
 
     def _connection_view(self) -> dict[str, int]:
-        guard = getattr(self, "guard", None)
+        guard = self.guard
         if guard is None:
             return {}
         return {"open": sum(guard.per_client.values()), "closed_idle": guard.closed_idle,
@@ -446,6 +457,19 @@ class Daemon:
         )
 
 
+def build_daemon(settings: Settings, *, intensity: IntensitySource, **options: Any) -> Daemon:
+    """A daemon fully wired and opened (store, collectors, sampler, state, intake services,
+    scheduler, scraper), ready to :meth:`Daemon.serve`; closed again if opening fails.
+    ``options``: ``Daemon``'s keyword arguments (replay speed and GPUs, node, cadences, clock)."""
+    daemon = Daemon(settings, intensity=intensity, **options)
+    try:
+        daemon.open()
+    except BaseException:
+        daemon.close()
+        raise
+    return daemon
+
+
 def run_daemon(
     settings: Settings,
     *,
@@ -456,10 +480,9 @@ def run_daemon(
     on_note: Callable[[str], None] = lambda note: None,
 ) -> None:
     """Run until SIGTERM/SIGINT. Raises CarbonwatchError (a ConfigError for a refused bind)."""
-    daemon = Daemon(settings, intensity=intensity, replay_speed=replay_speed,
-                    replay_gpus=replay_gpus)
+    daemon = build_daemon(settings, intensity=intensity, replay_speed=replay_speed,
+                          replay_gpus=replay_gpus)
     try:
-        daemon.open()
         # Under ingestion the daemon holds ~10^5-10^6 call spans awaiting settlement; with the
         # default thresholds the cyclic GC rescans them all dozens of times a second (~10 % of
         # the CPU at 100k calls/s). Spans hold no cycles, so collect far less often, and move
