@@ -41,7 +41,6 @@ def _peak_rss_mb() -> float:
 
 
 def run_carbonwatch(seconds: float) -> dict:
-    from carbonwatch.accounting import Pricing
     from carbonwatch.clock import SystemClock
     from carbonwatch.collectors.cpu_model import TdpCpuCollector
     from carbonwatch.collectors.detect import default_process_scanner
@@ -50,6 +49,7 @@ def run_carbonwatch(seconds: float) -> dict:
     from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
     from carbonwatch.grid.static import StaticSource, world_average
     from carbonwatch.ledger import Ledger
+    from carbonwatch.pricing import Pricing
     from carbonwatch.sampler import Sampler
 
     clock = SystemClock()

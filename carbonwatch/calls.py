@@ -32,7 +32,8 @@ from operator import attrgetter
 
 import numpy as np
 
-from carbonwatch.accounting import J_PER_KWH, co2e_g
+from carbonwatch.model import J_PER_KWH
+from carbonwatch.pricing import co2e_g
 from carbonwatch.sampler import AttributedInterval
 
 

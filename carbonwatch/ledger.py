@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from carbonwatch.accounting import Pricing, co2e_g
 from carbonwatch.model import IDLE, OTHER, Provenance
+from carbonwatch.pricing import Pricing, co2e_g
 from carbonwatch.sampler import AttributedInterval
 
 # consumer key -> (phase, model). Phases: training | inference | other | idle.

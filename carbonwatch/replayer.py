@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carbonwatch.accounting import Pricing
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.gpushare import GpuOptions
@@ -21,6 +20,7 @@ from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.ledger import Ledger
 from carbonwatch.model import IDLE, OTHER
+from carbonwatch.pricing import Pricing
 from carbonwatch.sampler import AttributedInterval, Sampler
 
 

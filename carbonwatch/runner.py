@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from carbonwatch.accounting import Pricing
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.processes import ProcessScanner
@@ -26,6 +25,7 @@ from carbonwatch.grid.types import IntensitySource
 from carbonwatch.jobreport import JobReport, format_summary
 from carbonwatch.ledger import Ledger
 from carbonwatch.model import IDLE, DeviceInfo, job_consumer
+from carbonwatch.pricing import Pricing
 from carbonwatch.proc import ProcessTree, SignalForwarder, exit_code, exited, spawn
 from carbonwatch.ranks import JOIN_TAG, Members, claim_job, run_member
 from carbonwatch.sampler import Sampler

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from carbonwatch.accounting import Pricing
     from carbonwatch.daemon.intake import CallIntake, JobIntake
     from carbonwatch.daemon.metrics import DaemonCollector
+    from carbonwatch.pricing import Pricing
     from carbonwatch.scheduler.service import SchedulerService
     from carbonwatch.store import Store
 

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import psutil
 from aiohttp import web
 
-from carbonwatch.accounting import Pricing
 from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
@@ -44,6 +43,7 @@ from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.model import job_of_consumer
+from carbonwatch.pricing import Pricing
 from carbonwatch.sampler import Sampler
 from carbonwatch.store import Store
 

@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from carbonwatch.accounting import Pricing
 from carbonwatch.calls import CallLedger, CallSpan
 from carbonwatch.daemon.flush import Flush
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
 from carbonwatch.daemon.metrics import OTHER, LabelCap
 from carbonwatch.ledger import Ledger
+from carbonwatch.pricing import Pricing
 from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
 from carbonwatch.scrape import ScrapeLedger

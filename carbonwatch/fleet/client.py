@@ -16,6 +16,7 @@ from typing import Any
 
 import carbonwatch.fleet.queries as q
 from carbonwatch.fleet.promql import FleetError, PrometheusClient, quote
+from carbonwatch.model import J_PER_KWH
 
 MAX_LAST_SEEN_LOOKUPS = 20  # stale nodes whose last-seen time is looked up one by one
 
@@ -36,7 +37,7 @@ class FleetTotal:
 
     @property
     def energy_kwh(self) -> float:
-        return self.energy_j / 3.6e6
+        return self.energy_j / J_PER_KWH
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "group": dict(self.group), "energy_kwh": self.energy_kwh}

@@ -27,13 +27,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carbonwatch.accounting import J_PER_KWH
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import ConfigError, ProviderError, StoreError, UnknownZone
 from carbonwatch.grid import static
 from carbonwatch.grid.series import SeriesSource, normalise
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
+from carbonwatch.model import J_PER_KWH
 
 if TYPE_CHECKING:
     from carbonwatch.grid.provider import Provider

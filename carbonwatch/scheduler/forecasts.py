@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from carbonwatch.accounting import J_PER_KWH
 from carbonwatch.clock import Clock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError, ProviderError
 from carbonwatch.grid.accounting import cached_points, save_points
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
+from carbonwatch.model import J_PER_KWH
 from carbonwatch.scheduler.planner import Forecast, Plan, plan_job
 
 StoreCall = Callable[[Callable[[Any], Any]], Awaitable[Any]]
