@@ -1,10 +1,26 @@
 """Per-call attribution: split a serving process's energy over the inference calls it served.
 
-Rule (DESIGN.md): the consumer's energy in each device interval is split over the calls that overlap
-it by overlap time, so concurrent calls share; energy between calls stays with the service. The
-interval's ``segments`` shape its energy in time, so a call in a high-power stretch gets more than
-an equally long call in a quiet one. Within each segment, power is taken as constant; a stretch of
-time covered by k calls gives each 1/k of its energy (a sweep over the span boundaries).
+Rule (DESIGN.md): the consumer's energy in each device interval is split over the calls that ran
+in it by the power each call causes, fitted per consumer from how its power follows its calls' work
+(``power-fit``), with overlap time as the fallback while the fit is not trusted (``overlap-time``);
+energy between calls stays with the service. The arithmetic lives in :mod:`carbonwatch.callsplit`;
+this module keeps the books. Each emitted call says which method gave it most of its energy
+(``CallSettlement.per_call_method``, ``fitted_calls`` in the minute rows): a call's energy is an
+apportionment, never a measurement.
+
+Alignment. NVML's power reading is the average over the last ~100 ms and changes every ~100 ms, so a
+reading stands on average ``power_lag_s`` (0.1 s) after the power it reports: a GPU interval's
+segments are shifted back by that much before deciding which calls they cover, or a short call's
+energy would land in the gap after it. Where the idle energy is its own line, the segments' shape
+has the idle power taken out first (the consumer's part is active energy only; idle power, flat,
+would smear it into the gaps between calls).
+
+Device misses. Under a trusted fit, a gap of up to ``MAX_BRIDGE_S`` before a consumer's interval
+(the device gave it nothing there: the second of its launch before its first SM sample, a quiet
+second under the idle baseline's error) is bridged, so calls that ran there share the interval's
+energy by demand instead of getting 0 J; and beside another process an interval's calls get at
+most ``MAX_OVER_FIT`` times what the fit predicts for them, the rest staying between calls (the
+attribution can hand a quiet service a slice of its neighbour's energy).
 
 Timing. Intervals are split when they are settled, ``settle_s`` after they ended, so that spans
 reported a little late (client batching) are there to receive their energy. A call is emitted once
@@ -19,8 +35,8 @@ to ``add_interval``, exactly up to float rounding (a property test holds it). Ev
 by ``add_spans`` appears exactly once in the ``per_call`` of some settlement (when enabled).
 
 Cost. Each settle is vectorised with numpy over the spans it touches: one sort of the boundaries
-(O(n log n)), then prefix sums, so the only Python object per call is the span itself and its
-output tuple.
+(O(n log n)), then prefix sums, so the only Python objects per call are the span itself and its
+output tuple; the fit adds one row per power reading, not per call.
 """
 
 from __future__ import annotations
@@ -32,9 +48,23 @@ from operator import attrgetter
 
 import numpy as np
 
-from carbonwatch.model import J_PER_KWH
+from carbonwatch.callinputs import consumer_shape, work_measures
+from carbonwatch.callsplit import (
+    MARGIN_S,
+    METHOD_FIT,
+    METHOD_OVERLAP,
+    CallPowerFit,
+    PendingInterval,
+    learn,
+    split,
+)
+from carbonwatch.model import IDLE, J_PER_KWH, DeviceClass
 from carbonwatch.pricing import co2e_g
 from carbonwatch.sampler import AttributedInterval
+
+# NVML's power reading averages the last ~100 ms and moves every ~100 ms: on average it reports
+# the power of ~0.1 s earlier (half the window plus half the update period).
+NVML_POWER_LAG_S = 0.1
 
 
 class _EmptyTags(Mapping[str, str]):
@@ -51,6 +81,9 @@ class _EmptyTags(Mapping[str, str]):
 
     def __hash__(self) -> int:
         return 0
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        return default  # fast: Mapping.get would raise and catch a KeyError per call
 
     def __repr__(self) -> str:
         return "{}"
@@ -86,26 +119,18 @@ class CallSettlement:
     # consumer -> energy of the settled intervals that no call covered (stays with the service).
     between_calls_j: dict[str, float] = field(default_factory=dict)
     # Rows for table call_minute, keyed by each call's start minute; additive (add, don't replace).
-    # busy_s is the sum of call durations, so concurrent calls each count. tokens_in/tokens_out
-    # sum the calls' reported tokens (a call without them adds 0); token_calls counts the calls
+    # busy_s is the sum of call durations, so concurrent calls each count. fitted_calls: how many
+    # of the row's calls were apportioned by the power fit (the rest by overlap time); tokens_in
+    # and tokens_out sum the calls' reported tokens (None adds 0), token_calls counts the calls
     # that reported tokens_out and token_energy_j is their energy, so a per-token figure can say
     # how much of the energy it covers.
     minute_rows: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class _PendingInterval:
-    start_s: float
-    end_s: float
-    seg_lo_s: np.ndarray  # segment starts
-    seg_hi_s: np.ndarray  # segment ends, non-decreasing
-    seg_energy_j: np.ndarray  # the consumer's energy in each segment
-    co2e_g_per_j: float  # this interval's intensity × PUE, per joule
+    # Parallel to per_call: how each call was apportioned (METHOD_FIT or METHOD_OVERLAP).
+    per_call_method: list[str] = field(default_factory=list)
 
 
 _EMPTY = np.empty(0, dtype=np.float64)
 _START, _END, _MODEL = attrgetter("start_s"), attrgetter("end_s"), attrgetter("model")
-_TOKENS_IN, _TOKENS_OUT = attrgetter("tokens_in"), attrgetter("tokens_out")
 
 
 class _Chunk:
@@ -115,8 +140,8 @@ class _Chunk:
     touches the chunks that overlap the intervals it splits or that hold finished calls, and the
     work per settle stays proportional to the calls of that stretch, not to all open calls."""
 
-    __slots__ = ("spans", "start_s", "end_s", "model_id", "energy_j", "co2e_g",
-                 "min_start_s", "min_end_s", "max_end_s")
+    __slots__ = ("spans", "start_s", "end_s", "model_id", "weight", "tokens_in", "tokens_out",
+                 "energy_j", "co2e_g", "fit_j", "min_start_s", "min_end_s", "max_end_s")
 
     def __init__(
         self,
@@ -124,13 +149,20 @@ class _Chunk:
         start_s: np.ndarray,
         end_s: np.ndarray,
         model_id: np.ndarray,
+        weight: np.ndarray,
+        tokens_in: np.ndarray,
+        tokens_out: np.ndarray,
     ) -> None:
         self.spans = spans  # object array of CallSpan; None when no per-call output is wanted
         self.start_s = start_s
         self.end_s = end_s  # clamped to >= start_s
         self.model_id = model_id
+        self.weight = weight  # the work measure the fit uses: weight, else batch tag, else 1
+        self.tokens_in = tokens_in  # NaN where not reported
+        self.tokens_out = tokens_out
         self.energy_j = np.zeros(len(start_s))
         self.co2e_g = np.zeros(len(start_s))
+        self.fit_j = np.zeros(len(start_s))  # the part of energy_j apportioned by the power fit
         self._restat()
 
     def __len__(self) -> int:
@@ -160,7 +192,12 @@ class _Chunk:
         return out
 
 
-_COLUMNS = ("start_s", "end_s", "model_id", "energy_j", "co2e_g")
+_COLUMNS = ("start_s", "end_s", "model_id", "weight", "tokens_in", "tokens_out", "energy_j",
+            "co2e_g", "fit_j")
+# How many recent consumers' power fits are kept once the consumer has nothing pending.
+_MAX_FITS = 1024
+# A gap this long or shorter between a consumer's intervals is bridged (see add_interval).
+MAX_BRIDGE_S = 2.5
 # Small leftover chunks (long calls still open) are merged once there are this many.
 _MAX_CHUNKS = 32
 
@@ -171,7 +208,7 @@ class _ConsumerCalls:
     def __init__(self) -> None:
         self.incoming: list[CallSpan] = []  # added since the last settle, not yet in a chunk
         self.chunks: list[_Chunk] = []
-        self.intervals: list[_PendingInterval] = []
+        self.intervals: list[PendingInterval] = []
         # Calls ending at or before the frontier were emitted: no pending interval can reach them.
         self.frontier_s = -math.inf
 
@@ -184,7 +221,12 @@ class CallLedger:
     (``expired_spans``; later energy goes to between-call energy, so nothing is lost); spans beyond
     ``max_pending_spans`` are refused (``dropped_spans``). Spans with non-finite times are refused
     too (``invalid_spans``). ``emit_per_call=False`` keeps only the minute rollups (no raw call
-    log). Not thread-safe: the daemon calls it from one task.
+    log). ``power_lag_s`` shifts GPU intervals' segments back to the time their power readings
+    average (:data:`NVML_POWER_LAG_S` for NVML; 0 takes the segments as given). ``fit=False``
+    always splits by overlap time; while a consumer's fit has too few rows to be tried, its due
+    intervals are held back (learned from, not split) for up to ``warmup_s``, so its first calls
+    need not fall back. ``fitted_calls`` / ``overlap_calls`` count the emitted calls
+    by how they were apportioned. Not thread-safe: the daemon calls it from one task.
     """
 
     def __init__(
@@ -196,6 +238,9 @@ class CallLedger:
         horizon_s: float = 600.0,
         max_pending_spans: int = 5_000_000,
         emit_per_call: bool = True,
+        power_lag_s: float = 0.0,
+        fit: bool = True,
+        warmup_s: float = 0.0,
     ) -> None:
         self.settle_s = settle_s
         self.pue = pue
@@ -205,7 +250,14 @@ class CallLedger:
         # Off: per_call stays empty and span objects are not kept (minute rows only). Building
         # one output tuple per call is about a third of a settle's cost.
         self.emit_per_call = emit_per_call
+        self.power_lag_s = power_lag_s
+        self.use_fit = fit
+        self.warmup_s = warmup_s
         self._consumers: dict[str, _ConsumerCalls] = {}
+        # Per consumer: how its power follows its calls. Outlives the consumer's pending work
+        # (a service idle for a while keeps what it learned), bounded by _MAX_FITS.
+        self._fits: dict[str, CallPowerFit] = {}
+        self._last_end_s: dict[str, float] = {}  # where each consumer's last interval ended
         self._model_ids: dict[str, int] = {}
         self._models: list[str] = []
         self._pending_spans = 0
@@ -213,6 +265,8 @@ class CallLedger:
         self.expired_spans = 0
         self.dropped_spans = 0
         self.invalid_spans = 0
+        self.fitted_calls = 0
+        self.overlap_calls = 0
 
     @property
     def pending_spans(self) -> int:
@@ -243,25 +297,34 @@ class CallLedger:
         start_s, end_s = float(iv.start_s), float(iv.end_s)
         if not (math.isfinite(start_s) and math.isfinite(end_s) and math.isfinite(energy_j)):
             raise ValueError(f"interval times and energy must be finite, got {iv!r}, {energy_j!r}")
-        if iv.segments:
-            hi = np.array([s[0] for s in iv.segments], dtype=np.float64)
-            seg_e = np.array([s[1] for s in iv.segments], dtype=np.float64)
-        else:
-            hi = np.array([end_s], dtype=np.float64)
-            seg_e = np.array([energy_j], dtype=np.float64)
-        # Malformed segments (unsorted, before start_s) become zero-width, never negative-width.
-        hi = np.maximum.accumulate(np.maximum(hi, start_s))
-        lo = np.concatenate(([start_s], hi[:-1]))
-        total = math.fsum(seg_e.tolist())
-        if total > 0 and math.isfinite(total) and np.all(seg_e >= 0):
-            seg_e = seg_e / total * energy_j  # the segments shape the consumer part (no overflow)
-        else:  # no usable shape: spread evenly over the interval
-            lo = np.array([start_s])
-            hi = np.array([max(end_s, start_s)])
-            seg_e = np.array([energy_j], dtype=np.float64)
+        lag_s = self.power_lag_s if iv.device_class is DeviceClass.GPU else 0.0
+        lo, hi, seg_e, share = consumer_shape(iv, item.parts, energy_j, lag_s)
+        parts = item.parts
+        last_end_s = self._last_end_s.get(consumer)
+        if last_end_s is None:  # its first interval: bridge back to its first call, if close
+            st = self._state(consumer)
+            starts = [c.min_start_s for c in st.chunks if len(c)]
+            starts += [sp.start_s for sp in st.incoming if math.isfinite(sp.start_s)]
+            last_end_s = min(starts, default=-math.inf)
+        self._last_end_s[consumer] = max(last_end_s, float(hi[-1]))
+        if self.use_fit and 0 < start_s - last_end_s <= MAX_BRIDGE_S:
+            # The device gave this consumer nothing in the interval(s) just before (the one it
+            # started in, with no activity sample yet; a quiet one whose few calls' energy fell
+            # under the idle baseline's error), yet
+            # calls may have run there. Stretch this interval back over the gap with no energy
+            # of its own: under a trusted fit its energy then spreads over the calls of both by
+            # their demand, so no call of a service that drew energy gets 0 J for the device's
+            # miss. Overlap time leaves the gap's calls at 0 J, as before.
+            lo = np.concatenate(([last_end_s], lo))
+            hi = np.concatenate(([start_s], hi))
+            seg_e = np.concatenate(([0.0], seg_e))
+            start_s = last_end_s
         factor = co2e_g(1.0, item.intensity.intensity_g_per_kwh, self.pue)
+        # Alone on the device, the segments are the consumer's own power shape.
+        alone = not any(v > 0 for k, v in parts.items() if k != consumer and k != IDLE)
         self._state(consumer).intervals.append(
-            _PendingInterval(start_s, max(end_s, float(hi[-1])), lo, hi, seg_e, factor)
+            PendingInterval(start_s, max(end_s, float(hi[-1])), lo, hi, seg_e, factor, alone,
+                            share=share)
         )
 
     def settle(self, now_s: float) -> CallSettlement:
@@ -280,9 +343,19 @@ class CallLedger:
         for consumer, st in list(self._consumers.items()):
             self._ingest(st)
             due = [iv for iv in st.intervals if iv.end_s < cutoff_s]
+            fit = self._fit(consumer) if self.use_fit else None
+            if (due and fit is not None and fit.warming_up
+                    and due[0].end_s > cutoff_s - self.warmup_s
+                    and any(len(iv.seg_lo_s) >= 3 for iv in due)):
+                # Too few readings to fit yet: learn from the due intervals but hold them (and
+                # their calls) back a little, rather than split the first seconds by time alone.
+                # (Only intervals with readings inside can teach the fit: a one-segment interval,
+                # from a CPU counter, is never held.)
+                self._split(st, [iv for iv in due if not iv.learned], fit, learn_only=True)
+                due = []
             if due:
                 st.intervals = [iv for iv in st.intervals if iv.end_s >= cutoff_s]
-                out.between_calls_j[consumer] = self._split(st, due)
+                out.between_calls_j[consumer] = self._split(st, due, fit)
             frontier_s = min([cutoff_s] + [iv.start_s for iv in st.intervals])
             st.frontier_s = max(st.frontier_s, frontier_s)
             for chunk in st.chunks:
@@ -294,16 +367,20 @@ class CallLedger:
                     self.expired_spans += int(np.count_nonzero(expired))
                     done |= expired
                 if done.all():
-                    self._emit(chunk, slice(None), out.per_call, rows)
+                    self._emit(chunk, slice(None), out, rows)
                     chunk.keep(np.zeros(len(chunk), dtype=bool))
                 elif done.any():
-                    self._emit(chunk, done, out.per_call, rows)
+                    self._emit(chunk, done, out, rows)
                     chunk.keep(~done)
             st.chunks = [c for c in st.chunks if len(c)]
             if len(st.chunks) > _MAX_CHUNKS:
                 st.chunks = [_Chunk.merge(st.chunks)]
             if not st.intervals and not st.chunks:
-                del self._consumers[consumer]  # a consumer that went away costs nothing
+                del self._consumers[consumer]  # a consumer that went away costs (almost) nothing
+                if len(self._fits) > _MAX_FITS:
+                    self._fits.pop(next(iter(self._fits)))
+                if len(self._last_end_s) > _MAX_FITS:
+                    self._last_end_s.pop(next(iter(self._last_end_s)))
         out.minute_rows = list(rows.values())
         return out
 
@@ -325,6 +402,7 @@ class CallLedger:
                 ids[model] = len(self._models)
                 self._models.append(model)
             mid = np.fromiter(map(ids.__getitem__, map(_MODEL, new)), dtype=np.int64, count=n)
+        weight, tokens_in, tokens_out = work_measures(new)
         objs = None
         if self.emit_per_call:
             objs = np.empty(n, dtype=object)
@@ -335,17 +413,31 @@ class CallLedger:
             self.invalid_spans += bad
             self._pending_spans -= bad
             start, end, mid = start[ok], end[ok], mid[ok]
+            weight, tokens_in, tokens_out = weight[ok], tokens_in[ok], tokens_out[ok]
             objs = objs[ok] if objs is not None else None
             if not len(start):
                 return
         # A span before the frontier overlapped intervals that are already split.
         self.late_spans += int(np.count_nonzero(start < st.frontier_s))
-        st.chunks.append(_Chunk(objs, start, np.maximum(end, start), mid))
+        st.chunks.append(_Chunk(objs, start, np.maximum(end, start), mid, weight, tokens_in,
+                                tokens_out))
 
-    def _split(self, st: _ConsumerCalls, due: list[_PendingInterval]) -> float:
-        """Give the due intervals' energy to the open spans; return the between-call energy."""
-        lo_s = min(float(iv.seg_lo_s[0]) for iv in due)
-        hi_s = max(float(iv.seg_hi_s[-1]) for iv in due)
+    def _fit(self, consumer: str) -> CallPowerFit:
+        fit = self._fits.pop(consumer, None) or CallPowerFit()
+        self._fits[consumer] = fit  # most recently used last
+        return fit
+
+    def _split(
+        self, st: _ConsumerCalls, due: list[PendingInterval], fit: CallPowerFit | None,
+        learn_only: bool = False,
+    ) -> float:
+        """Give the due intervals' energy to the open spans; return the between-call energy.
+        ``learn_only``: only add their rows to ``fit``."""
+        if not due:
+            return 0.0
+        # The fit reads activity a little beyond the intervals (the power readings' windows).
+        lo_s = min(float(iv.seg_lo_s[0]) for iv in due) - MARGIN_S
+        hi_s = max(float(iv.seg_hi_s[-1]) for iv in due) + MARGIN_S
         hits: list[tuple[_Chunk, np.ndarray]] = []
         for ch in st.chunks:
             if ch.min_start_s <= hi_s and ch.max_end_s > lo_s:
@@ -354,102 +446,82 @@ class CallLedger:
                     hits.append((ch, idx))
         span_lo = np.concatenate([_EMPTY] + [ch.start_s[i] for ch, i in hits])
         span_hi = np.concatenate([_EMPTY] + [ch.end_s[i] for ch, i in hits])
-        r = len(span_lo)
-        # Spans reaching outside the due intervals only matter inside them: clip, fewer pieces.
-        # One sort of every boundary; the inverse gives each boundary's piece index, no bisect.
-        x, pos = np.unique(
-            np.concatenate([np.clip(span_lo, lo_s, hi_s), np.clip(span_hi, lo_s, hi_s)]
-                           + [b for iv in due for b in (iv.seg_lo_s, iv.seg_hi_s)]),
-            return_inverse=True,
-        )
-        width_s = np.diff(x)
-        n = len(width_s)
-        piece_j = np.zeros(n)
-        piece_g = np.zeros(n)
-        points: list[tuple[float, float, float]] = []  # zero-width segments: (t_s, energy_j, g/J)
-        at = 2 * r
-        for iv in due:
-            m = len(iv.seg_lo_s)
-            lo_i, hi_i = pos[at:at + m], pos[at + m:at + 2 * m]
-            at += 2 * m
-            seg_w = iv.seg_hi_s - iv.seg_lo_s
-            wide = seg_w > 0
-            # Segments are contiguous, so segment q owns pieces lo_i[q] .. hi_i[q] - 1; a piece
-            # gets its segment's energy × its share of the segment's width (a fraction, never a
-            # power: a segment a few ulps wide would overflow one).
-            counts = hi_i - lo_i
-            pj = np.repeat(iv.seg_energy_j, counts) * (
-                width_s[lo_i[0]:hi_i[-1]] / np.repeat(seg_w, counts)
-            )
-            piece_j[lo_i[0]:hi_i[-1]] += pj
-            piece_g[lo_i[0]:hi_i[-1]] += pj * iv.co2e_g_per_j
-            for q in np.flatnonzero(~wide & (iv.seg_energy_j != 0)).tolist():
-                points.append((float(iv.seg_lo_s[q]), float(iv.seg_energy_j[q]), iv.co2e_g_per_j))
-        # Coverage: how many calls cover each piece (+1 at a span start, -1 at its end).
-        i_s, i_e = pos[:r], pos[r:2 * r]
-        cover = np.cumsum(
-            np.bincount(i_s, minlength=n + 1) - np.bincount(i_e, minlength=n + 1)
-        )[:n]
-        covered = cover > 0
-        between_j = math.fsum(piece_j[~covered].tolist())
-        k = np.maximum(cover, 1)
-        # Prefix sums of each piece's per-call share: a call's energy is one difference.
-        cum_j = np.concatenate(([0.0], np.cumsum(np.where(covered, piece_j / k, 0.0))))
-        cum_g = np.concatenate(([0.0], np.cumsum(np.where(covered, piece_g / k, 0.0))))
-        add_j = cum_j[i_e] - cum_j[i_s]
-        add_g = cum_g[i_e] - cum_g[i_s]
-        # Instantaneous energy (a zero-width segment) goes to the calls running at that instant.
-        for t_s, energy_j, g_per_j in points:
-            running = (span_lo <= t_s) & (span_hi > t_s)
-            calls = int(np.count_nonzero(running))
-            if calls == 0:
-                between_j += energy_j
-            else:
-                add_j = add_j + running * (energy_j / calls)
-                add_g = add_g + running * (energy_j * g_per_j / calls)
+        demand_x = _EMPTY.reshape(0, 4)
+        if fit is not None and hits:
+            duration_s = span_hi - span_lo
+            per_s = np.divide(1.0, duration_s, out=np.zeros_like(duration_s),
+                              where=duration_s > 0)
+            tin = np.concatenate([ch.tokens_in[i] for ch, i in hits])
+            tout = np.concatenate([ch.tokens_out[i] for ch, i in hits])
+            demand_x = np.column_stack([
+                np.ones(len(span_lo)),
+                np.concatenate([ch.weight[i] for ch, i in hits]),
+                np.nan_to_num(tin) * per_s,
+                np.nan_to_num(tout) * per_s,
+            ])
+        if learn_only:
+            assert fit is not None
+            learn(span_lo, span_hi, demand_x, due, fit)
+            return 0.0
+        res = split(span_lo, span_hi, demand_x, due, fit)
         off = 0
         for ch, idx in hits:
-            ch.energy_j[idx] += add_j[off:off + len(idx)]
-            ch.co2e_g[idx] += add_g[off:off + len(idx)]
+            part = slice(off, off + len(idx))
+            ch.energy_j[idx] += res.add_j[part]
+            ch.co2e_g[idx] += res.add_g[part]
+            if res.fitted:
+                ch.fit_j[idx] += res.add_j[part]
             off += len(idx)
-        return between_j
+        return res.between_j
 
     def _emit(
         self,
         ch: _Chunk,
         done: np.ndarray | slice,
-        per_call: list[tuple[CallSpan, float, float, float]],
+        out: CallSettlement,
         rows: dict[tuple[int, str], dict],
     ) -> None:
         energy_j = ch.energy_j[done]
         carbon_g = ch.co2e_g[done]
         self._pending_spans -= len(energy_j)
+        # A call is "power-fit" when the fit gave it most of its energy.
+        fitted = (ch.fit_j[done] > 0.5 * energy_j) & (energy_j > 0)
+        n_fitted = int(np.count_nonzero(fitted))
+        self.fitted_calls += n_fitted
+        self.overlap_calls += len(energy_j) - n_fitted
         # As Pricing.energy_cost: facility energy (PUE included); 0 while the price is unknown.
         cost = energy_j * (self.pue * (self.price_per_kwh or 0.0) / J_PER_KWH)
         start_s = ch.start_s[done]
         if self.emit_per_call and ch.spans is not None:
-            per_call.extend(
+            out.per_call.extend(
                 zip(ch.spans[done].tolist(), energy_j.tolist(), carbon_g.tolist(), cost.tolist(),
                     strict=True)
             )
+            method = (METHOD_OVERLAP, METHOD_FIT)
+            out.per_call_method.extend([method[f] for f in fitted.tolist()])
         # Minute rollup: group by (start minute, model) in one numpy pass.
         minute = (np.floor(start_s / 60.0) * 60.0).astype(np.int64)
         n_models = max(len(self._models), 1)
         keys, inverse = np.unique(minute * n_models + ch.model_id[done], return_inverse=True)
         m = len(keys)
+        tokens_out = ch.tokens_out[done]
+        has_out = ~np.isnan(tokens_out)
         sums = [
             np.bincount(inverse, weights=w, minlength=m)
-            for w in (ch.end_s[done] - start_s, energy_j, carbon_g, cost)
+            for w in (ch.end_s[done] - start_s, energy_j, carbon_g, cost,
+                      np.nan_to_num(ch.tokens_in[done]), np.nan_to_num(tokens_out))
         ]
         calls = np.bincount(inverse, minlength=m)
-        tokens = self._token_sums(ch, done, inverse, energy_j, m)
+        fitted_n = np.bincount(inverse, weights=fitted, minlength=m)
+        token_calls = np.bincount(inverse, weights=has_out, minlength=m)
+        token_energy_j = np.bincount(inverse, weights=energy_j * has_out, minlength=m)
         for i, key in enumerate(keys.tolist()):
             minute_s, model = key // n_models, self._models[key % n_models]
             row = rows.get((minute_s, model))
             if row is None:
                 row = rows[(minute_s, model)] = {
                     "minute_s": minute_s, "model": model, "calls": 0, "busy_s": 0.0,
-                    "energy_j": 0.0, "co2e_g": 0.0, "cost": 0.0,
+                    "energy_j": 0.0, "co2e_g": 0.0, "cost": 0.0, "fitted_calls": 0,
                     "tokens_in": 0, "tokens_out": 0, "token_calls": 0, "token_energy_j": 0.0,
                 }
             row["calls"] += int(calls[i])
@@ -457,39 +529,8 @@ class CallLedger:
             row["energy_j"] += float(sums[1][i])
             row["co2e_g"] += float(sums[2][i])
             row["cost"] += float(sums[3][i])
-            if tokens is not None:
-                row["tokens_in"] += tokens[0][i]
-                row["tokens_out"] += tokens[1][i]
-                row["token_calls"] += tokens[2][i]
-                row["token_energy_j"] += float(tokens[3][i])
-
-    @staticmethod
-    def _token_sums(
-        ch: _Chunk, done: np.ndarray | slice, inverse: np.ndarray, energy_j: np.ndarray, m: int
-    ) -> tuple[list[int], list[int], list[int], np.ndarray] | None:
-        """Per minute row: tokens in, tokens out, calls reporting tokens_out, their energy.
-
-        None when no span object is kept (``emit_per_call=False``) or no call in ``done``
-        reported tokens. Counts are summed in int64: each is at most 10^9 (the API's bound) and
-        the ledger holds at most ``max_pending_spans`` calls, so no sum can overflow."""
-        if ch.spans is None:
-            return None
-        spans = ch.spans[done].tolist()
-        n = len(spans)
-        t_in = list(map(_TOKENS_IN, spans))  # attribute reads in C, not a Python loop
-        t_out = list(map(_TOKENS_OUT, spans))
-        none_in, none_out = t_in.count(None), t_out.count(None)
-        if none_in == n and none_out == n:
-            return None
-        has_out = np.array([t is not None for t in t_out], dtype=bool) if none_out else \
-            np.ones(n, dtype=bool)
-        sums = []
-        for values, missing in ((t_in, none_in), (t_out, none_out)):
-            if missing:
-                values = [0 if t is None else t for t in values]
-            acc = np.zeros(m, dtype=np.int64)
-            np.add.at(acc, inverse, np.array(values, dtype=np.int64))
-            sums.append(acc.tolist())
-        calls = np.bincount(inverse, weights=has_out, minlength=m).astype(np.int64).tolist()
-        return sums[0], sums[1], calls, np.bincount(
-            inverse, weights=energy_j * has_out, minlength=m)
+            row["fitted_calls"] += int(fitted_n[i])
+            row["tokens_in"] += int(sums[4][i])
+            row["tokens_out"] += int(sums[5][i])
+            row["token_calls"] += int(token_calls[i])
+            row["token_energy_j"] += float(token_energy_j[i])

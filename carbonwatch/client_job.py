@@ -1,5 +1,5 @@
 """``carbonwatch.job(...)``: a block of user code marked as a job on the daemon (the client's
-``Job``; the daemon's view of a running job is ``daemon/registry.py``'s ``LiveJob``)."""
+``Job``; the daemon's view of a running job is ``daemon/live_jobs.py``'s ``LiveJob``)."""
 
 from __future__ import annotations
 

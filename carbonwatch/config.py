@@ -75,6 +75,7 @@ class Settings:
     daemon_url: str = ""  # empty: http://{host}:{port}
     provider: str = "static"
     provider_url: str = ""
+    csv_tz: str = ""  # IANA zone of CSV timestamps written without one; empty: UTC
     # Comma-separated provider URLs (or CSV files) a submitted deferred job may choose besides the
     # daemon's own provider_url. Empty: none; a request never picks what the daemon fetches.
     provider_urls: str = ""
@@ -82,6 +83,9 @@ class Settings:
     watttime_username: str = ""
     watttime_password: str = ""
     no_forecast_policy: str = "latest"  # latest | now
+    # Defer a job only when its expected saving is at least this many one-sigma bands of the
+    # provider's measured forecast error (0: trust the forecast as it is).
+    defer_error_sigmas: float = 1.0
     raw_call_log_max: int = 100_000
     scheduler_refresh_s: float = 900.0  # how often queued jobs are re-planned on a newer forecast
     intensity_refresh_s: float = 900.0  # how often accounting refetches the intensity series
@@ -101,6 +105,16 @@ class Settings:
     # Open connections per client address (uid on the Unix socket). On loopback every local
     # user shares one address: 1024 leaves room for the 1,000-client load experiment.
     max_connections_per_client: int = 1024
+    # Embodied carbon (carbonwatch.embodied): a device's manufacturing kg CO2e spread over
+    # lifetime x utilisation hours; per-model figures override the shipped table
+    # (``PATTERN=KG``, comma-separated, or a TOML table).
+    embodied_lifetime_years: float = 6.0
+    embodied_utilisation: float = 0.85
+    embodied_kgco2e: str = ""
+    # A second provider for the marginal signal (e.g. watttime beside an average provider): its
+    # points are kept so jobs carry co2e_g_marginal beside co2e_g.
+    marginal_provider: str = ""
+    marginal_provider_url: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -127,7 +141,7 @@ class Settings:
             raise ConfigError(f"energy_price_per_kwh must be >= 0, got {price!r}")
         for name in ("gpu_hour_rate", "cpu_hour_rate", "power_interval_s", "counter_interval_s",
                      "metrics_job_retention_s", "scrape_interval_s",
-                     "gpu_share_window_s"):
+                     "gpu_share_window_s", "defer_error_sigmas"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -138,6 +152,15 @@ class Settings:
             raise ConfigError("power_interval_s and counter_interval_s must be > 0")
         if self.scrape_interval_s <= 0:
             raise ConfigError("scrape_interval_s must be > 0")
+        if self.csv_tz:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.csv_tz)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ConfigError(
+                    f"csv_tz must be an IANA time zone (e.g. Europe/London), got {self.csv_tz!r}"
+                ) from exc
         from carbonwatch.collectors.gpuidle import parse_idle_setting
 
         try:
@@ -148,6 +171,13 @@ class Settings:
                      "max_connections_per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.embodied_lifetime_years) and self.embodied_lifetime_years > 0):
+            raise ConfigError("embodied_lifetime_years must be a finite number > 0")
+        if not (math.isfinite(self.embodied_utilisation) and 0 < self.embodied_utilisation <= 1):
+            raise ConfigError("embodied_utilisation must be in (0, 1]")
+        from carbonwatch.embodied import parse_overrides
+
+        parse_overrides(self.embodied_kgco2e)  # raises ConfigError naming the bad pair
         if self.no_forecast_policy not in ("latest", "now"):
             raise ConfigError("no_forecast_policy must be 'latest' or 'now'")
         if not re.fullmatch(r"0?[0-7]{3}", self.socket_mode.strip()):
@@ -182,6 +212,8 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return value
         if isinstance(raw, list):  # a TOML array for a list-valued setting (scrape)
             return ",".join(str(item) for item in raw)
+        if isinstance(raw, dict):  # a TOML table for a pairs setting (embodied_kgco2e)
+            return ",".join(f"{k}={v}" for k, v in raw.items())
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: setting {name!r} has an invalid value {raw!r}") from exc

@@ -36,6 +36,10 @@ class JobReport:
     pids: list[int] = field(default_factory=list)
     cpu_time_s: float | None = None  # CPU seconds of the whole tree, when a scanner saw it
     measured_by: str | None = None  # the daemon's URL when the daemon measured it
+    # Beside co2e_g (carbonwatch.embodied, carbonwatch.grid.signals): None is unknown, not 0.
+    embodied_co2e_g: float | None = None
+    co2e_g_marginal: float | None = None
+    embodied_without_figure: list[str] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -62,6 +66,9 @@ class JobReport:
             provenance=dict(job["provenance"]),
             pids=list(job["pids"]),
             measured_by=url,
+            embodied_co2e_g=job.get("embodied_co2e_g"),
+            co2e_g_marginal=job.get("co2e_g_marginal"),
+            embodied_without_figure=list(job.get("embodied_devices_without_figure") or []),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -86,6 +93,9 @@ class JobReport:
             "provenance": self.provenance,
             "pids": self.pids,
             "cpu_time_s": self.cpu_time_s,
+            "embodied_co2e_g": self.embodied_co2e_g,
+            "embodied_devices_without_figure": self.embodied_without_figure,
+            "co2e_g_marginal": self.co2e_g_marginal,
         }
         if self.measured_by is not None:
             out["measured_by"] = self.measured_by
@@ -131,6 +141,17 @@ def format_summary(report: JobReport) -> str:
         f"  emissions {report.co2e_g:.4g} gCO2e  ({carbon.get('kind', '?')} intensity from "
         f"{carbon.get('intensity', '?')}, PUE {carbon.get('pue', '?')})"
     )
+    if report.embodied_co2e_g is not None or report.embodied_without_figure:
+        lines.append(
+            "  embodied "
+            + ("unknown" if report.embodied_co2e_g is None
+               else f"{report.embodied_co2e_g:.4g} gCO2e")
+            + " (hardware manufacture, beside the emissions"
+            + (f"; no sourced figure for {', '.join(report.embodied_without_figure)}"
+               if report.embodied_without_figure else "") + ")"
+        )
+    if report.co2e_g_marginal is not None:
+        lines.append(f"  marginal emissions {report.co2e_g_marginal:.4g} gCO2e (WattTime MOER)")
     if report.cost is None:
         lines.append(
             "  cost unknown (no energy price configured on the daemon)"

@@ -84,7 +84,9 @@ class ActivityFit(Generic[K]):
     segments count for more); ``solve`` returns a :class:`Fit`, or None while it cannot be trusted:
     fewer than ``min_rows`` rows, no regressor that ever moved, or ``r2`` below ``min_r2``.
     ``fixed_base_w`` pins the intercept (a GPU's idle power learned from its counter) instead of
-    fitting it."""
+    fitting it. ``signed=True`` accepts negative activity: rows that are deviations from a mean
+    (a fit within groups of rows that share an unknown offset or scale, with the base pinned
+    to 0); coefficients stay >= 0."""
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class ActivityFit(Generic[K]):
         min_rows: int = 30,
         min_r2: float = 0.3,
         fixed_base_w: float | None = None,
+        signed: bool = False,
     ) -> None:
         if max_rows < 1 or min_rows < 1:
             raise ValueError("max_rows and min_rows must be at least 1")
@@ -100,6 +103,7 @@ class ActivityFit(Generic[K]):
         self.min_rows = min_rows
         self.min_r2 = min_r2
         self.fixed_base_w = fixed_base_w
+        self.signed = signed
         self._rows: deque[tuple[dict[K, float], float, float]] = deque(maxlen=max_rows)
 
     def __len__(self) -> int:
@@ -113,7 +117,8 @@ class ActivityFit(Generic[K]):
         """One reading. Non-finite or negative values are refused rather than poisoning the fit."""
         if not (math.isfinite(power_w) and math.isfinite(weight)) or weight <= 0:
             return
-        clean = {k: float(x) for k, x in activity.items() if math.isfinite(x) and x > 0}
+        clean = {k: float(x) for k, x in activity.items()
+                 if math.isfinite(x) and (x > 0 or (self.signed and x != 0))}
         self._rows.append((clean, float(power_w), float(weight)))
 
     def solve(self, min_support: int = 0) -> Fit[K] | None:

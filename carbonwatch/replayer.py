@@ -21,7 +21,7 @@ from carbonwatch.grid.types import IntensitySource
 from carbonwatch.ledger import Ledger
 from carbonwatch.model import IDLE, OTHER
 from carbonwatch.pricing import Pricing
-from carbonwatch.sampler import AttributedInterval, Sampler
+from carbonwatch.sampler import AttributedInterval, Sampler, Sink
 
 
 @dataclass
@@ -92,9 +92,11 @@ def replay_trace(
     pricing: Pricing | None = None,
     faults: Sequence[Fault] = (),
     gpu_options: GpuOptions | None = None,
+    sinks: Sequence[Sink] = (),
 ) -> ReplayReport:
     """``gpu_options``: the idle baseline (configured, or learned earlier for the trace's GPU
-    UUID) and the share window, as on a live node; by default everything is learned afresh."""
+    UUID) and the share window, as on a live node; by default everything is learned afresh.
+    ``sinks`` also receive every attributed interval, in time order."""
     trace = load_trace(trace_dir)
     clock = ManualClock(trace.start_s)
     backend = ReplayGpuBackend(trace, clock, faults=faults)
@@ -107,7 +109,7 @@ def replay_trace(
         intensity=intensity or StaticSource(world_average()),
         # Every pid of the trace is its own consumer, so the report is per process.
         owners=lambda: {pid: f"pid:{pid}" for pid in roles},
-        sinks=[ledger, intervals.append],
+        sinks=[ledger, intervals.append, *sinks],
         idle_policy=idle_policy,
         power_interval_s=power_interval_s,
         counter_interval_s=counter_interval_s,

@@ -180,6 +180,10 @@ def run_command(
         report.cpu_time_s = sum(processes.cpu_seconds(pid) for pid in measure.tree.pids)
     if store is not None and job_id is not None:
         _record(store, job_id, report, measure, interrupted=bool(forwarder.received))
+        from carbonwatch.footprint import job_footprint  # embodied and marginal, read back
+
+        (report.embodied_co2e_g, report.embodied_without_figure,
+         report.co2e_g_marginal) = job_footprint(store.conn, settings, report.job_id)
     return report
 
 
@@ -214,6 +218,10 @@ def _record(
     if status == "finished" and measure.members is not None and any(measure.members.exit_codes()):
         status = "failed"  # a rank that joined failed
     store.add_energy_minutes(measure.ledger.drain_minute_rows())
+    from carbonwatch.embodied import record_devices  # the models embodied carbon needs
+
+    with store.transaction():
+        record_devices(store.conn, measure.sampler.devices(), report.ended_s)
     store.update_job(
         job_id,
         status=status,

@@ -13,7 +13,9 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
+from carbonwatch.footprint import extend
 from carbonwatch.model import J_PER_KWH
 from carbonwatch.store import Store, job_dicts
 from carbonwatch.times import iso_utc_or_none
@@ -39,6 +41,14 @@ METHODOLOGY = [
     "Per token: the serving energy of the calls that reported output tokens (their share of "
     "the calls' apportioned energy, between-call energy included pro rata), divided by the "
     "tokens the serving code reported; per output token and per token (prompt + output) apart.",
+]
+FOOTPRINT_METHODOLOGY = [
+    "Embodied carbon: each device model's manufacturing emissions (sourced per model; unknown "
+    "where no figure is sourced, never 0) spread over lifetime x utilisation hours, charged per "
+    "device-minute of use by energy share; reported beside, never inside, the operational "
+    "figures.",
+    "co2e_g uses average grid intensity (inventory); co2e_g_marginal, where a marginal signal "
+    "(WattTime MOER) covers every minute, what the consumption changed at the margin.",
 ]
 
 
@@ -99,9 +109,11 @@ def _figures(energy_j: float, co2e_g: float, cost: float | None) -> dict[str, An
             "cost": cost}
 
 
-def model_statement(store: Store, model: str) -> dict[str, Any]:
+def model_statement(store: Store, model: str, settings: Settings | None = None) -> dict[str, Any]:
     """Everything the store knows about ``model``'s energy, emissions and cost, with how each
-    figure was obtained. Raises InputError when the store holds nothing for it."""
+    figure was obtained. Raises InputError when the store holds nothing for it. ``settings``:
+    embodied carbon's lifetime, utilisation and figures, the node zone for the marginal signal
+    (carbonwatch.footprint); the defaults when None."""
     conn = store.conn
     tables = _tables(conn)
     rollups = {"energy_day", "energy_hour", "call_day"} <= tables
@@ -124,6 +136,7 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
 
     sums = {p: [0.0, 0.0, 0.0] for p in PHASES}
     by_prov: dict[str, float] = {}
+    phase_prov: dict[str, dict[str, float]] = {p: {} for p in PHASES}
     by_kind: dict[str, float] = {}
     by_class: dict[str, dict[str, float]] = {}
     zones: set[str] = set()
@@ -133,6 +146,8 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
         s[1] += r["co2e_g"]
         s[2] += r["cost"]
         by_prov[r["provenance"]] = by_prov.get(r["provenance"], 0.0) + r["energy_j"]
+        mine = phase_prov[r["phase"]]
+        mine[r["provenance"]] = mine.get(r["provenance"], 0.0) + r["energy_j"]
         by_kind[r["intensity_kind"]] = by_kind.get(r["intensity_kind"], 0.0) + r["energy_j"]
         cls = by_class.setdefault(r["device_class"], {})
         cls[r["provenance"]] = cls.get(r["provenance"], 0.0) + r["energy_j"]
@@ -159,7 +174,7 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
                      - {None, ""})
     prices = sorted({str(j["provenance"].get("cost")) for j in jobs if j["provenance"].get("cost")})
     overtaken = _overtaken_at(hourly)
-    return {
+    statement = {
         "model": model,
         "generated_at": iso_utc_or_none(datetime.now(UTC).timestamp()),
         "store": str(store.path),
@@ -169,6 +184,7 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
         "currency": currency,
         "training": {
             **_figures(t_j, t_g, cost(t_c)),
+            "energy_j_by_provenance": phase_prov["training"],
             "runs": [{
                 "id": j["id"], "name": j["name"], "status": j["status"],
                 "started": iso_utc_or_none(j["started_s"]), "ended": iso_utc_or_none(j["ended_s"]),
@@ -180,6 +196,7 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
         },
         "inference": {
             **_figures(i_j, i_g, cost(i_c)),
+            "energy_j_by_provenance": phase_prov["inference"],
             "calls": calls,
             "services": [j["id"] for j in jobs if j["kind"] == "inference"],
             "per_1000_calls": (_figures(i_j / calls * 1000, i_g / calls * 1000,
@@ -206,8 +223,9 @@ def model_statement(store: Store, model: str) -> dict[str, Any]:
             "pricing": prices,
             "measured_share": by_prov.get("measured", 0.0) / total_j if total_j else None,
         },
-        "methodology": METHODOLOGY,
+        "methodology": [*METHODOLOGY, *FOOTPRINT_METHODOLOGY],
     }
+    return extend(statement, conn, model, settings or Settings(), hourly)
 
 
 # --- markdown -------------------------------------------------------------------------------
@@ -227,6 +245,41 @@ def _money(x: float | None) -> str:
 
 def _pct(part: float, whole: float) -> str:
     return f"{part / whole:.1%}" if whole else "—"
+
+
+def _g(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:,.2f} g"
+
+
+def _footprint_lines(s: dict[str, Any]) -> list[str]:
+    """Embodied, marginal and payback lines (carbonwatch.footprint)."""
+    emb, pay = s.get("embodied"), s.get("payback")
+    if not emb or not pay:
+        return []
+    t, i = s["training"], s["inference"]
+    missing = sorted({n for p in emb["phases"].values() for n in p["devices_without_figure"]})
+    lines = [
+        f"**Embodied (manufacturing) carbon**, beside the operational figures: training "
+        f"{_g(t['embodied_co2e_g'])}, inference {_g(i['embodied_co2e_g'])} CO2e (lifetime "
+        f"{emb['lifetime_years']:g} years at {emb['utilisation']:.0%} use"
+        + (f"; no sourced figure for {', '.join(missing)}" if missing else "") + ").",
+        "",
+        f"**Average and marginal:** training {_g(t['co2e_g'])} average, "
+        f"{_g(t['co2e_g_marginal'])} marginal; inference {_g(i['co2e_g'])} average, "
+        f"{_g(i['co2e_g_marginal'])} marginal.",
+        "",
+    ]
+    per_k = pay["inference_co2e_g_per_1k_calls"]
+    lines.append(
+        f"**Payback:** training {_g(pay['training_co2e_g'])} CO2e (operational + embodied); "
+        "inference " + (f"{per_k:,.3f} g per 1,000 calls" if per_k is not None else "—")
+        + (f", {pay['inference_co2e_g_per_1k_output_tokens']:,.4g} g per 1,000 output tokens"
+           if pay["inference_co2e_g_per_1k_output_tokens"] is not None else "")
+        + (f"; inference overtook training at {pay['inference_overtook_training_at']}"
+           if pay["inference_overtook_training_at"] else
+           (f"; inference pays training back after {pay['calls_to_pay_back']:,} calls"
+            if pay["calls_to_pay_back"] else "")) + ".")
+    return [*lines, ""]
 
 
 def render_markdown(statement: dict[str, Any]) -> str:
@@ -250,6 +303,7 @@ def render_markdown(statement: dict[str, Any]) -> str:
         f"**{_money(tot['cost'])}** |",
         "",
     ]
+    lines += _footprint_lines(s)
     per = i["per_1000_calls"]
     if per:
         own = i["calls_only_per_1000_calls"]

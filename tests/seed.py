@@ -347,6 +347,7 @@ def _write_deferred(
         "baseline_intensity_g_per_kwh": intensity.get((zone, end_s - end_s % 3600), 300.0),
         "expected_co2e_g": 120.0, "planned_at_s": float(end_s - 600),
         "forecast_fetched_at_s": float(end_s), "runs": "[]",
+        "saving_band_g_per_kwh": 30.0,  # one sigma of the saving, from the forecast error
     })
     with store.conn:
         store.db["deferred_jobs"].insert_all(rows)

@@ -46,3 +46,38 @@ def test_a_unix_socket_replaces_tcp_and_only_its_owner_group_may_connect(tmp_pat
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         status, health = d.request("GET", "/healthz")
         assert status == 200 and health["ok"]
+
+
+def test_auth_runs_inside_the_error_middleware_so_its_failures_are_a_json_503(monkeypatch):
+    """One auth middleware (authz's), inside errors_as_json: a peer look-up that fails while
+    deciding who calls is one log line and a JSON 503, never aiohttp's 500 with a traceback;
+    and an Authorization header that is not UTF-8 is a 401."""
+    import asyncio
+    import types
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from carbonwatch.daemon import app as app_module
+    from carbonwatch.daemon import authz
+
+    daemon = types.SimpleNamespace(token="t" * 40, admin_token="a" * 40, scheduler=None)
+    app = app_module.make_app(daemon)
+    assert app.middlewares[0] is app_module.errors_as_json and len(app.middlewares) == 2
+
+    def broken(request):
+        raise OSError("sock_diag unavailable")
+
+    monkeypatch.setattr(authz, "caller", broken)
+
+    async def run() -> list[tuple[int, str]]:
+        async with TestClient(TestServer(app)) as client:
+            out = []
+            for headers in ({}, {"Authorization": "Bearer \udcff".encode(
+                    "utf-8", "surrogateescape").decode("latin-1")}):
+                resp = await client.get("/v1/jobs", headers=headers)
+                out.append((resp.status, resp.content_type))
+            return out
+
+    no_token, not_utf8 = asyncio.run(run())
+    assert no_token == (503, "application/json")
+    assert not_utf8 == (401, "application/json")

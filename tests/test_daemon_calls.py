@@ -10,7 +10,7 @@ from collections import defaultdict
 from daemon_helpers import INFER_PID, MODEL, REPLAY, DaemonProcess, fixture_calls
 
 
-def test_calls_share_the_service_energy_exactly_and_big_batches_cost_more(tmp_path):
+def test_calls_share_the_service_energy_exactly_and_every_call_gets_some(tmp_path):
     db = tmp_path / "cw.db"
     calls = fixture_calls()
     # Power polled at the trace's own 10 ms, so each call's energy follows the power it drew.
@@ -22,6 +22,10 @@ def test_calls_share_the_service_energy_exactly_and_big_batches_cost_more(tmp_pa
             assert status == 200, body
             assert body["accepted"] == len(calls[i:i + 1000])
         daemon.wait_for(daemon.replay_finished)
+        daemon.wait_for(lambda: daemon.request("GET", "/healthz")[1]["pending_calls"] == 0)
+        _, health = daemon.request("GET", "/healthz")
+        # Every settled call says how it was apportioned; on this trace, by overlap time.
+        assert health["calls_apportioned"] == {"power_fit": 0, "overlap_time": len(calls)}
         status, listed = daemon.request("GET", "/v1/jobs")
         (service,) = listed["jobs"]
         assert (service["kind"], service["model"], service["pids"]) == ("inference", MODEL,
@@ -54,4 +58,11 @@ def test_calls_share_the_service_energy_exactly_and_big_batches_cost_more(tmp_pa
     for e, tags in rows:
         by_batch[json.loads(tags)["batch"]].append(e)
     mean = {b: math.fsum(v) / len(v) for b, v in by_batch.items()}
-    assert mean[1024] > mean[1], mean
+    # Every call ran while its service drew energy, and gets some.
+    assert all(e > 0 for e, _ in rows)
+    # On this trace every batch size takes the same ~0.5 ms (launch-bound) and the service's
+    # readings do not follow its calls beside the heavy trainer (the power fit is not trusted:
+    # r2 ~0.03), so calls are split by overlap time and each batch size gets about the same.
+    # That bigger batches get more where they draw more is tested against a known truth in
+    # test_calls_fit.py and test_calls_replay.py.
+    assert max(mean.values()) < 1.25 * min(mean.values()), mean

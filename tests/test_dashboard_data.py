@@ -204,6 +204,13 @@ def test_views_of_a_seeded_store(seeded):
     grid = data.grid(seeded.path, "all", None)
     assert {z.zone for z in grid.zones} == {"CISO", "ERCO"}
     assert grid.realised_saving_g > 0 and all(z.forecast for z in grid.zones)
+    queued = next(d for d in grid.deferred if d["id"] == "def002")
+    assert queued["saving_band_fraction"] == pytest.approx(
+        30.0 / queued["baseline_intensity_g_per_kwh"]
+    )
+    from carbonwatch.dashboard.pages.grid import body
+
+    assert f"± {queued['saving_band_fraction']:.0%}" in str(body(grid))
     devices = data.devices(seeded.path, "all", None)
     assert [d.device_id for d in devices.devices] == ["gpu0", "gpu1", "gpu2", "cpu0"]
     assert all(devices.health(d) == "ok" for d in devices.devices)

@@ -36,3 +36,23 @@ def test_the_readme_quick_start_is_two_commands_that_exist():
     assert commands == ["scripts/demo.sh", "scripts/test.sh"]
     assert all((ROOT / c).exists() for c in commands)
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_reliability_md_holds_every_security_table_as_the_script_writes_them():
+    """docs/reliability.md's sections after the chaos results (the deployment and fuzz table,
+    what the fuzz found, the bounds table of scripts/security_bounds.md, the seams, and
+    docs/security.md) are exactly what scripts/reliability.py writes: none lost in a merge."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "reliability.py"
+    spec = importlib.util.spec_from_file_location("reliability", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.render({"experiments": [], "machine": "-", "python": "-"}, "-", 0.0)
+    doc = (root / "docs" / "reliability.md").read_text()
+    start = "## Bugs these experiments found (fixed)"
+    assert doc[doc.index(start):] == written[written.index(start):]
+    for heading in ("## Security: deployment and fuzz", "## Security: bounds", "## Security\n"):
+        assert doc.count(heading) == 1, heading

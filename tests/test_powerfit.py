@@ -107,3 +107,21 @@ def test_a_regressor_with_too_little_support_is_left_out_with_its_rows():
     assert strict is not None and "rare" not in strict.coef_w
     assert strict.coef_w["train"] == pytest.approx(300.0, rel=0.01)
     assert strict.rows == 60
+
+
+def test_signed_rows_fit_deviations_within_groups_through_the_origin():
+    """Deviations from a group's mean (a per-group offset cancelled) are negative half the time:
+    ``signed=True`` keeps them, the default refuses them."""
+    rng = np.random.default_rng(4)
+    signed: ActivityFit[str] = ActivityFit(min_rows=20, fixed_base_w=0.0, signed=True)
+    plain: ActivityFit[str] = ActivityFit(min_rows=20, fixed_base_w=0.0)
+    for _ in range(30):
+        offset = rng.uniform(50, 300)  # another process's steady power, different per group
+        a = rng.uniform(0, 1, size=8)
+        power = offset + 120.0 * a
+        for da, dp in zip(a - a.mean(), power - power.mean(), strict=True):
+            signed.add({"svc": float(da)}, float(dp))
+            plain.add({"svc": float(da)}, float(dp))
+    result = signed.solve()
+    assert result is not None and result.coef_w["svc"] == pytest.approx(120.0, rel=1e-6)
+    assert all(min(act.values(), default=0) >= 0 for act, _, _ in plain._rows)

@@ -137,6 +137,7 @@ def test_a_restarted_daemon_runs_queued_jobs_at_their_planned_times(tmp_path):
         )
         planned_s = view["plan"][0]["start_s"]
         assert view["status"] == "queued" and view["plan_basis"] == "forecast"
+        assert view["plan_signal"] == "average"  # the csv series is average intensity
         assert planned_s == pytest.approx(t0 + 5 * 3.0)  # the hour-19 slot
         assert view["expected_saving_pct"] > 40  # vs the evening hours at submit
         # A second job, with no forecast, planned for the latest safe start: 6 s from now.

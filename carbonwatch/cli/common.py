@@ -65,7 +65,12 @@ def intensity_source(settings: Settings) -> IntensitySource:
     static average where it has no point; static alone by default (provider = "static")."""
     from carbonwatch.grid.accounting import accounting_source
 
-    return accounting_source(settings)
+    source = accounting_source(settings)
+    if settings.marginal_provider:  # keep the marginal signal beside it (grid/signals.py)
+        from carbonwatch.grid.signals import WithMarginal, marginal_recorder
+
+        return WithMarginal(source, marginal_recorder(settings))
+    return source
 
 
 def echo_json(obj: Any) -> None:

@@ -79,7 +79,7 @@ def dashboard_cmd(
               "reaches it. Off loopback (--host) it requires CARBONWATCH_TOKEN and asks for a "
               "login.")
     app = create_app(db_path, refresh_s=refresh_s, currency=settings.currency,
-                     prometheus_url=prometheus_url, access=access)
+                     prometheus_url=prometheus_url, access=access, settings=settings)
     wsgi = RequireLogin(app.server, tokens) if login else app.server
     # waitress logs a line per queue backlog and per bad request; the default handler would
     # print them twice with the root logger's: keep one.

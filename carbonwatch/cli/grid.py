@@ -25,6 +25,7 @@ from carbonwatch.grid.csvseries import read_intensity_csv
 from carbonwatch.grid.parse import iso_utc
 from carbonwatch.grid.preflight import estimate_gpu_job
 from carbonwatch.grid.registry import make_provider
+from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.scheduler.durations import (
     MAX_AHEAD_S,
@@ -32,6 +33,8 @@ from carbonwatch.scheduler.durations import (
     parse_duration_s,
     parse_time_s,
 )
+from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
+from carbonwatch.scheduler.forecasts import ERROR_HISTORY_S
 from carbonwatch.scheduler.planner import Plan, plan_job
 
 _DAY_S = 86400.0
@@ -69,6 +72,8 @@ def _cache(settings: Settings) -> Iterator[IntensityCache | None]:
 
 def _resolve(settings: Settings, zone: str, *, forecast: bool, clock: Clock) -> Resolved:
     provider = make_provider(settings, clock=clock)
+    if provider is not None:
+        zone = zone or getattr(provider, "default_zone", "")
     if provider is not None and not zone:
         raise InputError(f"provider {provider.name!r} needs a zone: pass --zone or set 'zone'")
     with _cache(settings) as cache:
@@ -167,13 +172,18 @@ def plan_json(plan: Plan, extra: dict[str, Any]) -> dict[str, Any]:
         "baseline_intensity_g_per_kwh": plan.baseline_intensity_g_per_kwh,
         "saving_pct": None if saving is None else 100.0 * saving,
         "basis": plan.basis,
+        "reason": plan.reason,
         "interruptible": plan.interruptible,
         **extra,
     }
 
 
 def _forecast_slots(
-    settings: Settings, zone: str | None, forecast_csv: str | None, clock: Clock
+    settings: Settings,
+    zone: str | None,
+    forecast_csv: str | None,
+    clock: Clock,
+    tz: str | None = None,
 ) -> tuple[list[IntensityPoint], dict[str, Any]]:
     if forecast_csv:
         try:
@@ -181,7 +191,9 @@ def _forecast_slots(
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read forecast {forecast_csv}: {exc}") from exc
         try:
-            points = read_intensity_csv(text, zone=zone or "", provider="csv")
+            points = read_intensity_csv(
+                text, zone=zone or "", provider="csv", tz=tz or settings.csv_tz
+            )
         except InputError as exc:
             raise InputError(f"{forecast_csv}: {exc}") from exc
         return points, {"forecast": {"via": "file", "source": forecast_csv}}
@@ -189,6 +201,25 @@ def _forecast_slots(
     source = {"via": resolved.via, "provider": settings.provider, "zone": settings.zone}
     # A static average is flat: it cannot rank windows, so plan as if there were no forecast.
     return (resolved.points if resolved.is_forecast else []), {"forecast": source}
+
+
+def _error_model(settings: Settings, slots: list[IntensityPoint], now_s: float) -> ErrorModel:
+    """The forecast error of the provider and zone the slots came from, measured on the store's
+    forecasts and actuals; unknown (empty) without a store or history."""
+    from carbonwatch.store import open_store
+
+    keys = {(p.zone, p.provider) for p in slots if p.kind == "forecast"}
+    if len(keys) != 1 or not settings.db_path.exists():
+        return ErrorModel(())
+    zone, provider = keys.pop()
+    try:
+        store = open_store(settings.db_path, read_only=True)
+    except StoreError:
+        return ErrorModel(())
+    try:
+        return measure(store.conn, zone, provider, since_s=now_s - ERROR_HISTORY_S)
+    finally:
+        store.close()
 
 
 @click.command("plan")
@@ -208,6 +239,12 @@ def _forecast_slots(
     default=None,
     help="Plan on a forecast CSV file instead (timestamp + intensity columns).",
 )
+@click.option(
+    "--tz",
+    default=None,
+    help="IANA zone of --forecast timestamps written without one (default: setting csv_tz, "
+    "else UTC), e.g. Europe/London; DST-correct.",
+)
 @_provider_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @settings_options
@@ -219,6 +256,7 @@ def plan_cmd(
     interruptible: bool,
     zone: str | None,
     forecast_csv: str | None,
+    tz: str | None,
     provider: str | None,
     provider_url: str | None,
     as_json: bool,
@@ -227,8 +265,11 @@ def plan_cmd(
 ) -> None:
     """The lowest-carbon time to run a job before its deadline.
 
-    With no usable forecast the job runs at the latest safe start (or now, per the
-    no_forecast_policy setting); it never ends after the deadline.
+    Planned on expected intensity: the forecast corrected by the provider's error, measured on
+    the forecasts and actuals in the store, by horizon; the job waits only when the expected
+    saving beats that error (setting defer_error_sigmas). With no usable forecast the job runs
+    at the latest safe start (or now, per the no_forecast_policy setting); it never ends after
+    the deadline.
 
     \b
     Examples:
@@ -249,16 +290,21 @@ def plan_cmd(
     duration_s = parse_duration_s(duration)
     if duration_s > MAX_AHEAD_S:
         raise InputError(f"--duration {duration!r} is more than a year")
-    slots, extra = _forecast_slots(settings, zone, forecast_csv, clock)
-    plan = plan_job(
-        slots,
+    slots, extra = _forecast_slots(settings, zone, forecast_csv, clock, tz)
+    error = _error_model(settings, slots, now_s)
+    planned = plan_with_error(
+        normalise(slots),
+        error,
+        now_s=now_s,
         duration_s=duration_s,
         release_s=release_s,
         deadline_s=deadline_s,
         interruptible=interruptible,
         no_forecast_policy=settings.no_forecast_policy,
+        sigmas=settings.defer_error_sigmas,
     )
-    out = plan_json(plan, extra)
+    plan = planned.plan
+    out = plan_json(plan, {**extra, **planned.as_json(), "forecast_error": error.as_json()})
     if as_json:
         echo_json(out)
         return
@@ -267,12 +313,22 @@ def plan_cmd(
     if out["mean_intensity_g_per_kwh"] is not None:
         click.echo(f"mean intensity {out['mean_intensity_g_per_kwh']:.1f} gCO2e/kWh")
     if out["saving_pct"] is not None:
+        band = out["saving_band_g_per_kwh"]
         click.echo(
             f"vs starting at once {out['baseline_intensity_g_per_kwh']:.1f} gCO2e/kWh: "
             f"{out['saving_pct']:.1f} % less carbon"
+            + (
+                f" (expected saving {out['expected_saving_g_per_kwh']:.1f} ± {band:.1f} "
+                f"gCO2e/kWh, {out['saving_band_pct']:.1f} points)"
+                if band is not None and out["expected_saving_g_per_kwh"] is not None
+                else ""
+            )
         )
+    if planned.note:
+        click.echo(planned.note)
     if plan.basis == "no_forecast":
-        click.echo(f"no forecast covers the job: policy '{settings.no_forecast_policy}'")
+        why = f" ({plan.reason})" if plan.reason else ""
+        click.echo(f"no forecast covers the job{why}: policy '{settings.no_forecast_policy}'")
 
 
 @click.command("estimate")

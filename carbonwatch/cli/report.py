@@ -10,10 +10,11 @@ import time
 import click
 
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
+from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
 from carbonwatch.model import J_PER_KWH
 from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
-from carbonwatch.store import open_store
+from carbonwatch.store import Store, open_store
 from carbonwatch.times import iso_utc_or_none
 
 COLUMNS = (
@@ -62,6 +63,63 @@ def job_view(row: dict) -> dict:
     }
 
 
+def _statement(
+    settings: Settings, model: str, statement_format: str, functional_unit: str, as_json: bool
+) -> None:
+    from carbonwatch.statement import model_statement, render_markdown
+
+    with open_store(settings.db_path, read_only=True) as store:
+        statement = model_statement(store, model, settings)
+    if statement_format == "sci":
+        from carbonwatch.exports import sci
+
+        terms = sci.sci(statement, functional_unit)
+        if as_json:
+            echo_json(terms)
+        else:
+            click.echo(sci.render_markdown(terms))
+    elif statement_format == "spdx":
+        from carbonwatch.exports import spdx
+
+        click.echo(spdx.render(statement))
+    elif statement_format == "cyclonedx":
+        from carbonwatch.exports import cyclonedx
+
+        click.echo(cyclonedx.render(statement))
+    elif statement_format == "eu-ai-act":
+        from carbonwatch.exports import euaiact
+
+        click.echo(euaiact.render(statement))
+    elif statement_format == "json" or as_json:
+        echo_json(statement)
+    else:
+        click.echo(render_markdown(statement))
+
+
+def _footprints(store: Store, settings: Settings, job_ids: list[str]) -> dict[str, dict]:
+    """Each job's embodied carbon and marginal figure beside its co2e_g (null: unknown)."""
+    from carbonwatch.embodied import Amortisation, job_embodied
+    from carbonwatch.grid.signals import job_marginal
+
+    emb = job_embodied(store.conn, Amortisation.from_settings(settings), job_ids)
+    marg = job_marginal(store.conn, settings, job_ids)
+    out = {}
+    for j in job_ids:
+        e, m = emb.get(j), marg.get(j)
+        out[j] = {
+            "embodied_co2e_g": e["embodied_co2e_g"] if e else None,
+            "co2e_g_marginal": m["co2e_g_marginal"] if m else None,
+            "footprint_provenance": {
+                "embodied": ({"devices": e["by_device"],
+                              "devices_without_figure": e["devices_without_figure"]}
+                             if e else "no device time recorded for the job"),
+                "marginal": ({"coverage": m["marginal_coverage"], "zones": m["marginal_zones"]}
+                             if m else "no energy recorded for the job"),
+            },
+        }
+    return out
+
+
 @click.command("report")
 @click.option("--json", "fmt", flag_value="json", help="JSON output.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV output.")
@@ -71,9 +129,16 @@ def job_view(row: dict) -> dict:
 @click.option(
     "--format",
     "statement_format",
-    type=click.Choice(["md", "json"]),
+    type=click.Choice(["md", "json", "sci", "spdx", "cyclonedx", "eu-ai-act"]),
     default="md",
-    help="Format of the --model statement.",
+    help="Format of the --model statement: md, json, sci (ISO/IEC 21031), spdx (SPDX 3.0 AI "
+    "package), cyclonedx (CycloneDX 1.6 model card), eu-ai-act (Annex XI section).",
+)
+@click.option(
+    "--functional-unit",
+    type=click.Choice(["calls", "1k-output-tokens", "training-run"]),
+    default="calls",
+    help="R of --format sci: per call, per 1,000 output tokens, or per training run.",
 )
 @settings_options
 @handle_errors
@@ -83,6 +148,7 @@ def report_cmd(
     job_id: str | None,
     model: str | None,
     statement_format: str,
+    functional_unit: str,
     config_path: str | None,
     db: str | None,
 ) -> None:
@@ -94,24 +160,20 @@ def report_cmd(
       carbonwatch report --json --since -24h
       carbonwatch report --csv > jobs.csv
       carbonwatch report --model resnet50 --format md > STATEMENT.md
+      carbonwatch report --model llama --format sci --functional-unit 1k-output-tokens
+      carbonwatch report --model llama --format cyclonedx > bom.cdx.json
     """
     settings = load(config_path, db=db)
     if model is not None:
-        from carbonwatch.statement import model_statement, render_markdown
-
-        with open_store(settings.db_path, read_only=True) as store:
-            statement = model_statement(store, model)
-        if statement_format == "json" or fmt == "json":
-            echo_json(statement)
-        else:
-            click.echo(render_markdown(statement))
+        _statement(settings, model, statement_format, functional_unit, fmt == "json")
         return
     since_s = _since_s(since) if since else None
     with open_store(settings.db_path, read_only=True) as store:
         rows = store.jobs(since_s=since_s, job_id=job_id)
+        extra = _footprints(store, settings, [r["id"] for r in rows]) if fmt == "json" else {}
     if job_id and not rows:
         raise InputError(f"no job with id {job_id!r} in {settings.db_path}")
-    jobs = [job_view(r) for r in rows]
+    jobs = [job_view(r) | extra.get(r["id"], {}) for r in rows]
     costs = [j["cost"] for j in jobs]
     totals = {
         "jobs": len(jobs),

@@ -68,8 +68,10 @@ def _fmt_g(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _fmt_pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}%"
+def _fmt_pct(value: float | None, band: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}%" if band is None else f"{value:.1f}±{band:.1f}%"
 
 
 def _windows(view: dict[str, Any]) -> str:
@@ -117,6 +119,14 @@ def _windows(view: dict[str, Any]) -> str:
     default="training",
     show_default=True,
 )
+@click.option(
+    "--via",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: the daemon runs COMMAND at the planned start. slurm: COMMAND is sbatch's "
+    "arguments; the daemon submits `sbatch --begin=START --deadline=DEADLINE ARGS` at once.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the queued job as JSON.")
 @settings_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -130,6 +140,7 @@ def submit_cmd(
     provider_url: str | None,
     name: str | None,
     kind: str,
+    via: str,
     as_json: bool,
     config_path: str | None,
     db: str | None,
@@ -147,6 +158,11 @@ def submit_cmd(
       carbonwatch submit --deadline +12h --duration 2h --name nightly -- python train.py
       carbonwatch submit --deadline 2026-12-01T06:00:00Z --duration auto --name nightly \\
           --zone DE --provider electricitymaps --interruptible -- python train.py --resume
+      carbonwatch submit --via slurm --deadline +24h --duration 4h -- -N2 --gres=gpu:8 train.sbatch
+
+    With --via slurm the job waits in Slurm (held by --begin), is moved with `scontrol update`
+    when a newer forecast changes the plan, cancelled with `scancel`, and measured on each node
+    through the Slurm prolog/epilog (deploy/slurm/).
     """
     settings = load(config_path, db=db)
     now_s = time.time()
@@ -169,6 +185,10 @@ def submit_cmd(
                 f"the deadline {deadline!r} is before now + {duration}: the job could not "
                 "finish in time"
             )
+    if via == "slurm":
+        body["via"] = "slurm"
+        if name is None:
+            name = _slurm_name(command)
     for key, value in (("name", name), ("zone", zone), ("provider", provider)):
         if value is not None:
             body[key] = value
@@ -185,21 +205,42 @@ def submit_cmd(
         echo_json(view)
         return
     click.echo(f"queued {view['id']} ({view['name']}): {_windows(view)}")
+    if view.get("slurm_job_id"):
+        click.echo(f"  Slurm job {view['slurm_job_id']}, held until {view['plan'][0]['start']}")
     if view["plan_basis"] == "no_forecast":
         click.echo(
             "  no usable forecast: planned by the daemon's no_forecast_policy "
             "(latest safe start, or now)"
         )
+        if view.get("message"):
+            click.echo(f"  {view['message']}")
+    elif view.get("message") and "running at release" in view["message"]:
+        click.echo(f"  {view['message']}")
     if view["expected_saving_pct"] is not None:
+        band = view.get("saving_band_pct")
         click.echo(
             f"  mean intensity {view['plan_intensity_g_per_kwh']:.1f} gCO2e/kWh, "
-            f"{view['expected_saving_pct']:.1f}% below starting now"
+            f"{_fmt_pct(view['expected_saving_pct'], band)} below starting now"
+            + ("" if band is not None else " (forecast error unknown)")
         )
     if view["expected_co2e_g"] is not None:
         click.echo(
             f"  expected {view['expected_co2e_g']:.2f} gCO2e "
             f"(now: {_fmt_g(view['expected_baseline_co2e_g'])})"
         )
+
+
+def _slurm_name(args: tuple[str, ...]) -> str:
+    """The job's name from sbatch's arguments: --job-name/-J, else the script's name."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--job-name="):
+            return arg.split("=", 1)[1]
+        if arg in ("-J", "--job-name") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("-J") and len(arg) > 2:
+            return arg[2:]
+    scripts = [a for a in args if not a.startswith("-")]
+    return os.path.basename(scripts[-1]) if scripts else "sbatch"
 
 
 @click.command("queue")
@@ -227,15 +268,21 @@ def queue_cmd(active: bool, as_json: bool, config_path: str | None, db: str | No
         click.echo("no deferred jobs")
         return
     click.echo(
-        f"{'ID':<12}  {'NAME':<16} {'STATUS':<9} {'EXP gCO2e':>9} {'SAVING':>7}  "
+        f"{'ID':<12}  {'NAME':<16} {'STATUS':<9} {'EXP gCO2e':>9} {'SAVING':>12}  "
         f"{'DEADLINE':<20}  PLAN (UTC)"
     )
     for v in views:
-        saving = v["realised_saving_pct"] if v["status"] == "done" else v["expected_saving_pct"]
+        if v["status"] == "done":  # realised: measured, no band
+            saving = _fmt_pct(v["realised_saving_pct"])
+        else:
+            saving = _fmt_pct(v["expected_saving_pct"], v.get("saving_band_pct"))
+        slurm = ""
+        if v.get("slurm_job_id"):
+            slurm = f"  slurm {v['slurm_job_id']} {v['slurm_state'] or ''}".rstrip()
         click.echo(
             f"{v['id']:<12}  {v['name'][:16]:<16} {v['status']:<9} "
-            f"{_fmt_g(v['expected_co2e_g']):>9} {_fmt_pct(saving):>7}  "
-            f"{v['deadline']:<20}  {_windows(v)}"
+            f"{_fmt_g(v['expected_co2e_g']):>9} {saving:>12}  "
+            f"{v['deadline']:<20}  {_windows(v)}{slurm}"
         )
 
 

@@ -183,7 +183,9 @@ def load_trace(trace_dir: str | Path) -> Trace:
             (float, str, int, float, float),
         )
     call_rows = []
-    if (directory / "calls.csv").is_file():
+    # calls.csv may carry other columns and no batch (``carbonwatch replay --calls`` reads those);
+    # the trace's own call list is the recorder's (start_s, end_s, batch) form.
+    if (directory / "calls.csv").is_file() and _has_column(directory / "calls.csv", "batch"):
         call_rows = _read_csv(
             directory / "calls.csv", ("start_s", "end_s", "batch"), (float, float, int)
         )
@@ -201,6 +203,15 @@ def load_trace(trace_dir: str | Path) -> Trace:
         process_cpu=[ProcessCpuRow(*r) for r in cpu_rows],
         calls=[Call(*r) for r in call_rows],
     )
+
+
+def _has_column(path: Path, column: str) -> bool:
+    try:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), None) or []
+    except (OSError, UnicodeDecodeError):
+        return True  # let _read_csv report what is wrong with it
+    return column in (h.strip() for h in header)
 
 
 def _float_or_zero(text: str) -> float:

@@ -78,6 +78,9 @@ def make_app(daemon: AppDaemon) -> web.Application:
     app.router.add_post("/v1/jobs/{id}/end", end_job)
     app.router.add_post("/v1/calls", post_calls)
     app.router.add_get("/v1/summary", summary)
+    from carbonwatch.daemon.sci_route import make_handler  # a model's SCI terms
+
+    app.router.add_get("/v1/models/{model}/sci", make_handler(_daemon))
     app.router.add_get("/v1/devices", devices)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
@@ -126,10 +129,16 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
-    row = await _daemon(request).read(lambda s: s.job(job_id))
+    d = _daemon(request)
+    row = await d.read(lambda s: s.job(job_id))
     if row is None:
         raise ApiError(404, f"no job with id {job_id[:64]!r}")
-    return web.json_response(job_view(row, authz.caller(request)))
+    from carbonwatch.footprint import job_footprint  # beside co2e_g; None: unknown
+
+    emb, missing, marginal = await d.read(lambda s: job_footprint(s.conn, d.settings, job_id))
+    return web.json_response(job_view(row, authz.caller(request)) | {
+        "embodied_co2e_g": emb, "embodied_devices_without_figure": missing,
+        "co2e_g_marginal": marginal})
 
 
 async def end_job(request: web.Request) -> web.Response:

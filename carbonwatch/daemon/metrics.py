@@ -111,10 +111,13 @@ class MetricTotals:
                 self._calls[label(model)] += n
 
     def add_tokens(self, by_model_direction: Mapping[tuple[str, str], int]) -> None:
-        """Tokens of settled calls, keyed (model, "in" | "out"), after they are committed."""
+        """Tokens of settled calls, keyed (model, "in" | "out"), after they are committed.
+        Models past ``max_label_values`` show as ``other``, as their calls do (a store written
+        before the cap may hold more names than it allows)."""
+        label = self.models.label
         with self._lock:
-            for key, n in by_model_direction.items():
-                self._tokens[key] += n
+            for (model, direction), n in by_model_direction.items():
+                self._tokens[(label(model), direction)] += n
 
     def tokens(self) -> dict[tuple[str, str], int]:
         with self._lock:

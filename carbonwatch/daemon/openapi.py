@@ -69,6 +69,11 @@ _JOB = {
         "between_calls_j": {"type": "number",
                             "description": "service energy while no call ran"},
         "provenance": {"type": "object"},
+        "embodied_co2e_g": {"type": ["number", "null"], "description":
+                            "hardware manufacture, amortised (GET /v1/jobs/{id}); null: unknown"},
+        "embodied_devices_without_figure": {"type": "array", "items": {"type": "string"}},
+        "co2e_g_marginal": {"type": ["number", "null"], "description":
+                            "at the marginal signal (WattTime MOER); null: unknown"},
     },
 }
 
@@ -243,6 +248,29 @@ DOCUMENT: dict[str, Any] = {
                             **_TOKEN_FIGURES}}}}},
                         "groups (group_by=model: with tokens and per-token figures)"),
                     **_errors(400),
+                },
+            },
+        },
+        "/v1/models/{model}/sci": {
+            "get": {
+                "summary": "A model's Software Carbon Intensity (ISO/IEC 21031): E, I, M, R",
+                "description": "SCI = (E x I + M) per R; M is embodied carbon (null where no "
+                "device used has a sourced figure, and SCI with it).",
+                "parameters": [
+                    {"name": "model", "in": "path", "required": True,
+                     "schema": {"type": "string", "maxLength": 256}},
+                    {"name": "functional_unit", "in": "query", "schema": {
+                        "type": "string", "enum": ["calls", "1k-output-tokens", "training-run"],
+                        "default": "calls"}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "E_kwh": {"type": "number"},
+                        "I_g_per_kwh": {"type": ["number", "null"]},
+                        "M_g": {"type": ["number", "null"]}, "R": {"type": "number"},
+                        "sci_g_per_unit": {"type": ["number", "null"]}}}, "the SCI terms"),
+                    **_errors(400),
+                    "404": _json(_ERROR, "nothing recorded for this model"),
                 },
             },
         },

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from carbonwatch.config import Settings
     from carbonwatch.daemon.intake import CallIntake, JobIntake
     from carbonwatch.daemon.metrics import DaemonCollector
     from carbonwatch.pricing import Pricing
@@ -18,6 +19,7 @@ T = TypeVar("T")
 
 
 class AppDaemon(Protocol):
+    settings: Settings
     token: str
     admin_token: str
     pricing: Pricing

@@ -1,8 +1,9 @@
-"""Read-only store access for the daemon's handlers, off the event loop."""
+"""The daemon's store files: kept private, and read (read-only) off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,3 +37,24 @@ class Reader:
 
         self._pool.submit(shut).result()
         self._pool.shutdown()
+
+
+def private_store(path: Path) -> list[str]:
+    """The store holds command lines and deferred jobs' environments: its files 0600, its
+    folder 0700 when the daemon makes it (a folder it did not make, say /tmp, is left as it
+    is, with a note at start-up when other users may enter it). The notes to show."""
+    folder = path.parent
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for file in (path, path.with_name(path.name + "-wal"),
+                     path.with_name(path.name + "-shm")):
+            if file.exists() and file.stat().st_uid == os.geteuid():
+                os.chmod(file, 0o600)
+        loose = folder.stat().st_mode & 0o077
+    except OSError:
+        return []  # the writer's open reports what is wrong with the path
+    if not loose:
+        return []
+    return [f"the store's folder {folder} is open to other users (mode "
+            f"{folder.stat().st_mode & 0o777:o}); it keeps job command lines and the "
+            f"environments of queued jobs: chmod 700 {folder}"]

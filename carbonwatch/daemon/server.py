@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 import socket
 import time
@@ -34,7 +33,7 @@ from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
 from carbonwatch.daemon.intake import CallIntake, JobIntake
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs, job_from_row
 from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
-from carbonwatch.daemon.reader import Reader
+from carbonwatch.daemon.reader import Reader, private_store
 from carbonwatch.daemon.replayclock import ReplayClock
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
 from carbonwatch.daemon.scraping import Scraper, parse_targets
@@ -94,7 +93,7 @@ class Daemon:
     # --- start-up ------------------------------------------------------------------------------
 
     def open(self) -> None:
-        self._private_store()
+        self.notes += private_store(self.settings.db_path)
         self.writer.start()
         try:
             self._open()
@@ -102,27 +101,6 @@ class Daemon:
             raise StoreError(f"cannot start on the store {self.settings.db_path}: {exc}. "
                              "If the file is damaged, restore a backup or move it aside") from None
 
-    def _private_store(self) -> None:
-        """The store holds command lines and deferred jobs' environments: its files 0600, its
-        folder 0700 when the daemon makes it (a folder it did not make, say /tmp, is left as it
-        is, with a note at start-up when other users may enter it)."""
-        path = self.settings.db_path
-        folder = path.parent
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for file in (path, path.with_name(path.name + "-wal"),
-                         path.with_name(path.name + "-shm")):
-                if file.exists() and file.stat().st_uid == os.geteuid():
-                    os.chmod(file, 0o600)
-            loose = folder.stat().st_mode & 0o077
-        except OSError:
-            return  # the writer's open reports what is wrong with the path
-        if loose:
-            self.notes.append(
-                f"the store's folder {folder} is open to other users (mode "
-                f"{folder.stat().st_mode & 0o777:o}); it keeps job command lines and the "
-                f"environments of queued jobs: chmod 700 {folder}"
-            )
     def _gpu_options(self) -> GpuOptions:
         """Idle baselines learned on earlier runs (by GPU UUID) in, newly learned ones out."""
         from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
@@ -173,6 +151,10 @@ class Daemon:
         )
         self.provenance = self._provenance()
         self._reload()
+        from carbonwatch.embodied import record_devices  # the models embodied carbon needs
+
+        devices, seen_s = self.sampler.devices(), self.clock.time()
+        self.writer.call(lambda s: record_devices(s.conn, devices, seen_s))
         self.loop = SamplingLoop(
             sampler=self.sampler, state=self.state, writer=self.writer, totals=self.totals,
             clock=self.clock, steady=steady, speed=self.speed, end_s=self.end_s,
@@ -432,7 +414,8 @@ class Daemon:
                    for d in self.device_views()]
         view = {"ok": ok, "status": status, "node": self.node,
                 "collector_errors": self.sampler.errors,
-                "pending_calls": self.state.pending_calls(), "devices": devices,
+                "pending_calls": self.state.pending_calls(),
+                "calls_apportioned": self.state.apportioned(), "devices": devices,
                 "connections": self._connection_view()}
         if self.scrape_targets:
             view["scrape"] = self.scraper.view()

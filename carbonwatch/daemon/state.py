@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from carbonwatch.calls import CallLedger, CallSpan
+from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.daemon.flush import Flush
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
 from carbonwatch.daemon.metrics import OTHER, LabelCap
@@ -32,6 +32,9 @@ from carbonwatch.scrape import ScrapeLedger
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
 SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
 HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it has
+# A new service's first intervals wait up to this long for its power fit to be tried, so its
+# first calls are not split by time alone (see CallLedger warmup_s).
+WARMUP_REAL_S = 10.0
 
 
 def fold_models(spans: list[CallSpan], models: LabelCap) -> list[CallSpan]:
@@ -85,7 +88,8 @@ class DaemonState:
         # Spans carry the clock's (trace) time: scale the real-time windows by the replay speed.
         self.calls = CallLedger(
             settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,
-            horizon_s=HORIZON_REAL_S * speed,
+            horizon_s=HORIZON_REAL_S * speed, power_lag_s=NVML_POWER_LAG_S,
+            warmup_s=WARMUP_REAL_S * speed,
         )
         # Scraped inference servers (daemon/scraping.py): their energy split over their tokens.
         self.scraped = ScrapeLedger(settle_s=SETTLE_REAL_S * speed, pue=pricing.pue,
@@ -302,6 +306,11 @@ class DaemonState:
     def pending_calls(self) -> int:
         with self.lock:
             return len(self._span_batch)
+
+    def apportioned(self) -> dict[str, int]:
+        """Calls settled since start, by how their energy was apportioned."""
+        with self.lock:
+            return {"power_fit": self.calls.fitted_calls, "overlap_time": self.calls.overlap_calls}
 
 
 def _rollup(

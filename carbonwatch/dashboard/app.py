@@ -15,6 +15,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, dcc, html
 
+from carbonwatch.config import Settings
 from carbonwatch.dashboard import data
 from carbonwatch.dashboard.components import ACCESS_CONFIG_KEY, guarded
 from carbonwatch.dashboard.figures import when
@@ -31,6 +32,7 @@ class Context:
     db_path: Path | None
     currency: str = "USD"
     fleet: FleetClient | None = None
+    settings: Settings | None = None  # embodied carbon's lifetime and figures (Models page)
 
 
 NAV = (("/", "Overview"), ("/models", "Models"), ("/jobs", "Jobs"),
@@ -41,14 +43,14 @@ FLEET_NAV = ("/fleet", "Fleet")
 def create_app(
     db_path: str | Path | None, *, refresh_s: float = 30.0, currency: str = "USD",
     prometheus_url: str | None = None, fleet_client: FleetClient | None = None,
-    access: str | None = None,
+    access: str | None = None, settings: Settings | None = None,
 ) -> Dash:
     """The app over a store (``db_path``), the fleet through Prometheus (``prometheus_url``, or a
     ready ``fleet_client``), or both. Without a store the local pages say so. ``access`` says who
     may open it (the login asked, or why none is): the first-run panel shows it."""
     if fleet_client is None and prometheus_url:
         fleet_client = FleetClient(prometheus_url)
-    ctx = Context(None if db_path is None else Path(db_path), currency, fleet_client)
+    ctx = Context(None if db_path is None else Path(db_path), currency, fleet_client, settings)
     # Styles are inlined in the page: no assets folder to ship as package data.
     app = Dash(__name__, title="carbonwatch", update_title=None,
                suppress_callback_exceptions=True, include_assets_files=False)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.errors import ProviderError
+from carbonwatch.grid import steps
 
 LB_PER_MWH_TO_G_PER_KWH = 0.453592  # 1 lb = 453.592 g, 1 MWh = 1000 kWh
 
@@ -68,11 +69,7 @@ def array(obj: Any, key: str, where: str) -> list[Any]:
 
 
 def spans(starts_s: list[float], default_step_s: float) -> list[tuple[float, float]]:
-    """Give each point start an end: the series' step (smallest positive gap between starts).
-
-    Using the step, not "the next start", keeps a missing point a gap instead of stretching its
-    neighbour over it."""
-    ordered = sorted(set(starts_s))
-    gaps = [b - a for a, b in zip(ordered, ordered[1:], strict=False) if b > a]
-    step_s = min(gaps) if gaps else default_step_s
-    return [(s, s + step_s) for s in starts_s]
+    """Give each point start an end: it holds until the next point, but no longer than the
+    series' local resolution, so a missing point stays a gap and a change of resolution is none
+    (see :mod:`carbonwatch.grid.steps`)."""
+    return steps.spans(starts_s, default_step_s)

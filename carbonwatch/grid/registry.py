@@ -15,7 +15,8 @@ from carbonwatch.grid.provider import Provider
 from carbonwatch.grid.ukgrid import UkGrid
 from carbonwatch.grid.watttime import WattTime
 
-PROVIDER_NAMES = ("static", "electricitymaps", "watttime", "ukgrid", "carbonaware", "csv")
+PROVIDER_NAMES = (
+    "static", "electricitymaps", "watttime", "watttime-aoer", "ukgrid", "carbonaware", "csv")
 _ALIASES = {
     "electricity_maps": "electricitymaps",
     "carbonintensity": "ukgrid",
@@ -46,12 +47,15 @@ def make_provider(
         return WattTime(
             settings.watttime_username, settings.watttime_password, base_url=url, **common
         )
+    if name == "watttime-aoer":  # WattTime's average signal (AOER), beside its marginal MOER
+        return WattTime(settings.watttime_username, settings.watttime_password, base_url=url,
+                        signal_type="co2_aoer", **common)
     if name == "ukgrid":
         return UkGrid(base_url=url, **common)
     if name == "carbonaware":
         return CarbonAwareSdk(base_url=url, **common)
     if name == "csv":
-        return CsvProvider(url, policy=policy, clock=clock, session=session)
+        return CsvProvider(url, policy=policy, clock=clock, session=session, tz=settings.csv_tz)
     raise ConfigError(
         f"unknown provider {settings.provider!r}; choose one of {', '.join(PROVIDER_NAMES)}"
     )

@@ -44,6 +44,8 @@ def _region_id(zone: str) -> int | None:
 
 class UkGrid:
     name = NAME
+    # The API's national series needs no region: an empty zone means national GB.
+    default_zone = "GB"
 
     def __init__(
         self,

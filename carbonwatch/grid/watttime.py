@@ -8,7 +8,9 @@
               "data_point_period_seconds": 300, "generated_at": "..."}}
 
 MOER is a marginal rate in lbs CO2/MWh: converted to g/kWh (x 0.453592) and labelled
-signal="marginal", so nobody adds it to average-intensity figures unawares.
+signal="marginal", so nobody adds it to average-intensity figures unawares. With
+``signal_type="co2_aoer"`` (provider ``watttime-aoer``) the same API gives the average operating
+emissions rate, labelled "average": one provider then gives both signals.
 ``/v3/signal-index`` answers a 0-100 percentile, not an intensity: it is offered as
 ``signal_index_pct`` and never turned into a point. v3 has no free "current MOER" endpoint, so
 ``latest`` is the forecast's point covering now.
@@ -59,6 +61,11 @@ class WattTime:
         self._password = password
         self.base_url = (base_url or DEFAULT_URL).rstrip("/")
         self.signal_type = signal_type
+        # co2_aoer is WattTime's average operating emissions rate: an average signal, kept under
+        # its own name so its points never mix with the MOER's in the cache.
+        self.signal = "average" if signal_type == "co2_aoer" else "marginal"
+        if signal_type == "co2_aoer":
+            self.name = f"{NAME}-aoer"
         self.policy = policy
         self.clock = clock or SystemClock()
         self.session = session
@@ -133,8 +140,8 @@ class WattTime:
                     start_s + float(period_s),
                     value,
                     "forecast",
-                    "marginal",
-                    NAME,
+                    self.signal,
+                    self.name,
                     zone,
                     fetched_s,
                 )

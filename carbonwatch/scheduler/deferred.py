@@ -116,6 +116,7 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
     environment is never shown: it may hold secrets."""
     plan = row.get("plan") or []
     saving = _pct(row.get("plan_intensity_g_per_kwh"), row.get("baseline_intensity_g_per_kwh"))
+    base, band = row.get("baseline_intensity_g_per_kwh"), row.get("saving_band_g_per_kwh")
     return {
         "id": row["id"],
         "name": row["name"],
@@ -135,6 +136,7 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
             {"start": _iso(s), "end": _iso(e), "start_s": s, "end_s": e} for s, e in plan
         ],
         "plan_basis": row.get("plan_basis"),
+        "plan_signal": row.get("plan_signal"),  # average | marginal: what the plan minimised
         "forecast_via": row.get("forecast_via"),
         "planned_at": None if row.get("planned_at_s") is None else _iso(row["planned_at_s"]),
         "plan_intensity_g_per_kwh": row.get("plan_intensity_g_per_kwh"),
@@ -143,6 +145,12 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
         "expected_co2e_g": row.get("expected_co2e_g"),
         "expected_baseline_co2e_g": row.get("expected_baseline_co2e_g"),
         "expected_saving_pct": saving,
+        # One sigma of the expected saving from the provider's measured forecast error, in
+        # points of the same percentage (None: the error is unknown).
+        "saving_band_pct": None if band is None or not base else 100.0 * band / base,
+        "via": row.get("via") or "",
+        "slurm_job_id": row.get("slurm_job_id"),
+        "slurm_state": row.get("slurm_state"),
         "started_s": row.get("started_s"),
         "ended_s": row.get("ended_s"),
         "runs": row.get("runs") or [],

@@ -19,10 +19,12 @@ from carbonwatch.grid.accounting import cached_points, save_points
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.model import J_PER_KWH
-from carbonwatch.scheduler.planner import Forecast, Plan, plan_job
+from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
+from carbonwatch.scheduler.planner import Plan
 
 StoreCall = Callable[[Callable[[Any], Any]], Awaitable[Any]]
 CACHE_HORIZON_S = 7 * 86400.0
+ERROR_HISTORY_S = 30 * 86400.0  # forecast error is measured over the last 30 days of pairs
 _SAME_PLAN_S = 1.0  # a re-plan moving no window by more than this keeps the armed triggers
 
 
@@ -35,6 +37,7 @@ class Fetched:
     provider: str  # the provider's name in the cache ('' for static)
     fetched_at_s: float | None  # the newest fetch among the points
     errors: list[str]
+    error: ErrorModel = ErrorModel(())  # the provider's measured forecast error for the zone
 
 
 async def fetch_forecast(
@@ -57,10 +60,13 @@ async def fetch_forecast(
     provider = make_provider(job_settings, clock=clock)
     if provider is None:
         return Fetched([], "static", "", None, [])
+    zone = zone or getattr(provider, "default_zone", "")
     if not zone:
         raise InputError(
             f"provider {provider.name!r} needs a zone: pass --zone or set 'zone' on the daemon"
         )
+    since_s = clock.time() - ERROR_HISTORY_S
+    error = await read(lambda s: measure(s.conn, zone, provider.name, since_s=since_s))
     try:
         points = await provider.forecast(zone)
     except ProviderError as exc:
@@ -69,10 +75,11 @@ async def fetch_forecast(
             lambda s: cached_points(s, zone, provider.name, now_s, now_s + CACHE_HORIZON_S)
         )
         newest = max((p.fetched_at_s or 0.0 for p in cached), default=None)
-        return Fetched(cached, "cache" if cached else "static", provider.name, newest, [str(exc)])
+        via = "cache" if cached else "static"
+        return Fetched(cached, via, provider.name, newest, [str(exc)], error)
     await write(lambda s: save_points(s.conn, points))
     newest = max((p.fetched_at_s or 0.0 for p in points), default=None)
-    return Fetched(points, "provider", provider.name, newest, [])
+    return Fetched(points, "provider", provider.name, newest, [], error)
 
 
 def plan_deferred(
@@ -83,17 +90,27 @@ def plan_deferred(
     deadline_s: float,
     interruptible: bool,
     no_forecast_policy: str,
+    error: ErrorModel | None = None,
+    sigmas: float = 1.0,
 ) -> Plan:
     """The planner on fetched points: overlapping fetches resolved first (actual beats forecast,
-    newer beats older); static points are a flat average, not a forecast, and are dropped."""
+    newer beats older); static points are a flat average, not a forecast, and are dropped.
+    Planned on expected intensity with the provider's measured ``error``, deferred only when the
+    saving beats ``sigmas`` times its band (see :mod:`carbonwatch.scheduler.forecast_error`)."""
     slots = normalise(p for p in points if p.kind != "static")
-    return plan_job(
-        Forecast(slots),
+    planned = plan_with_error(
+        slots,
+        error or ErrorModel(()),
+        now_s=release_s,
         duration_s=duration_s,
         release_s=release_s,
         deadline_s=deadline_s,
         interruptible=interruptible,
         no_forecast_policy=no_forecast_policy,
+        sigmas=sigmas,
+    )
+    return dataclasses.replace(
+        planned.plan, saving_band_g_per_kwh=planned.band_g_per_kwh, note=planned.note
     )
 
 
@@ -104,9 +121,12 @@ def plan_fields(
     name's mean power times the duration) and a forecast mean; either missing leaves it NULL."""
     kwh_pue = None if energy_j is None else energy_j / J_PER_KWH * pue
     mean, base = plan.mean_intensity_g_per_kwh, plan.baseline_intensity_g_per_kwh
-    return {
+    fields: dict[str, Any] = {
         "plan": [[s, e] for s, e in plan.windows],
         "plan_basis": plan.basis,
+        # which intensity the plan minimised: average, or marginal (WattTime's MOER)
+        "plan_signal": (fetched.points[0].signal if plan.basis == "forecast" and fetched.points
+                        else None),
         "forecast_via": fetched.via,
         "plan_intensity_g_per_kwh": mean,
         "baseline_intensity_g_per_kwh": base,
@@ -114,7 +134,13 @@ def plan_fields(
         "expected_baseline_co2e_g": None if kwh_pue is None or base is None else kwh_pue * base,
         "planned_at_s": now_s,
         "forecast_fetched_at_s": fetched.fetched_at_s,
+        "saving_band_g_per_kwh": plan.saving_band_g_per_kwh,
     }
+    if plan.reason:
+        fields["message"] = f"no forecast covers the job ({plan.reason})"
+    elif plan.note:
+        fields["message"] = plan.note
+    return fields
 
 
 def same_windows(a: list[list[float]], b: list[list[float]]) -> bool:

@@ -21,6 +21,7 @@ Ties go to the earlier start: the same carbon, sooner.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import operator
@@ -31,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from carbonwatch.errors import InputError
+from carbonwatch.grid.steps import describe_gaps
 
 # Relative tolerance for "as good as": float sums of the same windows differ in the last bits.
 _TIE_REL = 1e-9
@@ -58,6 +60,13 @@ class Plan:
     baseline_intensity_g_per_kwh: float | None
     basis: str
     interruptible: bool
+    # Why the policy chose, when it did: the holes in the forecast between release and deadline
+    # ("no data 02:00-04:00 on 2026-03-25").
+    reason: str | None = None
+    # The expected saving's one-sigma band from the provider's measured forecast error (None:
+    # unknown), and what the error decided ("... running at release"); see forecast_error.
+    saving_band_g_per_kwh: float | None = None
+    note: str | None = None
 
     @property
     def start_s(self) -> float:
@@ -201,8 +210,11 @@ def _fallback(
     start_s = max(release_s, deadline_s - duration_s) if policy == "latest" else release_s
     end_s = min(start_s + duration_s, deadline_s)
     mean = forecast.mean_intensity(start_s, end_s)
-    return _plan(forecast, ((start_s, end_s),), mean, "no_forecast", interruptible,
+    plan = _plan(forecast, ((start_s, end_s),), mean, "no_forecast", interruptible,
                  release_s, duration_s)
+    covered = [(float(r.t[0]), float(r.t[-1])) for r in forecast.runs]
+    holes = describe_gaps(covered, release_s, deadline_s)
+    return dataclasses.replace(plan, reason="; ".join(holes) or None)
 
 
 def plan_contiguous(

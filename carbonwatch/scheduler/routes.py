@@ -43,6 +43,7 @@ _FIELDS = frozenset(
         "provider_url",
         "cwd",
         "env",
+        "via",
     }
 )
 
@@ -149,7 +150,14 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
         # execve takes "KEY=VALUE": a key with '=' (or none at all) cannot be passed as given
         if not key or "=" in key:
             raise bad(f"env: variable name {key[:64]!r} must be non-empty and contain no '='")
+    via = body.get("via", "")
+    if via not in ("", "local", "slurm"):
+        raise bad("via: must be 'local' or 'slurm'")
+    if via == "slurm" and interruptible:
+        raise bad("interruptible: not with via 'slurm' (Slurm starts a job once and cannot pause "
+                  "it between windows); submit one job per stretch of work, with checkpoints")
     return Submission(
+        via="" if via == "local" else via,
         command=list(command),
         deadline_s=deadline_s,
         duration_s=duration_s,
@@ -252,12 +260,20 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "interruptible": {"type": "boolean"},
             "plan": {"type": "array", "items": {"type": "object"}},
             "plan_basis": {"type": ["string", "null"], "enum": ["forecast", "no_forecast", None]},
+            "plan_signal": {"type": ["string", "null"], "enum": ["average", "marginal", None]},
             "expected_co2e_g": {"type": ["number", "null"]},
             "expected_saving_pct": {"type": ["number", "null"]},
             "job_id": {"type": ["string", "null"]},
             "realised_co2e_g": {"type": ["number", "null"]},
             "realised_baseline_co2e_g": {"type": ["number", "null"]},
             "message": {"type": ["string", "null"]},
+            "saving_band_pct": {
+                "type": ["number", "null"],
+                "description": "one sigma of expected_saving_pct from the measured forecast error",
+            },
+            "via": {"type": "string", "description": "'' (the daemon launches it) or 'slurm'"},
+            "slurm_job_id": {"type": ["string", "null"]},
+            "slurm_state": {"type": ["string", "null"], "description": "Slurm's JobState"},
         },
     },
     "DeferredRequest": {
@@ -279,6 +295,11 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
                              "or one listed in its provider_urls setting"},
             "cwd": {"type": "string", "description": "absolute directory to run in"},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "via": {
+                "type": "string",
+                "enum": ["local", "slurm"],
+                "description": "slurm: command is sbatch's arguments; submitted with --begin",
+            },
         },
     },
 }

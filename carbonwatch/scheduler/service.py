@@ -65,6 +65,7 @@ from carbonwatch.scheduler.forecasts import (
     same_windows,
 )
 from carbonwatch.scheduler.realised import baseline_co2e_g
+from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,6 +100,7 @@ class Submission:
     env: dict[str, str] = field(default_factory=dict)
     owner_uid: int | None = None  # who asked: the command runs as this uid and gid
     owner_gid: int | None = None
+    via: str = ""  # "": the daemon launches it; "slurm": sbatch --begin (command: sbatch args)
 
 
 @dataclass
@@ -143,6 +145,7 @@ class SchedulerService:
         self._scheduler: AsyncIOScheduler | None = None
         self._running: dict[str, _Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.slurm = SlurmDeferral(self)  # jobs deferred through Slurm (see scheduler.slurm)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -163,6 +166,7 @@ class SchedulerService:
         self._scheduler.add_job(
             self.refresh, "interval", seconds=self.refresh_every_s, id="deferred:refresh"
         )
+        self._scheduler.add_job(self.slurm.poll, "interval", seconds=POLL_S, id="deferred:slurm")
         await self._restore()
 
     async def stop(self) -> None:
@@ -220,6 +224,8 @@ class SchedulerService:
             deadline_s=sub.deadline_s,
             interruptible=sub.interruptible,
             no_forecast_policy=self.settings.no_forecast_policy,
+            error=fetched.error,
+            sigmas=self.settings.defer_error_sigmas,
         )
         energy_j = power_w * duration_s if power_w else None
         job_id = uuid.uuid4().hex[:12]
@@ -247,8 +253,12 @@ class SchedulerService:
         }
         if fetched.errors:
             row["message"] = "forecast: " + "; ".join(fetched.errors)
+        row["via"] = sub.via
+        if sub.via == "slurm":  # Slurm holds it until the planned start; nothing to arm here
+            row.update(await self.slurm.submit(row))
         await self._write(lambda s: deferred.insert(s.conn, row))
-        self._arm(row)
+        if sub.via != "slurm":
+            self._arm(row)
         return {**deferred.view(row), "warnings": fetched.errors}
 
     async def get(self, job_id: str) -> dict[str, Any]:
@@ -271,6 +281,9 @@ class SchedulerService:
                 raise NotFound(f"no deferred job with id {job_id[:64]!r}")
             if row["status"] in deferred.FINAL:
                 raise Conflict(f"deferred job {job_id} already ended (status {row['status']})")
+            if row.get("via") == "slurm":
+                await self.slurm.cancel(row)
+                return await self.get(job_id)
             running = self._running.get(job_id)
             if running is None:  # queued (or running under a process that is already gone)
                 self._disarm(job_id)
@@ -353,6 +366,8 @@ class SchedulerService:
                     deadline_s=row["deadline_s"],
                     interruptible=row["interruptible"],
                     no_forecast_policy=self.settings.no_forecast_policy,
+                    error=fetched.error,
+                    sigmas=self.settings.defer_error_sigmas,
                 )
             except InputError:
                 return  # cannot fit any more from now: the armed plan still meets the deadline
@@ -411,6 +426,9 @@ class SchedulerService:
         pause after the last window: a job outrunning its estimate is left to finish)."""
         if self._scheduler is None:
             return
+        if row.get("via") == "slurm":  # Slurm starts it: move the Slurm job instead
+            self.slurm.moved(row)
+            return
         job_id, windows = row["id"], row["plan"]
         self._disarm(job_id)
         now_s = self.clock.time()
@@ -430,6 +448,8 @@ class SchedulerService:
         rows = await self._read(lambda s: deferred.rows(s.conn, deferred.ACTIVE))
         now_s = self.clock.time()
         for row in rows:
+            if row.get("via") == "slurm":
+                continue  # Slurm keeps it; the poll follows it to its end
             try:
                 await self._restore_one(row, now_s)
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the daemon

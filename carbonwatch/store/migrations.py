@@ -415,3 +415,40 @@ def m008_gpu_idle(conn: sqlite3.Connection) -> None:
         " learned_s REAL NOT NULL,"
         " updated_s REAL NOT NULL)"
     )
+
+
+@migration
+def m009_statements(conn: sqlite3.Connection) -> None:
+    """The device models behind each ``device_id`` (first and last seen), so embodied carbon
+    (carbonwatch.embodied) can find each device's figure. Stores written before this hold no
+    models: their embodied carbon is unknown, never 0. Deferred jobs gain ``plan_signal``: which
+    intensity signal (average or marginal) their plan minimised."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS devices (device_id TEXT NOT NULL, device_class TEXT NOT NULL,"
+        " name TEXT NOT NULL, uuid TEXT, first_seen_s REAL NOT NULL, last_seen_s REAL NOT NULL,"
+        " PRIMARY KEY (device_id, name))"
+    )
+    have = {row[1] for row in conn.execute("PRAGMA table_info(deferred_jobs)")}
+    if "plan_signal" not in have:  # average | marginal: which intensity a plan minimised
+        conn.execute("ALTER TABLE deferred_jobs ADD COLUMN plan_signal TEXT")
+
+
+@migration
+def m010_sched_error_and_slurm(conn: sqlite3.Connection) -> None:
+    """Forecast error and Slurm deferral on ``deferred_jobs``.
+
+    - ``saving_band_g_per_kwh``: the one-sigma band of the expected saving, from the provider's
+      measured forecast error (NULL: unknown).
+    - ``via``: how the job is started: '' (the daemon's wrapper) or 'slurm' (``sbatch --begin``);
+      ``slurm_job_id`` and ``slurm_state`` the Slurm job and its last seen state. For a Slurm
+      job ``command`` holds the sbatch arguments. Guarded column by column."""
+    wanted = [
+        ("saving_band_g_per_kwh", "REAL"),
+        ("via", "TEXT NOT NULL DEFAULT ''"),
+        ("slurm_job_id", "TEXT"),
+        ("slurm_state", "TEXT"),
+    ]
+    have = {row[1] for row in conn.execute("PRAGMA table_info(deferred_jobs)")}
+    for name, decl in wanted:
+        if name not in have:
+            conn.execute(f"ALTER TABLE deferred_jobs ADD COLUMN {name} {decl}")

@@ -56,3 +56,38 @@ def test_thirty_thousand_model_names_fold_into_other(tmp_path):
     finally:
         assert daemon.stop() == 0
     assert _models_on_metrics(again) == models
+
+
+def _tokens_models(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for model, value in re.findall(
+            r'carbonwatch_inference_tokens_total\{direction="out",model="([^"]*)"[^}]*\} (\S+)',
+            text):
+        out[model] = out.get(model, 0.0) + float(value)
+    return out
+
+
+def test_a_store_with_more_names_than_the_cap_starts_folded_tokens_included(tmp_path):
+    """A store written under a larger cap (or before there was one): after a restart with a
+    smaller one, calls and tokens alike show at most the cap's names, the rest as 'other', and
+    no token is lost in the fold."""
+    db = tmp_path / "cw.db"
+    daemon = DaemonProcess(db, "--backend", "none").start()
+    try:
+        now = time.time()
+        calls = [{"model": f"m-{i}", "start": now - 2.0, "end": now - 1.0, "tokens_out": 3}
+                 for i in range(40)]
+        assert daemon.request("POST", "/v1/calls", {"calls": calls})[0] == 200
+        daemon.wait_for(lambda: len(_tokens_models(daemon.request("GET", "/metrics")[1])) == 40)
+    finally:
+        assert daemon.stop() == 0
+    small = DaemonProcess(db, "--backend", "none", env={"CARBONWATCH_MAX_LABEL_VALUES": "5"})
+    small.start()
+    try:
+        text = small.request("GET", "/metrics")[1]
+    finally:
+        assert small.stop() == 0
+    tokens = _tokens_models(text)
+    assert len(tokens) == 6 and "other" in tokens, sorted(tokens)
+    assert sum(tokens.values()) == 40 * 3
+    assert set(tokens) == _models_on_metrics(text)

@@ -169,6 +169,40 @@ class Fuzz:
                 fuzz()
 
 
+@contextlib.contextmanager
+def _as_daemon_user() -> Iterator[None]:
+    """The fuzz's connections made as the daemon's own user (nobody, under root).
+
+    A launch runs as the loopback peer's uid, and a daemon that is not root runs commands as no
+    uid but its own: submissions from root's sockets would all be refused (403), and no deferred
+    job would exist for the ``{id}`` routes. A socket's owner (what the daemon reads from
+    sock_diag or /proc/net/tcp) is the file-system uid of the thread creating it: that uid is
+    switched for socket creation alone (``setfsuid``), so the test process keeps reading its own
+    files and modules as root."""
+    if os.geteuid() != 0:
+        yield  # the daemon already runs as this user
+        return
+    import ctypes
+
+    from urllib3.util import connection
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    original = connection.create_connection
+
+    def create_connection(*args: Any, **kwargs: Any) -> Any:
+        libc.setfsuid(NOBODY)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            libc.setfsuid(0)
+
+    connection.create_connection = create_connection
+    try:
+        yield
+    finally:
+        connection.create_connection = original
+
+
 def _tracebacks(log: str) -> list[str]:
     """The log's tracebacks, one line per kind: the exception (the first of its kind), the
     innermost carbonwatch frame, and how many times."""
@@ -221,16 +255,17 @@ def test_every_route_fuzzed_gives_no_5xx_no_traceback_and_the_daemon_restarts(ho
                     _valid_bodies(time.time(), sleeper.pid), _strongest_token(daemon))
         # Routes that create first, so the {id} routes get real ids (up to 3, and a missing one).
         ordered = sorted(operations, key=lambda o: "{id}" in o.path)
-        for i, op in enumerate(ordered):
-            later = sum(4 if "{id}" in o.path else 1 for o in ordered[i + 1:])
-            if "{id}" not in op.path:
-                fuzz.run(op, 1 + later)
-                continue
-            ids = fuzz.ids["deferred" if "deferred" in op.path else "jobs"]
-            targets = [*ids, MISSING_ID]
-            for j, job_id in enumerate(targets):
-                fuzz.run(op, len(targets) - j + later, {"id": job_id})
-            launched += _children(psutil.Process(daemon.proc.pid))
+        with _as_daemon_user():
+            for i, op in enumerate(ordered):
+                later = sum(4 if "{id}" in o.path else 1 for o in ordered[i + 1:])
+                if "{id}" not in op.path:
+                    fuzz.run(op, 1 + later)
+                    continue
+                ids = fuzz.ids["deferred" if "deferred" in op.path else "jobs"]
+                targets = [*ids, MISSING_ID]
+                for j, job_id in enumerate(targets):
+                    fuzz.run(op, len(targets) - j + later, {"id": job_id})
+                launched += _children(psutil.Process(daemon.proc.pid))
         assert set(fuzz.sent) == {op.label for op in operations}, "a route was never fuzzed"
         assert fuzz.ids["jobs"] and fuzz.ids["deferred"], "nothing was created: fuzz too shallow"
         status, health = daemon.request("GET", "/healthz", token=TOKEN)

@@ -91,10 +91,14 @@ def _deferred(conn: sqlite3.Connection, zone: str | None) -> list[dict[str, Any]
     # Real run windows (an interruptible job pauses between them) where the scheduler records
     # them (m005); else the launched job's own start and end.
     runs = "d.runs" if "runs" in have else "NULL AS runs"
+    # The expected saving's forecast-error band (m007); older stores: unknown.
+    band = "d.saving_band_g_per_kwh" if "saving_band_g_per_kwh" in have \
+        else "NULL AS saving_band_g_per_kwh"
     sql = ("SELECT d.id, d.name, d.zone, d.status, d.submitted_s, d.deadline_s, "  # noqa: S608
            "d.duration_s, d.interruptible, d.plan, d.plan_intensity_g_per_kwh, "
            "d.baseline_intensity_g_per_kwh, "
            f"d.expected_co2e_g, d.realised_co2e_g, d.realised_baseline_co2e_g, d.job_id, {runs}, "
+           f"{band}, "
            "j.started_s, j.ended_s FROM deferred_jobs d "  # (SQL from fixed names only)
            "LEFT JOIN jobs j ON j.id = d.job_id WHERE (? IS NULL OR d.zone = ?) "
            "ORDER BY d.submitted_s")
@@ -110,6 +114,8 @@ def _deferred(conn: sqlite3.Connection, zone: str | None) -> list[dict[str, Any]
         base, planned = d["baseline_intensity_g_per_kwh"], d["plan_intensity_g_per_kwh"]
         d["planned_saving_fraction"] = (1 - planned / base) if base and planned is not None \
             else None
+        band_g = d["saving_band_g_per_kwh"]
+        d["saving_band_fraction"] = band_g / base if band_g is not None and base else None
         expected = d["expected_co2e_g"]
         d["planned_saving_g"] = (expected * base / planned - expected) \
             if expected is not None and base and planned else None

@@ -44,7 +44,9 @@ def body(view: data.GridView) -> list[Any]:
             d["name"], d["status"], d["zone"] or "—", fig.when(d["deadline_s"]), plan,
             html.A(fig.when(ran), href=f"/jobs/{d['job_id']}") if d["job_id"] and ran
             else fig.when(ran),
-            "—" if saving is None else f"{saving:.0%}",
+            "—" if saving is None else f"{saving:.0%}" + (
+                "" if d["saving_band_fraction"] is None
+                else f" ± {d['saving_band_fraction']:.0%}"),
             "—" if realised is None else fig.fmt_mass(realised),
         ))
     return [
@@ -64,7 +66,8 @@ def body(view: data.GridView) -> list[Any]:
              note="Green bands: planned windows of deferred jobs. Blue strip along the bottom: "
                   "when they ran."),
         card("Deferred jobs", table(("Job", "Status", "Zone", "Deadline", "Planned window",
-                                     "Ran", "Planned saving", "Realised saving"), rows,
+                                     "Ran", "Planned saving (± forecast error)", "Realised saving"),
+                                    rows,
                                     "grid-deferred") if rows
              else html.P("No deferred jobs. Submit one with carbonwatch submit.")),
     ]

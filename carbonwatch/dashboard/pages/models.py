@@ -10,6 +10,7 @@ from dash import Dash, Input, Output, State, dash_table, dcc, html
 from carbonwatch.dashboard import data
 from carbonwatch.dashboard import figures as fig
 from carbonwatch.dashboard.components import FONT, card, graph, guarded, table
+from carbonwatch.dashboard.data.payback import model_payback
 from carbonwatch.dashboard.pages import SHELL_INPUTS
 from carbonwatch.model import J_PER_KWH
 
@@ -86,12 +87,40 @@ def register(app: Dash, ctx: Context) -> None:
             for r in trend.training_runs
         ]
         return [
+            _payback_card(model, model_payback(ctx.db_path, model, ctx.settings)),
             card(f"{model}: inference over time",
                  graph("models-trend", fig.model_trend_figure(trend, ctx.currency), 340)),
             card(f"{model}: training runs", table(
                 ("Run", "Status", "Started", "Duration", "Energy", "Emissions"), runs,
                 "models-runs") if runs else html.P("No training runs recorded for this model.")),
         ]
+
+
+def _payback_card(model: str, pay: dict[str, Any] | None) -> Any:
+    if pay is None:
+        return None
+
+    def g(value: float | None) -> str:
+        return "unknown" if value is None else fig.fmt_mass(value)
+
+    emb = pay["training_embodied_co2e_g"]
+    rows = [
+        ("Training, operational", g(pay["training_operational_co2e_g"])),
+        ("Training, embodied (hardware manufacture)", g(emb)),
+        ("Training in all", g(pay["training_co2e_g"])),
+        ("Inference per 1,000 calls (operational + embodied)",
+         g(pay["inference_co2e_g_per_1k_calls"])),
+        ("Inference per 1,000 output tokens", g(pay["inference_co2e_g_per_1k_output_tokens"])),
+        ("Inference overtook training", pay["inference_overtook_training_at"] or "not yet"),
+        ("Calls to pay training back", f"{pay['calls_to_pay_back']:,}"
+         if pay["calls_to_pay_back"] else "—"),
+    ]
+    missing = pay["devices_without_figure"]
+    return card(f"{model}: payback (all records)", table(("", "Value"), rows, "models-payback"),
+                note=f"Embodied carbon over {pay['lifetime_years']:g} years at "
+                     f"{pay['utilisation']:.0%} use"
+                     + (f"; unknown for {', '.join(missing)} (no sourced figure)"
+                        if missing else "") + ".")
 
 
 def _row(r: data.ModelRow) -> dict[str, Any]:
