@@ -25,29 +25,33 @@ from carbonwatch.errors import StoreError
 from carbonwatch.store import Store
 
 
-class Invalid(ApiError):
+class Refusal(ApiError):
+    """A request the intake refuses, with this class's status."""
+
+    status = 400
+
     def __init__(self, message: str) -> None:
-        super().__init__(400, message)
+        super().__init__(type(self).status, message)
 
 
-class Forbidden(ApiError):
-    def __init__(self, message: str) -> None:
-        super().__init__(403, message)
+class Invalid(Refusal):
+    status = 400
 
 
-class NotFound(ApiError):
-    def __init__(self, message: str) -> None:
-        super().__init__(404, message)
+class Forbidden(Refusal):
+    status = 403
 
 
-class Conflict(ApiError):
-    def __init__(self, message: str) -> None:
-        super().__init__(409, message)
+class NotFound(Refusal):
+    status = 404
 
 
-class Unavailable(ApiError):
-    def __init__(self, message: str) -> None:
-        super().__init__(503, message)
+class Conflict(Refusal):
+    status = 409
+
+
+class Unavailable(Refusal):
+    status = 503
 
 
 Read = Callable[[Callable[[Store], Any]], Awaitable[Any]]
