@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.config import Settings
@@ -22,14 +21,9 @@ from carbonwatch.embodied import (
     job_embodied,
 )
 from carbonwatch.grid.signals import job_marginal, marginal_by
+from carbonwatch.times import iso_utc_or_none
 
 PHASES = ("training", "inference")
-
-
-def _iso(t_s: float | None) -> str | None:
-    if t_s is None:
-        return None
-    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _where(model: str) -> tuple[str, list[Any]]:
@@ -113,7 +107,7 @@ def payback(
                               if per_1k_calls and train_g > 0 else None),
         "output_tokens_to_pay_back": (math.ceil(train_g / per_1k_tokens * 1000)
                                       if per_1k_tokens and train_g > 0 else None),
-        "inference_overtook_training_at": _iso(overtaken_at(hourly)),
+        "inference_overtook_training_at": iso_utc_or_none(overtaken_at(hourly)),
         "method": "training = its operational gCO2e + its embodied gCO2e (where device figures "
                   "are known); inference likewise; the date is the end of the hour in which "
                   "cumulative inference carbon passed training's and stayed ahead",

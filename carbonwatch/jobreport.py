@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carbonwatch.model import J_PER_KWH, DeviceInfo
-from carbonwatch.times import iso_utc
+from carbonwatch.times import iso_utc_exact
 
 
 @dataclass
@@ -77,8 +77,8 @@ class JobReport:
             "name": self.name,
             "kind": self.kind,
             "command": self.argv,
-            "started": iso_utc(self.started_s),
-            "ended": iso_utc(self.ended_s),
+            "started": iso_utc_exact(self.started_s),
+            "ended": iso_utc_exact(self.ended_s),
             "duration_s": self.duration_s,
             "exit_code": self.exit_code,
             "energy_j": self.energy_j,

@@ -13,9 +13,8 @@ from carbonwatch.cli.common import echo_json, handle_errors, load, settings_opti
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
 from carbonwatch.model import J_PER_KWH
-from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
 from carbonwatch.store import Store, open_store
-from carbonwatch.times import iso_utc_or_none
+from carbonwatch.times import iso_utc_or_none, parse_duration_s, parse_user_time_s
 
 COLUMNS = (
     "id",
@@ -38,7 +37,7 @@ def _since_s(text: str) -> float:
     now_s = time.time()
     if text.strip().startswith("-"):
         return now_s - parse_duration_s(text.strip()[1:])
-    return parse_time_s(text, now_s)
+    return parse_user_time_s(text, now_s)
 
 
 def job_view(row: dict) -> dict:
