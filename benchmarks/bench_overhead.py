@@ -48,7 +48,7 @@ def run_carbonwatch(seconds: float) -> dict:
     from carbonwatch.collectors.ram import RamModelCollector
     from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
     from carbonwatch.grid.static import StaticSource, world_average
-    from carbonwatch.ledger import Ledger
+    from carbonwatch.ledger import EnergyLedger
     from carbonwatch.pricing import Pricing
     from carbonwatch.sampler import Sampler
 
@@ -57,7 +57,7 @@ def run_carbonwatch(seconds: float) -> dict:
     gpus = GpuCollector(ReplayGpuBackend(trace, clock, devices=8, start_at_s=clock.time()))
     scanner = default_process_scanner()
     collectors = [gpus, TdpCpuCollector(processes=scanner), RamModelCollector(processes=scanner)]
-    ledger = Ledger(Pricing())
+    ledger = EnergyLedger(Pricing())
     sampler = Sampler(collectors, intensity=StaticSource(world_average()), owners=dict,
                       sinks=[ledger])
     sampler.start(clock.time())

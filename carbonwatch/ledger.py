@@ -49,7 +49,7 @@ class MinuteRow:
     provenance: str = Provenance.MEASURED.value
 
 
-class Ledger:
+class EnergyLedger:
     def __init__(self, pricing: Pricing, phase_of: PhaseOf = default_phase_of) -> None:
         self.pricing = pricing
         self.phase_of = phase_of

@@ -23,7 +23,7 @@ from carbonwatch.collectors.visible import GpusGiven, gpus_given_to_job
 from carbonwatch.config import Settings
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.jobreport import JobReport, format_summary
-from carbonwatch.ledger import Ledger
+from carbonwatch.ledger import EnergyLedger
 from carbonwatch.model import IDLE, DeviceInfo, job_consumer
 from carbonwatch.pricing import Pricing
 from carbonwatch.proc import ProcessTree, SignalForwarder, exit_code, exited, spawn
@@ -42,7 +42,7 @@ class _Measurement:
     when this wrapper leads a job of several ranks, the members' trees."""
 
     sampler: Sampler
-    ledger: Ledger
+    ledger: EnergyLedger
     members: Members | None
     tree: ProcessTree | None = None
     key: str = ""  # the job's consumer key, known once the job has an id
@@ -77,7 +77,7 @@ def _measurement(
             return kind, model or ""
         return "other", ""
 
-    ledger = Ledger(pricing, phase_of)
+    ledger = EnergyLedger(pricing, phase_of)
     sampler = Sampler(
         collectors,
         intensity=intensity,
@@ -244,7 +244,7 @@ def _result(
     started_s: float,
     ended_s: float,
     exit_code: int,
-    ledger: Ledger,
+    ledger: EnergyLedger,
     key: str,
     pricing: Pricing,
     devices: list[DeviceInfo],

@@ -142,7 +142,7 @@ class LiveJobs:
         return [(j.consumer, set(j.pids), list(j.trees.values())) for j in self.running.values()]
 
     def phase_of(self, consumer: str) -> tuple[str, str]:
-        """Ledger's PhaseOf: (phase, model) of a consumer key."""
+        """EnergyLedger's PhaseOf: (phase, model) of a consumer key."""
         if consumer == IDLE:
             return "idle", ""
         job = self._known.get(consumer)

@@ -1,11 +1,12 @@
 """The daemon's shared in-memory state, between the HTTP handlers (event loop thread) and the
 sampling thread, behind one lock held only for in-memory work (never across I/O).
 
-What lives here: the job live_jobs, the energy :class:`~carbonwatch.ledger.Ledger` (minute rows not
-yet written), the :class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet
-split), and the progress of each acknowledged call batch. A batch's settled calls are held until
-the whole batch is settled and then written with ``pending`` cleared in one transaction, so after a
-crash a batch is either fully rolled up or fully re-read: never counted twice, never lost.
+What lives here: the running jobs (``live_jobs``), the
+:class:`~carbonwatch.ledger.EnergyLedger` (minute rows not yet written), the
+:class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet split), and the
+progress of each acknowledged call batch. A batch's settled calls are held until the whole batch
+is settled and then written with ``pending`` cleared in one transaction, so after a crash a batch
+is either fully rolled up or fully re-read: never counted twice, never lost.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.daemon.flush import Flush
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
 from carbonwatch.daemon.metrics import OTHER, LabelCap
-from carbonwatch.ledger import Ledger
+from carbonwatch.ledger import EnergyLedger
 from carbonwatch.pricing import Pricing
 from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
@@ -84,7 +85,7 @@ class DaemonState:
         self.lock = threading.Lock()
         self.pricing = pricing
         self.live_jobs = live_jobs
-        self.ledger = Ledger(pricing, live_jobs.phase_of)
+        self.ledger = EnergyLedger(pricing, live_jobs.phase_of)
         # Spans carry the clock's (trace) time: scale the real-time windows by the replay speed.
         self.calls = CallLedger(
             settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,

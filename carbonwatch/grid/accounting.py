@@ -265,7 +265,7 @@ def accounting_source(
     name = settings.provider.strip().lower()
     if name in ("", "static"):
         return fallback
-    from carbonwatch.grid.registry import make_provider  # aiohttp: only when a provider is set
+    from carbonwatch.grid.build import make_provider  # aiohttp: only when a provider is set
 
     provider = make_provider(settings, clock=clock)
     if provider is None:

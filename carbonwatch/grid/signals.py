@@ -66,7 +66,7 @@ def marginal_recorder(settings: Settings, *, clock: Any = None, background: bool
     if not settings.zone:
         raise ConfigError("marginal_provider needs a zone: set 'zone' (CARBONWATCH_ZONE)")
     from carbonwatch.grid.accounting import AccountingSource, static_point
-    from carbonwatch.grid.registry import make_provider
+    from carbonwatch.grid.build import make_provider
     from carbonwatch.grid.static import StaticSource
 
     own = dataclasses.replace(settings, provider=name, provider_url=settings.marginal_provider_url)

@@ -52,7 +52,7 @@ async def fetch_forecast(
 ) -> Fetched:
     """The zone's forecast through the chain provider -> cache -> none (see the module doc).
     Raises ConfigError for an unknown provider, InputError when a provider has no zone."""
-    from carbonwatch.grid.registry import make_provider  # aiohttp: only once a job needs it
+    from carbonwatch.grid.build import make_provider  # aiohttp: only once a job needs it
 
     job_settings = dataclasses.replace(
         settings, provider=provider_name, provider_url=url, zone=zone

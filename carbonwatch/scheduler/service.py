@@ -388,7 +388,7 @@ class SchedulerService:
         settings = self.settings
         if settings.provider.strip().lower() in ("", "static") or not settings.zone:
             return
-        from carbonwatch.grid.registry import make_provider
+        from carbonwatch.grid.build import make_provider
 
         provider = make_provider(settings, clock=self.clock)
         if provider is None:
