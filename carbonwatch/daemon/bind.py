@@ -3,24 +3,14 @@ token; unix sockets created owner-only and widened once bound."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 
 from aiohttp import web
 
-from carbonwatch.config import Settings
+from carbonwatch.config import Settings, is_loopback
 from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
 from carbonwatch.errors import ConfigError
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve anywhere, so it needs a token
 
 
 def check_bind(settings: Settings) -> None:
