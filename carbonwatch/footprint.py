@@ -26,7 +26,7 @@ from carbonwatch.times import iso_utc_or_none
 PHASES = ("training", "inference")
 
 
-def _where(model: str) -> tuple[str, list[Any]]:
+def _filters(model: str) -> tuple[str, list[Any]]:
     return "e.model = ? AND e.phase IN ('training', 'inference')", [model]
 
 
@@ -34,12 +34,12 @@ def embodied_by_phase_and_hour(
     conn: sqlite3.Connection, model: str, amort: Amortisation
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[int, str, float]]]:
     """Embodied carbon per phase, and (hour_s, phase, g) for payback, from one scan."""
-    where, args = _where(model)
+    filters, args = _filters(model)
     key = "e.phase || ':' || (e.minute_s - e.minute_s % 3600)"
     names = device_names(conn)
     per_phase: dict[str, dict[str, float]] = {p: {} for p in PHASES}
     per_hour: dict[tuple[int, str], dict[str, float]] = {}
-    for (k, dev), secs in device_seconds(conn, key, where, args).items():
+    for (k, dev), secs in device_seconds(conn, key, filters, args).items():
         phase, hour = str(k).split(":")
         per_phase[phase][dev] = per_phase[phase].get(dev, 0.0) + secs
         per_hour.setdefault((int(hour), phase), {})[dev] = secs
@@ -55,8 +55,8 @@ def embodied_by_phase_and_hour(
 def phase_marginal(
     conn: sqlite3.Connection, model: str, settings: Settings
 ) -> dict[str, dict[str, Any]]:
-    where, args = _where(model)
-    got = marginal_by(conn, settings, "e.phase", where, args)
+    filters, args = _filters(model)
+    got = marginal_by(conn, settings, "e.phase", filters, args)
     empty = {"co2e_g_marginal": None, "marginal_coverage": None, "marginal_zones": []}
     return {p: got.get(p) or dict(empty) for p in PHASES}
 
