@@ -42,7 +42,6 @@ def _peak_rss_mb() -> float:
 
 
 def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[int]) -> dict:
-    from carbonwatch.accounting import Pricing
     from carbonwatch.clock import SystemClock
     from carbonwatch.collectors.cpu_model import TdpCpuCollector
     from carbonwatch.collectors.detect import default_process_scanner
@@ -50,7 +49,8 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     from carbonwatch.collectors.ram import RamModelCollector
     from carbonwatch.collectors.replay import READ_LATENCIES, ReplayGpuBackend, load_trace
     from carbonwatch.grid.static import StaticSource, world_average
-    from carbonwatch.ledger import Ledger
+    from carbonwatch.ledger import EnergyLedger
+    from carbonwatch.pricing import Pricing
     from carbonwatch.sampler import Sampler
 
     clock = SystemClock()
@@ -63,7 +63,7 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
         backend = ReplayGpuBackend(trace, clock, devices=gpus, start_at_s=clock.time(),
                                    latency=READ_LATENCIES["h200"])
         collectors.insert(0, GpuCollector(backend))
-    ledger = Ledger(Pricing())
+    ledger = EnergyLedger(Pricing())
     sampler = Sampler(collectors, intensity=StaticSource(world_average()),
                       owners=lambda: dict.fromkeys(watch, "job"), sinks=[ledger])
     sampler.start(clock.time())

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch.attribution import IDLE
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.gpuidle import IDLE_CONFIGURED, IDLE_LEARNED
@@ -22,7 +21,7 @@ from carbonwatch.collectors.gpushare import (
     estimate_power_lag,
 )
 from carbonwatch.collectors.replay import ReplayGpuBackend, drive, load_trace
-from carbonwatch.model import OTHER
+from carbonwatch.model import IDLE, OTHER
 from carbonwatch.replayer import ReplayReport, replay_trace
 from carbonwatch.testing.synthetic import (
     PRESETS,

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from carbonwatch.grid.parse import iso_utc
+from carbonwatch.times import iso_utc
 
 ACTIVE = ("queued", "launching", "running", "paused")
 FINAL = ("done", "failed", "cancelled")

@@ -16,13 +16,13 @@ from aiohttp import web
 from carbonwatch.daemon import authz, validation
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import ConfigError, InputError
-from carbonwatch.scheduler.durations import (
+from carbonwatch.scheduler.service import Conflict, NotFound, SchedulerService, Submission
+from carbonwatch.times import (
     MAX_AHEAD_S,
     check_ahead,
     parse_duration_s,
-    parse_time_s,
+    parse_user_time_s,
 )
-from carbonwatch.scheduler.service import Conflict, NotFound, SchedulerService, Submission
 
 SERVICE = web.AppKey("scheduler", SchedulerService)
 MAX_ARGS = 4096
@@ -107,7 +107,7 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
         if "deadline_s" in body:
             deadline_s = _number(body["deadline_s"], "deadline_s")
         elif isinstance(body.get("deadline"), str):
-            deadline_s = parse_time_s(body["deadline"], now_s)
+            deadline_s = parse_user_time_s(body["deadline"], now_s)
         else:
             raise bad("deadline: give deadline_s (Unix seconds) or deadline (ISO-8601 or +12h)")
         raw = body.get("duration_s", body.get("duration"))

@@ -53,7 +53,6 @@ from carbonwatch.grid.accounting import (
     static_point,
     update_with_actuals,
 )
-from carbonwatch.grid.parse import iso_utc
 from carbonwatch.grid.series import SeriesSource
 from carbonwatch.grid.static import StaticSource
 from carbonwatch.scheduler import deferred, launcher
@@ -66,6 +65,7 @@ from carbonwatch.scheduler.forecasts import (
 )
 from carbonwatch.scheduler.realised import baseline_co2e_g
 from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
+from carbonwatch.times import iso_utc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -388,7 +388,7 @@ class SchedulerService:
         settings = self.settings
         if settings.provider.strip().lower() in ("", "static") or not settings.zone:
             return
-        from carbonwatch.grid.registry import make_provider
+        from carbonwatch.grid.build import make_provider
 
         provider = make_provider(settings, clock=self.clock)
         if provider is None:

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import CarbonwatchError, InputError
-from carbonwatch.grid.parse import iso_utc
+from carbonwatch.times import iso_utc
 
 if TYPE_CHECKING:
     from carbonwatch.scheduler.service import SchedulerService
