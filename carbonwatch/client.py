@@ -6,9 +6,6 @@
     with carbonwatch.inference("resnet50"):
         ...
 
-    @carbonwatch.track_inference(model="resnet50", weight=lambda batch: len(batch))
-    def predict(batch): ...
-
     with carbonwatch.inference("llama-3-8b", tokens_in=len(prompt_ids)) as call:
         out = generate(prompt_ids)
         call.set_tokens(tokens_out=len(out))
@@ -24,13 +21,10 @@ daemon is away the serving code never blocks and never sees an exception: spans 
 ``dropped`` once the daemon answers again. Only the standard library is used here (urllib, not
 aiohttp), so the serving process gains no dependency.
 
-Work measures (optional): ``weight`` (batch size, FLOPs: any number in [0, 1e12]) and
-``tokens_in``/``tokens_out`` (integers in [0, 10^9]) travel with the call; tokens give the per-token
-figures of the summary, the dashboard and ``report --model``. They are checked here, when given, so
-one bad value never makes the daemon refuse a whole batch: a bad argument to ``inference`` or
-``set_tokens`` raises ``ValueError``/``TypeError`` at once (a bug in the calling code); a ``weight``
-callable that fails or returns a bad value never breaks the call: the span is recorded without a
-weight and one warning is logged. Calls without work measures take exactly the path above.
+Work measures (optional: ``weight`` in [0, 1e12], e.g. ``weight=lambda batch: len(batch)``;
+integer ``tokens_in``/``tokens_out`` in [0, 10^9]) are checked here, so one bad value never gets a
+whole batch refused: a bad argument raises ``ValueError``/``TypeError`` at once; a ``weight``
+callable that fails only loses the weight (one warning). Calls without them take the path above.
 
 Settings: ``CARBONWATCH_DAEMON_URL`` (default ``http://127.0.0.1:8787``) and ``CARBONWATCH_TOKEN``
 (sent as ``Authorization: Bearer``), read when the client is created.
@@ -55,7 +49,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from carbonwatch import client_columnar
+from carbonwatch.client_columnar import CONTENT_TYPE as COLUMNAR_CONTENT_TYPE
+from carbonwatch.client_columnar import encode as encode_columnar
 from carbonwatch.client_job import Job
 from carbonwatch.client_spans import (
     MAX_UNIX_S,
@@ -354,10 +349,10 @@ class Client:
         # The columnar form: ~4x less sender CPU per span than the objects below, and cheaper for
         # the daemon to decode. A daemon that predates it answers 400; then objects from here on.
         if self._columnar:
-            body = client_columnar.encode(batch, pid, dropped)
+            body = encode_columnar(batch, pid, dropped)
             if len(body) <= _BODY_LIMIT_BYTES:
                 status = self._post("/v1/calls", body, self._timeout(final),
-                                    client_columnar.CONTENT_TYPE)
+                                    COLUMNAR_CONTENT_TYPE)
                 if status in (400, 415):
                     self._columnar = False
                     log.info("carbonwatch: daemon refused the columnar call form (HTTP %d); "
