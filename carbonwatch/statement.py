@@ -15,7 +15,7 @@ from typing import Any
 
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
-from carbonwatch.footprint import extend
+from carbonwatch.footprint import extend, overtaken_at
 from carbonwatch.model import J_PER_KWH
 from carbonwatch.store import Store, job_dicts
 from carbonwatch.times import iso_utc_or_none
@@ -78,23 +78,6 @@ def _hourly(conn: sqlite3.Connection, model: str, by_hour: bool) -> list[tuple[i
         sql = ("SELECT minute_s - minute_s % 3600, phase, SUM(co2e_g) FROM energy_minute "
                "WHERE model = ? AND phase IN ('training', 'inference') GROUP BY 1, 2 ORDER BY 1")
     return [(int(t), str(p), float(v)) for t, p, v in conn.execute(sql, [model])]
-
-
-def _overtaken_at(hourly: list[tuple[int, str, float]]) -> float | None:
-    """The hour in which cumulative inference gCO2e last passed training's, if it stays ahead."""
-    hours: dict[int, list[float]] = {}
-    for t, phase, value in hourly:
-        hours.setdefault(t, [0.0, 0.0])[0 if phase == "training" else 1] += value
-    train = inf = 0.0
-    at = None
-    for t in sorted(hours):
-        ahead_before = inf >= train > 0
-        train, inf = train + hours[t][0], inf + hours[t][1]
-        if inf < train:
-            at = None
-        elif train > 0 and not ahead_before:
-            at = t + 3600
-    return at
 
 
 def _jobs(conn: sqlite3.Connection, model: str) -> list[dict[str, Any]]:
@@ -173,7 +156,7 @@ def model_statement(store: Store, model: str, settings: Settings | None = None) 
     sources = sorted({(j["provenance"].get("carbon") or {}).get("intensity") for j in jobs}
                      - {None, ""})
     prices = sorted({str(j["provenance"].get("cost")) for j in jobs if j["provenance"].get("cost")})
-    overtaken = _overtaken_at(hourly)
+    overtaken = overtaken_at(hourly)
     statement = {
         "model": model,
         "generated_at": iso_utc_or_none(datetime.now(UTC).timestamp()),
