@@ -91,7 +91,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/metrics", metrics)
     scheduler = getattr(daemon, "scheduler", None)
     if scheduler is not None:
-        from carbonwatch.scheduler.routes import add_scheduler_routes
+        from carbonwatch.daemon.deferred_routes import add_scheduler_routes
 
         add_scheduler_routes(app, scheduler)
     return app

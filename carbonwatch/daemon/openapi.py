@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from carbonwatch.daemon.deferred_routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
 from carbonwatch.daemon.validation import (
     MAX_BODY_BYTES,
     MAX_CALLS_PER_REQUEST,
     MAX_TOKENS,
     MAX_WEIGHT,
 )
-from carbonwatch.scheduler.routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 

@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from carbonwatch.grid.parse import iso_utc
+from carbonwatch.scheduler.job import ACTIVE, FINAL  # noqa: F401 - re-exported for callers
 
-ACTIVE = ("queued", "launching", "running", "paused")
-FINAL = ("done", "failed", "cancelled")
 _JSON = ("command", "env", "plan", "runs")
 
 

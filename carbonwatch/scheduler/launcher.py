@@ -197,3 +197,15 @@ def terminate(pid: int) -> list[int]:
 
 def kill(group_ids: Sequence[int]) -> None:
     signal_groups(group_ids, signal.SIGKILL)
+
+
+def groups_of(uid: int, gid: int) -> list[int] | None:
+    """Supplementary groups of ``uid`` (initgroups): None when it has no passwd entry (then it
+    gets none)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+    return os.getgrouplist(name, gid)

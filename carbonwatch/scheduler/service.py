@@ -46,7 +46,6 @@ from apscheduler.triggers.date import DateTrigger
 
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
-from carbonwatch.daemon.authz import groups_of
 from carbonwatch.errors import CarbonwatchError, InputError
 from carbonwatch.grid.accounting import (
     cached_points,
@@ -64,6 +63,7 @@ from carbonwatch.scheduler.forecasts import (
     plan_fields,
     same_windows,
 )
+from carbonwatch.scheduler.job import ACTIVE, FINAL, Conflict, NotFound, Status, Submission
 from carbonwatch.scheduler.realised import baseline_co2e_g
 from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
 
@@ -73,34 +73,6 @@ T = TypeVar("T")
 # Reads and writes as the daemon offers them: ``read(fn)`` runs fn(store) on a read-only
 # connection, ``write(fn)`` runs fn(store) as one transaction on the writer thread.
 StoreCall = Callable[[Callable[[Any], T]], Awaitable[T]]
-
-
-class NotFound(CarbonwatchError):
-    """No deferred job has this id."""
-
-
-class Conflict(CarbonwatchError):
-    """The job is in a state that does not allow the request (already finished)."""
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A job to defer, as the API received it. None means "the daemon's setting"."""
-
-    command: list[str]
-    deadline_s: float
-    duration_s: float | None  # None: the mean of the name's finished runs ("auto")
-    name: str = ""
-    kind: str = "training"
-    interruptible: bool = False
-    zone: str | None = None
-    provider: str | None = None
-    provider_url: str | None = None
-    cwd: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    owner_uid: int | None = None  # who asked: the command runs as this uid and gid
-    owner_gid: int | None = None
-    via: str = ""  # "": the daemon launches it; "slurm": sbatch --begin (command: sbatch args)
 
 
 @dataclass
@@ -246,7 +218,7 @@ class SchedulerService:
             "deadline_s": sub.deadline_s,
             "duration_s": duration_s,
             "interruptible": int(sub.interruptible),
-            "status": "queued",
+            "status": Status.QUEUED,
             "expected_energy_j": energy_j,
             "log_path": str(self.log_dir / f"{job_id}.log"),
             **plan_fields(plan, fetched, now_s, energy_j, self.settings.pue),
@@ -268,7 +240,7 @@ class SchedulerService:
         return deferred.view(row)
 
     async def queue(self, active_only: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
-        statuses = deferred.ACTIVE if active_only else None
+        statuses = ACTIVE if active_only else None
         rows = await self._read(lambda s: deferred.rows(s.conn, statuses, limit))
         return [deferred.view(r) for r in rows]
 
@@ -279,7 +251,7 @@ class SchedulerService:
             row = await self._row(job_id)
             if row is None:
                 raise NotFound(f"no deferred job with id {job_id[:64]!r}")
-            if row["status"] in deferred.FINAL:
+            if row["status"] in FINAL:
                 raise Conflict(f"deferred job {job_id} already ended (status {row['status']})")
             if row.get("via") == "slurm":
                 await self.slurm.cancel(row)
@@ -290,7 +262,7 @@ class SchedulerService:
                 now_s = self.clock.time()
                 await self._update(
                     job_id,
-                    status="cancelled",
+                    status=Status.CANCELLED,
                     ended_s=now_s,
                     env={},  # ended: its captured environment may hold secrets
                     message=f"cancelled at {iso_utc(now_s)} before it started",
@@ -328,7 +300,7 @@ class SchedulerService:
             log.exception("deferred jobs: correcting with actuals failed")
 
     async def _replan_queued(self) -> None:
-        rows = await self._read(lambda s: deferred.rows(s.conn, ("queued",)))
+        rows = await self._read(lambda s: deferred.rows(s.conn, (Status.QUEUED,)))
         groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for row in rows:
             if row["provider"]:  # a static-provider job has no forecast to wait for
@@ -348,7 +320,7 @@ class SchedulerService:
     async def _replan(self, job_id: str, fetched: Fetched) -> None:
         async with self._lock(job_id):
             row = await self._row(job_id)
-            if row is None or row["status"] != "queued":
+            if row is None or row["status"] != Status.QUEUED:
                 return  # started (or cancelled) meanwhile: a started job keeps its plan
             known = row.get("forecast_fetched_at_s")
             if fetched.fetched_at_s is None or (
@@ -432,7 +404,7 @@ class SchedulerService:
         job_id, windows = row["id"], row["plan"]
         self._disarm(job_id)
         now_s = self.clock.time()
-        if row["status"] == "queued":
+        if row["status"] == Status.QUEUED:
             self._at(windows[0][0], self._launch, job_id, "launch")
         if not row["interruptible"]:
             return
@@ -445,7 +417,7 @@ class SchedulerService:
     # --- restart ------------------------------------------------------------------------------
 
     async def _restore(self) -> None:
-        rows = await self._read(lambda s: deferred.rows(s.conn, deferred.ACTIVE))
+        rows = await self._read(lambda s: deferred.rows(s.conn, ACTIVE))
         now_s = self.clock.time()
         for row in rows:
             if row.get("via") == "slurm":
@@ -459,15 +431,15 @@ class SchedulerService:
                           row["id"], type(exc).__name__, exc)
                 self._disarm(row["id"])
                 self._running.pop(row["id"], None)
-                await self._update(row["id"], status="failed", ended_s=now_s, env={},
+                await self._update(row["id"], status=Status.FAILED, ended_s=now_s, env={},
                                    message=f"failed at restart: {type(exc).__name__}: {exc}")
         if rows:
             log.info("deferred jobs: restored %d", len(rows))
 
     async def _restore_one(self, row: dict[str, Any], now_s: float) -> None:
-        if row["status"] == "queued":
+        if row["status"] == Status.QUEUED:
             await self._restore_queued(row, now_s)
-        elif row["status"] == "launching":
+        elif row["status"] == Status.LAUNCHING:
             await self._restore_launching(row, now_s)
         elif launcher.alive(row["wrapper_pid"] or 0, row.get("wrapper_created_s")):
             await self._reattach(row, now_s)
@@ -502,7 +474,7 @@ class SchedulerService:
         if found is not None:
             pid, created = found
             fields = {
-                "status": "running",
+                "status": Status.RUNNING,
                 "wrapper_pid": pid,
                 "wrapper_created_s": created,
                 "runs": [[row.get("started_s") or created, None]],
@@ -535,9 +507,9 @@ class SchedulerService:
             return
         windows = row["plan"]
         inside = any(s <= now_s < e for s, e in windows) or now_s >= windows[-1][1]
-        if row["status"] == "paused" and inside:
+        if row["status"] == Status.PAUSED and inside:
             await self._resume(job_id)
-        elif row["status"] == "running" and not inside:
+        elif row["status"] == Status.RUNNING and not inside:
             await self._pause(job_id)
         self._arm(row)
 
@@ -555,12 +527,12 @@ class SchedulerService:
     async def _launch(self, job_id: str) -> None:
         async with self._lock(job_id):
             row = await self._row(job_id)
-            if row is None or row["status"] not in ("queued", "launching"):
+            if row is None or row["status"] not in (Status.QUEUED, Status.LAUNCHING):
                 return
             now_s = self.clock.time()
             # Stored before the wrapper starts: a restart finds the wrapper instead of
             # starting another (see _restore_launching).
-            await self._update(job_id, status="launching", started_s=now_s)
+            await self._update(job_id, status=Status.LAUNCHING, started_s=now_s)
             uid, gid = row.get("owner_uid"), row.get("owner_gid")
             try:
                 proc = launcher.launch(
@@ -574,7 +546,7 @@ class SchedulerService:
                     deferred_id=job_id,
                     user=uid,
                     group=gid,
-                    extra_groups=groups_of(uid, gid) if uid is not None and gid is not None
+                    extra_groups=launcher.groups_of(uid, gid) if uid is not None and gid is not None
                     else None,
                 )
             except Exception as exc:  # noqa: BLE001 - any failure to start ends the job
@@ -583,7 +555,7 @@ class SchedulerService:
                 self._disarm(job_id)
                 await self._update(
                     job_id,
-                    status="failed",
+                    status=Status.FAILED,
                     ended_s=now_s,
                     env={},
                     message=f"could not start the wrapper: {type(exc).__name__}: {exc}",
@@ -593,7 +565,7 @@ class SchedulerService:
             self._running[job_id] = running
             await self._update(
                 job_id,
-                status="running",
+                status=Status.RUNNING,
                 started_s=now_s,
                 wrapper_pid=proc.pid,
                 wrapper_created_s=running.created_s,
@@ -606,22 +578,22 @@ class SchedulerService:
         async with self._lock(job_id):
             running = self._running.get(job_id)
             row = await self._row(job_id)
-            if running is None or row is None or row["status"] != "running":
+            if running is None or row is None or row["status"] != Status.RUNNING:
                 return
             running.groups = launcher.pause(running.pid)
             now_s = self.clock.time()
             runs, ran_s = _close_run(row, now_s)
-            await self._update(job_id, status="paused", runs=runs, ran_s=ran_s)
+            await self._update(job_id, status=Status.PAUSED, runs=runs, ran_s=ran_s)
 
     async def _resume(self, job_id: str) -> None:
         async with self._lock(job_id):
             running = self._running.get(job_id)
             row = await self._row(job_id)
-            if running is None or row is None or row["status"] != "paused":
+            if running is None or row is None or row["status"] != Status.PAUSED:
                 return
             launcher.resume(running.pid, running.groups)
             runs = [*row["runs"], [self.clock.time(), None]]
-            await self._update(job_id, status="running", runs=runs)
+            await self._update(job_id, status=Status.RUNNING, runs=runs)
 
     async def _watch(self, job_id: str) -> None:
         running = self._running[job_id]
@@ -666,10 +638,10 @@ class SchedulerService:
                 "env": {},  # ended: its captured environment may hold secrets
             }
             if running is not None and running.cancelling:
-                fields["status"] = "cancelled"
+                fields["status"] = Status.CANCELLED
                 fields["message"] = f"cancelled at {iso_utc(now_s)} while running"
             else:
-                fields["status"] = "done" if code == 0 else "failed"
+                fields["status"] = Status.DONE if code == 0 else Status.FAILED
                 if code is None:
                     fields["message"] = "it ended while no daemon watched it: exit code unknown"
             if job is None:
