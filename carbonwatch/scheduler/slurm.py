@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import CarbonwatchError, InputError
 from carbonwatch.grid.parse import iso_utc
+from carbonwatch.scheduler.costing import realised_baseline
 from carbonwatch.scheduler.job import ACTIVE, Status
 from carbonwatch.scheduler.launcher import DAEMON_ENV, groups_of
 
@@ -298,7 +299,7 @@ class SlurmDeferral:
             job_id = record[0]
             update.update(job_id=job_id, realised_co2e_g=record[1])
             update["realised_baseline_co2e_g"] = await self.service._read(
-                lambda s: self.service._realised_baseline(s, row, job_id, runs)
+                lambda s: realised_baseline(s, self.service.settings, row, job_id, runs)
             )
         elif started is not None and status != Status.CANCELLED:
             # Ended in Slurm, but the epilog has not ended the carbonwatch job yet: look again.
