@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "tests" / "fixtures" / "h200-shared-gpu"

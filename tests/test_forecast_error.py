@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carbonwatch.grid.accounting import save_points
 from carbonwatch.grid.csvseries import read_intensity_csv
+from carbonwatch.grid.feed import save_points
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
 from carbonwatch.scheduler.planner import Forecast, Plan, plan_job

@@ -21,9 +21,9 @@ from carbonwatch.collectors.gpushare import (
     GpuOptions,
     estimate_power_lag,
 )
-from carbonwatch.collectors.replay import ReplayGpuBackend, drive, load_trace
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, drive
 from carbonwatch.model import OTHER
-from carbonwatch.replayer import ReplayReport, replay_trace
 from carbonwatch.testing.synthetic import (
     PRESETS,
     ServiceModel,
@@ -34,6 +34,7 @@ from carbonwatch.testing.synthetic import (
     solo_service,
     solo_trainer,
 )
+from carbonwatch.trace_attribution import ReplayReport, replay_trace
 
 H200 = Path(__file__).parent / "fixtures" / "h200-shared-gpu"
 

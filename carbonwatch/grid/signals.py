@@ -65,7 +65,7 @@ def marginal_recorder(settings: Settings, *, clock: Any = None, background: bool
                           f"signal; choose one of {', '.join(MARGINAL_PROVIDERS)}")
     if not settings.zone:
         raise ConfigError("marginal_provider needs a zone: set 'zone' (CARBONWATCH_ZONE)")
-    from carbonwatch.grid.accounting import AccountingSource, static_point
+    from carbonwatch.grid.feed import AccountingSource, static_point
     from carbonwatch.grid.registry import make_provider
     from carbonwatch.grid.static import StaticSource
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from carbonwatch.clock import Clock
 from carbonwatch.config import Settings
-from carbonwatch.grid.accounting import cached_points, static_point, update_with_actuals
+from carbonwatch.grid.feed import cached_points, static_point, update_with_actuals
 from carbonwatch.grid.series import SeriesSource
 from carbonwatch.grid.static import StaticSource
 from carbonwatch.scheduler import deferred

@@ -16,7 +16,7 @@ from carbonwatch.accounting import J_PER_KWH
 from carbonwatch.clock import Clock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError, ProviderError
-from carbonwatch.grid.accounting import cached_points, save_points
+from carbonwatch.grid.feed import cached_points, save_points
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error

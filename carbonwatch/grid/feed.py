@@ -1,4 +1,4 @@
-"""The intensity accounting uses, built from settings; and the correction when actuals arrive.
+"""The intensity feed accounting uses, built from settings; and the correction when actuals arrive.
 
 - ``provider = "static"`` (the default): the static yearly average. Nothing is fetched and no
   thread is started, so ``carbonwatch run`` pays nothing for it.

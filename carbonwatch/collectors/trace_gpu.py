@@ -1,0 +1,290 @@
+"""Serve a recorded GPU trace through the :class:`~carbonwatch.collectors.gpu.GpuDevice` protocol.
+
+The trace format (:mod:`carbonwatch.collectors.trace`, one directory, one GPU) is what
+:mod:`carbonwatch.collectors.recorder` writes:
+
+=================  ==========================================================  ========
+file               columns                                                     required
+=================  ==========================================================  ========
+power.csv          t_s, power_mW, gpu_util_pct (may be empty)                  yes
+energy.csv         t_s, energy_mJ                                              yes
+process_util.csv   t_s, pid, sample_ts_us, sm_util_pct, mem_util_pct           yes
+events.csv         t_s, event  (``<role>_launch`` / ``<role>_exit`` / other)   yes
+meta.json          {"gpu": name, "pids": {role: pid}, ...}                     yes
+process_cpu.csv    t_s, role, pid, user_s, system_s                            no
+calls.csv          start_s, end_s, batch                                       no
+=================  ==========================================================  ========
+
+All ``t_s`` are Unix seconds. Readings are step functions of time, like the real device: at time
+``now`` a read returns the last row at or before ``now`` (the first row before the trace starts).
+The backend reads time from an injectable clock; :func:`drive` walks a ManualClock through a trace
+calling a collector the way the daemon's sampling loop does.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from carbonwatch.clock import Clock, ManualClock
+from carbonwatch.collectors.base import Collector
+from carbonwatch.collectors.gpu import ProcessSample
+from carbonwatch.collectors.processes import ProcessSnapshot, ProcInfo
+from carbonwatch.collectors.trace import Call, Trace
+from carbonwatch.errors import DeviceLost, DeviceTimeout, NotSupported
+from carbonwatch.model import EnergyInterval
+
+# --- fault injection -----------------------------------------------------------------------------
+
+
+class FaultKind(StrEnum):
+    LOST = "lost"  # from start_s on, every read raises DeviceLost (end_s is ignored)
+    COUNTER_UNSUPPORTED = "counter-unsupported"  # total_energy_mj raises NotSupported
+    COUNTER_RESET = "counter-reset"  # at start_s the counter restarts from 0 (end_s is ignored)
+    POWER_ZERO = "power-zero"  # power_mw returns 0
+    POWER_ABSURD = "power-absurd"  # power_mw returns 0xFFFFFFFF mW, NVML's junk value
+    TIMEOUT = "timeout"  # reads named by ``reads`` raise DeviceTimeout
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault on replayed device ``device``, active for clock times in [start_s, end_s).
+
+    ``reads`` limits TIMEOUT to some reads: any of "counter", "power", "process" (default all)."""
+
+    kind: FaultKind
+    device: int = 0
+    start_s: float = -math.inf
+    end_s: float = math.inf
+    reads: frozenset[str] = frozenset({"counter", "power", "process"})
+
+    def active(self, now_s: float) -> bool:
+        if self.kind in (FaultKind.LOST, FaultKind.COUNTER_RESET):
+            return now_s >= self.start_s
+        return self.start_s <= now_s < self.end_s
+
+
+ABSURD_POWER_MW = 0xFFFFFFFF
+
+
+# --- the backend ---------------------------------------------------------------------------------
+
+
+class ReplayGpuDevice:
+    """One replayed GPU: the trace's readings at the clock's time, shifted by ``offset_s``."""
+
+    def __init__(
+        self, trace: Trace, clock: Clock, index: int, offset_s: float, faults: Sequence[Fault]
+    ) -> None:
+        self._trace = trace
+        self._clock = clock
+        self._index = index
+        self._offset_s = offset_s
+        self._faults = [f for f in faults if f.device == index]
+        self._windows = trace.presence_windows()
+        self._util_t_s = [r.t_s for r in trace.process_util]
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def uuid(self) -> str:
+        # The recorded GPU's own UUID for the first copy (so its learned idle baseline applies);
+        # made-up ones, distinct per copy, otherwise.
+        recorded = self._trace.meta.get("uuid")
+        if isinstance(recorded, str) and recorded and self._index == 0:
+            return recorded
+        return f"GPU-00000000-0000-0000-0000-{self._index:012d}"
+
+    @property
+    def name(self) -> str:
+        return self._trace.gpu_name
+
+    def _now(self, read: str) -> float:
+        """Trace time for this read, after raising whatever fault is active."""
+        now_s = self._clock.time()
+        for f in self._faults:
+            if not f.active(now_s):
+                continue
+            if f.kind is FaultKind.LOST:
+                raise DeviceLost(f"replayed GPU {self._index} lost at {f.start_s}")
+            if f.kind is FaultKind.TIMEOUT and read in f.reads:
+                raise DeviceTimeout(f"replayed GPU {self._index}: {read} read timed out")
+        return now_s - self._offset_s
+
+    def _active(self, kind: FaultKind, now_s: float) -> Fault | None:
+        return next((f for f in self._faults if f.kind is kind and f.active(now_s)), None)
+
+    def total_energy_mj(self) -> int:
+        t_s = self._now("counter")
+        now_s = t_s + self._offset_s
+        if not self._trace.has_counter or self._active(FaultKind.COUNTER_UNSUPPORTED, now_s):
+            raise NotSupported(f"replayed GPU {self._index}: energy counter not supported")
+        value = _step(self._trace.energy_t_s, self._trace.energy_mj, t_s)
+        reset = self._active(FaultKind.COUNTER_RESET, now_s)
+        if reset is not None:
+            value -= _step(
+                self._trace.energy_t_s, self._trace.energy_mj, reset.start_s - self._offset_s
+            )
+        return value
+
+    def power_mw(self) -> int:
+        t_s = self._now("power")
+        now_s = t_s + self._offset_s
+        if self._active(FaultKind.POWER_ZERO, now_s):
+            return 0
+        if self._active(FaultKind.POWER_ABSURD, now_s):
+            return ABSURD_POWER_MW
+        return _step(self._trace.power_t_s, self._trace.power_mw, t_s)
+
+    def utilization_pct(self) -> float:
+        return _step(self._trace.power_t_s, self._trace.gpu_util_pct, self._now("power"))
+
+    def process_utilization(self, since_us: int) -> list[ProcessSample]:
+        t_s = self._now("process")
+        offset_us = round(self._offset_s * 1e6)
+        hi = bisect.bisect_right(self._util_t_s, t_s)
+        return [
+            ProcessSample(r.pid, r.sample_ts_us + offset_us, r.sm_pct, r.mem_pct)
+            for r in self._trace.process_util[:hi]
+            if r.sample_ts_us + offset_us > since_us
+        ]
+
+    def compute_pids(self) -> list[int]:
+        t_s = self._now("process")
+        return sorted(pid for pid, (a, b) in self._windows.items() if a <= t_s < b)
+
+
+class ReplayGpuBackend:
+    """``devices`` copies of one trace, served at ``clock`` time (a benchmark can fake N GPUs).
+
+    With ``start_at_s`` the trace's first energy row is served at that clock time (so a daemon on a
+    system clock can replay a trace live); by default trace time is clock time."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        clock: Clock,
+        devices: int = 1,
+        faults: Sequence[Fault] = (),
+        start_at_s: float | None = None,
+    ) -> None:
+        if devices < 1:
+            raise ValueError("devices must be >= 1")
+        offset_s = 0.0 if start_at_s is None else start_at_s - trace.start_s
+        self.trace = trace
+        self.clock = clock
+        self._devices = [ReplayGpuDevice(trace, clock, i, offset_s, faults) for i in range(devices)]
+
+    def device_count(self) -> int:
+        return len(self._devices)
+
+    def device(self, index: int) -> ReplayGpuDevice:
+        return self._devices[index]
+
+    @property
+    def calls(self) -> list[Call]:
+        return self.trace.calls
+
+    @property
+    def start_s(self) -> float:
+        return self.trace.start_s
+
+    @property
+    def end_s(self) -> float:
+        return self.trace.end_s
+
+    def close(self) -> None:
+        pass
+
+
+def _step(times: Sequence[float], values: Sequence[Any], t_s: float) -> Any:
+    """The last value at or before t_s (the first value before the series starts)."""
+    i = bisect.bisect_right(times, t_s) - 1
+    return values[max(i, 0)]
+
+
+# --- driving a collector through time ------------------------------------------------------------
+
+
+def drive(
+    collector: Collector,
+    clock: ManualClock,
+    start_s: float,
+    end_s: float,
+    power_interval_s: float = 0.1,
+    counter_interval_s: float = 1.0,
+) -> Iterator[EnergyInterval]:
+    """Advance ``clock`` from start_s to end_s, calling ``poll`` every power_interval_s and
+    ``collect`` every counter_interval_s (poll first when both fall due), then a final ``collect``
+    at end_s.
+
+    Yields every interval the collector closes. Tick times are computed as start + k * step, not
+    accumulated, so a long replay does not drift."""
+    if power_interval_s <= 0 or counter_interval_s <= 0:
+        raise ValueError("intervals must be positive")
+    clock.set(start_s)
+    collector.poll(start_s)
+    yield from collector.collect(start_s)
+    k_power, k_counter = 1, 1
+    while True:
+        t_power = start_s + k_power * power_interval_s
+        t_counter = start_s + k_counter * counter_interval_s
+        t = min(t_power, t_counter)
+        if t >= end_s:
+            break
+        clock.set(t)
+        if t_power <= t:
+            collector.poll(t)
+            k_power += 1
+        if t_counter <= t:
+            yield from collector.collect(t)
+            k_counter += 1
+    clock.set(end_s)
+    collector.poll(end_s)
+    yield from collector.collect(end_s)
+
+
+# --- replayed process CPU time -------------------------------------------------------------------
+
+
+class ReplayProcessSource:
+    """A :class:`~carbonwatch.collectors.processes.ProcessSource` over process_cpu.csv.
+
+    At ``now_s`` each traced pid is charged its last recorded user+system seconds at or before now;
+    every traced pid is keyed by pid in shares. ``start_at_s`` shifts time as in
+    :class:`ReplayGpuBackend`."""
+
+    def __init__(self, trace: Trace, start_at_s: float | None = None) -> None:
+        self._offset_s = 0.0 if start_at_s is None else start_at_s - trace.start_s
+        self._windows = trace.pid_windows()
+        self._rows: dict[int, tuple[list[float], list[float]]] = {}
+        for r in trace.process_cpu:
+            times, cpu = self._rows.setdefault(r.pid, ([], []))
+            times.append(r.t_s)
+            cpu.append(r.user_s + r.system_s)
+        self._last: ProcessSnapshot | None = None
+
+    def snapshot(self, now_s: float) -> ProcessSnapshot:
+        if self._last is not None and self._last.t_s == now_s:
+            return self._last
+        t_s = now_s - self._offset_s
+        procs = {}
+        for pid, (times, cpu) in self._rows.items():
+            if not times or times[0] > t_s:
+                continue
+            launch_s, exit_s = self._windows.get(pid, (times[0], math.inf))
+            procs[pid] = ProcInfo(
+                ppid=0,
+                create_time_s=launch_s if math.isfinite(launch_s) else times[0],
+                cpu_s=_step(times, cpu, t_s),
+                rss_bytes=0,
+                alive=t_s < exit_s,
+            )
+        self._last = ProcessSnapshot(t_s=now_s, procs=procs)
+        return self._last
