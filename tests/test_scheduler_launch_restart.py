@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from carbonwatch.config import Settings
-from carbonwatch.scheduler import deferred, launcher
+from carbonwatch.scheduler import launcher
 from carbonwatch.scheduler.service import SchedulerService
-from carbonwatch.store import Store
+from carbonwatch.store import Store, deferred
 
 
 @pytest.fixture

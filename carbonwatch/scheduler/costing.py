@@ -14,8 +14,8 @@ from carbonwatch.config import Settings
 from carbonwatch.grid.feed import cached_points, static_point, update_with_actuals
 from carbonwatch.grid.series import SeriesSource
 from carbonwatch.grid.static import StaticSource
-from carbonwatch.scheduler import deferred
 from carbonwatch.scheduler.realised import baseline_co2e_g
+from carbonwatch.store import deferred
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import CarbonwatchError, InputError
 from carbonwatch.grid.parse import iso_utc
-from carbonwatch.scheduler import deferred
 from carbonwatch.scheduler.costing import correct_with_actuals
 from carbonwatch.scheduler.forecasts import (
     Fetched,
@@ -18,6 +17,7 @@ from carbonwatch.scheduler.forecasts import (
     same_windows,
 )
 from carbonwatch.scheduler.job import Status
+from carbonwatch.store import deferred
 
 if TYPE_CHECKING:
     import asyncio

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from carbonwatch.grid.parse import iso_utc
-from carbonwatch.scheduler import deferred
 from carbonwatch.scheduler.job import ACTIVE, Status
+from carbonwatch.store import deferred
 
 if TYPE_CHECKING:
     from carbonwatch.clock import Clock

@@ -45,18 +45,18 @@ from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
 from carbonwatch.grid.parse import iso_utc
-from carbonwatch.scheduler import deferred
 from carbonwatch.scheduler.costing import realised_baseline
 from carbonwatch.scheduler.forecasts import (
     plan_deferred,
     plan_fields,
 )
-from carbonwatch.scheduler.job import ACTIVE, FINAL, Conflict, NotFound, Status, Submission
+from carbonwatch.scheduler.job import ACTIVE, FINAL, Conflict, NotFound, Status, Submission, view
 from carbonwatch.scheduler.launcher import DAEMON_ENV, Launcher, LocalLauncher, groups_of
 from carbonwatch.scheduler.replan import Replan
 from carbonwatch.scheduler.restart import Restart, Running
 from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
 from carbonwatch.scheduler.triggers import Triggers
+from carbonwatch.store import deferred
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,18 +199,18 @@ class SchedulerService(Replan, Restart):
         await self._write(lambda s: deferred.insert(s.conn, row))
         if sub.via != "slurm":
             self._arm(row)
-        return {**deferred.view(row), "warnings": fetched.errors}
+        return {**view(row), "warnings": fetched.errors}
 
     async def get(self, job_id: str) -> dict[str, Any]:
         row = await self._row(job_id)
         if row is None:
             raise NotFound(f"no deferred job with id {job_id[:64]!r}")
-        return deferred.view(row)
+        return view(row)
 
     async def queue(self, active_only: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
         statuses = ACTIVE if active_only else None
         rows = await self._read(lambda s: deferred.rows(s.conn, statuses, limit))
-        return [deferred.view(r) for r in rows]
+        return [view(r) for r in rows]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """A queued job is cancelled; a running or paused one is terminated (SIGTERM to its

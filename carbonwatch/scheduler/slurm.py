@@ -42,6 +42,7 @@ from carbonwatch.grid.parse import iso_utc
 from carbonwatch.scheduler.costing import realised_baseline
 from carbonwatch.scheduler.job import ACTIVE, Status
 from carbonwatch.scheduler.launcher import DAEMON_ENV, groups_of
+from carbonwatch.store import deferred
 
 if TYPE_CHECKING:
     from carbonwatch.scheduler.service import SchedulerService
@@ -250,8 +251,6 @@ class SlurmDeferral:
 
     async def poll(self) -> None:
         """Follow every active Slurm-deferred row's job (one scontrol call each)."""
-        from carbonwatch.scheduler import deferred
-
         rows = await self.service._read(lambda s: deferred.rows(s.conn, ACTIVE))
         for row in rows:
             if row.get("via") != "slurm" or not row.get("slurm_job_id"):
