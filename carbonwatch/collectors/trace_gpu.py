@@ -1,22 +1,9 @@
 """Serve a recorded GPU trace through the :class:`~carbonwatch.collectors.gpu.GpuDevice` protocol.
 
-The trace format (:mod:`carbonwatch.collectors.trace`, one directory, one GPU) is what
-:mod:`carbonwatch.collectors.recorder` writes:
-
-=================  ==========================================================  ========
-file               columns                                                     required
-=================  ==========================================================  ========
-power.csv          t_s, power_mW, gpu_util_pct (may be empty)                  yes
-energy.csv         t_s, energy_mJ                                              yes
-process_util.csv   t_s, pid, sample_ts_us, sm_util_pct, mem_util_pct           yes
-events.csv         t_s, event  (``<role>_launch`` / ``<role>_exit`` / other)   yes
-meta.json          {"gpu": name, "pids": {role: pid}, ...}                     yes
-process_cpu.csv    t_s, role, pid, user_s, system_s                            no
-calls.csv          start_s, end_s, batch                                       no
-=================  ==========================================================  ========
-
-All ``t_s`` are Unix seconds. Readings are step functions of time, like the real device: at time
-``now`` a read returns the last row at or before ``now`` (the first row before the trace starts).
+The trace format is :mod:`carbonwatch.collectors.trace` (what
+:mod:`carbonwatch.collectors.recorder` writes). All ``t_s`` are Unix seconds. Readings are step
+functions of time, like the real device: at time ``now`` a read returns the last row at or before
+``now`` (the first row before the trace starts).
 The backend reads time from an injectable clock; :func:`drive` walks a ManualClock through a trace
 calling a collector the way the daemon's sampling loop does.
 """
