@@ -55,7 +55,7 @@ from carbonwatch.scheduler.launcher import DAEMON_ENV, Launcher, LocalLauncher, 
 from carbonwatch.scheduler.replan import Replan
 from carbonwatch.scheduler.restart import Restart, Running
 from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
-from carbonwatch.scheduler.triggers import Triggers
+from carbonwatch.scheduler.triggers import ClockTriggers, Triggers
 from carbonwatch.store import deferred
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class SchedulerService(Replan, Restart):
         grace_s: float = 5.0,
         poll_s: float = 0.25,
         launcher: Launcher | None = None,
+        triggers: Triggers | ClockTriggers | None = None,
     ) -> None:
         self.settings = settings
         self._read = read
@@ -91,7 +92,8 @@ class SchedulerService(Replan, Restart):
         self.poll_s = poll_s
         self.log_dir = settings.db_path.parent / "deferred-logs"
         self.daemon_url = ""
-        self.triggers = Triggers(self.clock)
+        # When events fire: APScheduler on the loop, or (tests) ClockTriggers on a ManualClock.
+        self.triggers = triggers or Triggers(self.clock)
         self._running: dict[str, Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.slurm = SlurmDeferral(self)  # jobs deferred through Slurm (see scheduler.slurm)

@@ -66,3 +66,56 @@ class Triggers:
         for job in self._scheduler.get_jobs():
             if job.id.startswith(f"{job_id}:"):
                 job.remove()
+
+
+class ClockTriggers:
+    """Triggers kept in the scheduler's clock time and fired by :meth:`run_due`: nothing waits
+    in real time. With a ManualClock a caller advances the clock and runs what fell due, in
+    time order, each event once (the same contract as :class:`Triggers`)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._events: dict[str, tuple[float, Callable[[str], Awaitable[None]], str]] = {}
+        self._every: dict[str, tuple[Callable[[], Awaitable[None]], float]] = {}
+        self._next_every: dict[str, float] = {}
+        self.started = False
+
+    def start(self, every: dict[str, tuple[Callable[[], Awaitable[None]], float]]) -> None:
+        self.started = True
+        self._every = dict(every)
+        now_s = self.clock.time()
+        self._next_every = {k: now_s + seconds for k, (_, seconds) in every.items()}
+
+    def stop(self) -> None:
+        self.started = False
+        self._events.clear()
+
+    def at(
+        self, t_s: float, fn: Callable[[str], Awaitable[None]], job_id: str, event: str
+    ) -> None:
+        self._events[f"{job_id}:{event}"] = (t_s, fn, job_id)
+
+    def disarm(self, job_id: str) -> None:
+        for key in [k for k in self._events if k.startswith(f"{job_id}:")]:
+            del self._events[key]
+
+    def due(self) -> list[str]:
+        """The ids of the events due now (``<job id>:<event>``), earliest first."""
+        now_s = self.clock.time()
+        return [k for k, v in sorted(self._events.items(), key=lambda kv: kv[1][0])
+                if v[0] <= now_s]
+
+    async def run_due(self) -> int:
+        """Run every event and interval job due at the clock's time; returns how many ran."""
+        ran = 0
+        while self.started and (keys := self.due()):
+            _, fn, job_id = self._events.pop(keys[0])
+            await fn(job_id)
+            ran += 1
+        now_s = self.clock.time()
+        for key, (fn_every, seconds) in self._every.items():
+            if self.started and self._next_every[key] <= now_s:
+                self._next_every[key] = now_s + seconds
+                await fn_every()
+                ran += 1
+        return ran
