@@ -26,12 +26,6 @@ MARKER = (
     "t = time.time(); open(sys.argv[1], 'a').write(f'{t}\\n')\n"
     "while time.time() - t < 1.5: pass\n"
 )
-# Appends a timestamp every 0.1 s, n times: a gap in them is a pause.
-TICKER = (
-    "import sys, time\n"
-    "for _ in range(int(sys.argv[2])):\n"
-    "    open(sys.argv[1], 'a').write(f'{time.time()}\\n'); time.sleep(0.1)\n"
-)
 # Writes its pid, then sleeps.
 SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
 
@@ -371,54 +365,6 @@ def test_without_a_daemon_the_commands_say_so(tmp_path):
         ("submit", "--deadline", "+1h", "--duration", "5m", "--", "true"),
     ):
         _refused(_cli(env, *args), "no carbonwatch daemon answers")
-
-
-def test_an_interruptible_job_is_paused_between_its_slots(tmp_path):
-    # Two low slots (CISO's hour 19, then hour 20) apart, high ones around them, 4 s a slot.
-    t0 = int(time.time()) + 2
-    high, low = _eia_values(5, 1)[0], _eia_values(19, 2)
-    values = [high, low[0], high, low[1], high, high]
-    csv = _shifted_csv(tmp_path / "ciso.csv", values, t0, 4.0)
-    ticks = tmp_path / "ticks.txt"
-    # The job names its own forecast file: allowed because the daemon lists it.
-    env = _env(tmp_path, CARBONWATCH_PROVIDER_URLS=str(csv))
-    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
-        env["CARBONWATCH_DAEMON_URL"] = daemon.url
-        view = _submit(
-            env,
-            "--interruptible",
-            "--deadline",
-            "+40s",
-            "--duration",
-            "8s",
-            "--zone",
-            "CISO",
-            "--provider",
-            "csv",
-            "--provider-url",
-            str(csv),
-            "--name",
-            "ticker",
-            "--",
-            sys.executable,
-            "-c",
-            TICKER,
-            str(ticks),
-            "50",
-        )
-        windows = [(w["start_s"], w["end_s"]) for w in view["plan"]]
-        assert windows == [(t0 + 4, t0 + 8), (t0 + 12, t0 + 16)]
-        paused = _wait_status(daemon, view["id"], ("paused",), timeout_s=20)
-        assert paused["runs"][0][1] == pytest.approx(t0 + 8, abs=0.5)
-        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=40)
-    assert done["status"] == "done", done
-    stamps = [float(x) for x in ticks.read_text().split()]
-    assert len(stamps) == 50
-    gaps = [(b - a, a, b) for a, b in zip(stamps, stamps[1:], strict=False)]
-    longest, before, after = max(gaps)
-    assert longest > 3.0  # frozen between the slots
-    assert before < t0 + 8 + 0.3 and after >= t0 + 12 - 0.3
-    assert len(done["runs"]) == 2 and done["runs"][1][0] == pytest.approx(t0 + 12, abs=0.5)
 
 
 def test_a_job_running_across_a_daemon_restart_is_still_recorded(tmp_path):
