@@ -41,7 +41,6 @@ def _peak_rss_mb() -> float:
 
 
 def run_carbonwatch(seconds: float) -> dict:
-    from carbonwatch.accounting import Pricing
     from carbonwatch.clock import SystemClock
     from carbonwatch.collectors.cpu_model import TdpCpuCollector
     from carbonwatch.collectors.detect import default_process_scanner
@@ -50,7 +49,8 @@ def run_carbonwatch(seconds: float) -> dict:
     from carbonwatch.collectors.trace import load_trace
     from carbonwatch.collectors.trace_gpu import ReplayGpuBackend
     from carbonwatch.grid.static import StaticSource, world_average
-    from carbonwatch.ledger import Ledger
+    from carbonwatch.ledger import EnergyLedger
+    from carbonwatch.pricing import Pricing
     from carbonwatch.sampler import Sampler
 
     clock = SystemClock()
@@ -58,7 +58,7 @@ def run_carbonwatch(seconds: float) -> dict:
     gpus = GpuCollector(ReplayGpuBackend(trace, clock, devices=8, start_at_s=clock.time()))
     scanner = default_process_scanner()
     collectors = [gpus, TdpCpuCollector(processes=scanner), RamModelCollector(processes=scanner)]
-    ledger = Ledger(Pricing())
+    ledger = EnergyLedger(Pricing())
     sampler = Sampler(collectors, intensity=StaticSource(world_average()), owners=dict,
                       sinks=[ledger])
     sampler.start(clock.time())

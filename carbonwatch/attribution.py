@@ -1,8 +1,8 @@
 """Pure attribution: split one device interval's energy over its consumers plus idle.
 
-Rules (DESIGN.md): the interval's *active* energy (above the idle baseline) is split by the
-consumers' weights (SM share on a GPU, CPU seconds on a CPU, RSS on RAM). Idle energy is then
-handled by the idle policy:
+Rules (docs/architecture.md, "Measurement rules"): the interval's *active* energy (above the idle
+baseline) is split by the consumers' weights (SM share on a GPU, CPU seconds on a CPU, RSS on
+RAM). Idle energy is then handled by the idle policy:
 
 - ``separate`` (default): idle stays its own line;
 - ``proportional``: idle is shared in proportion to each consumer's active energy;
@@ -23,8 +23,6 @@ from typing import Generic, TypeVar
 from carbonwatch.model import OTHER
 
 K = TypeVar("K", bound=Hashable)
-
-IDLE = "idle"
 
 
 @dataclass(frozen=True)

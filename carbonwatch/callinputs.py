@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from carbonwatch.attribution import IDLE
-from carbonwatch.model import EnergyInterval
+from carbonwatch.model import IDLE, EnergyInterval
 
 if TYPE_CHECKING:
     from carbonwatch.calls import CallSpan

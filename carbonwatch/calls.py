@@ -48,8 +48,6 @@ from operator import attrgetter
 
 import numpy as np
 
-from carbonwatch.accounting import J_PER_KWH, co2e_g
-from carbonwatch.attribution import IDLE
 from carbonwatch.callinputs import consumer_shape, work_measures
 from carbonwatch.callsplit import (
     MARGIN_S,
@@ -60,7 +58,8 @@ from carbonwatch.callsplit import (
     learn,
     split,
 )
-from carbonwatch.model import DeviceClass
+from carbonwatch.model import IDLE, J_PER_KWH, DeviceClass
+from carbonwatch.pricing import co2e_g
 from carbonwatch.sampler import AttributedInterval
 
 # NVML's power reading averages the last ~100 ms and moves every ~100 ms: on average it reports

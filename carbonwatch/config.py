@@ -6,6 +6,7 @@ the CLI reads the environment itself."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -278,3 +279,13 @@ def load_settings(
         values[name] = _coerce(name, raw, f"flag --{name.replace('_', '-')}")
 
     return dataclasses.replace(Settings(), **values, extra=extra).validate()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a configured listening address) is this machine's loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere, so it needs a token

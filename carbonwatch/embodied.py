@@ -29,7 +29,7 @@ from importlib import resources
 from typing import Any
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.model import DeviceInfo
+from carbonwatch.model import DeviceInfo, job_consumer, job_of_consumer
 
 HOURS_PER_YEAR = 365.25 * 24
 MINUTE_S = 60.0
@@ -141,21 +141,23 @@ def device_names(conn: sqlite3.Connection) -> dict[str, str]:
 
 # --- device time per consumer ------------------------------------------------------------------
 def device_seconds(
-    conn: sqlite3.Connection, key: str, where: str, args: list[Any]
+    conn: sqlite3.Connection, key: str, filters: str, args: list[Any]
 ) -> dict[tuple[Any, str], float]:
-    """(key value, device_id) -> device-seconds of use, for the energy_minute rows ``where``
-    selects (``key`` and ``where`` are our own SQL over columns of ``e``)."""
+    """(key value, device_id) -> device-seconds of use, for the energy_minute rows ``filters``
+    selects. ``key`` and ``filters`` are our own fixed SQL over columns of ``e`` (callers build
+    them from column names and ``?`` placeholder lists); every value is bound through ``args``."""
     sql = f"""
         WITH picked AS (SELECT minute_s, device_id, {key} AS k, energy_j FROM energy_minute e
-                        WHERE {where} AND consumer != 'idle' AND energy_j > 0),
+                        WHERE {filters} AND consumer != 'idle' AND energy_j > 0),
              dm AS (SELECT minute_s, device_id, SUM(energy_j) AS active_j FROM energy_minute
                     WHERE consumer != 'idle' AND (minute_s, device_id) IN
                         (SELECT minute_s, device_id FROM picked)
                     GROUP BY minute_s, device_id)
-        SELECT p.k, p.device_id, SUM({MINUTE_S} * p.energy_j / dm.active_j)
+        SELECT p.k, p.device_id, SUM(? * p.energy_j / dm.active_j)
         FROM picked p JOIN dm ON dm.minute_s = p.minute_s AND dm.device_id = p.device_id
-        WHERE dm.active_j > 0 GROUP BY 1, 2"""  # noqa: S608 - key/where are fixed by callers
-    return {(k, dev): float(s) for k, dev, s in conn.execute(sql, args)}
+        WHERE dm.active_j > 0 GROUP BY 1, 2"""  # noqa: S608 - key/filters are fixed by callers
+    # Placeholders bind in text order: the filters' (in ``picked``), then the minute length.
+    return {(k, dev): float(s) for k, dev, s in conn.execute(sql, [*args, MINUTE_S])}
 
 
 def embodied_of(
@@ -183,12 +185,12 @@ def embodied_of(
 
 
 def embodied_by(
-    conn: sqlite3.Connection, amort: Amortisation, key: str, where: str, args: list[Any]
+    conn: sqlite3.Connection, amort: Amortisation, key: str, filters: str, args: list[Any]
 ) -> dict[Any, dict[str, Any]]:
-    """Embodied carbon per value of ``key`` over the rows ``where`` selects."""
+    """Embodied carbon per value of ``key`` over the rows ``filters`` selects."""
     names = device_names(conn)
     grouped: dict[Any, dict[str, float]] = {}
-    for (k, dev), s in device_seconds(conn, key, where, args).items():
+    for (k, dev), s in device_seconds(conn, key, filters, args).items():
         grouped.setdefault(k, {})[dev] = s
     return {k: embodied_of(secs, names, amort) for k, secs in grouped.items()}
 
@@ -201,5 +203,5 @@ def job_embodied(
         return {}
     marks = ", ".join("?" for _ in job_ids)
     got = embodied_by(conn, amort, "e.consumer", f"e.consumer IN ({marks})",
-                      [f"job:{j}" for j in job_ids])
-    return {k[len("job:"):]: v for k, v in got.items()}
+                      [job_consumer(j) for j in job_ids])
+    return {job_of_consumer(k) or k: v for k, v in got.items()}

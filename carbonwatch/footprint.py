@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.config import Settings
@@ -22,17 +21,12 @@ from carbonwatch.embodied import (
     job_embodied,
 )
 from carbonwatch.grid.signals import job_marginal, marginal_by
+from carbonwatch.times import iso_utc_or_none
 
 PHASES = ("training", "inference")
 
 
-def _iso(t_s: float | None) -> str | None:
-    if t_s is None:
-        return None
-    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _where(model: str) -> tuple[str, list[Any]]:
+def _filters(model: str) -> tuple[str, list[Any]]:
     return "e.model = ? AND e.phase IN ('training', 'inference')", [model]
 
 
@@ -40,12 +34,12 @@ def embodied_by_phase_and_hour(
     conn: sqlite3.Connection, model: str, amort: Amortisation
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[int, str, float]]]:
     """Embodied carbon per phase, and (hour_s, phase, g) for payback, from one scan."""
-    where, args = _where(model)
+    filters, args = _filters(model)
     key = "e.phase || ':' || (e.minute_s - e.minute_s % 3600)"
     names = device_names(conn)
     per_phase: dict[str, dict[str, float]] = {p: {} for p in PHASES}
     per_hour: dict[tuple[int, str], dict[str, float]] = {}
-    for (k, dev), secs in device_seconds(conn, key, where, args).items():
+    for (k, dev), secs in device_seconds(conn, key, filters, args).items():
         phase, hour = str(k).split(":")
         per_phase[phase][dev] = per_phase[phase].get(dev, 0.0) + secs
         per_hour.setdefault((int(hour), phase), {})[dev] = secs
@@ -61,8 +55,8 @@ def embodied_by_phase_and_hour(
 def phase_marginal(
     conn: sqlite3.Connection, model: str, settings: Settings
 ) -> dict[str, dict[str, Any]]:
-    where, args = _where(model)
-    got = marginal_by(conn, settings, "e.phase", where, args)
+    filters, args = _filters(model)
+    got = marginal_by(conn, settings, "e.phase", filters, args)
     empty = {"co2e_g_marginal": None, "marginal_coverage": None, "marginal_zones": []}
     return {p: got.get(p) or dict(empty) for p in PHASES}
 
@@ -113,7 +107,7 @@ def payback(
                               if per_1k_calls and train_g > 0 else None),
         "output_tokens_to_pay_back": (math.ceil(train_g / per_1k_tokens * 1000)
                                       if per_1k_tokens and train_g > 0 else None),
-        "inference_overtook_training_at": _iso(overtaken_at(hourly)),
+        "inference_overtook_training_at": iso_utc_or_none(overtaken_at(hourly)),
         "method": "training = its operational gCO2e + its embodied gCO2e (where device figures "
                   "are known); inference likewise; the date is the end of the hour in which "
                   "cumulative inference carbon passed training's and stayed ahead",

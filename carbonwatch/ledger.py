@@ -11,9 +11,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from carbonwatch.accounting import Pricing, co2e_g
-from carbonwatch.attribution import IDLE
-from carbonwatch.model import OTHER, Provenance
+from carbonwatch.model import IDLE, OTHER, Provenance
+from carbonwatch.pricing import Pricing, co2e_g
 from carbonwatch.sampler import AttributedInterval
 
 # consumer key -> (phase, model). Phases: training | inference | other | idle.
@@ -50,7 +49,7 @@ class MinuteRow:
     provenance: str = Provenance.MEASURED.value
 
 
-class Ledger:
+class EnergyLedger:
     def __init__(self, pricing: Pricing, phase_of: PhaseOf = default_phase_of) -> None:
         self.pricing = pricing
         self.phase_of = phase_of

@@ -28,8 +28,24 @@ class DeviceState(StrEnum):
     DEGRADED = "degraded"  # answering, but on a fallback path
 
 
-# Consumer key for activity on a device that belongs to no known process or job.
+J_PER_KWH = 3.6e6  # joules in one kilowatt-hour: the one definition of the conversion
+
+# Consumer keys: who a share of a device's energy is attributed to (``energy_minute.consumer``).
+# Activity on a device that belongs to no known process or job:
 OTHER = "other"
+# Energy below the device's idle baseline (and all of it when nothing runs):
+IDLE = "idle"
+JOB_PREFIX = "job:"
+
+
+def job_consumer(job_id: str | int) -> str:
+    """The consumer key of a job: ``job:<id>``."""
+    return f"{JOB_PREFIX}{job_id}"
+
+
+def job_of_consumer(consumer: str) -> str | None:
+    """The job id in a consumer key, or None when the key is not a job's (idle, other, a pid)."""
+    return consumer[len(JOB_PREFIX):] if consumer.startswith(JOB_PREFIX) else None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """How power follows activity: one small fit shared by device attribution and per-call splits.
 
-Model (DESIGN.md, "use the power shape"): over a window of recent readings,
+Model (docs/architecture.md, "Shared GPU"): over a window of recent readings,
 
     power_w(t) ~= base_w + sum_k coef_w[k] * x_k(t),    base_w >= 0, coef_w[k] >= 0
 

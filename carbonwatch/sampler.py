@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from carbonwatch.attribution import IDLE, group_shares, split_interval
+from carbonwatch.attribution import group_shares, split_interval
 from carbonwatch.collectors.base import Collector
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
-from carbonwatch.model import DeviceInfo, EnergyInterval
+from carbonwatch.model import IDLE, DeviceInfo, EnergyInterval
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from carbonwatch.accounting import J_PER_KWH, co2e_g
+from carbonwatch.model import J_PER_KWH
+from carbonwatch.pricing import co2e_g
 from carbonwatch.sampler import AttributedInterval
 
 MAX_MODELS = 64  # per server: more model labels than this is not a serving process we understand

@@ -16,10 +16,11 @@ from typing import Any
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
 from carbonwatch.footprint import extend
+from carbonwatch.model import J_PER_KWH
 from carbonwatch.store import Store, job_dicts
+from carbonwatch.times import iso_utc_or_none
 from carbonwatch.tokens import per_token
 
-J_PER_KWH = 3.6e6
 PHASES = ("training", "inference")
 
 METHODOLOGY = [
@@ -49,12 +50,6 @@ FOOTPRINT_METHODOLOGY = [
     "co2e_g uses average grid intensity (inventory); co2e_g_marginal, where a marginal signal "
     "(WattTime MOER) covers every minute, what the consumption changed at the margin.",
 ]
-
-
-def _iso(t_s: float | None) -> str | None:
-    if t_s is None:
-        return None
-    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -181,18 +176,18 @@ def model_statement(store: Store, model: str, settings: Settings | None = None) 
     overtaken = _overtaken_at(hourly)
     statement = {
         "model": model,
-        "generated_at": _iso(datetime.now(UTC).timestamp()),
+        "generated_at": iso_utc_or_none(datetime.now(UTC).timestamp()),
         "store": str(store.path),
         # To the hour: the hours in which the model drew energy.
-        "period": {"first": _iso(hourly[0][0]) if hourly else None,
-                   "last": _iso(hourly[-1][0] + 3600) if hourly else None},
+        "period": {"first": iso_utc_or_none(hourly[0][0]) if hourly else None,
+                   "last": iso_utc_or_none(hourly[-1][0] + 3600) if hourly else None},
         "currency": currency,
         "training": {
             **_figures(t_j, t_g, cost(t_c)),
             "energy_j_by_provenance": phase_prov["training"],
             "runs": [{
                 "id": j["id"], "name": j["name"], "status": j["status"],
-                "started": _iso(j["started_s"]), "ended": _iso(j["ended_s"]),
+                "started": iso_utc_or_none(j["started_s"]), "ended": iso_utc_or_none(j["ended_s"]),
                 "duration_s": (j["ended_s"] - j["started_s"]) if j["ended_s"] else None,
                 "energy_j": j["energy_j"], "energy_kwh": j["energy_j"] / J_PER_KWH,
                 "co2e_g": j["co2e_g"], "cost": j["cost"],
@@ -214,7 +209,7 @@ def model_statement(store: Store, model: str, settings: Settings | None = None) 
         "totals": {
             **_figures(total_j, t_g + i_g, cost(t_c + i_c)),
             "inference_share_of_co2e": i_g / (t_g + i_g) if t_g + i_g else None,
-            "inference_overtook_training_at": _iso(overtaken),
+            "inference_overtook_training_at": iso_utc_or_none(overtaken),
             "calls_to_match_training": (math.ceil(t_g / per_call_g) if per_call_g and t_g
                                         else None),
         },

@@ -1,8 +1,8 @@
 """Run the real collectors and attribution over a recorded trace, in recorded time.
 
 ``carbonwatch replay`` uses this to let users check attribution on their own recordings, and the
-tests use it to exercise the GPU path without a GPU: the same GpuCollector, Sampler and Ledger as
-on a live node, with a ManualClock stepping through the trace."""
+tests use it to exercise the GPU path without a GPU: the same GpuCollector, Sampler and
+EnergyLedger as on a live node, with a ManualClock stepping through the trace."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carbonwatch.accounting import Pricing
-from carbonwatch.attribution import IDLE
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.gpushare import GpuOptions
@@ -21,8 +19,9 @@ from carbonwatch.collectors.trace import load_trace
 from carbonwatch.collectors.trace_gpu import Fault, ReplayGpuBackend
 from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.grid.types import IntensitySource
-from carbonwatch.ledger import Ledger
-from carbonwatch.model import OTHER
+from carbonwatch.ledger import EnergyLedger
+from carbonwatch.model import IDLE, OTHER
+from carbonwatch.pricing import Pricing
 from carbonwatch.sampler import AttributedInterval, Sampler, Sink
 
 
@@ -104,7 +103,7 @@ def replay_trace(
     backend = ReplayGpuBackend(trace, clock, faults=faults)
     collector = GpuCollector(backend, options=gpu_options)
     roles = {pid: role for role, pid in trace.pids.items()}
-    ledger = Ledger(pricing or Pricing())
+    ledger = EnergyLedger(pricing or Pricing())
     intervals: list[AttributedInterval] = []
     sampler = Sampler(
         [collector],

@@ -179,13 +179,18 @@ class InProcessDaemon(HttpClient):
                  node: str | None = None, housekeeping_every_s: float = 5.0,
                  prepare: Any = None, **settings: Any) -> None:
         from carbonwatch.config import Settings
-        from carbonwatch.daemon.server import Daemon
+        from carbonwatch.daemon.server import Daemon, build_daemon
         from carbonwatch.grid.static import StaticSource, world_average
 
         self.settings = Settings(db=str(db), backend=backend, port=0, **settings).validate()
-        self.daemon = Daemon(self.settings, intensity=StaticSource(world_average()),
-                             replay_speed=replay_speed, node=node, flush_every_s=0.2,
-                             housekeeping_every_s=housekeeping_every_s)
+        self.daemon: Daemon | None = None
+
+        def build(**overrides: Any) -> Daemon:
+            options = {"replay_speed": replay_speed, "node": node, "flush_every_s": 0.2,
+                       "housekeeping_every_s": housekeeping_every_s, **overrides}
+            return build_daemon(self.settings, intensity=StaticSource(world_average()), **options)
+
+        self.build = build  # a test may wrap it, e.g. to hand the daemon its own clock
         self.prepare = prepare  # called with the opened Daemon before it serves
         self.stderr = []
         self._thread: threading.Thread | None = None
@@ -193,7 +198,7 @@ class InProcessDaemon(HttpClient):
     def __enter__(self) -> InProcessDaemon:
         import asyncio
 
-        self.daemon.open()
+        self.daemon = self.build()
         if self.prepare is not None:
             self.prepare(self.daemon)
         ready = threading.Event()

@@ -2,9 +2,9 @@
 
 import pytest
 
-from carbonwatch.accounting import Pricing, co2e_g
 from carbonwatch.errors import UnknownZone
 from carbonwatch.grid.static import cloud_region_intensity, country_intensity, resolve_static
+from carbonwatch.pricing import Pricing, co2e_g
 
 
 def test_country_codes_alpha2_and_alpha3_agree():

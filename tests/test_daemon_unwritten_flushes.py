@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from carbonwatch.daemon.flush import Flush, merge_flushes
 from carbonwatch.daemon.metrics import MetricTotals
-from carbonwatch.daemon.state import Flush, merge_flushes
 from carbonwatch.store import Store
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch.attribution import IDLE
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.gpuidle import IDLE_CONFIGURED, IDLE_LEARNED
@@ -23,7 +22,7 @@ from carbonwatch.collectors.gpushare import (
 )
 from carbonwatch.collectors.trace import load_trace
 from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, drive
-from carbonwatch.model import OTHER
+from carbonwatch.model import IDLE, OTHER
 from carbonwatch.testing.synthetic import (
     PRESETS,
     ServiceModel,

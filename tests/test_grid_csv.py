@@ -9,7 +9,7 @@ import pytest
 
 from carbonwatch.errors import InputError
 from carbonwatch.grid.csvseries import read_intensity_csv
-from carbonwatch.grid.parse import parse_time_s
+from carbonwatch.times import parse_feed_time_s
 
 EIA = Path(__file__).parent / "fixtures" / "eia930"
 REGIONS = ("AZPS", "BPAT", "CISO", "ERCO", "MISO", "NYIS", "PJM", "SOCO", "WAAT")
@@ -20,7 +20,7 @@ GAPS = {"CISO": 3, "MISO": 3, "PJM": 23}
 def test_eia930_files_parse_with_gaps_kept_as_gaps(region: str) -> None:
     points = read_intensity_csv((EIA / f"{region}_NG_avgCI.csv").read_text(), zone=region)
     assert len(points) == 8760 - GAPS.get(region, 0)
-    assert points[0].start_s == parse_time_s("2022-01-01T00:00:00Z", "t")
+    assert points[0].start_s == parse_feed_time_s("2022-01-01T00:00:00Z", "t")
     assert all(p.end_s - p.start_s == 3600 for p in points)
     assert all(0 <= p.intensity_g_per_kwh < 2000 for p in points)
     assert all(a.end_s <= b.start_s for a, b in zip(points, points[1:], strict=False))

@@ -19,11 +19,11 @@ from carbonwatch.grid.carbonaware import CarbonAwareSdk
 from carbonwatch.grid.csvseries import CsvProvider
 from carbonwatch.grid.electricitymaps import ElectricityMaps
 from carbonwatch.grid.http import HttpPolicy, fetch_json, retry_after_s
-from carbonwatch.grid.parse import parse_time_s
 from carbonwatch.grid.ukgrid import UkGrid
 from carbonwatch.grid.watttime import WattTime
+from carbonwatch.times import parse_feed_time_s
 
-NOW_S = parse_time_s("2026-06-01T12:10:00Z", "test")
+NOW_S = parse_feed_time_s("2026-06-01T12:10:00Z", "test")
 FAST = HttpPolicy(timeout_s=0.3, max_attempts=3, backoff_s=0.01, max_retry_after_s=5.0)
 TOKEN = "sekrit-token-123"
 
@@ -127,7 +127,7 @@ def test_electricitymaps_latest_forecast_history_with_auth_token_header() -> Non
             "average",
             "electricitymaps",
         )
-        assert latest.start_s == parse_time_s("2026-06-01T12:00:00Z", "t")
+        assert latest.start_s == parse_feed_time_s("2026-06-01T12:00:00Z", "t")
         assert latest.end_s - latest.start_s == 3600
         assert latest.fetched_at_s == NOW_S
         assert [p.intensity_g_per_kwh for p in forecast] == [310, 280, 250]

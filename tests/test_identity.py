@@ -14,13 +14,12 @@ import pytest
 from daemon_helpers import DaemonProcess
 
 from carbonwatch.identity import (
-    JOIN_TAG,
-    claim_job,
     identity_from_env,
     identity_of_pid,
     pod_uid_from_cgroup,
     slurm_job_from_cgroup,
 )
+from carbonwatch.ranks import JOIN_TAG, claim_job
 from carbonwatch.store import open_store
 
 UID = "0f4b6c2e-3a1d-4e5f-9a8b-7c6d5e4f3a2b"

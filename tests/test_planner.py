@@ -11,11 +11,9 @@ import pytest
 
 from carbonwatch.errors import InputError
 from carbonwatch.grid.csvseries import read_intensity_csv
-from carbonwatch.grid.parse import parse_time_s
 from carbonwatch.grid.types import IntensityPoint
-from carbonwatch.scheduler.durations import parse_duration_s
-from carbonwatch.scheduler.durations import parse_time_s as parse_user_time_s
 from carbonwatch.scheduler.planner import plan_contiguous, plan_interruptible, plan_job
+from carbonwatch.times import parse_duration_s, parse_feed_time_s, parse_user_time_s
 
 EIA = Path(__file__).parent / "fixtures" / "eia930"
 REGIONS = ("AZPS", "BPAT", "CISO", "ERCO", "MISO", "NYIS", "PJM", "SOCO", "WAAT")
@@ -179,7 +177,7 @@ def oracle_interruptible(forecast: list[IntensityPoint], hours: int) -> set[floa
 @pytest.mark.parametrize("region", REGIONS)
 def test_eia930_daily_release_matches_brute_force_oracle(region: str) -> None:
     points = eia(region)
-    day0_s = parse_time_s("2022-01-01T09:00:00Z", "t")
+    day0_s = parse_feed_time_s("2022-01-01T09:00:00Z", "t")
     checked = 0
     for day in range(0, 360, 9):  # 40 days spread over the year, each released at 09:00 UTC
         release_s = day0_s + day * 86400.0
@@ -235,7 +233,8 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_times() -> None:
-    assert parse_user_time_s("2026-12-01T06:00:00Z", 0) == parse_time_s("2026-12-01T06:00:00Z", "")
+    at = "2026-12-01T06:00:00Z"
+    assert parse_user_time_s(at, 0) == parse_feed_time_s(at, "")
     assert parse_user_time_s("2026-12-01T07:00:00+01:00", 0) == parse_user_time_s(
         "2026-12-01T06:00:00Z", 0
     )

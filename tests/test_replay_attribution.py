@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch.attribution import IDLE
-from carbonwatch.model import OTHER
+from carbonwatch.model import IDLE, OTHER
 from carbonwatch.trace_attribution import replay_trace
 
 TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"

@@ -145,7 +145,7 @@ def test_signal_to_the_wrapper_stops_the_tree_and_the_record_is_written(tmp_path
 
 
 def test_a_shared_children_map_finds_the_same_tree_as_psutil(tmp_path):
-    from carbonwatch.runner import ProcessTree, children_map
+    from carbonwatch.proc import ProcessTree, children_map
 
     shell = subprocess.Popen(["sh", "-c", "sleep 5 & sleep 5 & wait"])
     try:

@@ -20,10 +20,10 @@ from carbonwatch.errors import ConfigError
 from carbonwatch.grid.cache import IntensityCache
 from carbonwatch.grid.csvseries import CsvProvider
 from carbonwatch.grid.feed import AccountingSource, accounting_source, update_with_actuals
-from carbonwatch.grid.parse import iso_utc
 from carbonwatch.grid.static import StaticSource
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.store import open_store
+from carbonwatch.times import iso_utc
 
 NOW_S = 1_780_000_020.0  # 20 s into a minute
 HOUR_S = 3600.0

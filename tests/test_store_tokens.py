@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from carbonwatch.daemon.flush import Flush, merge_flushes
 from carbonwatch.daemon.metrics import MetricTotals
-from carbonwatch.daemon.state import Flush, merge_flushes
 from carbonwatch.daemon.storeops import CALL_MINUTE_UPSERT, NO_TOKENS, settle_batches
 from carbonwatch.store import open_store
 from carbonwatch.store.migrations import MIGRATIONS

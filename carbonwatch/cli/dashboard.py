@@ -3,23 +3,13 @@ read-only."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import click
 
 from carbonwatch.cli.common import handle_errors, load, settings_options
-from carbonwatch.config import Settings
+from carbonwatch.config import Settings, is_loopback
 from carbonwatch.errors import ConfigError
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command("dashboard")
@@ -63,7 +53,7 @@ def dashboard_cmd(
     settings = load(config_path, db=db)
     # With a fleet to show, the default store path is not assumed: only one named explicitly.
     db_path = settings.db_path if settings.db or not prometheus_url else None
-    login = require_auth or not _is_loopback(host)
+    login = require_auth or not is_loopback(host)
     tokens = _login_tokens(settings, host) if login else []
     # Imported here: Dash and plotly cost a second to import, and only this command needs them.
     from waitress import create_server

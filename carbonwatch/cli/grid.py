@@ -18,24 +18,24 @@ from carbonwatch.config import Settings
 from carbonwatch.daemon.validation import MAX_UNIX_S
 from carbonwatch.errors import InputError, StoreError
 from carbonwatch.grid import static
+from carbonwatch.grid.build import make_provider
 from carbonwatch.grid.cache import IntensityCache
 from carbonwatch.grid.chain import Resolved, resolve
 from carbonwatch.grid.csvseries import read_intensity_csv
 from carbonwatch.grid.feed import static_point
-from carbonwatch.grid.parse import iso_utc
 from carbonwatch.grid.preflight import estimate_gpu_job
-from carbonwatch.grid.registry import make_provider
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
-from carbonwatch.scheduler.durations import (
-    MAX_AHEAD_S,
-    check_ahead,
-    parse_duration_s,
-    parse_time_s,
-)
 from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
 from carbonwatch.scheduler.forecasts import ERROR_HISTORY_S
 from carbonwatch.scheduler.planner import Plan, plan_job
+from carbonwatch.times import (
+    MAX_AHEAD_S,
+    check_ahead,
+    iso_utc,
+    parse_duration_s,
+    parse_user_time_s,
+)
 
 _DAY_S = 86400.0
 
@@ -282,11 +282,11 @@ def plan_cmd(
     settings = load(config_path, zone=zone, provider=provider, provider_url=provider_url, db=db)
     clock = SystemClock()
     now_s = clock.time()
-    release_s = parse_time_s(start, now_s)
+    release_s = parse_user_time_s(start, now_s)
     if not 0 <= release_s <= MAX_UNIX_S:  # what-if plans may start years away, not centuries
         raise InputError(f"--start {start!r} must fall between 1970 and 2286")
     # "+24h" counts from the job's earliest start, which is now unless --start says otherwise.
-    deadline_s = check_ahead(parse_time_s(deadline, release_s), release_s, "--deadline")
+    deadline_s = check_ahead(parse_user_time_s(deadline, release_s), release_s, "--deadline")
     duration_s = parse_duration_s(duration)
     if duration_s > MAX_AHEAD_S:
         raise InputError(f"--duration {duration!r} is more than a year")
@@ -388,7 +388,7 @@ def estimate_cmd(
     )
     if zone:
         duration_s = hours * 3600.0
-        deadline_s = parse_time_s(deadline, now_s) if deadline else now_s + duration_s + _DAY_S
+        deadline_s = parse_user_time_s(deadline, now_s) if deadline else now_s + duration_s + _DAY_S
         slots, extra = _forecast_slots(settings, zone, None, clock)
         if slots:
             plan = plan_job(slots, duration_s=duration_s, release_s=now_s, deadline_s=deadline_s)

@@ -6,15 +6,15 @@ import csv
 import io
 import math
 import time
-from datetime import UTC, datetime
 
 import click
 
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
-from carbonwatch.scheduler.durations import parse_duration_s, parse_time_s
+from carbonwatch.model import J_PER_KWH
 from carbonwatch.store import Store, open_store
+from carbonwatch.times import iso_utc_or_none, parse_duration_s, parse_user_time_s
 
 COLUMNS = (
     "id",
@@ -32,18 +32,12 @@ COLUMNS = (
 )
 
 
-def _iso(t_s: float | None) -> str | None:
-    if t_s is None:
-        return None
-    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _since_s(text: str) -> float:
     """ISO-8601, ``now``, or a look-back such as ``-24h``."""
     now_s = time.time()
     if text.strip().startswith("-"):
         return now_s - parse_duration_s(text.strip()[1:])
-    return parse_time_s(text, now_s)
+    return parse_user_time_s(text, now_s)
 
 
 def job_view(row: dict) -> dict:
@@ -54,8 +48,8 @@ def job_view(row: dict) -> dict:
         "kind": row["kind"],
         "model": row.get("model"),
         "status": row["status"],
-        "started": _iso(row["started_s"]),
-        "ended": _iso(ended),
+        "started": iso_utc_or_none(row["started_s"]),
+        "ended": iso_utc_or_none(ended),
         "duration_s": (ended - row["started_s"]) if ended is not None else None,
         "energy_j": row["energy_j"],
         "energy_j_by_device": row.get("energy_by_device") or {},
@@ -216,6 +210,6 @@ def report_cmd(
     t = totals
     cost = f"{t['cost']:.4g}" if t["cost"] is not None else "unknown"
     click.echo(
-        f"total: {t['jobs']} jobs, {t['energy_j']:.1f} J ({t['energy_j'] / 3.6e6:.6f} kWh), "
+        f"total: {t['jobs']} jobs, {t['energy_j']:.1f} J ({t['energy_j'] / J_PER_KWH:.6f} kWh), "
         f"{t['co2e_g']:.4g} gCO2e, cost {cost}"
     )

@@ -22,7 +22,8 @@ from carbonwatch.collectors.gpushare import gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.errors import CarbonwatchError
 from carbonwatch.identity import identity_from_env
-from carbonwatch.runner import format_summary, run_command
+from carbonwatch.jobreport import format_summary
+from carbonwatch.runner import run_command
 from carbonwatch.store import open_store
 from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
 
@@ -158,5 +159,5 @@ def _run_with_daemon_if_any(
     if as_json:
         echo_json(attached.as_json())
     else:
-        click.echo(attached.summary(), err=True)  # stdout stays the command's
+        click.echo(format_summary(attached), err=True)  # stdout stays the command's
     sys.exit(attached.exit_code)

@@ -13,7 +13,7 @@ import click
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
 from carbonwatch.config import Settings
 from carbonwatch.errors import CarbonwatchError
-from carbonwatch.scheduler.durations import check_ahead, parse_duration_s, parse_time_s
+from carbonwatch.times import check_ahead, parse_duration_s, parse_user_time_s
 
 PAUSE_CONTRACT = """\
 Interruptible jobs (--interruptible) run only in the lowest-carbon slots before the deadline.
@@ -168,7 +168,7 @@ def submit_cmd(
     now_s = time.time()
     body: dict[str, Any] = {
         "command": list(command),
-        "deadline_s": check_ahead(parse_time_s(deadline, now_s), now_s, "--deadline"),
+        "deadline_s": check_ahead(parse_user_time_s(deadline, now_s), now_s, "--deadline"),
         "interruptible": interruptible,
         "kind": kind,
         "cwd": os.getcwd(),

@@ -5,10 +5,8 @@ anything is written, so a refused request leaves the store as it was."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from carbonwatch.daemon import authz, storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
-from carbonwatch.daemon.registry import Job, ended_by_tag
-from carbonwatch.daemon.state import fold_models
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import StoreError
 
 if TYPE_CHECKING:
-    from carbonwatch.daemon.server import Daemon
+    from carbonwatch.daemon.protocol import AppDaemon
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +64,7 @@ def auth_middleware(
     return authz.auth_middleware(token, admin_token)
 
 
-def make_app(daemon: Daemon) -> web.Application:
+def make_app(daemon: AppDaemon) -> web.Application:
     # errors_as_json outermost: it also answers for what fails in auth (a peer look-up that
     # raises is one log line and a 503, never a 500 with a traceback).
     middlewares = [errors_as_json]
@@ -89,15 +85,13 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    scheduler = getattr(daemon, "scheduler", None)
-    if scheduler is not None:
-        from carbonwatch.daemon.deferred_routes import add_scheduler_routes
+    from carbonwatch.daemon.deferred_routes import add_scheduler_routes
 
-        add_scheduler_routes(app, scheduler)
+    add_scheduler_routes(app, daemon.scheduler)
     return app
 
 
-def _daemon(request: web.Request) -> Daemon:
+def _daemon(request: web.Request) -> AppDaemon:
     return request.app[DAEMON]  # type: ignore[return-value]
 
 
@@ -109,79 +103,12 @@ async def _body(request: web.Request, *, allow_empty: bool = False) -> Any:
 
 
 async def create_job(request: web.Request) -> web.Response:
-    d = _daemon(request)
     spec = validation.new_job(await _body(request))
-    who = authz.caller(request)
-    owner_uid = who.uid
-    if spec.owner_uid is not None and spec.owner_uid != who.uid:
-        if not who.admin:
-            raise ApiError(403, "owner_uid: only an operator registers a job on another user's "
-                                "behalf")
-        owner_uid = spec.owner_uid  # e.g. the Slurm prolog (root) opening the user's job
-    if spec.model:
-        d.models.admit(spec.model)  # its /metrics label: its own name, or 'other' past the cap
-    state = d.state
-    live = state.registry.track_trees
-    authz.check_pids(who, spec.pids, live)  # outside the lock: it reads /proc
-    released: list[tuple[str, set[int]]] = []
-    with state.lock:
-        reg = state.registry
-        same = reg.by_identity(spec.identity) if spec.identity else None
-        if same is not None and not who.may_manage(same.owner_uid):
-            raise ApiError(403, f"job {same.id} with identity {spec.identity!r} belongs to "
-                                f"uid {same.owner_uid}; only its owner or an operator may merge "
-                                "into it")
-        for pid in spec.pids:
-            owner = reg.owner_of_pid(pid)
-            if owner is not None and owner is not same:
-                if live and _squatted(owner, pid, who):
-                    # Held by a job whose owner does not own the pid (e.g. registered by a call
-                    # naming it): the pid's real owner takes it back.
-                    released.append((owner.id, reg.release_pid(owner, pid)))
-                    continue
-                raise ApiError(409, f"pid {pid} already belongs to running job {owner.id} "
-                                    f"({owner.name!r}); end that job first")
-        for other_id, left in released:
-            d.writer.submit(lambda s, i=other_id, p=left: storeops.set_job_pids(s.conn, i, p))
-        if same is not None:
-            reg.add_pids(same, spec.pids)
-            pids = set(same.pids)
-            future = d.writer.submit(lambda s: storeops.set_job_pids(s.conn, same.id, pids))
-            job, status = same, 200
-        else:
-            now_s = d.clock.time()
-            job = Job(id=state.new_id(), name=spec.name, kind=spec.kind, model=spec.model,
-                      pids=set(spec.pids), started_s=now_s, source="api", identity=spec.identity,
-                      serves_calls=spec.kind == "inference", ended_by=ended_by_tag(spec.tags),
-                      owner_uid=owner_uid)
-            row = {"id": job.id, "name": spec.name, "kind": spec.kind, "model": spec.model,
-                   "command": spec.command, "pids": spec.pids, "tags": spec.tags,
-                   "identity": spec.identity, "source": "api", "started_s": now_s,
-                   "owner_uid": owner_uid, **d.job_accounting()}
-            # Queued before the job is visible to the sampler: its row precedes its energy.
-            future = d.writer.submit(lambda s: storeops.insert_job(s.conn, row))
-            reg.add(job)
-            status = 201
-    try:
-        await asyncio.wrap_future(future)
-    except StoreError:
-        if status == 201:
-            with state.lock:
-                state.registry.remove(job.id)
-        raise
-    body: dict[str, Any] = {"id": job.id}
-    if status == 200:
+    job_id, merged = await _daemon(request).jobs.register(spec, authz.caller(request))
+    body: dict[str, Any] = {"id": job_id}
+    if merged:
         body["merged"] = True
-    return web.json_response(body, status=status)
-
-
-def _squatted(holder: Job, pid: int, who: authz.Caller) -> bool:
-    """Whether ``pid``, held by ``holder``, may be taken by ``who``: the caller owns the pid (or
-    is an operator) and the holder's owner does not own it."""
-    real = authz.pid_uid(pid)
-    if real is None or holder.owner_uid == real:
-        return False
-    return who.admin or who.uid == real
+    return web.json_response(body, status=200 if merged else 201)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -219,29 +146,7 @@ async def end_job(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
     exit_code = validation.job_end(await _body(request, allow_empty=True))
     who = authz.caller(request)
-    with d.state.lock:
-        job = d.state.registry.running.get(job_id)
-        running = job is not None
-        owner_uid = job.owner_uid if job is not None else None
-    if running and not who.may_manage(owner_uid):
-        whose = f"uid {owner_uid}" if owner_uid is not None else "no local user"
-        raise ApiError(403, f"job {job_id} belongs to {whose}; {who.describe()} may not end it "
-                            "(only its owner or an operator)")
-    if not running:
-        row = await d.read(lambda s: s.job(job_id))
-        if row is None:
-            raise ApiError(404, f"no job with id {job_id[:64]!r}")
-        raise ApiError(409, f"job {job_id} already ended (status {row['status']})")
-    if not d.loop.alive():
-        raise ApiError(503, "the sampler is not running; cannot close the job's energy")
-    status = "finished" if exit_code in (None, 0) else "failed"
-    try:
-        written = await asyncio.wrap_future(
-            d.loop.request(lambda: d.loop.end_job(job_id, status, exit_code))
-        )
-    except KeyError:
-        raise ApiError(409, f"job {job_id} already ended") from None
-    await asyncio.wrap_future(written)
+    await d.jobs.end(job_id, exit_code, who)
     row = await d.read(lambda s: s.job(job_id))
     return web.json_response(job_view(row, who))
 
@@ -281,42 +186,10 @@ def job_view(row: dict[str, Any], who: authz.Caller | None = None) -> dict[str, 
 
 
 async def post_calls(request: web.Request) -> web.Response:
-    d = _daemon(request)
     body = await request.read()
     batch = validation.call_batch(validation.parse_json(
         body, check_nesting=False, nonfinite_to_validator=True))
-    state = d.state
-    spans = fold_models(batch.spans, d.models)
-    folded: dict[str, int] = {}
-    by_consumer, resolution, created = state.resolve(spans, d.clock.time(), folded=folded)
-    cap = d.settings.max_auto_jobs_per_request
-    if len(created) > cap:  # refused before anything is registered or written
-        raise bad(f"calls: {len(created)} pids with no job yet in one request; at most {cap} "
-                  "(setting max_auto_jobs_per_request): register the services, or send fewer")
-    if folded:
-        d.totals.add_folded_calls(folded)
-    batch_id = state.new_batch_id()
-    if created:  # a service registered by its first call belongs to whoever reported it
-        uid = authz.caller(request).uid
-        for job in created:
-            job.owner_uid = uid
-    rows = [d.service_row(job) for job in created]
-    received_s = time.time()
-    n = len(spans)
-
-    def write(store: Any) -> None:
-        for row in rows:
-            storeops.insert_job(store.conn, row)
-        storeops.insert_call_batch(store.conn, batch_id, received_s, n, batch.dropped, body,
-                                   resolution)
-
-    future = d.writer.submit(write)
-    state.register(created)  # after the insert is queued: see create_job
-    await asyncio.wrap_future(future)
-    # Committed: from here a crash re-reads the batch from the store, so it is acknowledged.
-    state.accept(batch_id, by_consumer)
-    if batch.dropped:
-        d.totals.add_dropped(batch.dropped)
+    n, batch_id = await _daemon(request).calls.accept(batch, body, authz.caller(request).uid)
     return web.json_response({"accepted": n, "batch_id": batch_id})
 
 

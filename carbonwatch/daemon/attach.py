@@ -1,31 +1,28 @@
 """``carbonwatch run`` with a daemon running: register the command's process with it instead of
 measuring a second time (two samplers on one node would read every counter twice).
 
-Stdlib only (http.client; a rank's liveness check borrows psutil from carbonwatch.identity), so
-``carbonwatch run`` pays for neither aiohttp nor the daemon's imports. When no daemon answers,
+Stdlib, ``proc.py`` and ``jobreport.py`` only (http.client), so ``carbonwatch run`` pays for
+neither aiohttp nor the daemon's imports. When no daemon answers,
 :func:`run_if_daemon` returns None and the wrapper measures on its own. ``daemon_url = "none"``
 (``CARBONWATCH_DAEMON_URL=none``) turns the look-up off."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from carbonwatch.config import Settings
 from carbonwatch.errors import CarbonwatchError
+from carbonwatch.jobreport import JobReport
+from carbonwatch.proc import pid_alive, spawn, wait_forwarding
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PROBE_TIMEOUT_S = 0.5
 # With daemon_url set explicitly (the scheduler sets it for the jobs it launches) a daemon is
 # expected: one restarting is waited for this long rather than measured beside, which would
@@ -119,70 +116,6 @@ class DaemonRefused(CarbonwatchError):
         self.reason = reason
 
 
-@dataclass
-class AttachedRun:
-    """A command measured by the daemon: the daemon's job record, plus what the wrapper saw."""
-
-    job: dict[str, Any]
-    argv: list[str]
-    exit_code: int
-    url: str
-
-    def as_json(self) -> dict[str, Any]:
-        j = self.job
-        return {
-            "job_id": j["id"], "name": j["name"], "kind": j["kind"], "command": self.argv,
-            "started": _iso(j["started_s"]), "ended": _iso(j["ended_s"]),
-            "duration_s": j["ended_s"] - j["started_s"], "exit_code": self.exit_code,
-            "energy_j": j["energy_j"], "energy_kwh": j["energy_j"] / 3.6e6,
-            "energy_j_by_device": j["energy_j_by_device"], "co2e_g": j["co2e_g"],
-            "cost": j["cost"], "currency": j["currency"], "provenance": j["provenance"],
-            "pids": j["pids"], "measured_by": self.url,
-        }
-
-    def summary(self) -> str:
-        j = self.job
-        lines = [
-            f"carbonwatch: {j['name']} ({j['kind']}) exited {self.exit_code} after "
-            f"{j['ended_s'] - j['started_s']:.1f} s  [job {j['id']}, measured by the daemon at "
-            f"{self.url}]",
-        ]
-        how = j["provenance"].get("energy", {})
-        for device_id, energy_j in sorted(j["energy_j_by_device"].items()):
-            lines.append(f"  energy {device_id:<6} {energy_j:12.1f} J  {energy_j / 3.6e6:.6f} kWh"
-                         f"  ({how.get(device_id, 'unknown')})")
-        lines.append(f"  energy total  {j['energy_j']:12.1f} J  {j['energy_j'] / 3.6e6:.6f} kWh")
-        carbon = j["provenance"].get("carbon", {})
-        lines.append(f"  emissions {j['co2e_g']:.3f} gCO2e  ({carbon.get('kind', '?')} intensity "
-                     f"from {carbon.get('intensity', '?')}, PUE {carbon.get('pue', '?')})")
-        if j["cost"] is None:
-            lines.append("  cost unknown (no energy price configured on the daemon)")
-        else:
-            lines.append(f"  cost {j['cost']:.6f} {j['currency']}")
-        return "\n".join(lines)
-
-
-def _iso(t_s: float) -> str:
-    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
-
-
-def wait_forwarding(child: subprocess.Popen[Any]) -> int:
-    """Wait for ``child`` (started with ``process_group=0``), forwarding SIGINT/SIGTERM/SIGHUP to
-    its process group meanwhile; its exit code, 128+N when signal N ended it."""
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
-    try:
-        returncode = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return returncode if returncode >= 0 else 128 - returncode
-
-
 def run_if_daemon(
     argv: Sequence[str],
     *,
@@ -192,7 +125,7 @@ def run_if_daemon(
     model: str | None,
     identity: str | None = None,
     alive: Callable[[int], bool] | None = None,
-) -> AttachedRun | None:
+) -> JobReport | None:
     """Run ``argv`` as a job of the running daemon; None when no daemon answers (nothing run).
 
     The command runs in its own process group and SIGINT/SIGTERM/SIGHUP are forwarded to it, as
@@ -209,10 +142,7 @@ def run_if_daemon(
     if client is None:
         return None
     argv = list(argv)
-    try:
-        child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - argv, never a shell
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+    child = spawn(argv)
     payload = {
         "name": name or os.path.basename(argv[0]), "kind": kind, "model": model,
         "pid": child.pid, "command": argv,
@@ -237,7 +167,7 @@ def run_if_daemon(
             raise CarbonwatchError(
                 f"the daemon at {client.url} could not end job {body['id']}: {job}"
             )
-    return AttachedRun(job=job, argv=argv, exit_code=exit_code, url=client.url)
+    return JobReport.from_daemon_job(job, argv, exit_code, client.url)
 
 
 def _end_waiting(client: DaemonClient, job_id: str, exit_code: int) -> tuple[int, Any]:
@@ -274,9 +204,7 @@ def _end_if_last_rank(
 ) -> dict[str, Any]:
     """End a merged job unless another rank still runs or its opener ends it; the job's record.
     Like a plain run's end, each request waits for a daemon that is down (restarting)."""
-    if alive is None:
-        from carbonwatch.identity import pid_alive as alive
-
+    alive = alive or pid_alive
     def request(method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return _request_waiting(client, method, path, body, job_id, exit_code)
 

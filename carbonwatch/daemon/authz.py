@@ -1,4 +1,4 @@
-"""Who is calling, and what they may do (DESIGN.md, trust boundaries).
+"""Who is calling, and what they may do (docs/architecture.md, "Owners and scopes").
 
 Three kinds of caller, three scopes:
 

@@ -21,13 +21,13 @@ from aiohttp import web
 from carbonwatch.daemon import authz, validation
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import ConfigError, InputError
-from carbonwatch.scheduler.durations import (
+from carbonwatch.scheduler.job import Conflict, NotFound, Status, Submission
+from carbonwatch.times import (
     MAX_AHEAD_S,
     check_ahead,
     parse_duration_s,
-    parse_time_s,
+    parse_user_time_s,
 )
-from carbonwatch.scheduler.job import Conflict, NotFound, Status, Submission
 
 if TYPE_CHECKING:
     from carbonwatch.scheduler.service import SchedulerService
@@ -115,7 +115,7 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
         if "deadline_s" in body:
             deadline_s = _number(body["deadline_s"], "deadline_s")
         elif isinstance(body.get("deadline"), str):
-            deadline_s = parse_time_s(body["deadline"], now_s)
+            deadline_s = parse_user_time_s(body["deadline"], now_s)
         else:
             raise bad("deadline: give deadline_s (Unix seconds) or deadline (ISO-8601 or +12h)")
         raw = body.get("duration_s", body.get("duration"))

@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 from carbonwatch.clock import Clock, SteadyClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.daemon import storeops
+from carbonwatch.daemon.flush import Flush, merge_flushes
 from carbonwatch.daemon.metrics import MetricTotals
 from carbonwatch.daemon.rawlog import RawCallLog
-from carbonwatch.daemon.state import DaemonState, Flush, merge_flushes
+from carbonwatch.daemon.state import DaemonState
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.model import DeviceInfo, EnergyInterval
 from carbonwatch.sampler import Sampler
@@ -295,7 +296,7 @@ class SamplingLoop:
         done: list[tuple[str, str, int | None, set[int]]] = []
         with self.state.lock:
             for job_id, status, exit_code in ends:
-                job = self.state.registry.remove(job_id)
+                job = self.state.live_jobs.remove(job_id)
                 if job is not None:
                     done.append((job_id, status, exit_code, job.all_pids()))
         if not done:
@@ -316,7 +317,7 @@ class SamplingLoop:
 
     def _end_vanished(self) -> None:
         with self.state.lock:
-            gone = self.state.registry.vanished()
+            gone = self.state.live_jobs.vanished()
         if not gone:
             return
         # A service registered by its first call ends when its process does; a job that

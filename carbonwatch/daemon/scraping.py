@@ -11,7 +11,7 @@ the next good scrape's window covers the gap, since the counters are cumulative.
 
 Each scrape of a target is one window boundary: the counters' increases since the previous scrape
 and the energy the server's process drew in between meet in ``ScrapeLedger``. The process is a job
-of the registry (``source`` ``scrape``), registered at its first scrape; a process that already
+of the live_jobs (``source`` ``scrape``), registered at its first scrape; a process that already
 belongs to a job (``carbonwatch run`` started it) is that job. A new process (restart) starts
 from a fresh baseline: its earlier tokens had no measured energy.
 """
@@ -33,8 +33,9 @@ import aiohttp
 import psutil
 
 from carbonwatch.daemon import storeops
-from carbonwatch.daemon.registry import Job
+from carbonwatch.daemon.live_jobs import LiveJob
 from carbonwatch.errors import ConfigError
+from carbonwatch.model import job_of_consumer
 from carbonwatch.scrape import (
     CounterTracker,
     ExpositionError,
@@ -72,7 +73,7 @@ class Target:
 
     def view(self) -> dict[str, Any]:
         return {"name": self.name, "url": self.url, "server": self.server, "pid": self.pid,
-                "job_id": self.consumer[len(storeops.JOB_ID_PREFIX):] if self.consumer else None,
+                "job_id": job_of_consumer(self.consumer) if self.consumer else None,
                 "scrapes": self.scrapes, "errors": self.errors, "last_error": self.last_error,
                 "counter_resets": self.tracker.resets}
 
@@ -248,15 +249,15 @@ class Scraper:
         """The job whose energy this target's tokens share; registered at a new process."""
         state = self.daemon.state
         with state.lock:
-            job = state.registry.owner_of_pid(pid)
+            job = state.live_jobs.owner_of_pid(pid)
             if job is not None and job.consumer == t.consumer and pid == t.pid:
                 return job.consumer  # the common case: same process, same job
             if job is not None and job.source == "scrape":
                 job.serves_calls = False  # reloaded after a restart: its energy is split here
-        created: list[Job] = []
+        created: list[LiveJob] = []
         if job is None:
             model = next(iter(models)) if len(models) == 1 else t.name
-            job = Job(id=state.new_id(), name=f"{t.name} (scraped, pid {pid})",
+            job = LiveJob(id=state.new_id(), name=f"{t.name} (scraped, pid {pid})",
                       kind="inference", model=model, pids={pid}, started_s=now_s,
                       source="scrape", auto=True)
             created.append(job)

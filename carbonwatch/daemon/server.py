@@ -11,31 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
-import os
 import signal
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 from aiohttp import web
 
-from carbonwatch.accounting import Pricing
 from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
 from carbonwatch.config import Settings
 from carbonwatch.daemon import hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
-from carbonwatch.daemon.authz import MIN_TOKEN_BYTES, weak_token
+from carbonwatch.daemon.bind import check_bind, unix_site, url_host
 from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
+from carbonwatch.daemon.intake import CallIntake, JobIntake
+from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs, job_from_row
 from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
-from carbonwatch.daemon.registry import Job, Registry, job_from_row
+from carbonwatch.daemon.reader import Reader, private_store
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
 from carbonwatch.daemon.scraping import Scraper, parse_targets
 from carbonwatch.daemon.state import DaemonState, fold_models
@@ -43,6 +41,8 @@ from carbonwatch.daemon.trace_clock import ReplayClock
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
+from carbonwatch.model import job_of_consumer
+from carbonwatch.pricing import Pricing
 from carbonwatch.sampler import Sampler
 from carbonwatch.store import Store
 
@@ -51,65 +51,9 @@ T = TypeVar("T")
 REPLAY_PREFIX = "replay:"
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve anywhere, so it needs a token
-
-
-def check_bind(settings: Settings) -> None:
-    """Off loopback the API must be authenticated: refuse to start without a token, or with one
-    too short or a known placeholder (``change-me``) that anyone could guess."""
-    if settings.socket:
-        return  # a Unix socket is guarded by its file permissions
-    if is_loopback(settings.host):
-        return
-    if not settings.token:
-        raise ConfigError(
-            f"refusing to listen on {settings.host}:{settings.port} without a token: off loopback "
-            "every request must carry one. Set CARBONWATCH_TOKEN (or token in the config file), "
-            "or listen on 127.0.0.1"
-        )
-    for name, value in (("CARBONWATCH_TOKEN", settings.token),
-                        ("CARBONWATCH_ADMIN_TOKEN", settings.admin_token)):
-        why = weak_token(value) if value else None
-        if why:
-            raise ConfigError(
-                f"refusing to listen on {settings.host}:{settings.port}: {name} {why}. Off "
-                f"loopback a token must be a secret of at least {MIN_TOKEN_BYTES} random bytes, "
-                "e.g. `openssl rand -hex 32`"
-            )
-
-
-class Reader:
-    """Read-only store access on one worker thread, so queries never block the event loop."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._store: Store | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carbonwatch-reader")
-
-    def _call(self, fn: Callable[[Store], T]) -> T:
-        if self._store is None:
-            self._store = Store(self._path, read_only=True)
-        return fn(self._store)
-
-    async def run(self, fn: Callable[[Store], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
-
-    def close(self) -> None:
-        def shut() -> None:
-            if self._store is not None:
-                self._store.close()
-
-        self._pool.submit(shut).result()
-        self._pool.shutdown()
-
-
 class Daemon:
+    """The node daemon: built and opened by :func:`build_daemon`, served by :meth:`serve`."""
+
     def __init__(
         self,
         settings: Settings,
@@ -143,11 +87,13 @@ class Daemon:
         self.url = ""
         # Refused at start, before anything opens: a bad target is a configuration error.
         self.scrape_targets = parse_targets(settings.scrape)
+        self.interval_logs: list[Any] = []
+        self.guard: ConnectionGuard | None = None  # once serving
 
     # --- start-up ------------------------------------------------------------------------------
 
     def open(self) -> None:
-        self._private_store()
+        self.notes += private_store(self.settings.db_path)
         self.writer.start()
         try:
             self._open()
@@ -155,27 +101,6 @@ class Daemon:
             raise StoreError(f"cannot start on the store {self.settings.db_path}: {exc}. "
                              "If the file is damaged, restore a backup or move it aside") from None
 
-    def _private_store(self) -> None:
-        """The store holds command lines and deferred jobs' environments: its files 0600, its
-        folder 0700 when the daemon makes it (a folder it did not make, say /tmp, is left as it
-        is, with a note at start-up when other users may enter it)."""
-        path = self.settings.db_path
-        folder = path.parent
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for file in (path, path.with_name(path.name + "-wal"),
-                         path.with_name(path.name + "-shm")):
-                if file.exists() and file.stat().st_uid == os.geteuid():
-                    os.chmod(file, 0o600)
-            loose = folder.stat().st_mode & 0o077
-        except OSError:
-            return  # the writer's open reports what is wrong with the path
-        if loose:
-            self.notes.append(
-                f"the store's folder {folder} is open to other users (mode "
-                f"{folder.stat().st_mode & 0o777:o}); it keeps job command lines and the "
-                f"environments of queued jobs: chmod 700 {folder}"
-            )
     def _gpu_options(self) -> GpuOptions:
         """Idle baselines learned on earlier runs (by GPU UUID) in, newly learned ones out."""
         from carbonwatch.store.gpu_idle import load_gpu_idle, save_gpu_idle
@@ -209,8 +134,8 @@ class Daemon:
             collectors = [WallTimeLabels(c, steady) for c in collectors]
             self.notes += notes
         # Replayed pids belong to the recording machine: their trees are not looked up here.
-        self.registry = Registry(track_trees=scanner is not None)
-        self.state = DaemonState(pricing=self.pricing, registry=self.registry, speed=self.speed,
+        self.live_jobs = LiveJobs(track_trees=scanner is not None)
+        self.state = DaemonState(pricing=self.pricing, live_jobs=self.live_jobs, speed=self.speed,
                                  scanner=scanner,
                                  pid_exists=psutil.pid_exists if scanner is not None else None,
                                  max_auto_jobs=self.settings.max_auto_jobs)
@@ -250,6 +175,12 @@ class Daemon:
 
         self.scheduler = SchedulerService(self.settings, read=self.read, write=self.writer.run)
         self.scraper = Scraper(self, self.scrape_targets, self.settings.scrape_interval_s)
+        self.jobs = JobIntake(state=self.state, writer=self.writer, loop=self.loop,
+                              models=self.models, clock=self.clock,
+                              accounting=self.job_accounting, read=self.read)
+        self.calls = CallIntake(state=self.state, writer=self.writer, models=self.models,
+                                totals=self.totals, clock=self.clock, service_row=self.service_row,
+                                max_auto_jobs=self.settings.max_auto_jobs_per_request)
 
     def _replay_collectors(self) -> tuple[list[Collector], str]:
         """The trace's GPU (``replay_gpus`` copies), served in trace time at ``replay_speed``.
@@ -303,7 +234,7 @@ class Daemon:
         return {"cost": 0.0 if self.pricing.known else None, "currency": self.pricing.currency,
                 "provenance": self.provenance}
 
-    def service_row(self, job: Job) -> dict[str, Any]:
+    def service_row(self, job: LiveJob) -> dict[str, Any]:
         """The jobs row of an inference service registered by its first call."""
         return {"id": job.id, "name": job.name, "kind": job.kind, "model": job.model,
                 "command": None, "pids": sorted(job.pids), "tags": {"auto": True},
@@ -325,16 +256,14 @@ class Daemon:
                     s.conn, r["id"], status="lost", ended_s=self.clock.time(), exit_code=None,
                     pids=[]))
                 continue
-            self.registry.add(job)
-        if self.registry.running:
-            self.notes.append(f"resumed {len(self.registry.running)} running job(s)")
-
-        prefix = storeops.JOB_ID_PREFIX
+            self.live_jobs.add(job)
+        if self.live_jobs.running:
+            self.notes.append(f"resumed {len(self.live_jobs.running)} running job(s)")
 
         def seeds(store: Store) -> tuple[Any, ...]:
             conn = store.conn
             energy = storeops.energy_totals(conn)
-            ids = {c[len(prefix):] for c, *_ in energy if c.startswith(prefix)}
+            ids = {j for c, *_ in energy if (j := job_of_consumer(c)) is not None}
             max_batch = conn.execute("SELECT MAX(id) FROM call_batches").fetchone()[0] or 0
             return (energy, storeops.job_names_and_ends(conn, ids),
                     storeops.calls_by_model(conn), storeops.dropped_spans(conn), max_batch,
@@ -348,16 +277,17 @@ class Daemon:
             self.models.admit(row[2], 0)
         unknown = ("", 0.0)  # a consumer with no jobs row: nameless, long ended
         self.totals.add_energy(
-            ((c[len(prefix):], jobs.get(c[len(prefix):], unknown)[0], model, phase, device)
-             if c.startswith(prefix) else ("", "", model, phase, device), e, g, cost)
+            ((j, jobs.get(j, unknown)[0], model, phase, device)
+             if (j := job_of_consumer(c)) is not None else ("", "", model, phase, device),
+             e, g, cost)
             for c, phase, model, device, e, g, cost in energy
         )
         # Ended jobs fold at the first scrape once past the retention, as before the restart.
         for c, *_ in energy:
-            if c.startswith(prefix):
-                ended_s = jobs.get(c[len(prefix):], unknown)[1]
+            if (j := job_of_consumer(c)) is not None:
+                ended_s = jobs.get(j, unknown)[1]
                 if ended_s is not None:
-                    self.totals.job_ended(c[len(prefix):], ended_s)
+                    self.totals.job_ended(j, ended_s)
         self.totals.add_calls(calls)
         self.totals.add_tokens(tokens)
         self.totals.add_dropped(dropped)
@@ -388,24 +318,24 @@ class Daemon:
     ) -> None:
         """Serve until SIGTERM/SIGINT, or until ``stop`` is set (in-process use, no signals)."""
         app = make_app(self)
-        self.guard = ConnectionGuard(self.settings.request_header_timeout_s,
-                                     self.settings.max_connections_per_client)
-        app.middlewares.insert(0, self.guard.middleware)  # tells the guard of each request
-        runner = GuardedRunner(app, self.guard, access_log=None, shutdown_timeout=10.0)
+        guard = self.guard = ConnectionGuard(self.settings.request_header_timeout_s,
+                                             self.settings.max_connections_per_client)
+        app.middlewares.insert(0, guard.middleware)  # tells the guard of each request
+        runner = GuardedRunner(app, guard, access_log=None, shutdown_timeout=10.0)
         await runner.setup()
         settings = self.settings
         self.local_url = ""  # where the node's users (and launched jobs) reach it as themselves
         try:
             if settings.socket:
-                await _unix_site(runner, Path(settings.socket), settings.socket_mode_bits)
+                await unix_site(runner, Path(settings.socket), settings.socket_mode_bits)
                 self.url = self.local_url = f"unix:{settings.socket}"
             else:
                 site = web.TCPSite(runner, settings.host, settings.port)
                 await site.start()
                 host, port = runner.addresses[0][:2]
-                self.url = f"http://{_url_host(host)}:{port}"
+                self.url = f"http://{url_host(host)}:{port}"
                 if settings.local_socket:  # beside TCP: launches as the peer's uid
-                    await _unix_site(runner, Path(settings.local_socket),
+                    await unix_site(runner, Path(settings.local_socket),
                                      settings.socket_mode_bits)
                     self.local_url = f"unix:{settings.local_socket}"
         except OSError as exc:
@@ -432,7 +362,7 @@ class Daemon:
     def close(self) -> None:
         self.reader.close()
         self.writer.close()
-        for log_ in getattr(self, "interval_logs", ()):
+        for log_ in self.interval_logs:
             log_.close()
 
     async def read(self, fn: Callable[[Store], T]) -> T:
@@ -493,7 +423,7 @@ class Daemon:
         return view
 
     def _connection_view(self) -> dict[str, int]:
-        guard = getattr(self, "guard", None)
+        guard = self.guard
         if guard is None:
             return {}
         return {"open": sum(guard.per_client.values()), "closed_idle": guard.closed_idle,
@@ -511,21 +441,17 @@ class Daemon:
         )
 
 
-async def _unix_site(runner: web.AppRunner, path: Path, mode: int) -> None:
-    """Listen on the unix socket ``path`` with ``mode``: created owner-only and widened once
-    bound, so no one connects in between under a looser umask."""
-    if path.is_socket():
-        path.unlink()  # a stale socket from a previous run
-    old = os.umask(0o177)
+def build_daemon(settings: Settings, *, intensity: IntensitySource, **options: Any) -> Daemon:
+    """A daemon fully wired and opened (store, collectors, sampler, state, intake services,
+    scheduler, scraper), ready to :meth:`Daemon.serve`; closed again if opening fails.
+    ``options``: ``Daemon``'s keyword arguments (replay speed and GPUs, node, cadences, clock)."""
+    daemon = Daemon(settings, intensity=intensity, **options)
     try:
-        await web.UnixSite(runner, str(path)).start()
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+        daemon.open()
+    except BaseException:
+        daemon.close()
+        raise
+    return daemon
 
 
 def run_daemon(
@@ -538,10 +464,9 @@ def run_daemon(
     on_note: Callable[[str], None] = lambda note: None,
 ) -> None:
     """Run until SIGTERM/SIGINT. Raises CarbonwatchError (a ConfigError for a refused bind)."""
-    daemon = Daemon(settings, intensity=intensity, replay_speed=replay_speed,
-                    replay_gpus=replay_gpus)
+    daemon = build_daemon(settings, intensity=intensity, replay_speed=replay_speed,
+                          replay_gpus=replay_gpus)
     try:
-        daemon.open()
         # Under ingestion the daemon holds ~10^5-10^6 call spans awaiting settlement; with the
         # default thresholds the cyclic GC rescans them all dozens of times a second (~10 % of
         # the CPU at 100k calls/s). Spans hold no cycles, so collect far less often, and move

@@ -1,11 +1,12 @@
 """The daemon's shared in-memory state, between the HTTP handlers (event loop thread) and the
 sampling thread, behind one lock held only for in-memory work (never across I/O).
 
-What lives here: the job registry, the energy :class:`~carbonwatch.ledger.Ledger` (minute rows not
-yet written), the :class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet
-split), and the progress of each acknowledged call batch. A batch's settled calls are held until
-the whole batch is settled and then written with ``pending`` cleared in one transaction, so after a
-crash a batch is either fully rolled up or fully re-read: never counted twice, never lost.
+What lives here: the running jobs (``live_jobs``), the
+:class:`~carbonwatch.ledger.EnergyLedger` (minute rows not yet written), the
+:class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet split), and the
+progress of each acknowledged call batch. A batch's settled calls are held until the whole batch
+is settled and then written with ``pending`` cleared in one transaction, so after a crash a batch
+is either fully rolled up or fully re-read: never counted twice, never lost.
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from carbonwatch.accounting import Pricing
 from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
-from carbonwatch.daemon import storeops
-from carbonwatch.daemon.metrics import OTHER, EnergyKey, LabelCap, MetricTotals
-from carbonwatch.daemon.registry import Job, Registry
-from carbonwatch.ledger import Ledger
-from carbonwatch.runner import children_map
+from carbonwatch.daemon.flush import Flush
+from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
+from carbonwatch.daemon.metrics import OTHER, LabelCap
+from carbonwatch.ledger import EnergyLedger
+from carbonwatch.pricing import Pricing
+from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
 from carbonwatch.scrape import ScrapeLedger
-from carbonwatch.store import Store
 
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
 SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
@@ -76,145 +76,16 @@ class _Batch:
         self.consumers: list[str] = []  # parallel to ``settled``
 
 
-@dataclass
-class Flush:
-    """Everything one flush writes in one transaction; built under the lock, written outside it."""
-
-    energy_rows: list[dict[str, Any]]
-    batch_ids: list[int]
-    call_rows: list[tuple[Any, ...]]
-    call_minutes: list[dict[str, Any]]
-    job_calls: dict[str, tuple[int, float]]
-    between_j: dict[str, float]
-    metric_energy: list[tuple[EnergyKey, float, float, float]]
-    sampled_until_s: float | None
-
-    def empty(self) -> bool:
-        return not (self.energy_rows or self.batch_ids or self.between_j or self.call_rows
-                    or self.call_minutes or self.job_calls)
-
-    def write(self, store: Store, resume_key: str) -> None:
-        """The part that must commit together (the raw call log is written apart: see
-        SamplingLoop.flush)."""
-        conn = store.conn
-        storeops.add_energy_minutes(store, self.energy_rows)
-        storeops.settle_batches(
-            conn, self.batch_ids, self.call_minutes, self.job_calls, self.between_j
-        )
-        if self.sampled_until_s is not None:
-            storeops.set_meta(conn, resume_key, self.sampled_until_s)
-
-    def published(self, totals: MetricTotals) -> None:
-        """After commit: the counters grow by what the store now holds."""
-        totals.add_energy(self.metric_energy)
-        calls: dict[str, int] = defaultdict(int)  # a flush may hold several minutes of a model
-        tokens: dict[tuple[str, str], int] = defaultdict(int)
-        for r in self.call_minutes:
-            calls[r["model"]] += r["calls"]
-            if r.get("tokens_in"):
-                tokens[(r["model"], "in")] += r["tokens_in"]
-            if r.get("tokens_out"):
-                tokens[(r["model"], "out")] += r["tokens_out"]
-        totals.add_calls(calls)
-        if tokens:
-            totals.add_tokens(tokens)
-
-
-def merge_flushes(flushes: Sequence[Flush], max_minutes: int) -> tuple[Flush, int]:
-    """Flushes that failed to write, folded into one, and how many minute rows were dropped.
-
-    Minute rows add up by (minute_s, device_id, consumer) exactly as the store's upsert adds
-    them, so the merged flush holds one row per key: memory grows with the minutes waiting, not
-    with the flushes that failed. Past ``max_minutes`` distinct minutes the oldest are dropped
-    (rows and their metric energy together: the counters never count what the store lacks).
-    ``metric_energy`` is parallel to ``energy_rows`` (see ``collect_flush``). The raw call log's
-    rows are not kept: they are written apart, when the flush is made."""
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    metrics: dict[tuple[Any, ...], list[Any]] = {}
-    call_minutes: dict[tuple[Any, ...], dict[str, Any]] = {}
-    job_calls: dict[str, tuple[int, float]] = {}
-    between_j: dict[str, float] = defaultdict(float)
-    batch_ids: list[int] = []
-    sampled_until_s: float | None = None
-    for flush in flushes:
-        for row, (metric_key, *_) in zip(flush.energy_rows, flush.metric_energy, strict=True):
-            key = (row["minute_s"], row["device_id"], row["consumer"])
-            have = rows.get(key)
-            if have is None:
-                rows[key] = dict(row)
-                metrics[key] = [metric_key, 0.0, 0.0, 0.0]
-            else:
-                _add_minute_row(have, row)
-            acc = metrics[key]
-            acc[1] += row["energy_j"]
-            acc[2] += row["co2e_g"]
-            acc[3] += row["cost"]
-        for row in flush.call_minutes:
-            key = (row["minute_s"], row["model"])
-            have = call_minutes.setdefault(key, {**row, **dict.fromkeys(_CALL_SUMS, 0)})
-            for name in _CALL_SUMS:
-                have[name] += row.get(name, 0)  # rows without tokens reported none
-        for consumer, (calls, energy_j) in flush.job_calls.items():
-            old_calls, old_j = job_calls.get(consumer, (0, 0.0))
-            job_calls[consumer] = (old_calls + calls, old_j + energy_j)
-        for consumer, energy_j in flush.between_j.items():
-            between_j[consumer] += energy_j
-        batch_ids += flush.batch_ids
-        if flush.sampled_until_s is not None:
-            sampled_until_s = flush.sampled_until_s
-    minutes = sorted({minute_s for minute_s, _, _ in rows})
-    dropped = 0
-    if len(minutes) > max_minutes:
-        oldest_kept = minutes[-max_minutes] if max_minutes > 0 else float("inf")
-        for key in [k for k in rows if k[0] < oldest_kept]:
-            del rows[key], metrics[key]
-            dropped += 1
-    merged = Flush(
-        energy_rows=list(rows.values()),
-        batch_ids=batch_ids,
-        call_rows=[],
-        call_minutes=list(call_minutes.values()),
-        job_calls=job_calls,
-        between_j=dict(between_j),
-        metric_energy=[(k, e, c, m) for k, e, c, m in metrics.values()],
-        sampled_until_s=sampled_until_s,
-    )
-    return merged, dropped
-
-
-_CALL_SUMS = ("calls", "busy_s", "energy_j", "co2e_g", "cost", "tokens_in", "tokens_out",
-              "token_calls", "token_energy_j")
-
-
-def _add_minute_row(have: dict[str, Any], row: Mapping[str, Any]) -> None:
-    """``row`` added into ``have`` as Store.add_energy_minutes' upsert adds it."""
-    total_j = have["energy_j"] + row["energy_j"]
-    if total_j > 0:
-        have["intensity_g_per_kwh"] = (
-            have["intensity_g_per_kwh"] * have["energy_j"]
-            + row["intensity_g_per_kwh"] * row["energy_j"]
-        ) / total_j
-    else:
-        have["intensity_g_per_kwh"] = row["intensity_g_per_kwh"]
-    have["energy_j"] = total_j
-    have["co2e_g"] += row["co2e_g"]
-    have["cost"] += row["cost"]
-    if have["intensity_kind"] != row["intensity_kind"]:
-        have["intensity_kind"] = "mixed"
-    if "estimated" in (have["provenance"], row["provenance"]):
-        have["provenance"] = "estimated"
-
-
 class DaemonState:
     def __init__(
-        self, *, pricing: Pricing, registry: Registry, speed: float = 1.0,
+        self, *, pricing: Pricing, live_jobs: LiveJobs, speed: float = 1.0,
         scanner: Watcher | None = None, new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
         pid_exists: Callable[[int], bool] | None = None, max_auto_jobs: int | None = None,
     ) -> None:
         self.lock = threading.Lock()
         self.pricing = pricing
-        self.registry = registry
-        self.ledger = Ledger(pricing, registry.phase_of)
+        self.live_jobs = live_jobs
+        self.ledger = EnergyLedger(pricing, live_jobs.phase_of)
         # Spans carry the clock's (trace) time: scale the real-time windows by the replay speed.
         self.calls = CallLedger(
             settle_s=SETTLE_REAL_S * speed, pue=pricing.pue, price_per_kwh=pricing.price_per_kwh,
@@ -246,7 +117,7 @@ class DaemonState:
                 if self.scraped.watches(consumer):  # a scraped server: split by its tokens
                     self.scraped.add_interval(consumer, item, energy_j)
                     continue
-                job = self.registry.job_for_consumer(consumer)
+                job = self.live_jobs.job_for_consumer(consumer)
                 if job is not None and job.serves_calls:
                     self.calls.add_interval(consumer, item, energy_j)
             duration_s = iv.end_s - iv.start_s
@@ -259,7 +130,7 @@ class DaemonState:
         Runs on the sampling thread before each collect, so it is also where the process scanner
         (not thread-safe) learns which trees to report individually rather than as OTHER."""
         with self.lock:
-            snapshot = self.registry.owner_snapshot()
+            snapshot = self.live_jobs.owner_snapshot()
         out: dict[int | str, str] = {}
         # One pass over the process table serves every job's trees this tick.
         children = children_map() if any(trees for _, _, trees in snapshot) else {}
@@ -287,7 +158,7 @@ class DaemonState:
     def resolve(
         self, spans: Sequence[CallSpan], now_s: float, known: Mapping[str, str] | None = None,
         folded: dict[str, int] | None = None,
-    ) -> tuple[dict[str, list[CallSpan]], dict[str, str], list[Job]]:
+    ) -> tuple[dict[str, list[CallSpan]], dict[str, str], list[LiveJob]]:
         """Group spans by consumer. A pid maps to the job that owns it; an unknown pid gets an
         inference service job of its own (pid, model); a call without pid goes to its model's
         service if exactly one runs. ``known`` replays a stored resolution (after a restart).
@@ -296,11 +167,11 @@ class DaemonState:
         Returns (spans by consumer, the resolution to store with the batch, jobs created)."""
         by_consumer: dict[str, list[CallSpan]] = defaultdict(list)
         resolution: dict[str, str] = {}
-        created: list[Job] = []
+        created: list[LiveJob] = []
         cache: dict[tuple[int | None, str], str] = {}
         fold_reason: dict[int, str] = {}  # pid -> why its calls are folded
         with self.lock:
-            auto = sum(1 for j in self.registry.running.values() if j.auto)
+            auto = sum(1 for j in self.live_jobs.running.values() if j.auto)
             for span in spans:
                 pid = span.pid
                 key = (pid, span.model) if pid is None else (pid, "")
@@ -319,13 +190,13 @@ class DaemonState:
 
     def _resolve_one(
         self, pid: int | None, model: str, now_s: float, known: Mapping[str, str] | None,
-        created: list[Job], auto: int = 0, fold_reason: dict[int, str] | None = None,
+        created: list[LiveJob], auto: int = 0, fold_reason: dict[int, str] | None = None,
     ) -> str:
         if known is not None:
             stored = known.get(f"pid:{pid}" if pid is not None else f"model:{model}")
             if stored is not None:
                 return stored
-        reg = self.registry
+        reg = self.live_jobs
         job = reg.owner_of_pid(pid) if pid is not None else None
         if pid is not None and job is None and known is None:
             # A pid with no process on this node could never be measured: it would only be a
@@ -346,7 +217,7 @@ class DaemonState:
         if job is None:
             # Registered by the caller (register()) once its insert is queued to the writer, so
             # no flush can reach the store before the job's row does.
-            job = Job(id=self.new_id(), name=f"{model} (pid {pid})", kind="inference",
+            job = LiveJob(id=self.new_id(), name=f"{model} (pid {pid})", kind="inference",
                       model=model, pids={pid}, started_s=now_s, source="api", serves_calls=True,
                       auto=True)
             created.append(job)
@@ -354,10 +225,10 @@ class DaemonState:
             job.serves_calls = True  # a job that reports calls has its energy split over them
         return job.consumer
 
-    def register(self, jobs: Sequence[Job]) -> None:
+    def register(self, jobs: Sequence[LiveJob]) -> None:
         with self.lock:
             for job in jobs:
-                self.registry.add(job)
+                self.live_jobs.add(job)
 
     def new_batch_id(self) -> int:
         with self.lock:
@@ -392,14 +263,14 @@ class DaemonState:
             settlement = self.calls.flush() if final else self.calls.settle(now_s)
             completed, self._completed = self._completed, []
             self._settle(settlement.per_call, completed)
-            label_of = self.registry.label_of
+            label_of = self.live_jobs.label_of
             metric_energy = [
                 ((*label_of(r["consumer"]), r["model"], r["phase"], r["device_id"]),
                  r["energy_j"], r["co2e_g"], r["cost"])
                 for r in rows
             ]
             sampled_until_s = self.ledger.last_s
-            self.registry.forget_ended()
+            self.live_jobs.forget_ended()
             scraped = self.scraped.flush() if final else self.scraped.settle(now_s)
         call_rows, call_minutes, job_calls = _rollup(completed, log_calls)
         between_j = dict(settlement.between_calls_j)

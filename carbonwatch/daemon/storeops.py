@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from carbonwatch.model import job_consumer, job_of_consumer
 from carbonwatch.store import Store, jobs
 from carbonwatch.tokens import per_token
 
@@ -30,7 +31,6 @@ CALL_MINUTE_UPSERT = """
 # A minute row from a writer that knows nothing of tokens (older code, tests) reported none.
 NO_TOKENS = {"tokens_in": 0, "tokens_out": 0, "token_calls": 0, "token_energy_j": 0.0}
 
-JOB_ID_PREFIX = "job:"
 
 
 # --- writes (inside a writer task) ---------------------------------------------------------------
@@ -74,10 +74,10 @@ def add_energy_minutes(store: Store, rows: Sequence[dict[str, Any]]) -> None:
     conn = store.conn
     per_job: dict[str, list[Any]] = {}
     for r in rows:
-        consumer = r["consumer"]
-        if not consumer.startswith(JOB_ID_PREFIX):
+        job_id = job_of_consumer(r["consumer"])
+        if job_id is None:
             continue
-        acc = per_job.setdefault(consumer[len(JOB_ID_PREFIX):], [0.0, 0.0, 0.0, defaultdict(float)])
+        acc = per_job.setdefault(job_id, [0.0, 0.0, 0.0, defaultdict(float)])
         acc[0] += r["energy_j"]
         acc[1] += r["co2e_g"]
         acc[2] += r["cost"]
@@ -122,17 +122,17 @@ def settle_batches(
         conn.executemany(CALL_MINUTE_UPSERT, (
             r if "tokens_in" in r else {**r, **NO_TOKENS} for r in minute_rows))
     for consumer, (calls, energy_j) in job_calls.items():
-        if consumer.startswith(JOB_ID_PREFIX):
+        if (job_id := job_of_consumer(consumer)) is not None:
             conn.execute(
                 "UPDATE jobs SET calls = calls + ?, calls_energy_j = calls_energy_j + ?"
                 " WHERE id = ?",
-                [calls, energy_j, consumer[len(JOB_ID_PREFIX):]],
+                [calls, energy_j, job_id],
             )
     for consumer, energy_j in between_j.items():
-        if consumer.startswith(JOB_ID_PREFIX):
+        if (job_id := job_of_consumer(consumer)) is not None:
             conn.execute(
                 "UPDATE jobs SET between_calls_j = between_calls_j + ? WHERE id = ?",
-                [energy_j, consumer[len(JOB_ID_PREFIX):]],
+                [energy_j, job_id],
             )
     if batch_ids:
         conn.executemany(
@@ -275,14 +275,14 @@ def summary(
             )
             group["calls"] += int(n or 0)
     else:
-        ids = [k[len(JOB_ID_PREFIX):] for k in groups if k.startswith(JOB_ID_PREFIX)]
+        ids = [j for k in groups if (j := job_of_consumer(k)) is not None]
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             marks = ",".join("?" * len(chunk))
             for job_id, name, n in conn.execute(
                 f"SELECT id, name, calls FROM jobs WHERE id IN ({marks})", chunk  # noqa: S608
             ):
-                groups[JOB_ID_PREFIX + job_id].update(name=name, calls=int(n))
+                groups[job_consumer(job_id)].update(name=name, calls=int(n))
     return list(groups.values())
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.dashboard import data as d
+from carbonwatch.model import J_PER_KWH
 
 Figure = dict[str, Any]
 
@@ -20,7 +21,6 @@ PHASE_COLORS = {"training": "#2f6db5", "inference": "#e0782f", "idle": "#a3a9b0"
 PALETTE = ("#2f6db5", "#e0782f", "#3a9a5b", "#c23b4e", "#8b6bbf", "#8c6d46", "#d16fb2",
            "#5f6b77", "#a8a33a", "#2aa3b5")
 METRIC_LABELS = {"energy_j": "Energy (kWh)", "co2e_g": "Emissions (kg CO2e)", "cost": "Cost"}
-J_PER_KWH = 3.6e6
 
 
 def iso(t_s: float) -> str:

@@ -14,8 +14,7 @@ import uuid
 from typing import Any
 
 from carbonwatch.exports import tool_version
-
-J_PER_KWH = 3.6e6
+from carbonwatch.model import J_PER_KWH
 
 
 def _prop(name: str, value: Any) -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-J_PER_KWH = 3.6e6
+from carbonwatch.model import J_PER_KWH
 
 
 def _pct(x: float | None) -> str:

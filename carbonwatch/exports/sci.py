@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from carbonwatch.errors import InputError
+from carbonwatch.model import J_PER_KWH
 
-J_PER_KWH = 3.6e6
 FUNCTIONAL_UNITS = ("calls", "1k-output-tokens", "training-run")
 
 

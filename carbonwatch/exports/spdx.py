@@ -12,9 +12,9 @@ from typing import Any
 from urllib.parse import quote
 
 from carbonwatch.exports import tool_version
+from carbonwatch.model import J_PER_KWH
 
 SPDX_CONTEXT = "https://spdx.org/rdf/3.0.1/spdx-context.jsonld"
-J_PER_KWH = 3.6e6
 
 
 def _stamp(iso: str) -> str:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from carbonwatch.fleet import queries as q
+import carbonwatch.fleet.queries as q
 from carbonwatch.fleet.promql import FleetError, PrometheusClient, quote
+from carbonwatch.model import J_PER_KWH
 
 MAX_LAST_SEEN_LOOKUPS = 20  # stale nodes whose last-seen time is looked up one by one
 
@@ -36,7 +37,7 @@ class FleetTotal:
 
     @property
     def energy_kwh(self) -> float:
-        return self.energy_j / 3.6e6
+        return self.energy_j / J_PER_KWH
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "group": dict(self.group), "energy_kwh": self.energy_kwh}

@@ -25,8 +25,9 @@ import aiohttp
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.errors import ProviderError
 from carbonwatch.grid.http import HttpPolicy, Sleep, fetch_json
-from carbonwatch.grid.parse import array, field, intensity_value, parse_time_s, positive_number
+from carbonwatch.grid.parse import array, field, intensity_value, positive_number
 from carbonwatch.grid.types import IntensityPoint
+from carbonwatch.times import parse_feed_time_s
 
 NAME = "carbonaware"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -67,7 +68,7 @@ class CarbonAwareSdk:
             raise ProviderError(f"{where}: expected a non-empty list of forecasts")
         points = []
         for row in array(body[0], "forecastData", where):
-            start_s = parse_time_s(field(row, "timestamp", where), where)
+            start_s = parse_feed_time_s(field(row, "timestamp", where), where)
             minutes = positive_number(field(row, "duration", where), "duration", where)
             value = intensity_value(field(row, "value", where), where)
             points.append(

@@ -20,8 +20,9 @@ import aiohttp
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.errors import ProviderError
 from carbonwatch.grid.http import HttpPolicy, Sleep, fetch_json
-from carbonwatch.grid.parse import array, field, intensity_value, parse_time_s, spans
+from carbonwatch.grid.parse import array, field, intensity_value, spans
 from carbonwatch.grid.types import IntensityPoint
+from carbonwatch.times import parse_feed_time_s
 
 NAME = "electricitymaps"
 DEFAULT_URL = "https://api.electricitymap.org"
@@ -65,7 +66,7 @@ class ElectricityMaps:
         body = await self._get("latest", zone)
         fetched_s = self.clock.time()
         where = f"{NAME} latest"
-        start_s = parse_time_s(field(body, "datetime", where), where)
+        start_s = parse_feed_time_s(field(body, "datetime", where), where)
         value = intensity_value(field(body, "carbonIntensity", where), where)
         return IntensityPoint(
             start_s, start_s + _HOUR_S, value, "actual", "average", NAME, zone, fetched_s
@@ -88,9 +89,8 @@ class ElectricityMaps:
             raw = field(row, "carbonIntensity", where)
             if raw is None:  # the API marks hours it has no estimate for with null: a gap
                 continue
-            parsed.append(
-                (parse_time_s(field(row, "datetime", where), where), intensity_value(raw, where))
-            )
+            start_s = parse_feed_time_s(field(row, "datetime", where), where)
+            parsed.append((start_s, intensity_value(raw, where)))
         if not parsed:
             raise ProviderError(f"{where}: no usable points for zone {zone!r}")
         parsed.sort()

@@ -27,13 +27,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carbonwatch.accounting import J_PER_KWH
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import ConfigError, ProviderError, StoreError, UnknownZone
 from carbonwatch.grid import static
 from carbonwatch.grid.series import SeriesSource, normalise
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
+from carbonwatch.model import J_PER_KWH
 from carbonwatch.store.intensity import save_points
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def accounting_source(
     name = settings.provider.strip().lower()
     if name in ("", "static"):
         return fallback
-    from carbonwatch.grid.registry import make_provider  # aiohttp: only when a provider is set
+    from carbonwatch.grid.build import make_provider  # aiohttp: only when a provider is set
 
     provider = make_provider(settings, clock=clock)
     if provider is None:

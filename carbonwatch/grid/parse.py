@@ -7,31 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from carbonwatch.errors import ProviderError
 from carbonwatch.grid import steps
 
 LB_PER_MWH_TO_G_PER_KWH = 0.453592  # 1 lb = 453.592 g, 1 MWh = 1000 kWh
-
-
-def parse_time_s(raw: Any, where: str) -> float:
-    """ISO-8601 (``Z`` or an offset; naive means UTC) to Unix seconds."""
-    if not isinstance(raw, str) or not raw:
-        raise ProviderError(f"{where}: expected an ISO-8601 time, got {raw!r}")
-    try:
-        when = datetime.fromisoformat(raw.strip())
-    except ValueError as exc:
-        raise ProviderError(f"{where}: cannot parse time {raw!r}") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
-def iso_utc(t_s: float) -> str:
-    """Unix seconds to ``2026-12-01T06:00:00Z``."""
-    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def intensity_value(raw: Any, where: str, *, scale: float = 1.0) -> float:

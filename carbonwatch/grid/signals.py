@@ -19,11 +19,11 @@ import dataclasses
 import sqlite3
 from typing import Any
 
-from carbonwatch.accounting import J_PER_KWH
 from carbonwatch.config import Settings
 from carbonwatch.errors import ConfigError
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
+from carbonwatch.model import J_PER_KWH, job_consumer, job_of_consumer
 
 MARGINAL_PROVIDERS = ("watttime",)
 _MINUTE_S = 60
@@ -65,8 +65,8 @@ def marginal_recorder(settings: Settings, *, clock: Any = None, background: bool
                           f"signal; choose one of {', '.join(MARGINAL_PROVIDERS)}")
     if not settings.zone:
         raise ConfigError("marginal_provider needs a zone: set 'zone' (CARBONWATCH_ZONE)")
+    from carbonwatch.grid.build import make_provider
     from carbonwatch.grid.feed import AccountingSource, static_point
-    from carbonwatch.grid.registry import make_provider
     from carbonwatch.grid.static import StaticSource
 
     own = dataclasses.replace(settings, provider=name, provider_url=settings.marginal_provider_url)
@@ -101,26 +101,27 @@ def _mean(points: list[IntensityPoint], start_s: float, end_s: float) -> float |
 
 
 def marginal_by(
-    conn: sqlite3.Connection, settings: Settings, key: str, where: str, args: list[Any]
+    conn: sqlite3.Connection, settings: Settings, key: str, filters: str, args: list[Any]
 ) -> dict[Any, dict[str, Any]]:
-    """co2e_g_marginal per value of ``key`` over the energy_minute rows ``where`` selects (our
-    own SQL over columns of ``e``), idle excluded as it is from co2e_g's job figures."""
+    """co2e_g_marginal per value of ``key`` over the energy_minute rows ``filters`` selects (our
+    own fixed SQL over columns of ``e`` and ``?`` placeholders; values are bound via ``args``),
+    idle excluded as it is from co2e_g's job figures."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(energy_minute)")}
     zone = "e.zone" if "zone" in columns else "''"
     lo, hi = conn.execute(
-        f"SELECT MIN(e.minute_s), MAX(e.minute_s) FROM energy_minute e WHERE {where}",  # noqa: S608
+        f"SELECT MIN(e.minute_s), MAX(e.minute_s) FROM energy_minute e WHERE {filters}",  # noqa: S608
         args).fetchone()
     if lo is None:
         return {}
     if not _points(conn, lo, hi + _MINUTE_S):  # no marginal signal at all: skip the row scan
         sums = conn.execute(
             f"SELECT {key}, SUM(e.energy_j) FROM energy_minute e "  # noqa: S608
-            f"WHERE {where} AND e.consumer != 'idle' GROUP BY 1", args).fetchall()
+            f"WHERE {filters} AND e.consumer != 'idle' GROUP BY 1", args).fetchall()
         return {k: {"co2e_g_marginal": None, "marginal_coverage": 0.0 if j > 0 else None,
                     "marginal_zones": []} for k, j in sums}
     rows = conn.execute(
         f"SELECT {key}, e.minute_s, {zone}, e.energy_j, e.co2e_g, e.intensity_g_per_kwh "  # noqa: S608
-        f"FROM energy_minute e WHERE {where} AND e.consumer != 'idle' ORDER BY e.minute_s",
+        f"FROM energy_minute e WHERE {filters} AND e.consumer != 'idle' ORDER BY e.minute_s",
         args).fetchall()
     if not rows:
         return {}
@@ -156,5 +157,5 @@ def job_marginal(
         return {}
     marks = ", ".join("?" for _ in job_ids)
     got = marginal_by(conn, settings, "e.consumer", f"e.consumer IN ({marks})",
-                      [f"job:{j}" for j in job_ids])
-    return {k[len("job:"):]: v for k, v in got.items()}
+                      [job_consumer(j) for j in job_ids])
+    return {job_of_consumer(k) or k: v for k, v in got.items()}

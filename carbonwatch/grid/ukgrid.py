@@ -25,8 +25,9 @@ import aiohttp
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.errors import ProviderError
 from carbonwatch.grid.http import HttpPolicy, Sleep, fetch_json
-from carbonwatch.grid.parse import array, field, intensity_value, parse_time_s
+from carbonwatch.grid.parse import array, field, intensity_value
 from carbonwatch.grid.types import IntensityPoint
+from carbonwatch.times import parse_feed_time_s
 
 NAME = "ukgrid"
 DEFAULT_URL = "https://api.carbonintensity.org.uk"
@@ -101,8 +102,8 @@ class UkGrid:
             raise ProviderError(f"{where}: field 'data' should be a list")
         points = []
         for period in data:
-            start_s = parse_time_s(field(period, "from", where), where)
-            end_s = parse_time_s(field(period, "to", where), where)
+            start_s = parse_feed_time_s(field(period, "from", where), where)
+            end_s = parse_feed_time_s(field(period, "to", where), where)
             if end_s <= start_s:
                 raise ProviderError(f"{where}: period ends before it starts")
             intensity = field(period, "intensity", where)

@@ -31,10 +31,10 @@ from carbonwatch.grid.parse import (
     array,
     field,
     intensity_value,
-    parse_time_s,
     positive_number,
 )
 from carbonwatch.grid.types import IntensityPoint
+from carbonwatch.times import parse_feed_time_s
 
 NAME = "watttime"
 DEFAULT_URL = "https://api.watttime.org"
@@ -132,7 +132,7 @@ class WattTime:
         )
         points = []
         for row in array(body, "data", where):
-            start_s = parse_time_s(field(row, "point_time", where), where)
+            start_s = parse_feed_time_s(field(row, "point_time", where), where)
             value = intensity_value(field(row, "value", where), where, scale=scale)
             points.append(
                 IntensityPoint(

@@ -48,7 +48,7 @@ async def correct_with_actuals(
     """The node's accounting provider: minutes costed with its forecast, now with actuals."""
     if settings.provider.strip().lower() in ("", "static") or not settings.zone:
         return
-    from carbonwatch.grid.registry import make_provider  # aiohttp: only with a live provider
+    from carbonwatch.grid.build import make_provider  # aiohttp: only with a live provider
 
     provider = make_provider(settings, clock=clock)
     if provider is None:

@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from carbonwatch.accounting import J_PER_KWH
 from carbonwatch.clock import Clock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError, ProviderError
 from carbonwatch.grid.feed import cached_points
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
+from carbonwatch.model import J_PER_KWH
 from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
 from carbonwatch.scheduler.planner import Plan
 from carbonwatch.store.intensity import save_points
@@ -53,7 +53,7 @@ async def fetch_forecast(
 ) -> Fetched:
     """The zone's forecast through the chain provider -> cache -> none (see the module doc).
     Raises ConfigError for an unknown provider, InputError when a provider has no zone."""
-    from carbonwatch.grid.registry import make_provider  # aiohttp: only once a job needs it
+    from carbonwatch.grid.build import make_provider  # aiohttp: only once a job needs it
 
     job_settings = dataclasses.replace(
         settings, provider=provider_name, provider_url=url, zone=zone

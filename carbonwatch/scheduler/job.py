@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carbonwatch.errors import CarbonwatchError
-from carbonwatch.grid.parse import iso_utc
+from carbonwatch.times import iso_utc
 
 
 class Status(enum.StrEnum):

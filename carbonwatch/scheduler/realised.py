@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from carbonwatch.accounting import J_PER_KWH
 from carbonwatch.grid.types import IntensitySource
+from carbonwatch.model import J_PER_KWH
 
 _MINUTE_S = 60.0
 

@@ -7,7 +7,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import CarbonwatchError, InputError
-from carbonwatch.grid.parse import iso_utc
 from carbonwatch.scheduler.costing import correct_with_actuals
 from carbonwatch.scheduler.forecasts import (
     Fetched,
@@ -18,6 +17,7 @@ from carbonwatch.scheduler.forecasts import (
 )
 from carbonwatch.scheduler.job import Status
 from carbonwatch.store import deferred
+from carbonwatch.times import iso_utc
 
 if TYPE_CHECKING:
     import asyncio

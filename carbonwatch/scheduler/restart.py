@@ -12,9 +12,9 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from carbonwatch.grid.parse import iso_utc
 from carbonwatch.scheduler.job import ACTIVE, Status
 from carbonwatch.store import deferred
+from carbonwatch.times import iso_utc
 
 if TYPE_CHECKING:
     from carbonwatch.clock import Clock

@@ -44,7 +44,6 @@ from typing import Any, TypeVar
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
-from carbonwatch.grid.parse import iso_utc
 from carbonwatch.scheduler.costing import realised_baseline
 from carbonwatch.scheduler.forecasts import (
     plan_deferred,
@@ -57,6 +56,7 @@ from carbonwatch.scheduler.restart import Restart, Running
 from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
 from carbonwatch.scheduler.triggers import ClockTriggers, Triggers
 from carbonwatch.store import deferred
+from carbonwatch.times import iso_utc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

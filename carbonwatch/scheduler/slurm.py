@@ -38,11 +38,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import CarbonwatchError, InputError
-from carbonwatch.grid.parse import iso_utc
 from carbonwatch.scheduler.costing import realised_baseline
 from carbonwatch.scheduler.job import ACTIVE, Status
 from carbonwatch.scheduler.launcher import DAEMON_ENV, groups_of
 from carbonwatch.store import deferred
+from carbonwatch.times import iso_utc
 
 if TYPE_CHECKING:
     from carbonwatch.scheduler.service import SchedulerService

@@ -12,6 +12,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from carbonwatch.model import job_consumer
+
 _JSON = ("command", "env", "plan", "runs")
 
 
@@ -91,5 +93,5 @@ def job_minutes(conn: sqlite3.Connection, job_id: str) -> list[tuple[int, float]
     return conn.execute(
         "SELECT minute_s, SUM(energy_j) FROM energy_minute WHERE consumer = ?"
         " GROUP BY minute_s ORDER BY minute_s",
-        [f"job:{job_id}"],
+        [job_consumer(job_id)],
     ).fetchall()

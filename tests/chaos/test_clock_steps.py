@@ -11,9 +11,6 @@ from typing import Any
 
 from daemon_helpers import InProcessDaemon
 
-from carbonwatch.daemon.server import Daemon
-from carbonwatch.grid.static import StaticSource, world_average
-
 from .steady import Acks, check, probe_health, read_interval_log
 
 FAMILY = "clock steps"
@@ -50,8 +47,8 @@ def test_wall_clock_steps_forward_and_back_while_a_job_runs(tmp_path, experiment
     acks = Acks()
     ipd = InProcessDaemon(tmp_path / "cw.db", backend="none",
                           extra={"interval_log": str(log)})
-    ipd.daemon = Daemon(ipd.settings, intensity=StaticSource(world_average()),
-                        flush_every_s=0.2, clock=clock)
+    build = ipd.build
+    ipd.build = lambda: build(replay_speed=1.0, node=None, clock=clock)
     busy = subprocess.Popen([sys.executable, "-c", BUSY])
     ages: list[Any] = []
     t_open = time.monotonic()

@@ -90,15 +90,15 @@ def _deferred(conn: sqlite3.Connection, zone: str | None) -> list[dict[str, Any]
     have = {r[1] for r in conn.execute("PRAGMA table_info(deferred_jobs)")}
     # Real run windows (an interruptible job pauses between them) where the scheduler records
     # them (m005); else the launched job's own start and end.
-    runs = "d.runs" if "runs" in have else "NULL AS runs"
-    # The expected saving's forecast-error band (m007); older stores: unknown.
-    band = "d.saving_band_g_per_kwh" if "saving_band_g_per_kwh" in have \
-        else "NULL AS saving_band_g_per_kwh"
+    # The expected saving's forecast-error band (m007); older stores: unknown. Both are fixed
+    # column names, never values.
+    columns = ", ".join(f"d.{c}" if c in have else f"NULL AS {c}"
+                        for c in ("runs", "saving_band_g_per_kwh"))
     sql = ("SELECT d.id, d.name, d.zone, d.status, d.submitted_s, d.deadline_s, "  # noqa: S608
            "d.duration_s, d.interruptible, d.plan, d.plan_intensity_g_per_kwh, "
            "d.baseline_intensity_g_per_kwh, "
-           f"d.expected_co2e_g, d.realised_co2e_g, d.realised_baseline_co2e_g, d.job_id, {runs}, "
-           f"{band}, "
+           "d.expected_co2e_g, d.realised_co2e_g, d.realised_baseline_co2e_g, d.job_id, "
+           f"{columns}, "
            "j.started_s, j.ended_s FROM deferred_jobs d "  # (SQL from fixed names only)
            "LEFT JOIN jobs j ON j.id = d.job_id WHERE (? IS NULL OR d.zone = ?) "
            "ORDER BY d.submitted_s")

@@ -10,6 +10,7 @@ from typing import Any
 
 from carbonwatch.dashboard.data.common import choose_bucket
 from carbonwatch.dashboard.reader import data_span, read_snapshot, rollup
+from carbonwatch.model import IDLE, job_consumer, job_of_consumer
 from carbonwatch.store import job_dicts
 
 # --- jobs -----------------------------------------------------------------------------------
@@ -32,10 +33,10 @@ def jobs(path: Path | None) -> list[dict[str, Any]]:
         if running and span is not None:
             start = int(min(r["started_s"] for r in running)) // 60 * 60
             sums = rollup(conn, schema, "energy", start, span.end_s, ("consumer",), None,
-                          {"consumer": [f"job:{r['id']}" for r in running]})
+                          {"consumer": [job_consumer(r['id']) for r in running]})
             so_far = {str(s["consumer"]): s for s in sums}
             for r in running:
-                s = so_far.get(f"job:{r['id']}")
+                s = so_far.get(job_consumer(r['id']))
                 if s is not None:
                     r.update(energy_j=float(s["energy_j"]), co2e_g=float(s["co2e_g"]),
                              cost=float(s["cost"]) if s["cost"] else r["cost"])
@@ -66,7 +67,7 @@ def job_detail(path: Path | None, job_id: str) -> JobDetail | None:
         start = int(job["started_s"]) // 60 * 60
         end = max(start + 60, -(-int(job["ended_s"] or end_hint) // 60) * 60)
         bucket = choose_bucket(end - start)
-        consumer = f"job:{job_id}"
+        consumer = job_consumer(job_id)
         mine = rollup(conn, schema, "energy", start, end, ("device_id",), bucket,
                       {"consumer": consumer})
         devices = sorted({str(r["device_id"]) for r in mine})
@@ -86,11 +87,11 @@ def job_detail(path: Path | None, job_id: str) -> JobDetail | None:
     others: dict[str, set[str]] = {d: set() for d in devices}
     for r in shared:
         d, c = str(r["device_id"]), str(r["consumer"])
-        part = ("this job" if c == consumer else "idle" if c == "idle"
-                else "other jobs" if c.startswith("job:") else "other")
+        part = ("this job" if c == consumer else "idle" if c == IDLE
+                else "other jobs" if job_of_consumer(c) is not None else "other")
         shares[d][part] += float(r["energy_j"])
         if part == "other jobs":
-            others[d].add(c.removeprefix("job:"))
+            others[d].add(job_of_consumer(c) or c)
     by_prov: dict[str, float] = defaultdict(float)
     by_kind: dict[str, float] = defaultdict(float)
     for r in prov:

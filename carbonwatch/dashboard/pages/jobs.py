@@ -10,6 +10,7 @@ from dash import Dash, Input, Output, dash_table, dcc, html
 from carbonwatch.dashboard import data
 from carbonwatch.dashboard import figures as fig
 from carbonwatch.dashboard.components import FONT, card, first_run, graph, guarded, kpi, table
+from carbonwatch.model import J_PER_KWH
 
 if TYPE_CHECKING:
     from carbonwatch.dashboard.app import Context
@@ -83,7 +84,7 @@ def _row(j: dict[str, Any]) -> dict[str, Any]:
         "model": j["model"] or "", "status": j["status"],
         "started": fig.when(j["started_s"]).removesuffix(" UTC"),
         "duration_h": round((ended - j["started_s"]) / 3600, 2) if ended else None,
-        "energy_kwh": round(j["energy_j"] / 3.6e6, 4), "co2e_kg": round(j["co2e_g"] / 1000, 4),
+        "energy_kwh": round(j["energy_j"] / J_PER_KWH, 4), "co2e_kg": round(j["co2e_g"] / 1000, 4),
         "cost": None if j["cost"] is None else round(j["cost"], 4),
         "provenance": ", ".join(energy_prov) or "unknown",
     }

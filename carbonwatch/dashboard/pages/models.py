@@ -12,6 +12,7 @@ from carbonwatch.dashboard import figures as fig
 from carbonwatch.dashboard.components import FONT, card, graph, guarded, table
 from carbonwatch.dashboard.data.payback import model_payback
 from carbonwatch.dashboard.pages import SHELL_INPUTS
+from carbonwatch.model import J_PER_KWH
 
 if TYPE_CHECKING:
     from carbonwatch.dashboard.app import Context
@@ -136,9 +137,9 @@ def _row(r: data.ModelRow) -> dict[str, Any]:
     return {
         "model": r.model, "training_runs": r.training_runs,
         "training_kg": round(train / 1000, 3),
-        "training_kwh": round(r.training["energy_j"] / 3.6e6, 3),
+        "training_kwh": round(r.training["energy_j"] / J_PER_KWH, 3),
         "calls": r.calls, "inference_kg": round(inf / 1000, 3),
-        "inference_kwh": round(r.inference["energy_j"] / 3.6e6, 3),
+        "inference_kwh": round(r.inference["energy_j"] / J_PER_KWH, 3),
         "g_per_1000": per("co2e_g", 1), "wh_per_1000": per("energy_j", 3600),
         "cost_per_1000": per("cost", 1), "ratio": round(inf / train, 3) if train else None,
         "tokens_out": tok["tokens_out"] if tok["token_calls"] else None,

@@ -1,4 +1,4 @@
-"""Pure accounting: energy -> gCO2e and money, one interval at a time.
+"""Pricing (pure): energy -> gCO2e and money, one interval at a time.
 
 carbon = energy × PUE × intensity(t)   (the intensity of the interval's own zone and time)
 cost   = energy × PUE × price          (+ device-hours × rate, added per job by the caller)
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-J_PER_KWH = 3.6e6
+from carbonwatch.model import J_PER_KWH
 
 
 def co2e_g(energy_j: float, intensity_g_per_kwh: float, pue: float = 1.0) -> float:

@@ -1,13 +1,52 @@
-"""Parse the durations and times users type: ``45m``, ``2h``, ``1h30m``, ``PT1H30M``,
-``2026-12-01T06:00:00Z``, ``+12h``, ``now``."""
+"""Time, in one place: Unix seconds at rest, ISO-8601 UTC with ``Z`` on the wire.
+
+Two parsers with two contracts, named for them: :func:`parse_user_time_s` reads what a user types
+(``now``, ``+12h``, ISO-8601 that must carry a zone; InputError), :func:`parse_feed_time_s` reads
+a provider's or a file's timestamps (naive means UTC; ProviderError naming where). Durations
+(``45m``, ``PT1H30M``) and the one-year horizon live here too."""
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from carbonwatch.errors import InputError
+from carbonwatch.errors import InputError, ProviderError
+
+
+def iso_utc_exact(t_s: float) -> str:
+    """Unix seconds to ISO-8601 UTC, microseconds kept when there are any: ``...T06:00:00.5Z``."""
+    return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def iso_utc_or_none(t_s: Any) -> str | None:
+    """:func:`iso_utc_exact`, or None for a missing time or one no datetime can hold."""
+    if t_s is None:
+        return None
+    try:
+        return iso_utc_exact(t_s)
+    except (ValueError, OverflowError, OSError, TypeError):
+        return None
+
+
+def iso_utc(t_s: float) -> str:
+    """Unix seconds to ``2026-12-01T06:00:00Z`` (whole seconds: forecasts, plans, deadlines)."""
+    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_feed_time_s(raw: Any, where: str) -> float:
+    """A provider's ISO-8601 time (``Z`` or an offset; naive means UTC) to Unix seconds."""
+    if not isinstance(raw, str) or not raw:
+        raise ProviderError(f"{where}: expected an ISO-8601 time, got {raw!r}")
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError as exc:
+        raise ProviderError(f"{where}: cannot parse time {raw!r}") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
 
 # The farthest ahead a deadline (or a job's length) may be: forecasts reach days ahead, and a
 # time past year 9999 cannot even be shown (1e12 s was once stored and broke every listing).
@@ -39,7 +78,7 @@ def parse_duration_s(text: str) -> float:
     return seconds
 
 
-def parse_time_s(text: str, now_s: float) -> float:
+def parse_user_time_s(text: str, now_s: float) -> float:
     """``now``, ``+12h`` (relative to now) or ISO-8601 with ``Z`` or an offset, to Unix seconds.
 
     A time without a zone is refused rather than guessed: a deadline read in the wrong zone is

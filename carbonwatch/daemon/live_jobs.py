@@ -15,12 +15,12 @@ from typing import Any
 
 import psutil
 
-from carbonwatch.attribution import IDLE
-from carbonwatch.runner import ProcessTree
+from carbonwatch.model import IDLE, job_consumer, job_of_consumer
+from carbonwatch.proc import ProcessTree
 
 
 @dataclass
-class Job:
+class LiveJob:
     id: str
     name: str
     kind: str
@@ -39,7 +39,7 @@ class Job:
 
     @property
     def consumer(self) -> str:
-        return consumer_of(self.id)
+        return job_consumer(self.id)
 
     def all_pids(self) -> set[int]:
         """Registered pids and their trees' members (sampling thread only: it refreshes trees)."""
@@ -49,14 +49,10 @@ class Job:
         return out
 
 
-def consumer_of(job_id: str) -> str:
-    return f"job:{job_id}"
-
-
-def job_from_row(row: dict[str, Any]) -> Job:
+def job_from_row(row: dict[str, Any]) -> LiveJob:
     """A running job reloaded from the store after a restart."""
     kind = row["kind"]
-    return Job(
+    return LiveJob(
         id=row["id"],
         name=row["name"],
         kind=kind,
@@ -77,31 +73,31 @@ def ended_by_tag(tags: dict[str, Any] | None) -> str | None:
     return None if value in (None, "", False) else str(value)
 
 
-class Registry:
+class LiveJobs:
     def __init__(self, track_trees: bool) -> None:
         self.track_trees = track_trees
-        self.running: dict[str, Job] = {}
+        self.running: dict[str, LiveJob] = {}
         self._by_pid: dict[int, str] = {}
         # Running jobs, and ended ones until the next flush: minute rows drained after a job
         # ended still need its phase, model and name.
-        self._known: dict[str, Job] = {}
-        self._ended: list[Job] = []
+        self._known: dict[str, LiveJob] = {}
+        self._ended: list[LiveJob] = []
 
     # --- changes ---------------------------------------------------------------------------
 
-    def add(self, job: Job) -> None:
+    def add(self, job: LiveJob) -> None:
         self.running[job.id] = job
         self._known[job.consumer] = job
         self.add_pids(job, job.pids)
 
-    def add_pids(self, job: Job, pids: set[int] | tuple[int, ...]) -> None:
+    def add_pids(self, job: LiveJob, pids: set[int] | tuple[int, ...]) -> None:
         for pid in pids:
             job.pids.add(pid)
             self._by_pid[pid] = job.id
             if self.track_trees and pid not in job.trees:
                 job.trees[pid] = ProcessTree(pid)
 
-    def release_pid(self, job: Job, pid: int) -> set[int]:
+    def release_pid(self, job: LiveJob, pid: int) -> set[int]:
         """Take ``pid`` (and its tree) away from ``job``; the job's pids left."""
         job.pids.discard(pid)
         job.trees.pop(pid, None)
@@ -109,7 +105,7 @@ class Registry:
             del self._by_pid[pid]
         return set(job.pids)
 
-    def remove(self, job_id: str) -> Job | None:
+    def remove(self, job_id: str) -> LiveJob | None:
         job = self.running.pop(job_id, None)
         if job is not None:
             self._ended.append(job)
@@ -127,17 +123,17 @@ class Registry:
 
     # --- look-ups --------------------------------------------------------------------------
 
-    def owner_of_pid(self, pid: int) -> Job | None:
+    def owner_of_pid(self, pid: int) -> LiveJob | None:
         job_id = self._by_pid.get(pid)
         return self.running.get(job_id) if job_id is not None else None
 
-    def by_identity(self, identity: str) -> Job | None:
+    def by_identity(self, identity: str) -> LiveJob | None:
         return next((j for j in self.running.values() if j.identity == identity), None)
 
-    def services_of_model(self, model: str) -> list[Job]:
+    def services_of_model(self, model: str) -> list[LiveJob]:
         return [j for j in self.running.values() if j.serves_calls and j.model == model]
 
-    def job_for_consumer(self, consumer: str) -> Job | None:
+    def job_for_consumer(self, consumer: str) -> LiveJob | None:
         return self._known.get(consumer)
 
     def owner_snapshot(self) -> list[tuple[str, set[int], list[ProcessTree]]]:
@@ -146,7 +142,7 @@ class Registry:
         return [(j.consumer, set(j.pids), list(j.trees.values())) for j in self.running.values()]
 
     def phase_of(self, consumer: str) -> tuple[str, str]:
-        """Ledger's PhaseOf: (phase, model) of a consumer key."""
+        """EnergyLedger's PhaseOf: (phase, model) of a consumer key."""
         if consumer == IDLE:
             return "idle", ""
         job = self._known.get(consumer)
@@ -160,11 +156,9 @@ class Registry:
         job = self._known.get(consumer)
         if job is not None:
             return job.id, job.name
-        if consumer.startswith("job:"):
-            return consumer[len("job:"):], ""
-        return "", ""
+        return job_of_consumer(consumer) or "", ""
 
-    def vanished(self) -> list[Job]:
+    def vanished(self) -> list[LiveJob]:
         """Running jobs none of whose processes is alive any more (live nodes only), except those
         their opener ends (``ended_by``)."""
         if not self.track_trees:
