@@ -10,12 +10,11 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from forecast_csv import eia_values, shifted_csv
 
 from carbonwatch.clock import ManualClock
 from carbonwatch.config import Settings
@@ -25,27 +24,12 @@ from carbonwatch.scheduler.service import SchedulerService
 from carbonwatch.scheduler.triggers import ClockTriggers
 from carbonwatch.store import Store, deferred
 
-EIA_CISO = Path(__file__).parent / "fixtures" / "eia930" / "CISO_NG_avgCI.csv"
 # Writes "started", then waits (polling) until the file "go" exists, then exits 0.
 WAITER = (
     "import os, sys, time\n"
     "open(sys.argv[1], 'w').write('started')\n"
     "while not os.path.exists(sys.argv[2]): time.sleep(0.02)\n"
 )
-
-
-def _eia_values(first_hour: int, count: int) -> list[float]:
-    lines = EIA_CISO.read_text().splitlines()[1 + first_hour : 1 + first_hour + count]
-    return [float(line.rsplit(",", 1)[1]) for line in lines]
-
-
-def _csv(path: Path, values: list[float], start_s: float, slot_s: float) -> Path:
-    rows = [
-        f"{datetime.fromtimestamp(start_s + i * slot_s, UTC).isoformat()},{v}"
-        for i, v in enumerate(values)
-    ]
-    path.write_text("timestamp,avg_CI\n" + "\n".join(rows) + "\n")
-    return path
 
 
 async def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
@@ -59,9 +43,9 @@ async def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) 
 
 def test_an_interruptible_job_follows_its_windows_in_clock_time(tmp_path):
     t0 = float(int(time.time()))
-    high, low = _eia_values(5, 1)[0], _eia_values(19, 2)
+    high, low = eia_values(5, 1)[0], eia_values(19, 2)
     # Two low 4 s slots apart, high ones around them (CISO's hours 19 and 20 of the fixture).
-    csv = _csv(tmp_path / "ciso.csv", [high, low[0], high, low[1], high, high], t0, 4.0)
+    csv = shifted_csv(tmp_path / "ciso.csv", [high, low[0], high, low[1], high, high], t0, 4.0)
     started, go = tmp_path / "started", tmp_path / "go"
     settings = Settings(
         db=str(tmp_path / "cw.db"), port=0, zone="CISO", provider="csv", provider_url=str(csv)
