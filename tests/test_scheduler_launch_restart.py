@@ -70,10 +70,20 @@ def _launching_row(store: Store, tmp_path: Path, command: list[str]) -> str:
     return row["id"]
 
 
-def _restart(service: SchedulerService, settle_s: float) -> None:
+def _restart(
+    service: SchedulerService, settle_s: float, until: Callable[[], bool] | None = None
+) -> None:
+    """Start the scheduler on the store, wait ``settle_s`` (time for a wrong second launch to
+    show), and with ``until`` also until it holds (a real process started and ended: never a
+    fixed time, which a busy machine can overrun), then stop."""
+
     async def main() -> None:
         await service.start("http://127.0.0.1:9")
         await asyncio.sleep(settle_s)
+        deadline = time.monotonic() + 60.0
+        while until is not None and not until():
+            assert time.monotonic() < deadline, "the restarted scheduler never got there"
+            await asyncio.sleep(0.05)
         await service.stop()
 
     asyncio.run(main())
@@ -111,7 +121,10 @@ def test_a_restart_launches_once_a_job_whose_wrapper_never_started(
     job_id = _launching_row(
         store, tmp_path, [sys.executable, "-c", f"open({str(ran)!r}, 'a').write('x')"]
     )
-    _restart(_service(store, tmp_path), settle_s=1.5)
+    _restart(
+        _service(store, tmp_path), settle_s=0.5,
+        until=lambda: deferred.get(store.conn, job_id)["status"] in ("done", "failed"),
+    )
     assert ran.read_text() == "x"
     row = deferred.get(store.conn, job_id)
     assert row["status"] == "done"
