@@ -5,17 +5,20 @@ CPU-second, which moves less than calls/s when other work shares the machine), a
 spans then take to settle into per-call energy.
 
     .venv/bin/python benchmarks/bench_ingest.py [--seconds 10] [--batch 5000] [--clients 2]
+        [--form columnar|objects] [--tokens] [--raw-log N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from carbonwatch.client_columnar import CONTENT_TYPE
 from carbonwatch.collectors.trace import load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +56,14 @@ def start_daemon(
     raise RuntimeError("daemon did not start")
 
 
-def bodies(batch: int, count: int, end_s: float, tokens: bool = False) -> list[bytes]:
+def bodies(batch: int, count: int, end_s: float, tokens: bool = False,
+           columnar: bool = False) -> list[bytes]:
     """Pre-encoded request bodies, so the client spends its CPU on HTTP, not on json.dumps.
 
     The spans lie in the minute before ``end_s`` (the replay's start), like calls a busy service
     reported moments ago: they settle as soon as the settle window has passed. ``tokens``: each
-    call also carries weight, tokens_in and tokens_out, as an LLM service's would."""
+    call also carries weight, tokens_in and tokens_out, as an LLM service's would. ``columnar``:
+    the columnar form (``application/vnd.carbonwatch.calls+json``), as the Python client sends."""
     out = []
     step_s = 60.0 / (batch * count)
     for b in range(count):
@@ -69,12 +75,35 @@ def bodies(batch: int, count: int, end_s: float, tokens: bool = False) -> list[b
             for i, call in enumerate(calls):
                 call.update(weight=float(1 << (i % 11)), tokens_in=200 + i % 1800,
                             tokens_out=1 + i % 400)
-        out.append(json.dumps({"calls": calls}).encode())
+        if columnar:
+            out.append(json.dumps({"models": as_columns(calls)}).encode())
+        else:
+            out.append(json.dumps({"calls": calls}).encode())
     return out
 
 
+def as_columns(calls: list[dict]) -> list[dict]:
+    """The calls in the columnar form: one group per model, pid and tags, as the client sends."""
+    groups: dict[str, dict] = {}
+    for call in calls:
+        key = json.dumps([call["model"], call.get("pid"), call.get("tags")])
+        group = groups.setdefault(key, {"model": call["model"], "pid": call.get("pid"),
+                                        "tags": call.get("tags"), "start": [], "end": []})
+        group["start"].append(call["start"])
+        group["end"].append(call["end"])
+        for name in ("weight", "tokens_in", "tokens_out"):
+            if name in call:
+                group.setdefault(name, []).append(call[name])
+    for group in groups.values():  # times packed as base64 float64s, as the client sends them
+        for name in ("start", "end"):
+            group[name] = base64.b64encode(
+                struct.pack(f"<{len(group[name])}d", *group[name])).decode()
+    return list(groups.values())
+
+
 async def load(url: str, payloads: list[bytes], batch: int, seconds: float,
-               clients: int) -> tuple[int, list[float], float]:
+               clients: int, content_type: str = "application/json"
+               ) -> tuple[int, list[float], float]:
     latencies: list[float] = []
     sent = 0
     deadline = time.monotonic() + seconds
@@ -85,7 +114,7 @@ async def load(url: str, payloads: list[bytes], batch: int, seconds: float,
         while time.monotonic() < deadline:
             t = time.perf_counter()
             async with session.post(f"{url}/v1/calls", data=payloads[i % len(payloads)],
-                                    headers={"Content-Type": "application/json"}) as resp:
+                                    headers={"Content-Type": content_type}) as resp:
                 body = await resp.json()
             latencies.append(time.perf_counter() - t)
             if resp.status != 200 or body["accepted"] != batch:
@@ -108,6 +137,8 @@ def main() -> None:
                         help="raw call log rows kept (default: the setting's default, 100000)")
     parser.add_argument("--tokens", action="store_true",
                         help="calls carry weight, tokens_in and tokens_out")
+    parser.add_argument("--form", choices=["objects", "columnar"], default="columnar",
+                        help="the request form (the Python client sends columnar)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,11 +148,13 @@ def main() -> None:
         proc, url = start_daemon(Path(tmp) / "bench.db", extra_env=extra_env)
         try:
             daemon = psutil.Process(proc.pid)
-            payloads = bodies(args.batch, 16, load_trace(TRACE).start_s, args.tokens)
-            asyncio.run(load(url, payloads[:1], args.batch, 0.5, 1))  # warm up
+            columnar = args.form == "columnar"
+            payloads = bodies(args.batch, 16, load_trace(TRACE).start_s, args.tokens, columnar)
+            content_type = CONTENT_TYPE if columnar else "application/json"
+            asyncio.run(load(url, payloads[:1], args.batch, 0.5, 1, content_type))  # warm up
             cpu0 = daemon.cpu_times()
             sent, latencies, elapsed = asyncio.run(
-                load(url, payloads, args.batch, args.seconds, args.clients))
+                load(url, payloads, args.batch, args.seconds, args.clients, content_type))
             cpu1 = daemon.cpu_times()
             settle_t = time.perf_counter()
 
@@ -142,7 +175,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     print(f"ingest: {sent} calls in {len(latencies)} requests of {args.batch} over {elapsed:.1f} s"
-          f" with {args.clients} concurrent clients"
+          f" with {args.clients} concurrent clients, {args.form} form"
           + (", each call with weight, tokens_in, tokens_out" if args.tokens else ""))
     print(f"  throughput {sent / elapsed:,.0f} calls/s ({len(latencies) / elapsed:.1f} req/s)")
     print(f"  latency p50 {q[49] * 1e3:.1f} ms, p99 {q[98] * 1e3:.1f} ms per request")

@@ -1,27 +1,28 @@
-"""Collector overhead: % of one core and peak RSS of carbonwatch's sampling loop with 8 replayed
-GPUs (power at 10 Hz, energy counter at 1 Hz) plus a 1 Hz CPU/RAM collection scanning ~300
-processes; side by side, codecarbon's OfflineEmissionsTracker at a 1 s interval on the same machine.
+"""Collector overhead: % of one core and peak RSS of carbonwatch's sampling loop (GPU power
+at 10 Hz, energy counter at 1 Hz, CPU/RAM with the 1 Hz process scan) and, like for like,
+codecarbon's OfflineEmissionsTracker at a 1 s interval on the same machine, with the same GPUs.
 
-    .venv/bin/python benchmarks/bench_overhead.py [--seconds 30] [--processes 300]
+    .venv/bin/python benchmarks/bench_overhead.py [--seconds 30] [--processes 1000] [--watched 8]
 
-Each side runs in its own fresh process; CPU time is counted from after set-up (imports, tracker
-start) to the end of the measured window, so both figures are steady-state costs.
+Four runs, each in a fresh process, CPU time counted from after set-up (imports, tracker start) to
+the end of the window, so every figure is a steady-state cost:
 
-What the replay cannot show: a replayed GPU answers in microseconds, a real one does not. On the
-H200 a real energy-counter read (``nvmlDeviceGetTotalEnergyConsumption``) took about 3.8 ms, so 8
-GPUs read once a second spend ~30 ms of each second in the driver, which this figure leaves out
-(whether that time is CPU or waiting was not measured: at worst ~3 % of one core). In the daemon
-those reads run on the dedicated ``carbonwatch-sampler`` thread (daemon/sampling.py), never on the
-aiohttp event loop, and pynvml's ctypes calls release the GIL while they wait, so a slow read
-delays only the sampling thread: the 8 counters of one collect are read one after another, up to
-~30 ms of each GPU's energy can land in the neighbouring interval (none is lost), and that second's
-power polls wait as long. See docs/benchmarks.md.
+- carbonwatch, no GPU, watched-only scan, against codecarbon with no GPU (this machine has none,
+  and codecarbon cannot read a replay): the like-for-like pair, and their ratio;
+- carbonwatch with 8 replayed GPUs whose reads take what they took on an H200
+  (``--replay-latency h200``: 3.8 ms per energy-counter read, read in parallel), watched-only scan
+  (the daemon's), then the same with the full scan of every process (the scan before).
+
+``--watched`` idle processes stand for the jobs the daemon watches (each a tree the scan reads
+every second); the rest of ``--processes`` are idle processes it no longer reads each second.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -40,14 +41,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_carbonwatch(seconds: float) -> dict:
+def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[int]) -> dict:
     from carbonwatch.clock import SystemClock
     from carbonwatch.collectors.cpu_model import TdpCpuCollector
     from carbonwatch.collectors.detect import default_process_scanner
     from carbonwatch.collectors.gpu import GpuCollector
     from carbonwatch.collectors.ram import RamModelCollector
     from carbonwatch.collectors.trace import load_trace
-    from carbonwatch.collectors.trace_gpu import ReplayGpuBackend
+    from carbonwatch.collectors.trace_gpu import READ_LATENCIES, ReplayGpuBackend
     from carbonwatch.grid.static import StaticSource, world_average
     from carbonwatch.ledger import EnergyLedger
     from carbonwatch.pricing import Pricing
@@ -55,12 +56,17 @@ def run_carbonwatch(seconds: float) -> dict:
 
     clock = SystemClock()
     trace = load_trace(TRACE)
-    gpus = GpuCollector(ReplayGpuBackend(trace, clock, devices=8, start_at_s=clock.time()))
-    scanner = default_process_scanner()
-    collectors = [gpus, TdpCpuCollector(processes=scanner), RamModelCollector(processes=scanner)]
+    scanner = default_process_scanner(watched_only=watched_only)
+    for pid in watch:
+        scanner.watch(pid)
+    collectors: list = [TdpCpuCollector(processes=scanner), RamModelCollector(processes=scanner)]
+    if gpus:
+        backend = ReplayGpuBackend(trace, clock, devices=gpus, start_at_s=clock.time(),
+                                   latency=READ_LATENCIES["h200"])
+        collectors.insert(0, GpuCollector(backend))
     ledger = EnergyLedger(Pricing())
-    sampler = Sampler(collectors, intensity=StaticSource(world_average()), owners=dict,
-                      sinks=[ledger])
+    sampler = Sampler(collectors, intensity=StaticSource(world_average()),
+                      owners=lambda: dict.fromkeys(watch, "job"), sinks=[ledger])
     sampler.start(clock.time())
     cpu0, t0 = _cpu_s(), time.monotonic()
     deadline = t0 + seconds
@@ -69,6 +75,8 @@ def run_carbonwatch(seconds: float) -> dict:
         time.sleep(max(0.0, min(next_s - clock.time(), deadline - now)))
     cpu1, t1 = _cpu_s(), time.monotonic()
     scanned = len(scanner.snapshot(clock.time()).procs)
+    for c in collectors:
+        c.close()
     return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": _peak_rss_mb(),
             "processes_scanned": scanned, "intervals_total_j": ledger.device_total_j()}
 
@@ -89,38 +97,61 @@ def run_codecarbon(seconds: float) -> dict:
     return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": _peak_rss_mb()}
 
 
+CARBONWATCH_RUNS = {
+    "cw-nogpu": "carbonwatch, no GPU, watched-only scan",
+    "cw-8gpu": "carbonwatch, 8 replayed H200s (read latencies imposed), watched-only scan",
+    "cw-8gpu-full": "carbonwatch, 8 replayed H200s (read latencies imposed), full scan",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--processes", type=int, default=300)
-    parser.add_argument("--side", choices=["carbonwatch", "codecarbon"], help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=1000)
+    parser.add_argument("--watched", type=int, default=8, help="processes watched as jobs")
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    parser.add_argument("--watch", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        fn = run_carbonwatch if args.side == "carbonwatch" else run_codecarbon
-        print(json.dumps(fn(args.seconds)))
+        if args.side == "codecarbon":
+            print(json.dumps(run_codecarbon(args.seconds)))
+        else:
+            watch = [int(p) for p in args.watch.split(",") if p]
+            print(json.dumps(run_carbonwatch(args.seconds, 0 if args.side == "cw-nogpu" else 8,
+                                             args.side != "cw-8gpu-full", watch)))
         return
     # ~N idle processes so the 1 Hz scan has a realistic node's worth of work.
-    lifetime_s = str(args.seconds * 3 + 60)
+    lifetime_s = str(args.seconds * 5 + 60)
     sleepers = [subprocess.Popen(["sleep", lifetime_s]) for _ in range(args.processes)]
+    watch = ",".join(str(p.pid) for p in sleepers[: args.watched])
     try:
         results = {}
-        for side in ("carbonwatch", "codecarbon"):
+        for side in ("cw-nogpu", "codecarbon", "cw-8gpu", "cw-8gpu-full"):
             out = subprocess.run([sys.executable, __file__, "--side", side, "--seconds",
-                                  str(args.seconds)], capture_output=True, text=True, check=True)
+                                  str(args.seconds), "--watch", watch],
+                                 capture_output=True, text=True, check=True)
             results[side] = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         for p in sleepers:
             p.kill()
-    cw, cc = results["carbonwatch"], results["codecarbon"]
-    print(f"window {args.seconds:.0f} s, {cw['processes_scanned']} processes on the machine")
-    print(f"carbonwatch (8 replayed GPUs 10 Hz power + 1 Hz counter, CPU+RAM 1 Hz with process "
-          f"scan): {cw['cpu_pct_of_core']:.2f} % of one core, peak RSS {cw['peak_rss_mb']:.0f} MB")
-    print(f"codecarbon OfflineEmissionsTracker (1 s, whole machine only): "
-          f"{cc['cpu_pct_of_core']:.2f} % of one core, peak RSS {cc['peak_rss_mb']:.0f} MB")
-    print(f"ratio codecarbon/carbonwatch CPU: {cc['cpu_pct_of_core'] / cw['cpu_pct_of_core']:.2f}x")
-    print("not included (replayed GPUs answer in microseconds): a real energy-counter read took "
-          "~3.8 ms on an H200, ~30 ms a second for 8 GPUs, spent on the daemon's sampling thread "
-          "with the GIL released, never on its event loop")
+            p.wait()
+    cc = results["codecarbon"]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}; window {args.seconds:.0f} s, "
+          f"{results['cw-8gpu']['processes_scanned']} processes on the machine, "
+          f"{args.watched} watched")
+    for side, label in CARBONWATCH_RUNS.items():
+        cw = results[side]
+        print(f"{label}: {cw['cpu_pct_of_core']:.2f} % of one core, "
+              f"peak RSS {cw['peak_rss_mb']:.0f} MB")
+        if side == "cw-nogpu":
+            print(f"codecarbon OfflineEmissionsTracker, 1 s, no GPU (whole machine only): "
+                  f"{cc['cpu_pct_of_core']:.2f} % of one core, peak RSS {cc['peak_rss_mb']:.0f} MB")
+            print(f"  ratio carbonwatch/codecarbon CPU, same (absent) GPUs: "
+                  f"{cw['cpu_pct_of_core'] / cc['cpu_pct_of_core']:.2f}x")
+    full, light = results["cw-8gpu-full"], results["cw-8gpu"]
+    print(f"  watched-only scan against full scan: "
+          f"{light['cpu_pct_of_core'] / full['cpu_pct_of_core']:.2f}x the CPU")
 
 
 if __name__ == "__main__":

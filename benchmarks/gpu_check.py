@@ -372,7 +372,8 @@ def live_run(
     if nvml is None:
         import pynvml as nvml
 
-    from carbonwatch.collectors.gpu import GpuCollector, gpu_device_id
+    from carbonwatch.collectors.gpu import GpuCollector
+    from carbonwatch.collectors.gpurefs import gpu_device_id
     from carbonwatch.collectors.nvml import NvmlBackend
 
     collector = GpuCollector(NvmlBackend(nvml))

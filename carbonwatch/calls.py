@@ -92,7 +92,10 @@ class _EmptyTags(Mapping[str, str]):
 NO_TAGS: Mapping[str, str] = _EmptyTags()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed after it is built (treat it as immutable): a frozen
+# dataclass's __init__ sets each field through object.__setattr__, 1.7 us a span against 0.27 us,
+# and the daemon builds one per call it ingests. unsafe_hash keeps the hash of the frozen one.
+@dataclass(slots=True, unsafe_hash=True)
 class CallSpan:
     """One inference call as the serving process reported it. Times are Unix seconds (UTC)."""
 

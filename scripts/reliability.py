@@ -44,12 +44,15 @@ SEAMS = """\
 
 The experiments run real daemon processes (`carbonwatch daemon --backend replay:DIR` on the
 recorded H200 trace, or `--backend none` measuring this machine's CPU and RAM) on free ports of
-127.0.0.1. Two config-file keys exist for them (`carbonwatch/daemon/hooks.py`):
+127.0.0.1. Three config-file keys exist for them (`carbonwatch/daemon/hooks.py`):
 
 - `replay_faults`: faults the replay backend injects, a TOML array of tables or a JSON string:
   `[{"kind": "lost", "device": 3, "from_s": 12.0}]` (kinds: `lost`, `counter-unsupported`,
   `counter-reset`, `power-zero`, `power-absurd`, `timeout`; `from_s`/`to_s` are seconds into the
   trace; `reads` limits a timeout to `counter`, `power` or `process` reads).
+- `replay_latency`: `none` or `h200`, how long each replayed read takes (the daemon's
+  `--replay-latency` flag sets it): `h200` is 3.8 ms per energy-counter read, 1.2 us per power
+  read, 10 us per process-utilisation read.
 - `interval_log`: a file receiving every device interval the collectors close (JSON lines),
   the "measured" side of the energy-conservation check.
 

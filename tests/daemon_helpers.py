@@ -161,6 +161,9 @@ class DaemonProcess(HttpClient):
             self.proc.wait(10)
 
     def __enter__(self) -> DaemonProcess:
+        # ``with d.start():`` must not start a second daemon that nothing stops.
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

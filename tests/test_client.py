@@ -13,7 +13,19 @@ import time
 import pytest
 from aiohttp import web
 
+from carbonwatch.calls import CallSpan
 from carbonwatch.client import Client
+from carbonwatch.daemon import columnar
+from carbonwatch.daemon.validation import ApiError
+
+
+def _as_object(span: CallSpan) -> dict:
+    call = {"model": span.model, "tags": dict(span.tags), "pid": span.pid, "start": span.start_s,
+            "end": span.end_s}
+    for key in ("weight", "tokens_in", "tokens_out"):
+        if getattr(span, key) is not None:
+            call[key] = getattr(span, key)
+    return call
 
 
 class FakeDaemon:
@@ -26,6 +38,9 @@ class FakeDaemon:
         self.jobs: list[dict] = []
         self.ends: list[tuple[str, dict]] = []
         self.auth: list[str | None] = []
+        self.columnar = 0  # batches that came in the columnar form
+        self.refuse_columnar = False
+        self.refused_columnar = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -34,7 +49,22 @@ class FakeDaemon:
         self.auth.append(request.headers.get("Authorization"))
         if self.token is not None and self.auth[-1] != f"Bearer {self.token}":
             return web.json_response({"error": "bad token"}, status=401)
-        body = await request.json()
+        if request.content_type == columnar.CONTENT_TYPE and self.refuse_columnar:
+            self.refused_columnar += 1  # as a daemon that predates the form answers
+            return web.json_response({"error": "calls: required"}, status=400)
+        if request.content_type == columnar.CONTENT_TYPE:
+            # The columnar form, checked by the real daemon's decoder, kept here as the objects
+            # form's calls so that every test reads one shape (in time order: the columnar form
+            # groups calls by model and tags, which is no part of the contract).
+            try:
+                batch = columnar.decode(await request.read())
+            except ApiError as exc:
+                return web.json_response({"error": exc.message}, status=exc.status)
+            body = {"calls": [_as_object(s) for s in sorted(
+                batch.spans, key=lambda s: (s.start_s, s.end_s))], "dropped": batch.dropped}
+            self.columnar += 1
+        else:
+            body = await request.json()
         self.batches.append(body)
         return web.json_response({"accepted": len(body["calls"])})
 
@@ -202,16 +232,38 @@ def test_without_a_daemon_calls_never_block_and_drops_are_reported_once_it_is_ba
         client.close(timeout_s=0.5)
 
 
-def test_a_batch_over_the_daemons_body_limit_is_sent_in_parts(daemon):
+@pytest.mark.parametrize("columnar_form", [True, False])
+def test_a_batch_over_the_daemons_body_limit_is_sent_in_parts(daemon, columnar_form):
     client = Client(daemon_url=daemon.url, flush_interval_s=60.0)
+    client._columnar = columnar_form  # False: as after a daemon that predates the form refused it
     track = client.track_inference(model="m", prompt="x" * 1000)(lambda: None)
-    for _ in range(5000):  # about 5 MB of JSON in one batch of 10,000
+    for _ in range(5000):  # about 5 MB of JSON in one batch of 10,000 call objects
         track()
     try:
         assert client.flush(10.0)
-        assert len(daemon.calls) == 5000 and len(daemon.batches) >= 2
+        assert len(daemon.calls) == 5000
+        if columnar_form:  # the tags travel once per model and tags: one small body
+            assert len(daemon.batches) == 1 and daemon.columnar == 1
+        else:
+            assert len(daemon.batches) >= 2 and daemon.columnar == 0
     finally:
         client.close()
+
+
+def test_a_daemon_without_the_columnar_form_gets_call_objects():
+    with FakeDaemon() as daemon:
+        daemon.refuse_columnar = True
+        client = Client(daemon_url=daemon.url, flush_interval_s=0.02)
+        for i in range(3):
+            client.record("m", 1_800_000_000.0 + i, 1_800_000_000.5 + i)
+        assert client.flush(5.0)
+        client.record("m", 1_800_000_010.0, 1_800_000_010.5)
+        assert client.flush(5.0)
+        client.close()
+    assert [c["start"] for c in daemon.calls] == [1_800_000_000.0, 1_800_000_001.0,
+                                                 1_800_000_002.0, 1_800_000_010.0]
+    assert client.rejected_total == 0 and client.sent_total == 4
+    assert daemon.refused_columnar == 1  # refused once, then objects only
 
 
 def test_calls_the_daemon_refuses_are_counted_and_not_retried():

@@ -1,6 +1,6 @@
 """CUDA_VISIBLE_DEVICES -> the physical GPUs (and carbonwatch device ids) a job can use."""
 
-from carbonwatch.collectors.gpu import GpuRef, resolve_visible_devices
+from carbonwatch.collectors.gpurefs import GpuRef, resolve_visible_devices
 
 GPUS = [
     GpuRef(0, "GPU-8932f937-d72c-4106-c12f-20bd9faed9f6"),

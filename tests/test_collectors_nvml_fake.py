@@ -11,7 +11,8 @@ from fake_pynvml import OLD_DRIVER_SYMBOLS, FakeGpu, FakeMig, make_module
 
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.detect import _nvml_collector
-from carbonwatch.collectors.gpu import GpuCollector, resolve_visible_devices
+from carbonwatch.collectors.gpu import GpuCollector
+from carbonwatch.collectors.gpurefs import resolve_visible_devices
 from carbonwatch.collectors.nvml import MIG_DETAIL, NvmlBackend, NvmlDevice
 from carbonwatch.errors import DeviceError, DeviceLost, NotSupported
 from carbonwatch.model import DeviceState

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -22,6 +23,9 @@ from carbonwatch.cli.common import handle_errors, intensity_source, load, settin
               show_default=True, help="Trace seconds per real second, for replay:DIR.")
 @click.option("--replay-gpus", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Serve the replayed trace as this many GPUs (benchmarks).")
+@click.option("--replay-latency", type=click.Choice(["none", "h200"]), default=None,
+              help="Make every replayed read take as long as on a real device (h200: energy "
+              "counter 3.8 ms, power 1.2 us, process list 10 us); config key replay_latency.")
 @click.option("--scrape", "scrape", multiple=True, metavar="NAME=URL",
               help="Read an inference server's Prometheus counters (vLLM, TGI, Triton) at URL "
               "(on this node) and split its process's energy over the tokens it reports; "
@@ -38,6 +42,7 @@ def daemon_cmd(
     node: str | None,
     replay_speed: float,
     replay_gpus: int,
+    replay_latency: str | None,
     scrape: tuple[str, ...],
     scrape_interval_s: float | None,
     config_path: str | None,
@@ -69,6 +74,9 @@ def daemon_cmd(
     settings = load(config_path, db=db, host=host, port=port, socket=socket_path, backend=backend,
                     node=node, scrape=",".join(scrape) if scrape else None,
                     scrape_interval_s=scrape_interval_s)
+    if replay_latency is not None:
+        settings = dataclasses.replace(
+            settings, extra={**settings.extra, "replay_latency": replay_latency})
 
     def ready(url: str) -> None:
         click.echo(f"carbonwatch: daemon listening on {url} (store {settings.db_path})", err=True)

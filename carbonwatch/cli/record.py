@@ -10,7 +10,8 @@ import click
 
 from carbonwatch.cli.common import handle_errors
 from carbonwatch.clock import SystemClock
-from carbonwatch.collectors.gpu import GpuBackend, GpuRef, resolve_visible_devices
+from carbonwatch.collectors.gpu import GpuBackend
+from carbonwatch.collectors.gpurefs import GpuRef, resolve_visible_devices
 from carbonwatch.errors import DeviceError, InputError
 
 

@@ -47,6 +47,9 @@ class ProcessSnapshot:
     # pids keyed individually in shares; None keys every pid (the rest go to OTHER)
     watched: frozenset[int] | None = None
     busy_cpu_s: float | None = None  # machine-wide cumulative busy CPU seconds, if known
+    # Only watched pids are read each scan (see ProcessScanner's ``watched_only``): the others'
+    # figures may be stale, so OTHER is the machine's busy time less the watched pids' charge.
+    rest_from_busy: bool = False
 
 
 def busy_cpu_seconds(times: Any) -> float:
@@ -80,6 +83,8 @@ def cpu_shares(prev: ProcessSnapshot | None, cur: ProcessSnapshot) -> dict[int |
     """pid -> CPU seconds in (prev.t_s, cur.t_s]; unwatched pids and unexplained busy: OTHER."""
     if prev is None:
         return {}
+    if cur.rest_from_busy and cur.watched is not None:
+        return _watched_shares(prev, cur, cur.watched)
     deltas = cpu_deltas(prev, cur)
     shares = _key_watched(deltas, cur.watched)
     if prev.busy_cpu_s is not None and cur.busy_cpu_s is not None:
@@ -87,6 +92,36 @@ def cpu_shares(prev: ProcessSnapshot | None, cur: ProcessSnapshot) -> dict[int |
         if unexplained_s > 0:
             shares[OTHER] = shares.get(OTHER, 0.0) + unexplained_s
     return shares
+
+
+def _watched_shares(
+    prev: ProcessSnapshot, cur: ProcessSnapshot, watched: frozenset[int]
+) -> dict[int | str, float]:
+    """Shares when only watched pids were read: each watched pid's charge since prev, and OTHER
+    the rest of the machine's busy time (``/proc/stat``). A pid that was already running, unwatched,
+    at prev and joined a tree since is charged from this snapshot on (its figure at prev was not
+    read then); one born since prev is charged everything it used, as in a full scan."""
+    out: dict[int | str, float] = {}
+    watched_s = 0.0
+    for pid in watched:
+        info = cur.procs.get(pid)
+        if info is None:
+            continue
+        before = prev.procs.get(pid)
+        if before is None or before.create_time_s != info.create_time_s:
+            delta = info.cpu_s
+        elif prev.watched is not None and pid not in prev.watched:
+            continue
+        else:
+            delta = info.cpu_s - before.cpu_s
+        if delta > 0:
+            out[pid] = delta
+            watched_s += delta
+    if prev.busy_cpu_s is not None and cur.busy_cpu_s is not None:
+        rest_s = (cur.busy_cpu_s - prev.busy_cpu_s) - watched_s
+        if rest_s > 0:
+            out[OTHER] = rest_s
+    return out
 
 
 def rss_shares(cur: ProcessSnapshot) -> dict[int | str, float]:
@@ -143,9 +178,23 @@ class ProcessScanner:
         key_all_pids: bool = True,
         iter_processes: Callable[..., Iterable[Any]] = psutil.process_iter,
         cpu_times: Callable[[], Any] | None = psutil.cpu_times,
+        watched_only: bool = False,
+        refresh_scans: int = 30,
     ) -> None:
         self._ttl_s = exited_ttl_s
-        self._key_all = key_all_pids
+        # watched_only: list the pids each scan (one listdir) but read only the watched trees and
+        # pids new since the last scan; every other process is re-read once per ``refresh_scans``
+        # scans (its memory, and a pid reused by a new process). Needs an iterator with ``pids``
+        # and ``read`` (ProcfsIterator) and the machine's busy time (``cpu_times``): that is where
+        # OTHER's CPU comes from. Unwatched pids are then lumped as OTHER.
+        self._light = (
+            watched_only and cpu_times is not None
+            and hasattr(iter_processes, "pids") and hasattr(iter_processes, "read")
+        )
+        self._refresh_scans = max(1, refresh_scans)
+        self._rotation = 0
+        self._last_pid: int | None = None
+        self._key_all = key_all_pids and not self._light
         self._iter = iter_processes
         self._cpu_times = cpu_times
         self._procs: dict[int, _Tracked] = {}
@@ -180,11 +229,20 @@ class ProcessScanner:
         if self._last is not None and self._last.t_s == now_s:
             return self._last
         busy_cpu_s = busy_cpu_seconds(self._cpu_times()) if self._cpu_times else None
-        self._scan(now_s)
+        before: set[int] = set()
+        for tree in self._trees.values():
+            before |= tree.members
+        self._scan(now_s, before) if self._light else self._scan(now_s)
         self._update_trees()
         watched: set[int] = set()
         for tree in self._trees.values():
             watched |= tree.members
+        if self._light and watched - before:
+            # Joined this scan without being read (already running, unwatched): read them now, so
+            # that the next interval charges them from here, not from a stale figure.
+            stale = [p for p in watched - before
+                     if p in self._procs and self._procs[p].exited_s is None]
+            self._apply(now_s, self._read(stale), set())
         self._last = ProcessSnapshot(
             t_s=now_s,
             procs={
@@ -193,6 +251,7 @@ class ProcessScanner:
             },
             watched=None if self._key_all else frozenset(watched),
             busy_cpu_s=busy_cpu_s,
+            rest_from_busy=self._light,
         )
         return self._last
 
@@ -200,10 +259,42 @@ class ProcessScanner:
 
     # -- internals --
 
-    def _scan(self, now_s: float) -> None:
+    def _scan(self, now_s: float, watched: set[int] | None = None) -> None:
+        """Read the processes and charge what they used; with ``watched`` (the light scan) only
+        those, new pids and this scan's share of the rest, and a pid is gone when not listed."""
+        if watched is None:
+            self._apply(now_s, self._iter(attrs=_ATTRS, ad_value=None), None)
+            return
+        alive = {pid for pid, t in self._procs.items() if t.exited_s is None}
+        others = sorted(alive - watched)
+        k = self._rotation % self._refresh_scans
+        self._rotation += 1
+        due = (watched & alive) | set(others[k :: self._refresh_scans])
+        # Listing /proc (~1 ms for 1,000 processes) finds new pids; none was created while the
+        # kernel's last-handed-out pid stays put. Exits show as reads that fail: the watched are
+        # read every scan, the rest once per refresh_scans scans (or when /proc is listed).
+        last_pid = getattr(self._iter, "last_pid", lambda: None)()
+        listed: set[int] | None = None
+        if last_pid is None or last_pid != self._last_pid or not self._procs:
+            listed = set(self._iter.pids())  # type: ignore[attr-defined]
+            due = (due & listed) | (listed - alive)
+        self._last_pid = last_pid
+        entries = self._read(sorted(due))
+        gone = due - {e.info["pid"] for e in entries}
+        if listed is not None:
+            gone |= alive - listed
+        self._apply(now_s, entries, gone & alive)
+
+    def _read(self, pids: Iterable[int]) -> list[Any]:
+        read = self._iter.read  # type: ignore[attr-defined]
+        return [e for e in map(read, pids) if e is not None]
+
+    def _apply(self, now_s: float, entries: Iterable[Any], gone: set[int] | None) -> None:
+        """Charge ``entries``; a tracked pid not among them has exited if ``gone`` is None (a full
+        scan), else only those in ``gone``."""
         updates: dict[int, tuple[float, float, int, int]] = {}  # pid -> own_s, reaped_s, rss, ppid
         born: set[int] = set()
-        for proc in self._iter(attrs=_ATTRS, ad_value=None):
+        for proc in entries:
             info = proc.info
             times, create_time = info.get("cpu_times"), info.get("create_time")
             if times is None or create_time is None:
@@ -227,7 +318,9 @@ class ProcessScanner:
         # total, of which they were already charged own + reaped as last seen.
         vanished_s_by_parent: dict[int, float] = {}
         for pid, t in self._procs.items():
-            if t.exited_s is None and pid not in updates and pid not in born:
+            if t.exited_s is None and pid not in updates and pid not in born and (
+                gone is None or pid in gone
+            ):
                 t.exited_s = now_s
                 t.rss_bytes = 0
                 vanished_s_by_parent[t.ppid] = (

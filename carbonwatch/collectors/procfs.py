@@ -58,36 +58,58 @@ class ProcfsIterator:
         return (Path(proc_root) / "self" / "stat").exists() and (Path(proc_root) / "stat").exists()
 
     def __call__(self, attrs: Any = None, ad_value: Any = None) -> Iterator[ProcEntry]:
-        ticks, page, boot_s, root = self._ticks, self._page, self._boot_s, self._root_s
-        for name in os.listdir(root):
-            if not name.isdigit():
-                continue
-            # os.open/os.read: about half the cost of a buffered open() for a one-line file.
-            try:
-                fd = os.open(f"{root}/{name}/stat", os.O_RDONLY)
-            except OSError:  # exited between listdir and open, or not readable
-                continue
-            try:
-                raw = os.read(fd, 4096)
-            except OSError:
-                continue
-            finally:
-                os.close(fd)
-            # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-            fields = raw[raw.rfind(b")") + 2 :].split()
-            if len(fields) < 22:
-                continue
-            yield ProcEntry(
-                {
-                    "pid": int(name),
-                    "ppid": int(fields[1]),
-                    "cpu_times": CpuTimes(
-                        int(fields[11]) / ticks,
-                        int(fields[12]) / ticks,
-                        int(fields[13]) / ticks,
-                        int(fields[14]) / ticks,
-                    ),
-                    "create_time": boot_s + int(fields[19]) / ticks,
-                    "memory_info": MemoryInfo(int(fields[21]) * page),
-                }
-            )
+        for pid in self.pids():
+            entry = self.read(pid)
+            if entry is not None:
+                yield entry
+
+    def last_pid(self) -> int | None:
+        """The pid the kernel handed out last (``/proc/loadavg``'s fifth field): while it stays the
+        same no process was created, so a scan need not list /proc to find new ones."""
+        try:
+            fd = os.open(f"{self._root_s}/loadavg", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return int(os.read(fd, 256).split()[4])
+        except (OSError, IndexError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
+    def pids(self) -> list[int]:
+        """Every pid in the proc root (one ``listdir``, no per-process read)."""
+        return [int(name) for name in os.listdir(self._root_s) if name.isdigit()]
+
+    def read(self, pid: int) -> ProcEntry | None:
+        """One process's stat line as a ProcEntry; None if it is gone or unreadable."""
+        # os.open/os.read: about half the cost of a buffered open() for a one-line file.
+        try:
+            fd = os.open(f"{self._root_s}/{pid}/stat", os.O_RDONLY)
+        except OSError:  # exited between listdir and open, or not readable
+            return None
+        try:
+            raw = os.read(fd, 4096)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        fields = raw[raw.rfind(b")") + 2 :].split()
+        if len(fields) < 22:
+            return None
+        ticks = self._ticks
+        return ProcEntry(
+            {
+                "pid": pid,
+                "ppid": int(fields[1]),
+                "cpu_times": CpuTimes(
+                    int(fields[11]) / ticks,
+                    int(fields[12]) / ticks,
+                    int(fields[13]) / ticks,
+                    int(fields[14]) / ticks,
+                ),
+                "create_time": self._boot_s + int(fields[19]) / ticks,
+                "memory_info": MemoryInfo(int(fields[21]) * self._page),
+            }
+        )

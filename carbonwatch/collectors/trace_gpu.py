@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +23,7 @@ from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.gpu import ProcessSample
 from carbonwatch.collectors.processes import ProcessSnapshot, ProcInfo
 from carbonwatch.collectors.trace import Call, Trace
-from carbonwatch.errors import DeviceLost, DeviceTimeout, NotSupported
+from carbonwatch.errors import DeviceLost, DeviceTimeout, InputError, NotSupported
 from carbonwatch.model import EnergyInterval
 
 # --- fault injection -----------------------------------------------------------------------------
@@ -58,6 +59,51 @@ class Fault:
 ABSURD_POWER_MW = 0xFFFFFFFF
 
 
+@dataclass(frozen=True)
+class ReadLatency:
+    """How long each kind of read takes on a real device, imposed by the replay on every read.
+
+    A replay answers from lists in microseconds; a real driver does not. ``h200`` holds what was
+    measured on an H200 (issue 16): the energy counter 3.8 ms,
+    power 1.2 us, the process-utilisation list ~10 us. A read of 100 us or more sleeps (the real
+    call blocks in the driver with the GIL released, as ctypes does); a shorter one spins, since
+    ``time.sleep`` cannot wait less than ~50 us (spinning holds the GIL: slightly dearer than the
+    real read)."""
+
+    counter_s: float = 0.0
+    power_s: float = 0.0
+    process_s: float = 0.0
+
+    def impose(self, read: str) -> None:
+        wait_s = {"counter": self.counter_s, "power": self.power_s, "process": self.process_s}[read]
+        if wait_s <= 0.0:
+            return
+        if wait_s >= 100e-6:
+            time.sleep(wait_s)
+            return
+        until = time.perf_counter() + wait_s
+        while time.perf_counter() < until:
+            pass
+
+
+READ_LATENCIES: dict[str, ReadLatency] = {
+    "none": ReadLatency(),
+    "h200": ReadLatency(counter_s=3.8e-3, power_s=1.2e-6, process_s=10e-6),
+}
+
+
+def read_latency(name: str | None) -> ReadLatency:
+    """The named latency profile (``none``, ``h200``); InputError naming the choices otherwise."""
+    if name is None or name == "":
+        return READ_LATENCIES["none"]
+    try:
+        return READ_LATENCIES[name]
+    except KeyError:
+        raise InputError(
+            f"replay latency {name!r}: expected one of {', '.join(READ_LATENCIES)}"
+        ) from None
+
+
 # --- the backend ---------------------------------------------------------------------------------
 
 
@@ -65,8 +111,15 @@ class ReplayGpuDevice:
     """One replayed GPU: the trace's readings at the clock's time, shifted by ``offset_s``."""
 
     def __init__(
-        self, trace: Trace, clock: Clock, index: int, offset_s: float, faults: Sequence[Fault]
+        self,
+        trace: Trace,
+        clock: Clock,
+        index: int,
+        offset_s: float,
+        faults: Sequence[Fault],
+        latency: ReadLatency | None = None,
     ) -> None:
+        self._latency = latency or ReadLatency()
         self._trace = trace
         self._clock = clock
         self._index = index
@@ -94,6 +147,7 @@ class ReplayGpuDevice:
 
     def _now(self, read: str) -> float:
         """Trace time for this read, after raising whatever fault is active."""
+        self._latency.impose(read)
         now_s = self._clock.time()
         for f in self._faults:
             if not f.active(now_s):
@@ -151,7 +205,8 @@ class ReplayGpuBackend:
     """``devices`` copies of one trace, served at ``clock`` time (a benchmark can fake N GPUs).
 
     With ``start_at_s`` the trace's first energy row is served at that clock time (so a daemon on a
-    system clock can replay a trace live); by default trace time is clock time."""
+    system clock can replay a trace live); by default trace time is clock time. ``latency``: how
+    long each read takes (see :class:`ReadLatency`); none by default."""
 
     def __init__(
         self,
@@ -160,13 +215,16 @@ class ReplayGpuBackend:
         devices: int = 1,
         faults: Sequence[Fault] = (),
         start_at_s: float | None = None,
+        latency: ReadLatency | None = None,
     ) -> None:
         if devices < 1:
             raise ValueError("devices must be >= 1")
         offset_s = 0.0 if start_at_s is None else start_at_s - trace.start_s
         self.trace = trace
         self.clock = clock
-        self._devices = [ReplayGpuDevice(trace, clock, i, offset_s, faults) for i in range(devices)]
+        self._devices = [
+            ReplayGpuDevice(trace, clock, i, offset_s, faults, latency) for i in range(devices)
+        ]
 
     def device_count(self) -> int:
         return len(self._devices)

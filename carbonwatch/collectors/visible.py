@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from carbonwatch.collectors.base import Collector
-from carbonwatch.collectors.gpu import GpuCollector, GpuRef, resolve_visible_devices
+from carbonwatch.collectors.gpu import GpuCollector
+from carbonwatch.collectors.gpurefs import GpuRef, resolve_visible_devices
 from carbonwatch.model import DeviceState
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from carbonwatch.daemon import authz, storeops, validation
+from carbonwatch.daemon import authz, columnar, storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
 from carbonwatch.daemon.validation import ApiError, bad
@@ -187,8 +187,11 @@ def job_view(row: dict[str, Any], who: authz.Caller | None = None) -> dict[str, 
 
 async def post_calls(request: web.Request) -> web.Response:
     body = await request.read()
-    batch = validation.call_batch(validation.parse_json(
-        body, check_nesting=False, nonfinite_to_validator=True))
+    if request.content_type == columnar.CONTENT_TYPE:  # per model, arrays of starts and ends
+        batch = columnar.decode(body)
+    else:
+        batch = validation.call_batch(validation.parse_json(
+            body, check_nesting=False, nonfinite_to_validator=True))
     n, batch_id = await _daemon(request).calls.accept(batch, body, authz.caller(request).uid)
     return web.json_response({"accepted": n, "batch_id": batch_id})
 

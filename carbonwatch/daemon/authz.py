@@ -20,7 +20,6 @@ own-job rights at most; ingest, reads and launches still need the tokens."""
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import socket
 import struct
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from carbonwatch.scheduler.peer import tcp_owner
+from carbonwatch.scheduler.peer import loopback_owner
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CALLER = web.RequestKey("carbonwatch.caller", object)
@@ -101,12 +100,7 @@ def _peer(request: web.Request) -> tuple[str, int | None, int | None]:
     peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
     if not peer or not local:
         return "tcp", None, None
-    try:
-        if not ipaddress.ip_address(str(peer[0]).split("%")[0]).is_loopback:
-            return "tcp", None, None  # another machine: no local user to look up
-        return "tcp", tcp_owner(peer, local), None
-    except ValueError:
-        return "tcp", None, None
+    return "tcp", loopback_owner(peer, local), None
 
 
 def caller(request: web.Request) -> Caller:

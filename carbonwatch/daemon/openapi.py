@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from carbonwatch.daemon.columnar import CONTENT_TYPE as COLUMNAR_CONTENT_TYPE
+from carbonwatch.daemon.columnar import schema_components
 from carbonwatch.daemon.deferred_routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
 from carbonwatch.daemon.validation import (
     MAX_BODY_BYTES,
@@ -12,6 +14,9 @@ from carbonwatch.daemon.validation import (
     MAX_TOKENS,
     MAX_WEIGHT,
 )
+
+# msgspec emits the columnar body's schema from the very structs that decode it.
+COLUMNAR_SCHEMAS = schema_components()
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -219,6 +224,14 @@ DOCUMENT: dict[str, Any] = {
                                     "description": "spans the client dropped since its last "
                                     "successful batch"},
                     },
+                }}, COLUMNAR_CONTENT_TYPE: {"schema": {
+                    "$ref": "#/components/schemas/ColumnarBatch",
+                    "description": "The columnar form (what the Python client sends): per model, "
+                    "arrays of starts and ends (or each packed: base64 of little-endian "
+                    "float64s), optional arrays of weight/tokens_in/tokens_out "
+                    "(null for a call without one), one pid and one set of tags; same bounds as "
+                    "the objects form, at most 10,000 calls in all, every array as long as "
+                    "start, end >= start.",
                 }}}},
                 "responses": {
                     "200": _json({"type": "object", "properties": {
@@ -308,3 +321,4 @@ DOCUMENT: dict[str, Any] = {
 # The scheduler's routes document themselves beside their handlers.
 DOCUMENT["paths"].update(OPENAPI_PATHS)
 DOCUMENT["components"]["schemas"].update(OPENAPI_SCHEMAS)
+DOCUMENT["components"]["schemas"].update(COLUMNAR_SCHEMAS)

@@ -26,7 +26,7 @@ from carbonwatch.clock import Clock, SteadyClock, SystemClock
 from carbonwatch.collectors.base import Collector
 from carbonwatch.collectors.gpushare import GpuOptions, gpu_options
 from carbonwatch.config import Settings
-from carbonwatch.daemon import hooks, storeops, validation
+from carbonwatch.daemon import columnar, hooks, storeops, validation
 from carbonwatch.daemon.app import make_app
 from carbonwatch.daemon.bind import check_bind, unix_site, url_host
 from carbonwatch.daemon.connguard import ConnectionGuard, GuardedRunner
@@ -126,7 +126,9 @@ class Daemon:
             # are labelled in wall time (see WallTimeLabels).
             steady = SteadyClock(self.clock)
             # CPU and RAM shares come from one scanner; the state tells it the jobs' trees.
-            scanner = default_process_scanner()
+            # Reading only those trees (and new pids) keeps the 1 Hz scan's cost flat in the
+            # number of processes on the node; the rest of its CPU is /proc/stat's busy time.
+            scanner = default_process_scanner(watched_only=True)
             collectors, notes = build_collectors(
                 self.settings.backend, rapl_root=self.settings.rapl_root, clock=steady,
                 processes=scanner, gpu_options=self._gpu_options(),
@@ -189,7 +191,7 @@ class Daemon:
         left off: trace time must equal clock time, not start again at the clock's start."""
         from carbonwatch.collectors.gpu import GpuCollector
         from carbonwatch.collectors.trace import load_trace
-        from carbonwatch.collectors.trace_gpu import ReplayGpuBackend
+        from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, read_latency
 
         trace_dir = self.settings.backend[len(REPLAY_PREFIX):]
         if not trace_dir:
@@ -205,7 +207,8 @@ class Daemon:
         self.clock = ReplayClock(start_s, self.speed)
         self.end_s = trace.end_s
         faults = hooks.replay_faults(self.settings.extra.get("replay_faults"), trace.start_s)
-        backend = ReplayGpuBackend(trace, self.clock, devices=self.replay_gpus, faults=faults)
+        backend = ReplayGpuBackend(trace, self.clock, devices=self.replay_gpus, faults=faults,
+                                   latency=read_latency(self.settings.extra.get("replay_latency")))
         self.notes.append(
             f"GPU: replaying {trace.directory} ({trace.gpu_name} x{self.replay_gpus}, "
             f"{trace.end_s - trace.start_s:.1f} s of trace at {self.speed:g}x); "
@@ -295,7 +298,7 @@ class Daemon:
         now_s = self.clock.time()
         for batch_id, body, known in pending:
             try:
-                batch = validation.call_batch(validation.parse_json(body, check_nesting=False))
+                batch = columnar.any_batch(body)  # either form, as it was accepted
             except validation.ApiError as exc:  # cannot happen for a body we accepted
                 log.error("call batch %d cannot be re-read (%s); left pending", batch_id, exc)
                 continue

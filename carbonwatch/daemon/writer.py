@@ -39,6 +39,11 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="carbonwatch-writer", daemon=True)
         self._opened: Future[None] = Future()
         self._idle: collections.deque[Callable[[Store], Any]] = collections.deque()
+        # At most one _IDLE token is ever queued. With one per idle task, two tokens found each
+        # other in the queue ("regular work first") and were put back forever: the writer thread
+        # spun at 50-90 % of a core and ran no idle task (seen by bench_daemon_rest.py).
+        self._idle_lock = threading.Lock()
+        self._idle_queued = False
         self.store: Store | None = None  # touched only on the writer thread after start()
 
     def start(self) -> None:
@@ -49,7 +54,11 @@ class Writer:
     def submit_idle(self, task: Callable[[Store], Any]) -> None:
         """Run ``task`` (in its own transaction) when no regular task is waiting: for optional,
         best-effort writes that must never delay an acknowledgement. Errors are logged."""
-        self._idle.append(task)
+        with self._idle_lock:
+            self._idle.append(task)
+            if self._idle_queued:
+                return
+            self._idle_queued = True
         self._queue.put(_IDLE)
 
     def submit(self, task: Callable[[Store], T]) -> Future[T]:
@@ -83,10 +92,14 @@ class Writer:
                 if item is _STOP:
                     break
                 if item is _IDLE:
-                    if not self._queue.empty():
-                        self._queue.put(_IDLE)  # regular work first; come back to this later
-                    elif self._idle:
+                    # The only token: anything else queued is regular work (or _STOP), which
+                    # goes first; the token comes back behind it.
+                    if self._queue.empty() and self._idle:
                         self._run_idle(self._idle.popleft())
+                    with self._idle_lock:
+                        self._idle_queued = bool(self._idle)
+                        if self._idle_queued:
+                            self._queue.put(_IDLE)
                     continue
                 task, future = item
                 if not future.set_running_or_notify_cancel():

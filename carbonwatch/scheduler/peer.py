@@ -23,6 +23,29 @@ def _hex_address(host: str) -> str:
     return "".join(f"{struct.unpack('=I', raw[i : i + 4])[0]:08X}" for i in range(0, len(raw), 4))
 
 
+def _address(host: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address without its zone, a v4-mapped v6 one (a v4 client of a dual-stack listener,
+    ``::ffff:127.0.0.1``) as the v4 address it is: the client's own socket is AF_INET, listed in
+    /proc/net/tcp, and Python before 3.13 calls the mapped form not loopback."""
+    address = ipaddress.ip_address(str(host).split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def loopback_owner(
+    peer: tuple[Any, ...], local: tuple[Any, ...], proc_net: Path = PROC_NET
+) -> int | None:
+    """The uid of a TCP peer on this host's loopback; None for another machine's, or when it
+    cannot be known."""
+    try:
+        if not _address(peer[0]).is_loopback:
+            return None  # the other end is another machine: no local user to look up
+        return tcp_owner(peer, local, proc_net)
+    except ValueError:
+        return None
+
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST = 1
@@ -34,13 +57,7 @@ def _diag_owner(peer: tuple[Any, ...], local: tuple[Any, ...]) -> int | None:
     """The same answer from the kernel's sock_diag netlink interface: one exact look-up of the
     socket by its four-tuple (microseconds), where /proc/net/tcp prints every socket on the host
     (~10 µs a socket: tens of milliseconds on a busy node). None when it cannot answer."""
-    src = ipaddress.ip_address(str(peer[0]).split("%")[0])
-    dst = ipaddress.ip_address(str(local[0]).split("%")[0])
-    # A v4 client of a dual-stack listener shows as ::ffff:a.b.c.d; its own socket is AF_INET.
-    if isinstance(src, ipaddress.IPv6Address) and src.ipv4_mapped:
-        src = src.ipv4_mapped
-    if isinstance(dst, ipaddress.IPv6Address) and dst.ipv4_mapped:
-        dst = dst.ipv4_mapped
+    src, dst = _address(peer[0]), _address(local[0])
     if src.version != dst.version:
         return None
     family = socket.AF_INET if src.version == 4 else socket.AF_INET6
@@ -81,11 +98,10 @@ def tcp_owner(
 
 def _tcp_owner(peer: tuple[Any, ...], local: tuple[Any, ...], proc_net: Path) -> int | None:
     """The uid owning the socket whose local end is ``peer`` and remote end ``local``."""
-    host = str(peer[0]).split("%")[0]
-    version = ipaddress.ip_address(host).version
-    files = ("tcp",) if version == 4 else ("tcp6",)
-    want_local = f"{_hex_address(host)}:{int(peer[1]):04X}"
-    want_remote = f"{_hex_address(str(local[0]).split('%')[0])}:{int(local[1]):04X}"
+    src, dst = _address(peer[0]), _address(local[0])
+    files = ("tcp",) if src.version == 4 else ("tcp6",)
+    want_local = f"{_hex_address(str(src))}:{int(peer[1]):04X}"
+    want_remote = f"{_hex_address(str(dst))}:{int(local[1]):04X}"
     for name in files:
         try:
             lines = (proc_net / name).read_text().splitlines()[1:]
@@ -112,9 +128,4 @@ def peer_uid(transport: Any, proc_net: Path = PROC_NET) -> int | None:
     peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
     if not peer or not local:
         return None
-    try:
-        if not ipaddress.ip_address(str(peer[0]).split("%")[0]).is_loopback:
-            return None  # the other end is another machine: no local user to look up
-        return tcp_owner(peer, local, proc_net)
-    except ValueError:
-        return None
+    return loopback_owner(peer, local, proc_net)

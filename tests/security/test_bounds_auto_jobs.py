@@ -106,13 +106,13 @@ def test_vanished_services_end_in_one_write(tmp_path, sleepers):
 
 def test_the_shutdown_flush_writes_everything_pending(tmp_path):
     """100,000 calls acknowledged, then SIGTERM at once: every one is in the store."""
-    daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none").start()
-    now = time.time()
-    batch = {"calls": [{"model": f"m{i % 7}", "start": now - 2.0, "end": now - 1.0}
-                       for i in range(10_000)]}
-    for _ in range(10):
-        assert daemon.request("POST", "/v1/calls", batch)[0] == 200
-    assert daemon.stop(timeout_s=120) == 0
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none") as daemon:  # stopped on failure
+        now = time.time()
+        batch = {"calls": [{"model": f"m{i % 7}", "start": now - 2.0, "end": now - 1.0}
+                           for i in range(10_000)]}
+        for _ in range(10):
+            assert daemon.request("POST", "/v1/calls", batch)[0] == 200
+        assert daemon.stop(timeout_s=120) == 0
     with sqlite3.connect(daemon.db) as conn:
         assert conn.execute("SELECT SUM(calls) FROM call_minute").fetchone()[0] == 100_000
         assert conn.execute("SELECT COUNT(*) FROM call_batches WHERE pending IS NOT NULL"

@@ -66,7 +66,7 @@ def test_an_unexpected_failure_is_one_log_line_and_a_json_503(tmp_path):
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO deferred_jobs (id, name, command, zone, submitted_s, deadline_s,"
                      " duration_s, status) VALUES ('x', 'x', 'not json', '', 0, 10, 5, 'done')")
-    with d.start():
+    with d:
         answers = [d.request("GET", "/v1/deferred") for _ in range(3)]
         assert d.request("GET", "/healthz")[0] == 200
     for status, body in answers:

@@ -177,30 +177,37 @@ def _as_daemon_user() -> Iterator[None]:
     uid but its own: submissions from root's sockets would all be refused (403), and no deferred
     job would exist for the ``{id}`` routes. A socket's owner (what the daemon reads from
     sock_diag or /proc/net/tcp) is the file-system uid of the thread creating it: that uid is
-    switched for socket creation alone (``setfsuid``), so the test process keeps reading its own
-    files and modules as root."""
+    switched for the ``socket()`` call alone (``setfsuid``), so the test process keeps reading
+    its own files and modules as root. Not around all of urllib3's create_connection: that
+    imports the idna codec on first use, which as nobody (no CAP_DAC_OVERRIDE, /root closed)
+    fails with LookupError, and then no request was ever sent."""
     if os.geteuid() != 0:
         yield  # the daemon already runs as this user
         return
     import ctypes
+    import socket
+    import types
 
     from urllib3.util import connection
 
     libc = ctypes.CDLL(None, use_errno=True)
-    original = connection.create_connection
 
-    def create_connection(*args: Any, **kwargs: Any) -> Any:
+    def socket_as_daemon_user(*args: Any, **kwargs: Any) -> socket.socket:
         libc.setfsuid(NOBODY)
         try:
-            return original(*args, **kwargs)
+            return socket.socket(*args, **kwargs)
         finally:
             libc.setfsuid(0)
 
-    connection.create_connection = create_connection
+    # urllib3 reaches socket.socket through its module's ``socket`` name: that name alone is
+    # replaced, by the socket module with ``socket`` swapped.
+    module = types.SimpleNamespace(**vars(socket))
+    module.socket = socket_as_daemon_user
+    connection.socket = module  # type: ignore[assignment]
     try:
         yield
     finally:
-        connection.create_connection = original
+        connection.socket = socket
 
 
 def _tracebacks(log: str) -> list[str]:
