@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from carbonwatch.collectors.gpushare import SPLIT_MODES, GpuOptions
-from carbonwatch.collectors.replay import Fault, FaultKind
-from carbonwatch.replayer import replay_trace
+from carbonwatch.collectors.trace_gpu import Fault, FaultKind
 from carbonwatch.testing.synthetic import PRESETS, generate
+from carbonwatch.trace_attribution import replay_trace
 
 H200 = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "h200-shared-gpu"
 

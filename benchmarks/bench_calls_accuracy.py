@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from carbonwatch.replay_calls import replay_calls
 from carbonwatch.testing.synthetic import PRESETS, generate
+from carbonwatch.trace_calls import replay_calls
 
 SCENARIOS = {"alone": "solo_service", "beside a trainer": "shared"}
 

@@ -30,7 +30,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import TRACE, bodies, start_daemon  # noqa: E402
 
-from carbonwatch.collectors.replay import load_trace  # noqa: E402
+from carbonwatch.collectors.trace import load_trace  # noqa: E402
 
 
 def probe(url: str, seconds: float, rate_hz: float, start_s: float) -> dict[str, list[float]]:

@@ -30,7 +30,7 @@ import aiohttp
 import psutil
 
 from carbonwatch.client_columnar import CONTENT_TYPE
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "tests" / "fixtures" / "h200-shared-gpu"

@@ -47,7 +47,8 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     from carbonwatch.collectors.detect import default_process_scanner
     from carbonwatch.collectors.gpu import GpuCollector
     from carbonwatch.collectors.ram import RamModelCollector
-    from carbonwatch.collectors.replay import READ_LATENCIES, ReplayGpuBackend, load_trace
+    from carbonwatch.collectors.trace import load_trace
+    from carbonwatch.collectors.trace_gpu import READ_LATENCIES, ReplayGpuBackend
     from carbonwatch.grid.static import StaticSource, world_average
     from carbonwatch.ledger import EnergyLedger
     from carbonwatch.pricing import Pricing

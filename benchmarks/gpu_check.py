@@ -269,7 +269,8 @@ def replay_run(trace_dir: str | Path) -> CheckRun:
     trace's own power readings as the independent integral."""
     from carbonwatch.clock import ManualClock
     from carbonwatch.collectors.gpu import GpuCollector
-    from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
+    from carbonwatch.collectors.trace import load_trace
+    from carbonwatch.collectors.trace_gpu import ReplayGpuBackend
 
     trace = load_trace(trace_dir)
     clock = ManualClock(trace.start_s)

@@ -19,16 +19,11 @@ MAX_LINES = 500
 # Modules allowed over MAX_LINES for now, each with who shrinks it. Keep this list short: an entry
 # is a debt with an owner, not an exemption.
 LONG_ALLOWED = {
-    # The replay backend and its fault injection; arch-sched moves the trace format shared with
-    # recorder.py into collectors/trace.py, which takes it under the limit.
-    "carbonwatch.collectors.replay": "arch-sched: trace format into collectors/trace.py",
     # Synthetic traces with their truth: owned by the attribution work, to be split by the lead.
     "carbonwatch.testing.synthetic": "lead: split the power models from the trace writer",
     # The per-call split (still growing in the attribution work); the lead renames it to
     # call_split.py at the merge and moves its remaining pieces into callsplit/callinputs.
     "carbonwatch.calls": "lead: rename to call_split.py and split at the merge",
-    # The deferred-job service: arch-sched splits actuals correction and launching out of it.
-    "carbonwatch.scheduler.service": "arch-sched: actuals correction and Launcher out",
 }
 
 
@@ -162,6 +157,51 @@ def test_identity_detection_imports_nothing_of_carbonwatch():
 def test_proc_is_low_level():
     """``proc.py`` is imported by the wrapper, the ranks and the daemon: it imports none of them."""
     assert import_graph()["carbonwatch.proc"] == frozenset()
+
+
+def _third_party_imports(prefix: str, names: tuple[str, ...]) -> dict[str, list[str]]:
+    """Modules under ``prefix`` importing any of ``names`` (outside carbonwatch), TYPE_CHECKING
+    aside."""
+    bad = {}
+    for module, path in _module_files().items():
+        if not (module == prefix or module.startswith(prefix + ".")):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        skip = _type_checking_nodes(tree)
+        hits = sorted({
+            target
+            for node in ast.walk(tree)
+            if id(node) not in skip and isinstance(node, ast.Import | ast.ImportFrom)
+            for target in _targets(module, path.name == "__init__.py", node)
+            if any(target == n or target.startswith(n + ".") for n in names)
+        })
+        if hits:
+            bad[module] = hits
+    return bad
+
+
+def test_the_scheduler_never_imports_the_daemon():
+    """The daemon depends on the scheduler (its routes are ``daemon/deferred_routes.py``), never
+    the reverse."""
+    assert _imports_from("carbonwatch.scheduler", ("carbonwatch.daemon",)) == {}
+
+
+def test_the_scheduler_serves_no_http():
+    assert _third_party_imports("carbonwatch.scheduler", ("aiohttp",)) == {}
+
+
+def test_the_store_imports_nothing_of_its_callers():
+    """The table modules are functions over a connection: they know no daemon, scheduler or CLI."""
+    callers = ("carbonwatch.daemon", "carbonwatch.scheduler", "carbonwatch.cli")
+    assert _imports_from("carbonwatch.store", callers) == {}
+    assert _third_party_imports("carbonwatch.store", ("aiohttp",)) == {}
+
+
+def test_the_third_party_check_sees_a_function_level_import():
+    """The aiohttp rule can fail: an import inside a function is seen."""
+    source = "def f():\n    import aiohttp.web\n"
+    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import))
+    assert _targets("carbonwatch.scheduler.x", False, node) == ["aiohttp.web"]
 
 
 @pytest.mark.parametrize("module", sorted(_module_files()))

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carbonwatch.replay_calls import replay_calls
 from carbonwatch.testing.synthetic import generate, shared, solo_service
+from carbonwatch.trace_calls import replay_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 H200 = ROOT / "tests" / "fixtures" / "h200-shared-gpu"

@@ -13,7 +13,8 @@ import pytest
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.recorder import Recorder, RecorderGroup, record
-from carbonwatch.collectors.replay import ReplayGpuBackend, drive, load_trace
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, drive
 
 TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"
 

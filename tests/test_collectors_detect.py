@@ -12,7 +12,8 @@ from carbonwatch.collectors.detect import build_collectors
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.ram import RamModelCollector
 from carbonwatch.collectors.rapl import RaplCollector
-from carbonwatch.collectors.replay import drive, load_trace
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import drive
 from carbonwatch.errors import ConfigError, DeviceError, InputError
 
 TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
-from carbonwatch.collectors.replay import ProcessUtilRow, ReplayGpuBackend, Trace, drive
+from carbonwatch.collectors.trace import ProcessUtilRow, Trace
+from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, drive
 from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.sampler import Sampler
 

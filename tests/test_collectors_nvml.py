@@ -31,7 +31,7 @@ def test_importing_the_backend_does_not_initialise_nvml():
 
 def test_importing_carbonwatch_collectors_does_not_import_pynvml():
     code = (
-        "import sys, carbonwatch.collectors.gpu, carbonwatch.collectors.replay;"
+        "import sys, carbonwatch.collectors.gpu, carbonwatch.collectors.trace_gpu;"
         "print('pynvml' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -266,7 +266,8 @@ def test_the_shared_h200_trace_through_nvml_on_an_old_driver_keeps_every_joule()
     import bisect
     from pathlib import Path
 
-    from carbonwatch.collectors.replay import drive, load_trace
+    from carbonwatch.collectors.trace import load_trace
+    from carbonwatch.collectors.trace_gpu import drive
 
     trace = load_trace(Path(__file__).parent / "fixtures" / "h200-shared-gpu")
     clock = ManualClock(trace.start_s)

@@ -9,13 +9,8 @@ import pytest
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.recorder import Recorder, record
-from carbonwatch.collectors.replay import (
-    Fault,
-    FaultKind,
-    ReplayGpuBackend,
-    drive,
-    load_trace,
-)
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import Fault, FaultKind, ReplayGpuBackend, drive
 from carbonwatch.model import Provenance
 
 TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"

@@ -7,7 +7,8 @@ import pytest
 
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
-from carbonwatch.collectors.replay import ReplayGpuBackend, drive, load_trace
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, drive
 from carbonwatch.model import DeviceClass, Provenance
 
 TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"
@@ -163,7 +164,7 @@ def test_device_reads_are_step_functions_of_time():
 
 def test_replayed_process_cpu_time_feeds_cpu_shares():
     from carbonwatch.collectors.processes import cpu_shares
-    from carbonwatch.collectors.replay import ReplayProcessSource
+    from carbonwatch.collectors.trace_gpu import ReplayProcessSource
 
     trace = load_trace(TRACE)
     source = ReplayProcessSource(trace)

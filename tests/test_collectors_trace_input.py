@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from carbonwatch.clock import ManualClock
-from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import ReplayGpuBackend
 from carbonwatch.errors import InputError, NotSupported
 
 TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"

@@ -10,7 +10,7 @@ import time
 
 from daemon_helpers import FIXTURE, INFER_PID, MODEL, REPLAY, DaemonProcess, fixture_calls
 
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 
 TRACE_J = load_trace(FIXTURE).energy_j  # the counter delta over the whole trace
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 from daemon_helpers import FIXTURE, REPLAY, DaemonProcess
 
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 
 
 def _report(db, *args, env=None):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carbonwatch.grid.accounting import save_points
 from carbonwatch.grid.csvseries import read_intensity_csv
+from carbonwatch.grid.feed import save_points
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
 from carbonwatch.scheduler.planner import Forecast, Plan, plan_job
@@ -158,7 +158,8 @@ def test_plan_submit_and_queue_show_the_band(tmp_path: Path) -> None:
     import time
 
     from daemon_helpers import DaemonProcess
-    from test_scheduler_daemon import _cli, _env, _ok, _shifted_csv
+    from forecast_csv import shifted_csv
+    from test_scheduler_daemon import _cli, _env, _ok
 
     now = time.time()
     store = open_store(tmp_path / "cw.db")
@@ -201,7 +202,7 @@ def test_plan_submit_and_queue_show_the_band(tmp_path: Path) -> None:
             ],
         )
     store.close()
-    csv = _shifted_csv(
+    csv = shifted_csv(
         tmp_path / "f.csv", [400.0] * 4 + [100.0] * 4 + [400.0] * 16, now - 60, 3600.0
     )
     env = _env(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "tests" / "fixtures" / "h200-shared-gpu"

@@ -20,9 +20,9 @@ from carbonwatch.collectors.gpushare import (
     GpuOptions,
     estimate_power_lag,
 )
-from carbonwatch.collectors.replay import ReplayGpuBackend, drive, load_trace
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, drive
 from carbonwatch.model import IDLE, OTHER
-from carbonwatch.replayer import ReplayReport, replay_trace
 from carbonwatch.testing.synthetic import (
     PRESETS,
     ServiceModel,
@@ -33,6 +33,7 @@ from carbonwatch.testing.synthetic import (
     solo_service,
     solo_trainer,
 )
+from carbonwatch.trace_attribution import ReplayReport, replay_trace
 
 H200 = Path(__file__).parent / "fixtures" / "h200-shared-gpu"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from carbonwatch.model import IDLE, OTHER
-from carbonwatch.replayer import replay_trace
+from carbonwatch.trace_attribution import replay_trace
 
 TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"
 COUNTER_DELTA_J = 8758.0  # ../shared/traces/README.md: energy counter over the 29.6 s window

@@ -11,14 +11,14 @@ import pytest
 
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
-from carbonwatch.collectors.replay import (
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import (
     READ_LATENCIES,
     Fault,
     FaultKind,
     ReadLatency,
     ReplayGpuBackend,
     drive,
-    load_trace,
     read_latency,
 )
 from carbonwatch.errors import InputError

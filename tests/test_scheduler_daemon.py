@@ -11,14 +11,13 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import pytest
 from daemon_helpers import DaemonProcess
+from forecast_csv import eia_values, shifted_csv
 
-EIA_CISO = Path(__file__).parent / "fixtures" / "eia930" / "CISO_NG_avgCI.csv"
 # Appends its start time to the file given (one line per run), then spins for 1.5 s: long
 # enough for the daemon's sampler to see it.
 MARKER = (
@@ -26,29 +25,8 @@ MARKER = (
     "t = time.time(); open(sys.argv[1], 'a').write(f'{t}\\n')\n"
     "while time.time() - t < 1.5: pass\n"
 )
-# Appends a timestamp every 0.1 s, n times: a gap in them is a pause.
-TICKER = (
-    "import sys, time\n"
-    "for _ in range(int(sys.argv[2])):\n"
-    "    open(sys.argv[1], 'a').write(f'{time.time()}\\n'); time.sleep(0.1)\n"
-)
 # Writes its pid, then sleeps.
 SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
-
-
-def _eia_values(first_hour: int, count: int) -> list[float]:
-    lines = EIA_CISO.read_text().splitlines()[1 + first_hour : 1 + first_hour + count]
-    return [float(line.rsplit(",", 1)[1]) for line in lines]
-
-
-def _shifted_csv(path: Path, values: list[float], start_s: float, slot_s: float) -> Path:
-    """``values`` as consecutive slots of ``slot_s`` from ``start_s``."""
-    rows = [
-        f"{datetime.fromtimestamp(start_s + i * slot_s, UTC).isoformat()},{v}"
-        for i, v in enumerate(values)
-    ]
-    path.write_text("timestamp,avg_CI\n" + "\n".join(rows) + "\n")
-    return path
 
 
 # Over TCP only the admin token launches; the daemon and the CLI both read it from here.
@@ -110,7 +88,7 @@ def test_a_restarted_daemon_runs_queued_jobs_at_their_planned_times(tmp_path):
     # Hours 14..29: evening high, solar midday low at hour 19 (index 5), 3 s a slot. The margins
     # (15 s to the planned start) leave room for a restart on a loaded machine.
     t0 = int(time.time())
-    csv = _shifted_csv(tmp_path / "ciso.csv", _eia_values(14, 16), t0, 3.0)
+    csv = shifted_csv(tmp_path / "ciso.csv", eia_values(14, 16), t0, 3.0)
     marker, late_marker = tmp_path / "started.txt", tmp_path / "late.txt"
     env = _env(
         tmp_path,
@@ -195,9 +173,9 @@ def test_a_restarted_daemon_runs_queued_jobs_at_their_planned_times(tmp_path):
 
 def test_a_queued_job_is_replanned_when_a_newer_forecast_arrives(tmp_path):
     t0 = int(time.time())
-    high, low = _eia_values(14, 1)[0], _eia_values(19, 1)[0]
+    high, low = eia_values(14, 1)[0], eia_values(19, 1)[0]
     csv = tmp_path / "ciso.csv"
-    _shifted_csv(csv, [high] * 8 + [low] + [high] * 3, t0, 3.0)
+    shifted_csv(csv, [high] * 8 + [low] + [high] * 3, t0, 3.0)
     config = tmp_path / "cw.toml"
     config.write_text("scheduler_refresh_s = 1\n")
     marker = tmp_path / "started.txt"
@@ -232,7 +210,7 @@ def test_a_queued_job_is_replanned_when_a_newer_forecast_arrives(tmp_path):
         view = json.loads(out.stdout)
         assert view["plan"][0]["start_s"] == t0 + 24
         # A newer forecast: the low slot is now 12 s sooner.
-        newer = _shifted_csv(tmp_path / "newer.csv", [high] * 4 + [low] + [high] * 7, t0, 3.0)
+        newer = shifted_csv(tmp_path / "newer.csv", [high] * 4 + [low] + [high] * 7, t0, 3.0)
         newer.replace(csv)
         moved = daemon.wait_for(
             lambda: (v := _deferred(daemon, view["id"]))["plan"][0]["start_s"] == t0 + 12 and v,
@@ -371,54 +349,6 @@ def test_without_a_daemon_the_commands_say_so(tmp_path):
         ("submit", "--deadline", "+1h", "--duration", "5m", "--", "true"),
     ):
         _refused(_cli(env, *args), "no carbonwatch daemon answers")
-
-
-def test_an_interruptible_job_is_paused_between_its_slots(tmp_path):
-    # Two low slots (CISO's hour 19, then hour 20) apart, high ones around them, 4 s a slot.
-    t0 = int(time.time()) + 2
-    high, low = _eia_values(5, 1)[0], _eia_values(19, 2)
-    values = [high, low[0], high, low[1], high, high]
-    csv = _shifted_csv(tmp_path / "ciso.csv", values, t0, 4.0)
-    ticks = tmp_path / "ticks.txt"
-    # The job names its own forecast file: allowed because the daemon lists it.
-    env = _env(tmp_path, CARBONWATCH_PROVIDER_URLS=str(csv))
-    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
-        env["CARBONWATCH_DAEMON_URL"] = daemon.url
-        view = _submit(
-            env,
-            "--interruptible",
-            "--deadline",
-            "+40s",
-            "--duration",
-            "8s",
-            "--zone",
-            "CISO",
-            "--provider",
-            "csv",
-            "--provider-url",
-            str(csv),
-            "--name",
-            "ticker",
-            "--",
-            sys.executable,
-            "-c",
-            TICKER,
-            str(ticks),
-            "50",
-        )
-        windows = [(w["start_s"], w["end_s"]) for w in view["plan"]]
-        assert windows == [(t0 + 4, t0 + 8), (t0 + 12, t0 + 16)]
-        paused = _wait_status(daemon, view["id"], ("paused",), timeout_s=20)
-        assert paused["runs"][0][1] == pytest.approx(t0 + 8, abs=0.5)
-        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=40)
-    assert done["status"] == "done", done
-    stamps = [float(x) for x in ticks.read_text().split()]
-    assert len(stamps) == 50
-    gaps = [(b - a, a, b) for a, b in zip(stamps, stamps[1:], strict=False)]
-    longest, before, after = max(gaps)
-    assert longest > 3.0  # frozen between the slots
-    assert before < t0 + 8 + 0.3 and after >= t0 + 12 - 0.3
-    assert len(done["runs"]) == 2 and done["runs"][1][0] == pytest.approx(t0 + 12, abs=0.5)
 
 
 def test_a_job_running_across_a_daemon_restart_is_still_recorded(tmp_path):

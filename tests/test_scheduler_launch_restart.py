@@ -3,8 +3,8 @@ scheduler adopts the wrapper it finds instead of launching the job a second time
 
 The kill is simulated: the row is left as the killed daemon left it (``launching``), with or
 without a live process carrying the job's marker, and a fresh SchedulerService starts on the
-store. The "wrapper" is the job's command itself (``wrapper_argv`` is the seam), so what a
-launch does is visible as a line in a file."""
+store. The "wrapper" is the job's command itself (an injected ``LocalLauncher`` whose argv is the
+command), so what a launch does is visible as a line in a file."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from carbonwatch.config import Settings
-from carbonwatch.scheduler import deferred, launcher
+from carbonwatch.scheduler import launcher
 from carbonwatch.scheduler.service import SchedulerService
-from carbonwatch.store import Store
+from carbonwatch.store import Store, deferred
 
 
 @pytest.fixture
@@ -41,7 +41,13 @@ def _service(store: Store, tmp_path: Path) -> SchedulerService:
             return fn(store)
 
     settings = Settings(db=str(tmp_path / "cw.db"), port=0).validate()
-    return SchedulerService(settings, read=read, write=write, poll_s=0.05)
+    # The launcher seam: the job's command runs in place of the wrapper.
+    command_itself = launcher.LocalLauncher(
+        argv=lambda name, kind, command, cwd=None: list(command)
+    )
+    return SchedulerService(
+        settings, read=read, write=write, poll_s=0.05, launcher=command_itself
+    )
 
 
 def _launching_row(store: Store, tmp_path: Path, command: list[str]) -> str:
@@ -64,24 +70,27 @@ def _launching_row(store: Store, tmp_path: Path, command: list[str]) -> str:
     return row["id"]
 
 
-def _restart(service: SchedulerService, settle_s: float) -> None:
+def _restart(
+    service: SchedulerService, settle_s: float, until: Callable[[], bool] | None = None
+) -> None:
+    """Start the scheduler on the store, wait ``settle_s`` (time for a wrong second launch to
+    show), and with ``until`` also until it holds (a real process started and ended: never a
+    fixed time, which a busy machine can overrun), then stop."""
+
     async def main() -> None:
         await service.start("http://127.0.0.1:9")
         await asyncio.sleep(settle_s)
+        deadline = time.monotonic() + 60.0
+        while until is not None and not until():
+            assert time.monotonic() < deadline, "the restarted scheduler never got there"
+            await asyncio.sleep(0.05)
         await service.stop()
 
     asyncio.run(main())
 
 
-@pytest.fixture
-def wrapper_is_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        launcher, "wrapper_argv", lambda name, kind, command, cwd=None: list(command)
-    )
-
-
 def test_a_restart_adopts_the_wrapper_a_killed_daemon_started(
-    store, tmp_path, wrapper_is_the_command
+    store, tmp_path
 ):
     ran = tmp_path / "ran"
     job_id = _launching_row(
@@ -106,13 +115,16 @@ def test_a_restart_adopts_the_wrapper_a_killed_daemon_started(
 
 
 def test_a_restart_launches_once_a_job_whose_wrapper_never_started(
-    store, tmp_path, wrapper_is_the_command
+    store, tmp_path
 ):
     ran = tmp_path / "ran"
     job_id = _launching_row(
         store, tmp_path, [sys.executable, "-c", f"open({str(ran)!r}, 'a').write('x')"]
     )
-    _restart(_service(store, tmp_path), settle_s=1.5)
+    _restart(
+        _service(store, tmp_path), settle_s=0.5,
+        until=lambda: deferred.get(store.conn, job_id)["status"] in ("done", "failed"),
+    )
     assert ran.read_text() == "x"
     row = deferred.get(store.conn, job_id)
     assert row["status"] == "done"

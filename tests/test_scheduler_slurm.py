@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonProcess
-from test_scheduler_daemon import _cli, _eia_values, _env, _ok, _shifted_csv
+from forecast_csv import eia_values, shifted_csv
+from test_scheduler_daemon import _cli, _env, _ok
 
 from carbonwatch.scheduler.slurm import SlurmCli
 
@@ -70,7 +71,7 @@ def _wait(daemon: DaemonProcess, job_id: str, done, timeout_s: float = 60.0) -> 
 def test_a_job_deferred_through_slurm_waits_for_its_window_moves_and_is_measured(
     tmp_path: Path, slurm: dict[str, str]
 ) -> None:
-    high, low = _eia_values(14, 1)[0], _eia_values(19, 1)[0]
+    high, low = eia_values(14, 1)[0], eia_values(19, 1)[0]
     csv = tmp_path / "ciso.csv"
     (tmp_path / "cw.toml").write_text("scheduler_refresh_s = 1\n")
     marker, other = tmp_path / "started.txt", tmp_path / "other.txt"
@@ -84,14 +85,14 @@ def test_a_job_deferred_through_slurm_waits_for_its_window_moves_and_is_measured
         CARBONWATCH_CONFIG=str(tmp_path / "cw.toml"),
         **slurm,
     )
-    _shifted_csv(csv, [high] * 40, time.time(), 3.0)
+    shifted_csv(csv, [high] * 40, time.time(), 3.0)
     daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env).start()
     try:
         # Low at t0+12 s (the provider reads the file at each fetch). Slurm's time limits are
         # whole minutes, and --deadline cancels a job that could not end by it: the deadline
         # leaves a minute after the latest window.
         t0 = int(time.time())
-        _shifted_csv(csv, [high] * 6 + [low] + [high] * 30, t0, 2.0)
+        shifted_csv(csv, [high] * 6 + [low] + [high] * 30, t0, 2.0)
         # The node's prolog and epilog talk to this daemon (deploy/slurm/common.sh settings).
         (SLURM_DIR / "slurm.env").write_text(f"CARBONWATCH_URL={daemon.url}\n")
         env["CARBONWATCH_DAEMON_URL"] = daemon.url
@@ -113,7 +114,7 @@ def test_a_job_deferred_through_slurm_waits_for_its_window_moves_and_is_measured
         assert f"slurm {slurm_id} PENDING" in listing
 
         # A newer forecast moves the low slot to t0+24 s: the daemon moves the Slurm job.
-        _shifted_csv(csv, [high] * 12 + [low] + [high] * 24, t0, 2.0)
+        shifted_csv(csv, [high] * 12 + [low] + [high] * 24, t0, 2.0)
         moved = _wait(daemon, view["id"], lambda v: v["plan"][0]["start_s"] > first_s + 1,
                       timeout_s=12)
         new_s = moved["plan"][0]["start_s"]

@@ -17,9 +17,9 @@ import pytest
 from carbonwatch.clock import ManualClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import ConfigError
-from carbonwatch.grid.accounting import AccountingSource, accounting_source, update_with_actuals
 from carbonwatch.grid.cache import IntensityCache
 from carbonwatch.grid.csvseries import CsvProvider
+from carbonwatch.grid.feed import AccountingSource, accounting_source, update_with_actuals
 from carbonwatch.grid.static import StaticSource
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.store import open_store

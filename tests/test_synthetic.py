@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 from carbonwatch.testing.synthetic import (
     PRESETS,
     ServiceModel,

@@ -63,7 +63,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def intensity_source(settings: Settings) -> IntensitySource:
     """The intensity source accounting uses: the provider's series (cached and fetched) with the
     static average where it has no point; static alone by default (provider = "static")."""
-    from carbonwatch.grid.accounting import accounting_source
+    from carbonwatch.grid.feed import accounting_source
 
     source = accounting_source(settings)
     if settings.marginal_provider:  # keep the marginal signal beside it (grid/signals.py)

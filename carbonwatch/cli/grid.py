@@ -18,11 +18,11 @@ from carbonwatch.config import Settings
 from carbonwatch.daemon.validation import MAX_UNIX_S
 from carbonwatch.errors import InputError, StoreError
 from carbonwatch.grid import static
-from carbonwatch.grid.accounting import static_point
 from carbonwatch.grid.build import make_provider
 from carbonwatch.grid.cache import IntensityCache
 from carbonwatch.grid.chain import Resolved, resolve
 from carbonwatch.grid.csvseries import read_intensity_csv
+from carbonwatch.grid.feed import static_point
 from carbonwatch.grid.preflight import estimate_gpu_job
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint

@@ -90,7 +90,8 @@ def _source(backend: str, clock: SystemClock) -> GpuBackend:
             click.echo(f"carbonwatch: {note}", err=True)
         return nvml
     if backend.startswith("replay:") and backend != "replay:":
-        from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
+        from carbonwatch.collectors.trace import load_trace
+        from carbonwatch.collectors.trace_gpu import ReplayGpuBackend
 
         trace = load_trace(backend.removeprefix("replay:"))
         return ReplayGpuBackend(trace, clock, start_at_s=clock.time())
@@ -122,7 +123,7 @@ def _choose(source: GpuBackend, gpus: str | None) -> list[tuple[int, int]]:
 
 
 def _summarise(targets: list[Path]) -> None:
-    from carbonwatch.collectors.replay import load_trace
+    from carbonwatch.collectors.trace import load_trace
 
     for target in targets:
         trace = load_trace(target)  # what `carbonwatch replay` will read

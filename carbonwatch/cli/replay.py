@@ -9,10 +9,10 @@ import click
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
 from carbonwatch.collectors.gpushare import gpu_options
 from carbonwatch.config import IDLE_POLICIES
-from carbonwatch.replay_calls import CallsReport, replay_calls
-from carbonwatch.replayer import replay_trace
 from carbonwatch.store import open_store
 from carbonwatch.store.gpu_idle import load_gpu_idle
+from carbonwatch.trace_attribution import replay_trace
+from carbonwatch.trace_calls import CallsReport, replay_calls
 
 
 @click.command("replay")

@@ -132,7 +132,8 @@ def _nvml_collector(
 def _replay_collector(
     trace_dir: str, clock: Clock, notes: list[str], options: GpuOptions | None = None
 ) -> GpuCollector:
-    from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace
+    from carbonwatch.collectors.trace import load_trace
+    from carbonwatch.collectors.trace_gpu import ReplayGpuBackend
 
     if not trace_dir:
         raise ConfigError("backend 'replay:DIR' needs a trace directory after 'replay:'")

@@ -1,4 +1,5 @@
-"""Record one GPU into the trace format that :mod:`carbonwatch.collectors.replay` reads.
+"""Record one GPU into the trace format that :mod:`carbonwatch.collectors.trace` defines and
+:mod:`carbonwatch.collectors.trace_gpu` replays.
 
 One format serves both directions: a trace recorded from a real device (``NvmlBackend``) replays
 through the very code that measures it live. Processes that appear in ``compute_pids`` are given a
@@ -18,14 +19,8 @@ from typing import IO, Any, Protocol
 
 from carbonwatch.clock import Clock
 from carbonwatch.collectors.gpu import GpuBackend
+from carbonwatch.collectors.trace import COLUMNS
 from carbonwatch.errors import DeviceError, DeviceTimeout
-
-_HEADERS = {
-    "power.csv": ("t_s", "power_mW", "gpu_util_pct"),
-    "energy.csv": ("t_s", "energy_mJ"),
-    "process_util.csv": ("t_s", "pid", "sample_ts_us", "sm_util_pct", "mem_util_pct"),
-    "events.csv": ("t_s", "event"),
-}
 
 
 class Recorder:
@@ -55,7 +50,7 @@ class Recorder:
         self._last_seen_us = int(clock.time() * 1e6)
         self._files: dict[str, IO[str]] = {}
         self._writers: dict[str, Any] = {}
-        for name, header in _HEADERS.items():
+        for name, header in COLUMNS.items():
             f = (self.out_dir / name).open("w", newline="")
             self._files[name] = f
             self._writers[name] = csv.writer(f)

@@ -4,6 +4,6 @@ jobs and inference services it knows, and serves a versioned JSON API and Promet
 Modules: ``server`` (lifecycle, signals), ``app`` (routes), ``validation`` (request bodies),
 ``state`` (shared in-memory state), ``sampling`` (the sampler thread), ``writer`` (the one
 SQLite writer thread), ``storeops`` (its SQL), ``live_jobs`` (running jobs and their pids),
-``metrics``, ``openapi``, ``replayclock``.
+``metrics``, ``openapi``, ``trace_clock``.
 ``attach`` is the stdlib-only client ``carbonwatch run`` uses to register with a running daemon.
 """

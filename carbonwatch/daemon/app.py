@@ -85,7 +85,7 @@ def make_app(daemon: AppDaemon) -> web.Application:
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    from carbonwatch.scheduler.routes import add_scheduler_routes
+    from carbonwatch.daemon.deferred_routes import add_scheduler_routes
 
     add_scheduler_routes(app, daemon.scheduler)
     return app

@@ -231,15 +231,3 @@ def launch_identity(who: Caller, admin_configured: bool) -> tuple[int, int]:
         raise ApiError(403, f"this daemon runs as uid {who.daemon_uid} and cannot run commands as "
                             f"uid {uid}: only a root daemon runs commands as their submitter")
     return uid, gid
-
-
-def groups_of(uid: int, gid: int) -> list[int] | None:
-    """Supplementary groups of ``uid`` (initgroups): None when it has no passwd entry (then it
-    gets none)."""
-    import pwd
-
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-    return os.getgrouplist(name, gid)

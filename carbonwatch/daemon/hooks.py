@@ -6,7 +6,7 @@ tables or a JSON string holding a list of objects::
     replay_faults = '[{"kind": "lost", "device": 3, "from_s": 8.0}]'
     replay_faults = [{kind = "timeout", device = 5, from_s = 2, to_s = 6, reads = ["counter"]}]
 
-``kind`` is a :class:`~carbonwatch.collectors.replay.FaultKind` value; ``from_s``/``to_s`` are
+``kind`` is a :class:`~carbonwatch.collectors.trace_gpu.FaultKind` value; ``from_s``/``to_s`` are
 seconds into the trace (from its first energy row); ``reads`` limits a timeout to some reads.
 
 ``interval_log``: a file to which every device interval the collectors close is appended as one
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from carbonwatch.collectors.replay import Fault, FaultKind
+from carbonwatch.collectors.trace_gpu import Fault, FaultKind
 from carbonwatch.errors import ConfigError
 from carbonwatch.sampler import AttributedInterval
 

@@ -7,13 +7,13 @@ from typing import Any
 
 from carbonwatch.daemon.columnar import CONTENT_TYPE as COLUMNAR_CONTENT_TYPE
 from carbonwatch.daemon.columnar import schema_components
+from carbonwatch.daemon.deferred_routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
 from carbonwatch.daemon.validation import (
     MAX_BODY_BYTES,
     MAX_CALLS_PER_REQUEST,
     MAX_TOKENS,
     MAX_WEIGHT,
 )
-from carbonwatch.scheduler.routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
 
 # msgspec emits the columnar body's schema from the very structs that decode it.
 COLUMNAR_SCHEMAS = schema_components()

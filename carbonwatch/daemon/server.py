@@ -34,10 +34,10 @@ from carbonwatch.daemon.intake import CallIntake, JobIntake
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs, job_from_row
 from carbonwatch.daemon.metrics import DaemonCollector, Health, LabelCap, MetricTotals
 from carbonwatch.daemon.reader import Reader, private_store
-from carbonwatch.daemon.replayclock import ReplayClock
 from carbonwatch.daemon.sampling import SamplingLoop, WallTimeLabels
 from carbonwatch.daemon.scraping import Scraper, parse_targets
 from carbonwatch.daemon.state import DaemonState, fold_models
+from carbonwatch.daemon.trace_clock import ReplayClock
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
@@ -190,7 +190,8 @@ class Daemon:
         Built here rather than by ``detect`` because the daemon resumes a replay where the store
         left off: trace time must equal clock time, not start again at the clock's start."""
         from carbonwatch.collectors.gpu import GpuCollector
-        from carbonwatch.collectors.replay import ReplayGpuBackend, load_trace, read_latency
+        from carbonwatch.collectors.trace import load_trace
+        from carbonwatch.collectors.trace_gpu import ReplayGpuBackend, read_latency
 
         trace_dir = self.settings.backend[len(REPLAY_PREFIX):]
         if not trace_dir:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from carbonwatch.model import job_consumer, job_of_consumer
-from carbonwatch.store import Store, _decode
+from carbonwatch.store import Store, jobs
 from carbonwatch.tokens import per_token
 
 CALL_MINUTE_UPSERT = """
@@ -37,20 +37,18 @@ NO_TOKENS = {"tokens_in": 0, "tokens_out": 0, "token_calls": 0, "token_energy_j"
 
 
 def insert_job(conn: sqlite3.Connection, row: Mapping[str, Any]) -> None:
-    conn.execute(
-        "INSERT INTO jobs (id, name, kind, model, command, pids, tags, identity, source, status,"
-        " started_s, cost, currency, provenance, owner_uid) VALUES (:id, :name, :kind, :model,"
-        " :command, :pids, :tags, :identity, :source, 'running', :started_s, :cost, :currency,"
-        " :provenance, :owner_uid)",
-        {
-            "owner_uid": None,
-            **row,
-            "command": json.dumps(row["command"]) if row.get("command") is not None else None,
-            "pids": json.dumps(sorted(row["pids"])),
-            "tags": json.dumps(row.get("tags") or {}),
-            "provenance": json.dumps(row.get("provenance") or {}),
-        },
-    )
+    """A job registered with the daemon, ``running`` (through the jobs table's one inserter)."""
+    jobs.insert(conn, {
+        **{k: row.get(k) for k in _REGISTERED},
+        "status": "running",
+        "pids": sorted(row["pids"]),
+        "tags": row.get("tags") or {},
+        "provenance": row.get("provenance") or {},
+    })
+
+
+_REGISTERED = ("id", "name", "kind", "model", "command", "identity", "source", "started_s",
+               "cost", "currency", "owner_uid")
 
 
 def set_job_pids(conn: sqlite3.Connection, job_id: str, pids: Iterable[int]) -> None:
@@ -174,7 +172,7 @@ def get_meta(conn: sqlite3.Connection, key: str) -> Any:
 def running_jobs(store: Store) -> list[dict[str, Any]]:
     """The daemon's running jobs. Not those a wrapper measures on its own (source 'run'): the
     wrapper writes their energy itself, and the daemon measuring them too would count it twice."""
-    return [_decode(r) for r in store.db.query(
+    return [jobs.decode(r) for r in store.db.query(
         "SELECT * FROM jobs WHERE status = 'running' AND source != 'run'")]
 
 
@@ -242,7 +240,7 @@ def list_jobs(store: Store, status: str | None, limit: int) -> list[dict[str, An
         args.append(status)
     sql += " ORDER BY started_s DESC, id LIMIT ?"
     args.append(limit)
-    return [_decode(r) for r in store.db.query(sql, args)]
+    return [jobs.decode(r) for r in store.db.query(sql, args)]
 
 
 def summary(

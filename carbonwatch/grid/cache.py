@@ -11,18 +11,9 @@ import sqlite_utils
 
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
+from carbonwatch.store import intensity, transaction
 
 TABLE = "intensity_points"
-_COLUMNS = (
-    "zone",
-    "provider",
-    "kind",
-    "signal",
-    "start_s",
-    "end_s",
-    "intensity_g_per_kwh",
-    "fetched_at_s",
-)
 
 
 class IntensityCache:
@@ -30,40 +21,17 @@ class IntensityCache:
         self.db = db
 
     def save(self, points: Iterable[IntensityPoint]) -> int:
-        """Store fetched points (static ones, never fetched, are skipped); returns rows written."""
-        rows = [
-            {name: getattr(p, name) for name in _COLUMNS}
-            for p in points
-            if p.kind != "static" and p.fetched_at_s is not None
-        ]
-        if rows:
-            with self.db.conn:  # one transaction; the store's connection is in autocommit
-                self.db[TABLE].insert_all(rows, ignore=True)
-        return len(rows)
+        """Store fetched points (static ones, never fetched, are skipped); returns rows offered."""
+        # The table's one writer; its own transaction, or the caller's when one is open (never
+        # committing a transaction the daemon's writer began).
+        with transaction(self.db.conn):
+            return intensity.save_points(self.db.conn, points)
 
     def points(
         self, zone: str, provider: str, start_s: float, end_s: float
     ) -> list[IntensityPoint]:
         """Every cached point of one provider overlapping [start_s, end_s), best one per time."""
-        rows = self.db.query(
-            "SELECT zone, provider, kind, signal, start_s, end_s, intensity_g_per_kwh, "
-            "fetched_at_s FROM intensity_points "
-            "WHERE zone = ? AND provider = ? AND end_s > ? AND start_s < ?",
-            [zone, provider, start_s, end_s],
-        )
-        return normalise(
-            IntensityPoint(
-                start_s=r["start_s"],
-                end_s=r["end_s"],
-                intensity_g_per_kwh=r["intensity_g_per_kwh"],
-                kind=r["kind"],
-                signal=r["signal"],
-                provider=r["provider"],
-                zone=r["zone"],
-                fetched_at_s=r["fetched_at_s"],
-            )
-            for r in rows
-        )
+        return normalise(intensity.select(self.db.conn, zone, provider, start_s, end_s))
 
     def forecast(
         self, zone: str, provider: str, now_s: float, horizon_s: float = 7 * 86400.0

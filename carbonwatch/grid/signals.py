@@ -65,8 +65,8 @@ def marginal_recorder(settings: Settings, *, clock: Any = None, background: bool
                           f"signal; choose one of {', '.join(MARGINAL_PROVIDERS)}")
     if not settings.zone:
         raise ConfigError("marginal_provider needs a zone: set 'zone' (CARBONWATCH_ZONE)")
-    from carbonwatch.grid.accounting import AccountingSource, static_point
     from carbonwatch.grid.build import make_provider
+    from carbonwatch.grid.feed import AccountingSource, static_point
     from carbonwatch.grid.static import StaticSource
 
     own = dataclasses.replace(settings, provider=name, provider_url=settings.marginal_provider_url)

@@ -15,12 +15,13 @@ from typing import Any
 from carbonwatch.clock import Clock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError, ProviderError
-from carbonwatch.grid.accounting import cached_points, save_points
+from carbonwatch.grid.feed import cached_points
 from carbonwatch.grid.series import normalise
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.model import J_PER_KWH
 from carbonwatch.scheduler.forecast_error import ErrorModel, measure, plan_with_error
 from carbonwatch.scheduler.planner import Plan
+from carbonwatch.store.intensity import save_points
 
 StoreCall = Callable[[Callable[[Any], Any]], Awaitable[Any]]
 CACHE_HORIZON_S = 7 * 86400.0

@@ -20,9 +20,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -75,6 +75,7 @@ def launch(
     user: int | None = None,
     group: int | None = None,
     extra_groups: Sequence[int] | None = None,
+    argv: Callable[..., list[str]] = wrapper_argv,
 ) -> subprocess.Popen[bytes]:
     """Start the wrapper; its output (and CMD's) goes to ``log_path`` (0600 in a 0700 folder:
     it keeps whatever the job printed). With ``user`` (a root daemon, another submitter) the
@@ -89,7 +90,7 @@ def launch(
         drop = {"user": user, "group": group, "extra_groups": list(extra_groups or [])}
     with open_log as log:
         return subprocess.Popen(  # noqa: S603 - argv, never a shell
-            wrapper_argv(name, kind, command, cwd),
+            argv(name, kind, command, cwd),
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -197,3 +198,61 @@ def terminate(pid: int) -> list[int]:
 
 def kill(group_ids: Sequence[int]) -> None:
     signal_groups(group_ids, signal.SIGKILL)
+
+
+def groups_of(uid: int, gid: int) -> list[int] | None:
+    """Supplementary groups of ``uid`` (initgroups): None when it has no passwd entry (then it
+    gets none)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+    return os.getgrouplist(name, gid)
+
+
+class Launcher(Protocol):
+    """How the scheduler starts, watches, pauses and ends a job's process: injected into
+    :class:`~carbonwatch.scheduler.service.SchedulerService` (tests give one that starts the
+    command itself instead of the wrapper)."""
+
+    def launch(
+        self, name: str, kind: str, command: Sequence[str], *, cwd: str | None,
+        env: Mapping[str, str], daemon_env: Mapping[str, str], log_path: Path, deferred_id: str,
+        user: int | None = None, group: int | None = None,
+        extra_groups: Sequence[int] | None = None,
+    ) -> subprocess.Popen[bytes]: ...
+    def find(self, deferred_id: str) -> tuple[int, float] | None: ...
+    def created_s(self, pid: int) -> float | None: ...
+    def alive(self, pid: int, created: float | None) -> bool: ...
+    def pause(self, pid: int) -> list[int]: ...
+    def resume(self, pid: int, known: Sequence[int] = ()) -> int: ...
+    def terminate(self, pid: int) -> list[int]: ...
+    def kill(self, group_ids: Sequence[int]) -> None: ...
+
+
+class LocalLauncher:
+    """The daemon's own launcher: the wrapper (``wrapper_argv``) in a new session on this host,
+    signalled by process group. ``argv`` turns (name, kind, command, cwd) into what is run."""
+
+    def __init__(self, argv: Callable[..., list[str]] = wrapper_argv) -> None:
+        self.argv = argv
+
+    def launch(
+        self, name: str, kind: str, command: Sequence[str], *, cwd: str | None,
+        env: Mapping[str, str], daemon_env: Mapping[str, str], log_path: Path, deferred_id: str,
+        user: int | None = None, group: int | None = None,
+        extra_groups: Sequence[int] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        return launch(name, kind, command, cwd=cwd, env=env, daemon_env=daemon_env,
+                      log_path=log_path, deferred_id=deferred_id, user=user, group=group,
+                      extra_groups=extra_groups, argv=self.argv)
+
+    find = staticmethod(find)
+    created_s = staticmethod(created_s)
+    alive = staticmethod(alive)
+    pause = staticmethod(pause)
+    resume = staticmethod(resume)
+    terminate = staticmethod(terminate)
+    kill = staticmethod(kill)

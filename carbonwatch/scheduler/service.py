@@ -16,12 +16,15 @@ yet started is re-planned on the newer forecast. A job runs through the wrapper 
 :mod:`carbonwatch.scheduler.launcher`), so it is measured like any other; when it ends, its
 measured gCO2e and the same energy profile costed as if run at submit time are stored.
 
-Timing is APScheduler 3's AsyncIOScheduler on the daemon's event loop: one date trigger per
-event (launch, pause, resume). Persistence is our own ``deferred_jobs`` table, not an APScheduler
-job store, because (1) the row is the record users read (plan, expected and realised carbon),
-and every store write goes through the daemon's one writer thread, whereas a job store writes
-from its own connection; (2) APScheduler's SQLAlchemy job store pickles the callable and its
-arguments, tying stored rows to the code's layout (and needs SQLAlchemy); (3) triggers are
+Timing is :mod:`carbonwatch.scheduler.triggers` (APScheduler on the daemon's loop), processes go
+through an injected :class:`~carbonwatch.scheduler.launcher.Launcher`, re-planning is
+:mod:`~carbonwatch.scheduler.replan`, picking up after a restart
+:mod:`~carbonwatch.scheduler.restart`, costing against stored intensity
+:mod:`~carbonwatch.scheduler.costing`. Persistence is our own ``deferred_jobs`` table, not an
+APScheduler job store, because (1) the row is the record users read (plan, expected and realised
+carbon), and every store write goes through the daemon's one writer thread, whereas a job store
+writes from its own connection; (2) APScheduler's SQLAlchemy job store pickles the callable and
+its arguments, tying stored rows to the code's layout (and needs SQLAlchemy); (3) triggers are
 derived data: rebuilding them from each row's plan and status on start takes a few lines, and
 that is exactly where a restart must decide what to do about events that passed while down.
 
@@ -33,38 +36,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.date import DateTrigger
-
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
-from carbonwatch.daemon.authz import groups_of
-from carbonwatch.errors import CarbonwatchError, InputError
-from carbonwatch.grid.accounting import (
-    cached_points,
-    static_point,
-    update_with_actuals,
-)
-from carbonwatch.grid.series import SeriesSource
-from carbonwatch.grid.static import StaticSource
-from carbonwatch.scheduler import deferred, launcher
+from carbonwatch.errors import InputError
+from carbonwatch.scheduler.costing import realised_baseline
 from carbonwatch.scheduler.forecasts import (
-    Fetched,
-    fetch_forecast,
     plan_deferred,
     plan_fields,
-    same_windows,
 )
-from carbonwatch.scheduler.realised import baseline_co2e_g
+from carbonwatch.scheduler.job import ACTIVE, FINAL, Conflict, NotFound, Status, Submission, view
+from carbonwatch.scheduler.launcher import DAEMON_ENV, Launcher, LocalLauncher, groups_of
+from carbonwatch.scheduler.replan import Replan
+from carbonwatch.scheduler.restart import Restart, Running
 from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
+from carbonwatch.scheduler.triggers import ClockTriggers, Triggers
+from carbonwatch.store import deferred
 from carbonwatch.times import iso_utc
 
 log = logging.getLogger(__name__)
@@ -75,51 +66,7 @@ T = TypeVar("T")
 StoreCall = Callable[[Callable[[Any], T]], Awaitable[T]]
 
 
-class NotFound(CarbonwatchError):
-    """No deferred job has this id."""
-
-
-class Conflict(CarbonwatchError):
-    """The job is in a state that does not allow the request (already finished)."""
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A job to defer, as the API received it. None means "the daemon's setting"."""
-
-    command: list[str]
-    deadline_s: float
-    duration_s: float | None  # None: the mean of the name's finished runs ("auto")
-    name: str = ""
-    kind: str = "training"
-    interruptible: bool = False
-    zone: str | None = None
-    provider: str | None = None
-    provider_url: str | None = None
-    cwd: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    owner_uid: int | None = None  # who asked: the command runs as this uid and gid
-    owner_gid: int | None = None
-    via: str = ""  # "": the daemon launches it; "slurm": sbatch --begin (command: sbatch args)
-
-
-@dataclass
-class _Running:
-    """A launched wrapper: ``proc`` is None when a previous daemon started it."""
-
-    pid: int
-    created_s: float | None
-    proc: subprocess.Popen[bytes] | None
-    groups: list[int] = field(default_factory=list)
-    cancelling: bool = False
-    task: asyncio.Task[None] | None = None
-
-
-def _when(t_s: float) -> datetime:
-    return datetime.fromtimestamp(t_s, UTC)
-
-
-class SchedulerService:
+class SchedulerService(Replan, Restart):
     def __init__(
         self,
         settings: Settings,
@@ -130,11 +77,14 @@ class SchedulerService:
         refresh_every_s: float | None = None,
         grace_s: float = 5.0,
         poll_s: float = 0.25,
+        launcher: Launcher | None = None,
+        triggers: Triggers | ClockTriggers | None = None,
     ) -> None:
         self.settings = settings
         self._read = read
         self._write = write
         self.clock = clock or SystemClock()
+        self.launcher: Launcher = launcher or LocalLauncher()
         self.refresh_every_s = refresh_every_s or float(
             settings.scheduler_refresh_s
         )
@@ -142,8 +92,9 @@ class SchedulerService:
         self.poll_s = poll_s
         self.log_dir = settings.db_path.parent / "deferred-logs"
         self.daemon_url = ""
-        self._scheduler: AsyncIOScheduler | None = None
-        self._running: dict[str, _Running] = {}
+        # When events fire: APScheduler on the loop, or (tests) ClockTriggers on a ManualClock.
+        self.triggers = triggers or Triggers(self.clock)
+        self._running: dict[str, Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.slurm = SlurmDeferral(self)  # jobs deferred through Slurm (see scheduler.slurm)
 
@@ -156,25 +107,16 @@ class SchedulerService:
         self.daemon_url = daemon_url.replace("://0.0.0.0:", "://127.0.0.1:").replace(
             "://[::]:", "://[::1]:"
         )
-        self._scheduler = AsyncIOScheduler(
-            event_loop=asyncio.get_running_loop(),
-            timezone=UTC,
-            # Run however late (the loop may be busy, the trigger may be "now"); never twice.
-            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
-        )
-        self._scheduler.start()
-        self._scheduler.add_job(
-            self.refresh, "interval", seconds=self.refresh_every_s, id="deferred:refresh"
-        )
-        self._scheduler.add_job(self.slurm.poll, "interval", seconds=POLL_S, id="deferred:slurm")
+        self.triggers.start({
+            "deferred:refresh": (self.refresh, self.refresh_every_s),
+            "deferred:slurm": (self.slurm.poll, POLL_S),
+        })
         await self._restore()
 
     async def stop(self) -> None:
         """Stop timing. Launched jobs keep running in their own sessions; the next start
         reattaches to them."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        self.triggers.stop()
         for running in self._running.values():
             if running.task is not None:
                 running.task.cancel()
@@ -236,7 +178,7 @@ class SchedulerService:
             "command": list(sub.command),
             "cwd": sub.cwd,
             # carbonwatch's tokens never reach the store or the job
-            "env": {k: v for k, v in sub.env.items() if k not in launcher.DAEMON_ENV},
+            "env": {k: v for k, v in sub.env.items() if k not in DAEMON_ENV},
             "owner_uid": sub.owner_uid,
             "owner_gid": sub.owner_gid,
             "zone": zone,
@@ -246,7 +188,7 @@ class SchedulerService:
             "deadline_s": sub.deadline_s,
             "duration_s": duration_s,
             "interruptible": int(sub.interruptible),
-            "status": "queued",
+            "status": Status.QUEUED,
             "expected_energy_j": energy_j,
             "log_path": str(self.log_dir / f"{job_id}.log"),
             **plan_fields(plan, fetched, now_s, energy_j, self.settings.pue),
@@ -259,18 +201,18 @@ class SchedulerService:
         await self._write(lambda s: deferred.insert(s.conn, row))
         if sub.via != "slurm":
             self._arm(row)
-        return {**deferred.view(row), "warnings": fetched.errors}
+        return {**view(row), "warnings": fetched.errors}
 
     async def get(self, job_id: str) -> dict[str, Any]:
         row = await self._row(job_id)
         if row is None:
             raise NotFound(f"no deferred job with id {job_id[:64]!r}")
-        return deferred.view(row)
+        return view(row)
 
     async def queue(self, active_only: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
-        statuses = deferred.ACTIVE if active_only else None
+        statuses = ACTIVE if active_only else None
         rows = await self._read(lambda s: deferred.rows(s.conn, statuses, limit))
-        return [deferred.view(r) for r in rows]
+        return [view(r) for r in rows]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """A queued job is cancelled; a running or paused one is terminated (SIGTERM to its
@@ -279,7 +221,7 @@ class SchedulerService:
             row = await self._row(job_id)
             if row is None:
                 raise NotFound(f"no deferred job with id {job_id[:64]!r}")
-            if row["status"] in deferred.FINAL:
+            if row["status"] in FINAL:
                 raise Conflict(f"deferred job {job_id} already ended (status {row['status']})")
             if row.get("via") == "slurm":
                 await self.slurm.cancel(row)
@@ -290,7 +232,7 @@ class SchedulerService:
                 now_s = self.clock.time()
                 await self._update(
                     job_id,
-                    status="cancelled",
+                    status=Status.CANCELLED,
                     ended_s=now_s,
                     env={},  # ended: its captured environment may hold secrets
                     message=f"cancelled at {iso_utc(now_s)} before it started",
@@ -298,133 +240,31 @@ class SchedulerService:
                 return await self.get(job_id)
             running.cancelling = True
             self._disarm(job_id)
-            groups = launcher.terminate(running.pid)
+            groups = self.launcher.terminate(running.pid)
             task = running.task
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), self.grace_s)
             except TimeoutError:
-                launcher.kill(groups)
+                self.launcher.kill(groups)
                 await asyncio.wait_for(asyncio.shield(task), self.grace_s)
         return await self.get(job_id)
-
-    # --- forecasts and plans ------------------------------------------------------------------
-
-    async def _fetch(self, provider: str, url: str, zone: str) -> Fetched:
-        return await fetch_forecast(
-            self.settings, provider, url, zone, read=self._read, write=self._write, clock=self.clock
-        )
-
-    async def refresh(self) -> None:
-        """Re-plan the queued jobs on newer forecasts; correct forecast-costed minutes for
-        which actuals have arrived. Failures are logged: the next refresh tries again."""
-        try:
-            await self._replan_queued()
-        except Exception:  # noqa: BLE001 - a refresh must never stop the scheduler
-            log.exception("deferred jobs: re-planning failed")
-        try:
-            await self._correct_with_actuals()
-        except Exception:  # noqa: BLE001
-            log.exception("deferred jobs: correcting with actuals failed")
-
-    async def _replan_queued(self) -> None:
-        rows = await self._read(lambda s: deferred.rows(s.conn, ("queued",)))
-        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-        for row in rows:
-            if row["provider"]:  # a static-provider job has no forecast to wait for
-                key = (row["provider"], row["provider_url"], row["zone"] or "")
-                groups.setdefault(key, []).append(row)
-        for (provider, url, zone), members in groups.items():
-            try:
-                fetched = await self._fetch(provider, url, zone)
-            except CarbonwatchError as exc:
-                log.warning(
-                    "deferred jobs: cannot fetch %s forecast for %s: %s", provider, zone, exc
-                )
-                continue
-            for row in members:
-                await self._replan(row["id"], fetched)
-
-    async def _replan(self, job_id: str, fetched: Fetched) -> None:
-        async with self._lock(job_id):
-            row = await self._row(job_id)
-            if row is None or row["status"] != "queued":
-                return  # started (or cancelled) meanwhile: a started job keeps its plan
-            known = row.get("forecast_fetched_at_s")
-            if fetched.fetched_at_s is None or (
-                known is not None and fetched.fetched_at_s <= known
-            ):
-                return  # not newer than the forecast the plan was made on
-            now_s = self.clock.time()
-            if row["plan"][0][0] <= now_s:
-                return  # its launch is due now
-            try:
-                plan = plan_deferred(
-                    fetched.points,
-                    duration_s=row["duration_s"],
-                    release_s=now_s,
-                    deadline_s=row["deadline_s"],
-                    interruptible=row["interruptible"],
-                    no_forecast_policy=self.settings.no_forecast_policy,
-                    error=fetched.error,
-                    sigmas=self.settings.defer_error_sigmas,
-                )
-            except InputError:
-                return  # cannot fit any more from now: the armed plan still meets the deadline
-            if plan.basis != "forecast":
-                return  # the new forecast does not cover the job: keep a plan made on one
-            fields = plan_fields(
-                plan, fetched, now_s, row.get("expected_energy_j"), self.settings.pue
-            )
-            moved = not same_windows(fields["plan"], row["plan"])
-            if moved:
-                fields["message"] = f"re-planned at {iso_utc(now_s)} on a newer forecast"
-            await self._update(job_id, **fields)
-            if moved:
-                self._arm({**row, **fields})
-
-    async def _correct_with_actuals(self) -> None:
-        """The node's accounting provider: minutes costed with its forecast, now with actuals."""
-        settings = self.settings
-        if settings.provider.strip().lower() in ("", "static") or not settings.zone:
-            return
-        from carbonwatch.grid.build import make_provider
-
-        provider = make_provider(settings, clock=self.clock)
-        if provider is None:
-            return
-        changed = await self._write(
-            lambda s: update_with_actuals(s, settings.zone, provider.name, pue=settings.pue)
-        )
-        if changed:
-            log.info("corrected %d forecast-costed minutes with actuals", changed)
 
     # --- triggers -----------------------------------------------------------------------------
 
     def _at(
         self, t_s: float, fn: Callable[[str], Awaitable[None]], job_id: str, event: str
     ) -> None:
-        assert self._scheduler is not None
-        self._scheduler.add_job(
-            fn,
-            DateTrigger(run_date=_when(max(t_s, self.clock.time()))),
-            args=[job_id],
-            id=f"{job_id}:{event}",
-            replace_existing=True,
-        )
+        self.triggers.at(t_s, fn, job_id, event)
 
     def _disarm(self, job_id: str) -> None:
-        if self._scheduler is None:
-            return
-        for job in self._scheduler.get_jobs():
-            if job.id.startswith(f"{job_id}:"):
-                job.remove()
+        self.triggers.disarm(job_id)
 
     def _arm(self, row: dict[str, Any]) -> None:
         """Triggers for what is left of the row's plan: the launch of a queued job, and for an
         interruptible job a pause at each window's end and a resume at the next one's start (no
         pause after the last window: a job outrunning its estimate is left to finish)."""
-        if self._scheduler is None:
+        if not self.triggers.started:
             return
         if row.get("via") == "slurm":  # Slurm starts it: move the Slurm job instead
             self.slurm.moved(row)
@@ -432,7 +272,7 @@ class SchedulerService:
         job_id, windows = row["id"], row["plan"]
         self._disarm(job_id)
         now_s = self.clock.time()
-        if row["status"] == "queued":
+        if row["status"] == Status.QUEUED:
             self._at(windows[0][0], self._launch, job_id, "launch")
         if not row["interruptible"]:
             return
@@ -441,105 +281,6 @@ class SchedulerService:
                 self._at(start_s, self._resume, job_id, f"resume:{i}")
             if i < len(windows) - 1 and end_s > now_s:
                 self._at(end_s, self._pause, job_id, f"pause:{i}")
-
-    # --- restart ------------------------------------------------------------------------------
-
-    async def _restore(self) -> None:
-        rows = await self._read(lambda s: deferred.rows(s.conn, deferred.ACTIVE))
-        now_s = self.clock.time()
-        for row in rows:
-            if row.get("via") == "slurm":
-                continue  # Slurm keeps it; the poll follows it to its end
-            try:
-                await self._restore_one(row, now_s)
-            except Exception as exc:  # noqa: BLE001 - one bad row must not stop the daemon
-                # A row no current daemon would store (a deadline in year 33658, a NUL in its
-                # argv): it is failed, with the reason, and the others are restored.
-                log.error("deferred job %s cannot be restored (%s: %s); marked failed",
-                          row["id"], type(exc).__name__, exc)
-                self._disarm(row["id"])
-                self._running.pop(row["id"], None)
-                await self._update(row["id"], status="failed", ended_s=now_s, env={},
-                                   message=f"failed at restart: {type(exc).__name__}: {exc}")
-        if rows:
-            log.info("deferred jobs: restored %d", len(rows))
-
-    async def _restore_one(self, row: dict[str, Any], now_s: float) -> None:
-        if row["status"] == "queued":
-            await self._restore_queued(row, now_s)
-        elif row["status"] == "launching":
-            await self._restore_launching(row, now_s)
-        elif launcher.alive(row["wrapper_pid"] or 0, row.get("wrapper_created_s")):
-            await self._reattach(row, now_s)
-        else:  # it ended while no daemon watched it
-            self._running[row["id"]] = _Running(
-                row["wrapper_pid"] or 0, row.get("wrapper_created_s"), None
-            )
-            await self._finish(row["id"], None)
-
-    async def _restore_queued(self, row: dict[str, Any], now_s: float) -> None:
-        start_s = row["plan"][0][0]
-        if start_s >= now_s:
-            self._arm(row)
-            return
-        # Its start passed while the daemon was down: start now, as one contiguous run.
-        late_s = now_s + row["duration_s"] - row["deadline_s"]
-        message = (
-            f"the daemon was down at the planned start {iso_utc(start_s)}; started at "
-            f"{iso_utc(now_s)}"
-        )
-        if late_s > 0:
-            message += f"; it will end about {late_s:.0f} s after its deadline"
-        plan = [[now_s, now_s + row["duration_s"]]]
-        await self._update(row["id"], plan=plan, message=message)
-        self._arm({**row, "plan": plan})
-
-    async def _restore_launching(self, row: dict[str, Any], now_s: float) -> None:
-        """A previous daemon stopped between storing the launch and storing the wrapper's pid:
-        adopt the wrapper if it started, else launch the job now (once)."""
-        job_id = row["id"]
-        found = launcher.find(job_id)
-        if found is not None:
-            pid, created = found
-            fields = {
-                "status": "running",
-                "wrapper_pid": pid,
-                "wrapper_created_s": created,
-                "runs": [[row.get("started_s") or created, None]],
-            }
-            await self._update(job_id, **fields)
-            log.info("deferred job %s: adopted its wrapper (pid %d)", job_id, pid)
-            await self._reattach({**row, **fields}, now_s)
-            return
-        started_s = row.get("started_s") or now_s
-        job = await self._read(
-            lambda s: deferred.find_job(
-                s.conn, row["name"], row["command"], started_s - 1.0, now_s + 1.0
-            )
-        )
-        if job is not None:  # the wrapper started, ran and ended while no daemon watched it
-            self._running[job_id] = _Running(0, None, None)
-            await self._finish(job_id, None)
-            return
-        await self._launch(job_id)
-        self._arm(row)  # an interruptible job's pauses and resumes
-
-    async def _reattach(self, row: dict[str, Any], now_s: float) -> None:
-        """A wrapper a previous daemon started is still alive: watch it, and put an
-        interruptible one in the state its plan says for now."""
-        job_id = row["id"]
-        running = _Running(row["wrapper_pid"], row.get("wrapper_created_s"), None)
-        self._running[job_id] = running
-        running.task = asyncio.create_task(self._watch(job_id))
-        if not row["interruptible"]:
-            return
-        windows = row["plan"]
-        inside = any(s <= now_s < e for s, e in windows) or now_s >= windows[-1][1]
-        if row["status"] == "paused" and inside:
-            await self._resume(job_id)
-        elif row["status"] == "running" and not inside:
-            await self._pause(job_id)
-        self._arm(row)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -555,15 +296,15 @@ class SchedulerService:
     async def _launch(self, job_id: str) -> None:
         async with self._lock(job_id):
             row = await self._row(job_id)
-            if row is None or row["status"] not in ("queued", "launching"):
+            if row is None or row["status"] not in (Status.QUEUED, Status.LAUNCHING):
                 return
             now_s = self.clock.time()
             # Stored before the wrapper starts: a restart finds the wrapper instead of
             # starting another (see _restore_launching).
-            await self._update(job_id, status="launching", started_s=now_s)
+            await self._update(job_id, status=Status.LAUNCHING, started_s=now_s)
             uid, gid = row.get("owner_uid"), row.get("owner_gid")
             try:
-                proc = launcher.launch(
+                proc = self.launcher.launch(
                     row["name"],
                     row.get("kind") or "training",
                     row["command"],
@@ -583,17 +324,17 @@ class SchedulerService:
                 self._disarm(job_id)
                 await self._update(
                     job_id,
-                    status="failed",
+                    status=Status.FAILED,
                     ended_s=now_s,
                     env={},
                     message=f"could not start the wrapper: {type(exc).__name__}: {exc}",
                 )
                 return
-            running = _Running(proc.pid, launcher.created_s(proc.pid), proc)
+            running = Running(proc.pid, self.launcher.created_s(proc.pid), proc)
             self._running[job_id] = running
             await self._update(
                 job_id,
-                status="running",
+                status=Status.RUNNING,
                 started_s=now_s,
                 wrapper_pid=proc.pid,
                 wrapper_created_s=running.created_s,
@@ -606,22 +347,22 @@ class SchedulerService:
         async with self._lock(job_id):
             running = self._running.get(job_id)
             row = await self._row(job_id)
-            if running is None or row is None or row["status"] != "running":
+            if running is None or row is None or row["status"] != Status.RUNNING:
                 return
-            running.groups = launcher.pause(running.pid)
+            running.groups = self.launcher.pause(running.pid)
             now_s = self.clock.time()
             runs, ran_s = _close_run(row, now_s)
-            await self._update(job_id, status="paused", runs=runs, ran_s=ran_s)
+            await self._update(job_id, status=Status.PAUSED, runs=runs, ran_s=ran_s)
 
     async def _resume(self, job_id: str) -> None:
         async with self._lock(job_id):
             running = self._running.get(job_id)
             row = await self._row(job_id)
-            if running is None or row is None or row["status"] != "paused":
+            if running is None or row is None or row["status"] != Status.PAUSED:
                 return
-            launcher.resume(running.pid, running.groups)
+            self.launcher.resume(running.pid, running.groups)
             runs = [*row["runs"], [self.clock.time(), None]]
-            await self._update(job_id, status="running", runs=runs)
+            await self._update(job_id, status=Status.RUNNING, runs=runs)
 
     async def _watch(self, job_id: str) -> None:
         running = self._running[job_id]
@@ -630,7 +371,7 @@ class SchedulerService:
                 code = running.proc.poll()
                 if code is not None:
                     break
-            elif not launcher.alive(running.pid, running.created_s):
+            elif not self.launcher.alive(running.pid, running.created_s):
                 code = None  # not our child: its exit code comes from the job's record
                 break
             await asyncio.sleep(self.poll_s)
@@ -666,10 +407,10 @@ class SchedulerService:
                 "env": {},  # ended: its captured environment may hold secrets
             }
             if running is not None and running.cancelling:
-                fields["status"] = "cancelled"
+                fields["status"] = Status.CANCELLED
                 fields["message"] = f"cancelled at {iso_utc(now_s)} while running"
             else:
-                fields["status"] = "done" if code == 0 else "failed"
+                fields["status"] = Status.DONE if code == 0 else Status.FAILED
                 if code is None:
                     fields["message"] = "it ended while no daemon watched it: exit code unknown"
             if job is None:
@@ -680,31 +421,10 @@ class SchedulerService:
                 fields["job_id"] = job["id"]
                 fields["realised_co2e_g"] = job["co2e_g"]
                 fields["realised_baseline_co2e_g"] = await self._read(
-                    lambda s: self._realised_baseline(s, row, job["id"], runs)
+                    lambda s: realised_baseline(s, self.settings, row, job["id"], runs)
                 )
             await self._update(job_id, **fields)
         log.info("deferred job %s (%s) ended: %s", job_id, row["name"], fields["status"])
-
-    def _realised_baseline(
-        self, store: Any, row: dict[str, Any], job_id: str, runs: list[list[float]]
-    ) -> float | None:
-        """The job's measured energy profile costed as if it had run from submit."""
-        if not runs:
-            return None
-        minutes = deferred.job_minutes(store.conn, job_id)
-        if not minutes:
-            return 0.0  # no energy measured: nothing to cost at any time
-        fallback = StaticSource(static_point(self.settings, row["zone"] or ""))
-        source: Any = fallback
-        if row["provider"]:
-            lo_s = row["submitted_s"] - 3600.0
-            hi_s = row["submitted_s"] + sum(e - s for s, e in runs) + 3600.0
-            source = SeriesSource(
-                cached_points(store, row["zone"] or "", row["provider"], lo_s, hi_s), fallback
-            )
-        return baseline_co2e_g(
-            minutes, [(s, e) for s, e in runs], row["submitted_s"], source, self.settings.pue
-        )
 
     # --- helpers ------------------------------------------------------------------------------
 

@@ -38,6 +38,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import CarbonwatchError, InputError
+from carbonwatch.scheduler.costing import realised_baseline
+from carbonwatch.scheduler.job import ACTIVE, Status
+from carbonwatch.scheduler.launcher import DAEMON_ENV, groups_of
+from carbonwatch.store import deferred
 from carbonwatch.times import iso_utc
 
 if TYPE_CHECKING:
@@ -111,8 +115,6 @@ class SlurmCli:
         if user is not None and user != os.geteuid():
             # A root daemon submits as the submitter, never as root for someone else: the Slurm
             # job is theirs (their limits, their accounting, their files).
-            from carbonwatch.daemon.authz import groups_of
-
             extra = groups_of(user, group) if group is not None else None
             drop = {"user": user, "group": group, "extra_groups": extra or []}
         try:
@@ -189,8 +191,6 @@ class SlurmDeferral:
     async def submit(self, row: dict[str, Any]) -> dict[str, Any]:
         """sbatch the row's job for its planned start, as its owner; the fields to store (raises
         InputError with Slurm's own message when sbatch refuses)."""
-        from carbonwatch.scheduler.launcher import DAEMON_ENV
-
         env = {k: v for k, v in (row.get("env") or {}).items() if k not in DAEMON_ENV}
         # `carbonwatch run` in the job reports to this daemon's address (on another node, the
         # same address is that node's daemon when it listens there too); no token, no store.
@@ -217,7 +217,7 @@ class SlurmDeferral:
 
     def moved(self, row: dict[str, Any]) -> None:
         """A re-plan moved the row's start: move the Slurm job (in the background)."""
-        if not row.get("slurm_job_id") or row.get("status") != "queued":
+        if not row.get("slurm_job_id") or row.get("status") != Status.QUEUED:
             return
         task = asyncio.get_running_loop().create_task(self._move(row))
         self._moving.add(task)
@@ -245,15 +245,13 @@ class SlurmDeferral:
                 raise InputError(f"scancel {job_id}: {exc}") from exc
         now_s = self.service.clock.time()
         await self.service._update(
-            row["id"], status="cancelled", ended_s=now_s, slurm_state="CANCELLED", env={},
+            row["id"], status=Status.CANCELLED, ended_s=now_s, slurm_state="CANCELLED", env={},
             message=f"cancelled at {iso_utc(now_s)} (scancel {job_id})",
         )
 
     async def poll(self) -> None:
         """Follow every active Slurm-deferred row's job (one scontrol call each)."""
-        from carbonwatch.scheduler import deferred
-
-        rows = await self.service._read(lambda s: deferred.rows(s.conn, deferred.ACTIVE))
+        rows = await self.service._read(lambda s: deferred.rows(s.conn, ACTIVE))
         for row in rows:
             if row.get("via") != "slurm" or not row.get("slurm_job_id"):
                 continue
@@ -268,9 +266,9 @@ class SlurmDeferral:
         state = "UNKNOWN" if job is None else job.state
         if state != row.get("slurm_state"):
             update["slurm_state"] = state
-        if job is not None and state in _RUNNING and row["status"] == "queued":
+        if job is not None and state in _RUNNING and row["status"] == Status.QUEUED:
             started = job.start_s or self.service.clock.time()
-            update.update(status="running", started_s=started, runs=[[started, None]])
+            update.update(status=Status.RUNNING, started_s=started, runs=[[started, None]])
         if state in _PENDING or state in _RUNNING:
             if update:
                 await self.service._update(row["id"], **update)
@@ -279,7 +277,7 @@ class SlurmDeferral:
         now_s = self.service.clock.time()
         started = (job.start_s if job else None) or row.get("started_s")
         ended = (job.end_s if job else None) or now_s
-        status = ("done" if state in _DONE else "cancelled" if state in _CANCELLED
+        status = (Status.DONE if state in _DONE else Status.CANCELLED if state in _CANCELLED
                   else "failed")
         runs = [[started, ended]] if started is not None else []
         update.update(status=status, ended_s=ended, runs=runs, env={},  # may hold secrets
@@ -296,13 +294,13 @@ class SlurmDeferral:
                 " ORDER BY started_s DESC LIMIT 1", [f"slurm:{row['slurm_job_id']}"],
             ).fetchone()
         )
-        if record is not None and record[3] != "running":
+        if record is not None and record[3] != Status.RUNNING:
             job_id = record[0]
             update.update(job_id=job_id, realised_co2e_g=record[1])
             update["realised_baseline_co2e_g"] = await self.service._read(
-                lambda s: self.service._realised_baseline(s, row, job_id, runs)
+                lambda s: realised_baseline(s, self.service.settings, row, job_id, runs)
             )
-        elif started is not None and status != "cancelled":
+        elif started is not None and status != Status.CANCELLED:
             # Ended in Slurm, but the epilog has not ended the carbonwatch job yet: look again.
             if now_s - ended < 60.0:
                 if update.get("slurm_state"):

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import sqlite3
 import urllib.parse
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import StoreError
+from carbonwatch.store import energy, jobs
+from carbonwatch.store.jobs import JSON_COLUMNS, job_dicts
 from carbonwatch.store.migrations import MIGRATIONS
+
+__all__ = ["JSON_COLUMNS", "Store", "job_dicts", "open_store", "transaction"]
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-JSON_COLUMNS = ("command", "pids", "tags", "energy_by_device", "provenance", "plan", "env")
 
 
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
@@ -94,114 +95,49 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One atomic write. The connection is in autocommit mode (so the daemon's writer can
-        BEGIN IMMEDIATE itself); inside an open transaction this joins it instead of nesting."""
-        if self.conn.in_transaction:
-            yield
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """One atomic write (see :func:`transaction`)."""
+        return transaction(self.conn)
 
-    # --- jobs -------------------------------------------------------------------------------
+    # --- jobs (carbonwatch.store.jobs) ------------------------------------------------------
     def insert_job(self, **fields: Any) -> str:
-        job_id = fields.pop("id", None) or uuid.uuid4().hex[:12]
-        row = {"id": job_id, **_encode(fields)}
-        columns = ", ".join(row)  # keys are our own column names, never user input
-        marks = ", ".join(f":{k}" for k in row)
         with self.transaction():
-            self.conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", row)  # noqa: S608
-        return job_id
+            return jobs.insert(self.conn, fields)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        values = _encode(fields)
-        if not values:
-            return
-        assignments = ", ".join(f"{k} = :{k}" for k in values)  # our own column names
         with self.transaction():
-            self.conn.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = :_id",  # noqa: S608
-                {**values, "_id": job_id},
-            )
+            jobs.update(self.conn, job_id, fields)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        rows = self.query("SELECT * FROM jobs WHERE id = ?", [job_id])
-        return _decode(rows[0]) if rows else None
+        return jobs.get(self.conn, job_id)
 
     def jobs(self, since_s: float | None = None, job_id: str | None = None) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM jobs WHERE 1=1", []
-        if since_s is not None:
-            sql += " AND started_s >= ?"
-            args.append(since_s)
-        if job_id is not None:
-            sql += " AND id = ?"
-            args.append(job_id)
-        return [_decode(r) for r in self.query(sql + " ORDER BY started_s", args)]
+        return jobs.select(self.conn, since_s, job_id)
 
-    # --- energy rollups -----------------------------------------------------------------------
+    # --- energy rollups (carbonwatch.store.energy) --------------------------------------------
     def add_energy_minutes(self, rows: Iterable[dict[str, Any]]) -> None:
         """Add rows into the minute rollups (an existing minute is summed, not replaced)."""
-        sql = """
-            INSERT INTO energy_minute (minute_s, device_id, device_class, consumer, phase, model,
-                energy_j, co2e_g, cost, intensity_g_per_kwh, intensity_kind, provenance)
-            VALUES (:minute_s, :device_id, :device_class, :consumer, :phase, :model,
-                :energy_j, :co2e_g, :cost, :intensity_g_per_kwh, :intensity_kind, :provenance)
-            ON CONFLICT (minute_s, device_id, consumer) DO UPDATE SET
-                intensity_g_per_kwh = CASE WHEN energy_j + excluded.energy_j > 0 THEN
-                    (intensity_g_per_kwh * energy_j + excluded.intensity_g_per_kwh
-                     * excluded.energy_j) / (energy_j + excluded.energy_j)
-                    ELSE excluded.intensity_g_per_kwh END,
-                energy_j = energy_j + excluded.energy_j,
-                co2e_g = co2e_g + excluded.co2e_g,
-                cost = cost + excluded.cost,
-                intensity_kind = CASE WHEN intensity_kind = excluded.intensity_kind
-                    THEN intensity_kind ELSE 'mixed' END,
-                provenance = CASE WHEN provenance = 'estimated' OR excluded.provenance = 'estimated'
-                    THEN 'estimated' ELSE 'measured' END
-        """
         rows = list(rows)
         if rows:
             with self.transaction():
-                self.conn.executemany(sql, rows)
+                energy.add_minutes(self.conn, rows)
 
 
-def _encode(fields: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (json.dumps(v) if k in JSON_COLUMNS and not isinstance(v, str) and v is not None else v)
-        for k, v in fields.items()
-    }
-
-
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in JSON_COLUMNS:
-        if isinstance(out.get(key), str):
-            with contextlib.suppress(json.JSONDecodeError):
-                out[key] = json.loads(out[key])
-    return out
-
-
-def job_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    """The rows of a ``SELECT ... FROM jobs`` as dicts, ``energy_by_device`` and ``provenance``
-    decoded from JSON; an empty or unreadable value reads as {}, so one bad row never breaks a
-    report or a page."""
-    names = [d[0] for d in cursor.description]
-    out = []
-    for values in cursor:
-        row = dict(zip(names, values, strict=True))
-        for key in ("energy_by_device", "provenance"):
-            try:
-                row[key] = json.loads(row[key]) if row[key] else {}
-            except (TypeError, json.JSONDecodeError):
-                row[key] = {}
-        out.append(row)
-    return out
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One atomic write on an autocommit connection (so the daemon's writer can BEGIN IMMEDIATE
+    itself); inside an open transaction this joins it instead of nesting, and never commits
+    the caller's. The table modules (jobs, energy, intensity, deferred, ...) never commit."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def open_store(path: str | Path, *, read_only: bool = False) -> Store:

@@ -13,7 +13,7 @@ one where the truth is known exactly, because it is the model:
 - demands add: device power = idle + the sum of every running demand (no contention).
 
 From that exact power function it derives what NVML would show, in the format
-:mod:`carbonwatch.collectors.replay` reads and :mod:`carbonwatch.collectors.recorder` writes:
+:mod:`carbonwatch.collectors.trace` defines and :mod:`carbonwatch.collectors.recorder` writes:
 
 - ``energy.csv``: the cumulative counter (integer mJ) moves every ``counter_period_s`` (100 ms),
   read every 100 ms a few ms after it moved;

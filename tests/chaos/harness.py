@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from daemon_helpers import FIXTURE, INFER_PID, MODEL, REPLAY, DaemonProcess, fixture_calls
 
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 
 TRACE = load_trace(FIXTURE)
 __all__ = ["FIXTURE", "INFER_PID", "MODEL", "REPLAY", "TRACE", "ChaosDaemon", "FakeGrid",

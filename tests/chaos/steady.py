@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carbonwatch.collectors.replay import Trace
+from carbonwatch.collectors.trace import Trace
 
 
 @dataclass

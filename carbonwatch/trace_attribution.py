@@ -15,7 +15,8 @@ from typing import Any
 from carbonwatch.clock import ManualClock
 from carbonwatch.collectors.gpu import GpuCollector
 from carbonwatch.collectors.gpushare import GpuOptions
-from carbonwatch.collectors.replay import Fault, ReplayGpuBackend, load_trace
+from carbonwatch.collectors.trace import load_trace
+from carbonwatch.collectors.trace_gpu import Fault, ReplayGpuBackend
 from carbonwatch.grid.static import StaticSource, world_average
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.ledger import EnergyLedger

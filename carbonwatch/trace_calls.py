@@ -24,10 +24,10 @@ from typing import Any
 from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.callsplit import METHOD_FIT
 from carbonwatch.collectors.gpushare import GpuOptions
-from carbonwatch.collectors.replay import load_trace
+from carbonwatch.collectors.trace import load_trace
 from carbonwatch.errors import InputError
-from carbonwatch.replayer import ReplayReport, replay_trace
 from carbonwatch.sampler import AttributedInterval
+from carbonwatch.trace_attribution import ReplayReport, replay_trace
 
 CALLS_FILE = "calls.csv"
 _OPTIONAL = ("pid", "model", "weight", "tokens_in", "tokens_out", "batch")

@@ -1,4 +1,4 @@
-"""The intensity accounting uses, built from settings; and the correction when actuals arrive.
+"""The intensity feed accounting uses, built from settings; and the correction when actuals arrive.
 
 - ``provider = "static"`` (the default): the static yearly average. Nothing is fetched and no
   thread is started, so ``carbonwatch run`` pays nothing for it.
@@ -34,6 +34,7 @@ from carbonwatch.grid import static
 from carbonwatch.grid.series import SeriesSource, normalise
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
 from carbonwatch.model import J_PER_KWH
+from carbonwatch.store.intensity import save_points
 
 if TYPE_CHECKING:
     from carbonwatch.grid.provider import Provider
@@ -58,33 +59,6 @@ def static_point(settings: Settings, zone: str | None = None) -> IntensityPoint:
             with contextlib.suppress(UnknownZone):
                 return static.country_intensity(code)
     return static.world_average()
-
-
-def save_points(conn: sqlite3.Connection, points: Iterable[IntensityPoint]) -> int:
-    """Insert fetched points into ``intensity_points`` inside the caller's transaction.
-
-    IntensityCache.save opens its own (``with conn``), which would commit a transaction the
-    daemon's writer thread has begun; this is the same insert for use inside a writer task."""
-    rows = [
-        (
-            p.zone,
-            p.provider,
-            p.kind,
-            p.signal,
-            p.start_s,
-            p.end_s,
-            p.intensity_g_per_kwh,
-            p.fetched_at_s,
-        )
-        for p in points
-        if p.kind != "static" and p.fetched_at_s is not None
-    ]
-    conn.executemany(
-        "INSERT OR IGNORE INTO intensity_points (zone, provider, kind, signal, start_s, end_s,"
-        " intensity_g_per_kwh, fetched_at_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    return len(rows)
 
 
 def cached_points(
@@ -198,10 +172,8 @@ class AccountingSource:
         from carbonwatch.store import Store
 
         try:
-            with Store(self.cache_path) as store:
-                store.conn.execute("BEGIN IMMEDIATE")
+            with Store(self.cache_path) as store, store.transaction():
                 save_points(store.conn, points)
-                store.conn.execute("COMMIT")
         except (StoreError, sqlite3.Error) as exc:
             self._note(f"cache: could not save points: {exc}")
 

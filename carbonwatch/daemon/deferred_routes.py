@@ -1,4 +1,9 @@
-"""HTTP routes of the carbon-aware scheduler, mounted on the daemon's aiohttp app.
+"""HTTP routes of the carbon-aware scheduler (``carbonwatch.scheduler``), on the daemon's app.
+
+The daemon depends on the scheduler, never the reverse: this module turns requests into
+:class:`~carbonwatch.scheduler.job.Submission` and the scheduler's domain errors into HTTP.
+It imports no APScheduler: the OpenAPI document is built without loading the scheduler.
+
 
 ``POST /v1/deferred`` submit · ``GET /v1/deferred`` the queue · ``GET /v1/deferred/{id}`` one job ·
 ``DELETE /v1/deferred/{id}`` cancel. Refusals are the daemon's JSON errors (``{"error": ...}``)."""
@@ -9,14 +14,14 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from carbonwatch.daemon import authz, validation
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import ConfigError, InputError
-from carbonwatch.scheduler.service import Conflict, NotFound, SchedulerService, Submission
+from carbonwatch.scheduler.job import Conflict, NotFound, Status, Submission
 from carbonwatch.times import (
     MAX_AHEAD_S,
     check_ahead,
@@ -24,7 +29,10 @@ from carbonwatch.times import (
     parse_user_time_s,
 )
 
-SERVICE = web.AppKey("scheduler", SchedulerService)
+if TYPE_CHECKING:
+    from carbonwatch.scheduler.service import SchedulerService
+
+SERVICE: web.AppKey[SchedulerService] = web.AppKey("scheduler")
 MAX_ARGS = 4096
 MAX_ARG = 64 * 1024
 MAX_ENV = 4096
@@ -250,7 +258,7 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "status": {
                 "type": "string",
-                "enum": ["queued", "launching", "running", "paused", "done", "failed", "cancelled"],
+                "enum": [s.value for s in Status],
             },
             "command": {"type": ["array", "null"], "items": {"type": "string"},
                         "description": "null (as cwd and log_path) for another user's job"},
