@@ -1,12 +1,12 @@
 """Per-call attribution: split a serving process's energy over the inference calls it served.
 
-Rule (DESIGN.md): the consumer's energy in each device interval is split over the calls that ran
-in it by the power each call causes, fitted per consumer from how its power follows its calls' work
-(``power-fit``), with overlap time as the fallback while the fit is not trusted (``overlap-time``);
-energy between calls stays with the service. The arithmetic lives in :mod:`carbonwatch.callsplit`;
-this module keeps the books. Each emitted call says which method gave it most of its energy
-(``CallSettlement.per_call_method``, ``fitted_calls`` in the minute rows): a call's energy is an
-apportionment, never a measurement.
+Rule (docs/architecture.md): the consumer's energy in each device interval is split over the
+calls that ran in it by the power each call causes, fitted per consumer from how its power
+follows its calls' work (``power-fit``), with overlap time as the fallback while the fit is not
+trusted (``overlap-time``); energy between calls stays with the service. The arithmetic lives in
+:mod:`carbonwatch.callsplit`; this module keeps the books. Each emitted call says which method
+gave it most of its energy (``CallSettlement.per_call_method``, ``fitted_calls`` in the minute
+rows): a call's energy is an apportionment, never a measurement.
 
 Alignment. NVML's power reading is the average over the last ~100 ms and changes every ~100 ms, so a
 reading stands on average ``power_lag_s`` (0.1 s) after the power it reports: a GPU interval's
@@ -48,6 +48,7 @@ from operator import attrgetter
 
 import numpy as np
 
+from carbonwatch.callchunk import Chunk
 from carbonwatch.callinputs import consumer_shape, work_measures
 from carbonwatch.callsplit import (
     MARGIN_S,
@@ -136,67 +137,6 @@ _EMPTY = np.empty(0, dtype=np.float64)
 _START, _END, _MODEL = attrgetter("start_s"), attrgetter("end_s"), attrgetter("model")
 
 
-class _Chunk:
-    """Open spans ingested together, as parallel arrays (one row per span).
-
-    Spans arrive roughly in time order, so a chunk covers a short stretch of time: a settle only
-    touches the chunks that overlap the intervals it splits or that hold finished calls, and the
-    work per settle stays proportional to the calls of that stretch, not to all open calls."""
-
-    __slots__ = ("spans", "start_s", "end_s", "model_id", "weight", "tokens_in", "tokens_out",
-                 "energy_j", "co2e_g", "fit_j", "min_start_s", "min_end_s", "max_end_s")
-
-    def __init__(
-        self,
-        spans: np.ndarray | None,
-        start_s: np.ndarray,
-        end_s: np.ndarray,
-        model_id: np.ndarray,
-        weight: np.ndarray,
-        tokens_in: np.ndarray,
-        tokens_out: np.ndarray,
-    ) -> None:
-        self.spans = spans  # object array of CallSpan; None when no per-call output is wanted
-        self.start_s = start_s
-        self.end_s = end_s  # clamped to >= start_s
-        self.model_id = model_id
-        self.weight = weight  # the work measure the fit uses: weight, else batch tag, else 1
-        self.tokens_in = tokens_in  # NaN where not reported
-        self.tokens_out = tokens_out
-        self.energy_j = np.zeros(len(start_s))
-        self.co2e_g = np.zeros(len(start_s))
-        self.fit_j = np.zeros(len(start_s))  # the part of energy_j apportioned by the power fit
-        self._restat()
-
-    def __len__(self) -> int:
-        return len(self.start_s)
-
-    def _restat(self) -> None:
-        if len(self.start_s):
-            self.min_start_s = float(self.start_s.min())
-            self.min_end_s = float(self.end_s.min())
-            self.max_end_s = float(self.end_s.max())
-
-    def keep(self, mask: np.ndarray) -> None:
-        for name in _COLUMNS:
-            setattr(self, name, getattr(self, name)[mask])
-        if self.spans is not None:
-            self.spans = self.spans[mask]
-        self._restat()
-
-    @classmethod
-    def merge(cls, chunks: list[_Chunk]) -> _Chunk:
-        out = cls.__new__(cls)
-        for name in _COLUMNS:
-            setattr(out, name, np.concatenate([getattr(c, name) for c in chunks]))
-        spans = [c.spans for c in chunks if c.spans is not None]
-        out.spans = np.concatenate(spans) if len(spans) == len(chunks) else None
-        out._restat()
-        return out
-
-
-_COLUMNS = ("start_s", "end_s", "model_id", "weight", "tokens_in", "tokens_out", "energy_j",
-            "co2e_g", "fit_j")
 # How many recent consumers' power fits are kept once the consumer has nothing pending.
 _MAX_FITS = 1024
 # A gap this long or shorter between a consumer's intervals is bridged (see add_interval).
@@ -210,7 +150,7 @@ class _ConsumerCalls:
 
     def __init__(self) -> None:
         self.incoming: list[CallSpan] = []  # added since the last settle, not yet in a chunk
-        self.chunks: list[_Chunk] = []
+        self.chunks: list[Chunk] = []
         self.intervals: list[PendingInterval] = []
         # Calls ending at or before the frontier were emitted: no pending interval can reach them.
         self.frontier_s = -math.inf
@@ -377,7 +317,7 @@ class CallLedger:
                     chunk.keep(~done)
             st.chunks = [c for c in st.chunks if len(c)]
             if len(st.chunks) > _MAX_CHUNKS:
-                st.chunks = [_Chunk.merge(st.chunks)]
+                st.chunks = [Chunk.merge(st.chunks)]
             if not st.intervals and not st.chunks:
                 del self._consumers[consumer]  # a consumer that went away costs (almost) nothing
                 if len(self._fits) > _MAX_FITS:
@@ -422,7 +362,7 @@ class CallLedger:
                 return
         # A span before the frontier overlapped intervals that are already split.
         self.late_spans += int(np.count_nonzero(start < st.frontier_s))
-        st.chunks.append(_Chunk(objs, start, np.maximum(end, start), mid, weight, tokens_in,
+        st.chunks.append(Chunk(objs, start, np.maximum(end, start), mid, weight, tokens_in,
                                 tokens_out))
 
     def _fit(self, consumer: str) -> CallPowerFit:
@@ -441,7 +381,7 @@ class CallLedger:
         # The fit reads activity a little beyond the intervals (the power readings' windows).
         lo_s = min(float(iv.seg_lo_s[0]) for iv in due) - MARGIN_S
         hi_s = max(float(iv.seg_hi_s[-1]) for iv in due) + MARGIN_S
-        hits: list[tuple[_Chunk, np.ndarray]] = []
+        hits: list[tuple[Chunk, np.ndarray]] = []
         for ch in st.chunks:
             if ch.min_start_s <= hi_s and ch.max_end_s > lo_s:
                 idx = np.flatnonzero((ch.start_s <= hi_s) & (ch.end_s > lo_s))
@@ -479,7 +419,7 @@ class CallLedger:
 
     def _emit(
         self,
-        ch: _Chunk,
+        ch: Chunk,
         done: np.ndarray | slice,
         out: CallSettlement,
         rows: dict[tuple[int, str], dict],

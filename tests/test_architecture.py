@@ -21,9 +21,6 @@ MAX_LINES = 500
 LONG_ALLOWED = {
     # Synthetic traces with their truth: owned by the attribution work, to be split by the lead.
     "carbonwatch.testing.synthetic": "lead: split the power models from the trace writer",
-    # The per-call split (still growing in the attribution work); the lead renames it to
-    # call_split.py at the merge and moves its remaining pieces into callsplit/callinputs.
-    "carbonwatch.calls": "lead: rename to call_split.py and split at the merge",
 }
 
 
