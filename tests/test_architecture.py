@@ -19,8 +19,6 @@ MAX_LINES = 500
 # Modules allowed over MAX_LINES for now, each with who shrinks it. Keep this list short: an entry
 # is a debt with an owner, not an exemption.
 LONG_ALLOWED = {
-    # Synthetic traces with their truth: owned by the attribution work, to be split by the lead.
-    "carbonwatch.testing.synthetic": "lead: split the power models from the trace writer",
 }
 
 

@@ -1,16 +1,11 @@
 """Truth by construction: replay-format GPU traces generated from a known power model.
 
-A recorded trace has no ground truth for how its energy splits among processes. This module builds
-one where the truth is known exactly, because it is the model:
-
-- the GPU draws ``idle_w`` always;
-- a steady *trainer* runs kernels in steps (busy ``sm_busy`` of each step) and draws ``power_w``
-  above idle while busy;
-- a bursty, light inference *service* answers calls arriving with exponential gaps (a dense burst,
-  then a quiet stretch); a call of work ``weight`` lasts ``c + d*weight`` seconds and draws
-  ``a + b*weight`` watts while it runs (calls may overlap; each draws its own demand), plus
-  ``between_calls_w`` while the service is present but no call runs;
-- demands add: device power = idle + the sum of every running demand (no contention).
+A recorded trace has no ground truth for how its energy splits among processes; here the truth is
+the model: the GPU draws ``idle_w`` always; a steady *trainer* runs kernels in steps (busy
+``sm_busy`` of each step) drawing ``power_w`` above idle while busy; a bursty, light inference
+*service* answers calls with exponential gaps (a dense burst, then a quiet stretch), a call of work
+``weight`` lasting ``c + d*weight`` s and drawing ``a + b*weight`` W while it runs (calls may
+overlap, each drawing its own demand), plus ``between_calls_w`` while present and idle; demands add.
 
 From that exact power function it derives what NVML would show, in the format
 :mod:`carbonwatch.collectors.trace` defines and :mod:`carbonwatch.collectors.recorder` writes:
@@ -23,9 +18,9 @@ From that exact power function it derives what NVML would show, in the format
 - ``process_util.csv``: one sample per present process every ``sample_period_s`` (+-20 %), its SM%
   the *time-based* busy fraction over the sample's window (so a bursty, light process looks busy),
   each sample missing with probability ``sample_missing``; read by a poll every 0.5 s;
-- ``events.csv`` (``<role>_launch`` / ``<role>_exit``), ``calls.csv`` (start_s, end_s, batch, pid,
-  weight), ``meta.json``; and ``truth.json``: the idle power, each process's true active energy,
-  each call's true energy (calls.csv order), the service's between-call energy, the counter total.
+- ``events.csv``, ``calls.csv`` (start_s, end_s, batch, pid, weight), ``meta.json``; and
+  ``truth.json``: idle power, each process's true active energy, each call's true energy
+  (calls.csv order), the service's between-call energy, the counter total.
 
 Everything is seeded: one (scenario, seed) always writes the same trace.
 """
@@ -43,9 +38,6 @@ from typing import Any
 import numpy as np
 
 TRUTH_FILE = "truth.json"
-
-
-# --- the model -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -462,9 +454,6 @@ def _write_csv(path: Path, header: Sequence[str], rows: Any) -> None:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-
-
-# --- presets -------------------------------------------------------------------------------------
 
 
 def solo_trainer(**overrides: Any) -> Scenario:
