@@ -115,13 +115,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
         raise bad(f"status: must be one of {', '.join(JOB_STATUSES)}")
-    raw_limit = request.query.get("limit", "100")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise bad(f"limit: expected an integer, got {raw_limit[:32]!r}") from None
-    if not 1 <= limit <= 1000:
-        raise bad("limit: must be between 1 and 1000")
+    limit = validation.parse_limit(request.query.get("limit", "100"))
     rows = await _daemon(request).read(lambda s: storeops.list_jobs(s, status, limit))
     who = authz.caller(request)
     return web.json_response({"jobs": [job_view(r, who) for r in rows]})

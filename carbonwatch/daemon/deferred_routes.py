@@ -195,13 +195,7 @@ async def submit(request: web.Request) -> web.Response:
 
 async def queue(request: web.Request) -> web.Response:
     active = request.query.get("active", "0").lower() in ("1", "true", "yes")
-    raw_limit = request.query.get("limit", "100")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise bad(f"limit: expected an integer, got {raw_limit[:32]!r}") from None
-    if not 1 <= limit <= 1000:
-        raise bad("limit: must be between 1 and 1000")
+    limit = validation.parse_limit(request.query.get("limit", "100"))
     views = await _service(request).queue(active_only=active, limit=limit)
     who = authz.caller(request)
     return web.json_response({"deferred": [_visible(v, who) for v in views]})

@@ -48,6 +48,17 @@ def bad(message: str) -> ApiError:
     return ApiError(400, message)
 
 
+def parse_limit(raw: str, most: int = 1000) -> int:
+    """A listing's ``limit`` query parameter: an integer in [1, most], or a 400 naming it."""
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise bad(f"limit: expected an integer, got {raw[:32]!r}") from None
+    if not 1 <= limit <= most:
+        raise bad(f"limit: must be between 1 and {most}")
+    return limit
+
+
 # --- JSON --------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import ConfigError, ProviderError, StoreError, UnknownZone
 from carbonwatch.grid import static
-from carbonwatch.grid.series import SeriesSource, normalise
+from carbonwatch.grid.series import SeriesSource, mean_over, normalise
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
 from carbonwatch.model import J_PER_KWH
 from carbonwatch.store.intensity import save_points
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MINUTE_S = 60
-_COVER_EPS_S = 1e-6
 
 
 def static_point(settings: Settings, zone: str | None = None) -> IntensityPoint:
@@ -261,19 +260,6 @@ def accounting_source(
 # --- correcting forecast-costed minutes ------------------------------------------------------
 
 
-def _mean_over(points: list[IntensityPoint], start_s: float, end_s: float) -> float | None:
-    """Time-weighted mean over [start_s, end_s) if the points cover all of it, else None."""
-    covered_s = weighted = 0.0
-    for p in points:
-        lo, hi = max(p.start_s, start_s), min(p.end_s, end_s)
-        if hi > lo:
-            covered_s += hi - lo
-            weighted += (hi - lo) * p.intensity_g_per_kwh
-    if covered_s < (end_s - start_s) - _COVER_EPS_S:
-        return None
-    return weighted / covered_s
-
-
 def update_with_actuals(store: Store, zone: str, provider: str, *, pue: float = 1.0) -> int:
     """Recompute the carbon of minutes costed with a forecast, where actuals now cover them.
 
@@ -320,7 +306,7 @@ def _correct(conn: sqlite3.Connection, store: Store, zone: str, provider: str, p
     by_job: dict[str, float] = {}
     changed = 0
     for minute_s, device_id, consumer, energy_j, co2e_g, intensity in rows:
-        actual = _mean_over(actuals, minute_s, minute_s + _MINUTE_S)
+        actual = mean_over(actuals, minute_s, minute_s + _MINUTE_S)
         if actual is None:
             continue
         if intensity > 0:

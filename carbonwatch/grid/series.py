@@ -49,3 +49,20 @@ class SeriesSource:
         if i >= 0 and t_s < self.points[i].end_s:
             return self.points[i]
         return self.fallback.intensity_at(t_s)
+
+
+# A series covers a stretch when its points leave less than this unexplained (float rounding).
+COVER_EPS_S = 1e-6
+
+
+def mean_over(points: list[IntensityPoint], start_s: float, end_s: float) -> float | None:
+    """Time-weighted mean over [start_s, end_s) if the points cover all of it, else None."""
+    covered_s = weighted = 0.0
+    for p in points:
+        lo, hi = max(p.start_s, start_s), min(p.end_s, end_s)
+        if hi > lo:
+            covered_s += hi - lo
+            weighted += (hi - lo) * p.intensity_g_per_kwh
+    if covered_s < (end_s - start_s) - COVER_EPS_S:
+        return None
+    return weighted / covered_s

@@ -21,7 +21,7 @@ from typing import Any
 
 from carbonwatch.config import Settings
 from carbonwatch.errors import ConfigError
-from carbonwatch.grid.series import normalise
+from carbonwatch.grid.series import mean_over, normalise
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
 from carbonwatch.model import J_PER_KWH, job_consumer, job_of_consumer
 
@@ -90,16 +90,6 @@ def _points(conn: sqlite3.Connection, start_s: float, end_s: float) -> dict[str,
     return {z: normalise(p) for z, p in by_zone.items()}
 
 
-def _mean(points: list[IntensityPoint], start_s: float, end_s: float) -> float | None:
-    covered = weighted = 0.0
-    for p in points:
-        lo, hi = max(p.start_s, start_s), min(p.end_s, end_s)
-        if hi > lo:
-            covered += hi - lo
-            weighted += (hi - lo) * p.intensity_g_per_kwh
-    return weighted / covered if covered >= (end_s - start_s) - 1e-6 else None
-
-
 def marginal_by(
     conn: sqlite3.Connection, settings: Settings, key: str, filters: str, args: list[Any]
 ) -> dict[Any, dict[str, Any]]:
@@ -133,7 +123,7 @@ def marginal_by(
         acc["energy_j"] += energy_j
         z = row_zone or settings.zone
         series = points.get(z) if z else only
-        mean = _mean(series, minute_s, minute_s + _MINUTE_S) if series else None
+        mean = mean_over(series, minute_s, minute_s + _MINUTE_S) if series else None
         if mean is None:
             continue
         pue = (co2e_g * J_PER_KWH / (energy_j * intensity) if energy_j > 0 and intensity > 0
