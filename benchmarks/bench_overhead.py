@@ -74,7 +74,7 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
         next_s = sampler.step(clock.time())
         time.sleep(max(0.0, min(next_s - clock.time(), deadline - now)))
     cpu1, t1 = _cpu_s(), time.monotonic()
-    scanned = len(scanner.snapshot(clock.time()).procs)
+    scanned = scanner.tracked
     for c in collectors:
         c.close()
     return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": _peak_rss_mb(),

@@ -50,6 +50,9 @@ class ProcessSnapshot:
     # Only watched pids are read each scan (see ProcessScanner's ``watched_only``): the others'
     # figures may be stale, so OTHER is the machine's busy time less the watched pids' charge.
     rest_from_busy: bool = False
+    # Resident bytes of the live unwatched pids, summed by the scanner as they change (exact: an
+    # int sum), so rss_shares need not walk every process on the machine each second.
+    other_rss_bytes: int | None = None
 
 
 def busy_cpu_seconds(times: Any) -> float:
@@ -126,6 +129,15 @@ def _watched_shares(
 
 def rss_shares(cur: ProcessSnapshot) -> dict[int | str, float]:
     """pid -> resident bytes (unwatched pids as OTHER)."""
+    if cur.watched is not None and cur.other_rss_bytes is not None:
+        out: dict[int | str, float] = {}
+        for pid in cur.watched:
+            p = cur.procs.get(pid)
+            if p is not None and p.alive and p.rss_bytes > 0:
+                out[pid] = float(p.rss_bytes)
+        if cur.other_rss_bytes > 0:
+            out[OTHER] = float(cur.other_rss_bytes)
+        return out
     rss = {pid: float(p.rss_bytes) for pid, p in cur.procs.items() if p.alive and p.rss_bytes > 0}
     return _key_watched(rss, cur.watched)
 
@@ -163,6 +175,12 @@ class _Tree:
     members: set[int] = field(default_factory=set)
 
 
+# A jump of the kernel's last pid by more than this since the last scan (or backwards: the pid
+# counter wrapped) is cheaper found by listing /proc (~1 ms for 1,000 pids) than by opening every
+# pid handed out since (a few us each; most are threads, or already gone).
+MAX_PID_STEP = 256
+
+
 class ProcessScanner:
     """Scans all processes with psutil (``process_iter`` with attrs reads each one in one pass).
 
@@ -182,11 +200,10 @@ class ProcessScanner:
         refresh_scans: int = 30,
     ) -> None:
         self._ttl_s = exited_ttl_s
-        # watched_only: list the pids each scan (one listdir) but read only the watched trees and
-        # pids new since the last scan; every other process is re-read once per ``refresh_scans``
-        # scans (its memory, and a pid reused by a new process). Needs an iterator with ``pids``
-        # and ``read`` (ProcfsIterator) and the machine's busy time (``cpu_times``): that is where
-        # OTHER's CPU comes from. Unwatched pids are then lumped as OTHER.
+        # watched_only: read only the watched trees and the pids new since the last scan; every
+        # other process is re-read once per ``refresh_scans`` scans (its memory; an exit). Needs an
+        # iterator with ``pids`` and ``read`` (ProcfsIterator) and the machine's busy time
+        # (``cpu_times``): that is where OTHER's CPU comes from. Unwatched pids are then OTHER.
         self._light = (
             watched_only and cpu_times is not None
             and hasattr(iter_processes, "pids") and hasattr(iter_processes, "read")
@@ -198,15 +215,33 @@ class ProcessScanner:
         self._iter = iter_processes
         self._cpu_times = cpu_times
         self._procs: dict[int, _Tracked] = {}
+        # Kept in step with _procs as pids change, so that a snapshot is one dict copy rather than
+        # a ProcInfo built for every process on the machine each second.
+        self._info: dict[int, ProcInfo] = {}
+        self._alive: set[int] = set()
+        self._exited: dict[int, float] = {}  # pid -> when it exited, until forgotten
+        self._rss_alive = 0  # resident bytes of every live tracked pid (an exact int sum)
         self._trees: dict[int, _Tree] = {}
+        # Trees grow from the pids born since the last scan; a whole pass over the process table
+        # only when a tree is new (its existing descendants) or a process changed parent.
+        self._born: list[int] = []
+        self._regrow = False
         self._last: ProcessSnapshot | None = None
 
     def watch(self, root_pid: int) -> None:
         """Track root_pid's tree individually from the next scan on."""
-        self._trees.setdefault(root_pid, _Tree({root_pid}))
+        if root_pid not in self._trees:
+            self._trees[root_pid] = _Tree({root_pid})
+            self._regrow = True
 
     def unwatch(self, root_pid: int) -> None:
         self._trees.pop(root_pid, None)
+
+    def tree(self, root_pid: int) -> set[int]:
+        """A watched root and every descendant seen since it was watched, exited ones too (empty
+        if root_pid is not watched): the job's tree without another pass over /proc."""
+        tree = self._trees.get(root_pid)
+        return set(tree.members) if tree is not None else set()
 
     def descendants(self, root_pid: int, include_exited: bool = True) -> set[int]:
         """root_pid's descendants (not itself). For a watched root: every one seen since watching,
@@ -218,12 +253,17 @@ class ProcessScanner:
             pids = _subtree(root_pid, self._children_map(alive_only=True)) - {root_pid}
         if include_exited:
             return set(pids)
-        return {p for p in pids if p in self._procs and self._procs[p].exited_s is None}
+        return pids & self._alive
 
     def cpu_seconds(self, pid: int) -> float:
         """Cumulative CPU seconds charged to pid since the scanner first saw it (0 if unknown)."""
         tracked = self._procs.get(pid)
         return tracked.charged_s if tracked else 0.0
+
+    @property
+    def tracked(self) -> int:
+        """How many live processes the scanner knows of (the machine's, as of their last read)."""
+        return len(self._alive)
 
     def snapshot(self, now_s: float) -> ProcessSnapshot:
         if self._last is not None and self._last.t_s == now_s:
@@ -240,18 +280,19 @@ class ProcessScanner:
         if self._light and watched - before:
             # Joined this scan without being read (already running, unwatched): read them now, so
             # that the next interval charges them from here, not from a stale figure.
-            stale = [p for p in watched - before
-                     if p in self._procs and self._procs[p].exited_s is None]
+            stale = sorted((watched - before) & self._alive)
             self._apply(now_s, self._read(stale), set())
+        other_rss: int | None = None
+        if not self._key_all:
+            procs = self._procs
+            other_rss = self._rss_alive - sum(procs[p].rss_bytes for p in watched & self._alive)
         self._last = ProcessSnapshot(
             t_s=now_s,
-            procs={
-                pid: ProcInfo(t.ppid, t.create_time_s, t.charged_s, t.rss_bytes, t.exited_s is None)
-                for pid, t in self._procs.items()
-            },
+            procs=self._info.copy(),
             watched=None if self._key_all else frozenset(watched),
             busy_cpu_s=busy_cpu_s,
             rest_from_busy=self._light,
+            other_rss_bytes=other_rss,
         )
         return self._last
 
@@ -265,25 +306,29 @@ class ProcessScanner:
         if watched is None:
             self._apply(now_s, self._iter(attrs=_ATTRS, ad_value=None), None)
             return
-        alive = {pid for pid, t in self._procs.items() if t.exited_s is None}
-        others = sorted(alive - watched)
+        alive = self._alive
         k = self._rotation % self._refresh_scans
         self._rotation += 1
-        due = (watched & alive) | set(others[k :: self._refresh_scans])
-        # Listing /proc (~1 ms for 1,000 processes) finds new pids; none was created while the
-        # kernel's last-handed-out pid stays put. Exits show as reads that fail: the watched are
-        # read every scan, the rest once per refresh_scans scans (or when /proc is listed).
+        refresh = self._refresh_scans
+        due = (watched & alive) | {p for p in alive if p % refresh == k and p not in watched}
+        # New processes: the kernel hands pids out in increasing order until its counter wraps, so
+        # every process created since the last scan (a reused pid too) holds one of the pids after
+        # the last scan's last_pid. While that stays put, none was created; a small step is read
+        # pid by pid; a big one (or a wrap) lists /proc (~1 ms for 1,000 processes). Exits show as
+        # reads that fail: the watched are read every scan, the rest once per refresh_scans scans.
         last_pid = getattr(self._iter, "last_pid", lambda: None)()
-        listed: set[int] | None = None
-        if last_pid is None or last_pid != self._last_pid or not self._procs:
+        gone: set[int] = set()
+        step = None if last_pid is None or self._last_pid is None else last_pid - self._last_pid
+        if step is None or not self._procs or not 0 <= step <= MAX_PID_STEP:
             listed = set(self._iter.pids())  # type: ignore[attr-defined]
             due = (due & listed) | (listed - alive)
+            gone = alive - listed
+        elif step:
+            due |= set(range(last_pid - step + 1, last_pid + 1))  # type: ignore[operator]
         self._last_pid = last_pid
         entries = self._read(sorted(due))
-        gone = due - {e.info["pid"] for e in entries}
-        if listed is not None:
-            gone |= alive - listed
-        self._apply(now_s, entries, gone & alive)
+        gone |= (due & alive) - {e.info["pid"] for e in entries}
+        self._apply(now_s, entries, gone)
 
     def _read(self, pids: Iterable[int]) -> list[Any]:
         read = self._iter.read  # type: ignore[attr-defined]
@@ -294,6 +339,7 @@ class ProcessScanner:
         scan), else only those in ``gone``."""
         updates: dict[int, tuple[float, float, int, int]] = {}  # pid -> own_s, reaped_s, rss, ppid
         born: set[int] = set()
+        procs = self._procs
         for proc in entries:
             info = proc.info
             times, create_time = info.get("cpu_times"), info.get("create_time")
@@ -304,47 +350,67 @@ class ProcessScanner:
             reaped_s = getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
             mem = info.get("memory_info")
             rss = mem.rss if mem is not None else 0
-            old = self._procs.get(pid)
+            old = procs.get(pid)
             if old is None or old.create_time_s != create_time or old.exited_s is not None:
                 self._forget(pid)
                 # New to us: everything it and its reaped children used is new since it was born.
-                self._procs[pid] = _Tracked(
-                    ppid, create_time, own_s, reaped_s, own_s + reaped_s, rss
-                )
+                self._track(pid, _Tracked(ppid, create_time, own_s, reaped_s, own_s + reaped_s,
+                                          rss))
                 born.add(pid)
             else:
                 updates[pid] = (own_s, reaped_s, rss, ppid)
         # Children that vanished this scan: their parent's reaped counter now includes their final
         # total, of which they were already charged own + reaped as last seen.
+        if gone is None:  # a full scan: every live pid not read (in the table's order, as ever)
+            vanished = [p for p in procs if p in self._alive and p not in updates
+                        and p not in born]
+        else:
+            vanished = sorted(p for p in gone if p in self._alive and p not in updates
+                              and p not in born)
         vanished_s_by_parent: dict[int, float] = {}
-        for pid, t in self._procs.items():
-            if t.exited_s is None and pid not in updates and pid not in born and (
-                gone is None or pid in gone
-            ):
-                t.exited_s = now_s
-                t.rss_bytes = 0
-                vanished_s_by_parent[t.ppid] = (
-                    vanished_s_by_parent.get(t.ppid, 0.0) + t.own_s + t.reaped_s
-                )
+        for pid in vanished:
+            t = procs[pid]
+            t.exited_s = now_s
+            self._rss_alive -= t.rss_bytes
+            t.rss_bytes = 0
+            self._alive.discard(pid)
+            self._exited[pid] = now_s
+            self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, 0, False)
+            vanished_s_by_parent[t.ppid] = (
+                vanished_s_by_parent.get(t.ppid, 0.0) + t.own_s + t.reaped_s
+            )
         for pid, (own_s, reaped_s, rss, ppid) in updates.items():
-            t = self._procs[pid]
+            t = procs[pid]
             reaped_new_s = reaped_s - t.reaped_s - vanished_s_by_parent.get(pid, 0.0)
             t.charged_s += max(0.0, own_s - t.own_s) + max(0.0, reaped_new_s)
+            self._rss_alive += rss - t.rss_bytes
+            if ppid != t.ppid:
+                self._regrow = True  # re-parented: maybe under a subreaper in a watched tree
             t.own_s, t.reaped_s, t.rss_bytes, t.ppid = own_s, reaped_s, rss, ppid
-        expired = [
-            pid
-            for pid, t in self._procs.items()
-            if t.exited_s is not None and now_s - t.exited_s > self._ttl_s
-        ]
+            self._info[pid] = ProcInfo(ppid, t.create_time_s, t.charged_s, rss)
+        self._born.extend(born)
+        expired = [pid for pid, exited_s in self._exited.items() if now_s - exited_s > self._ttl_s]
         for pid in expired:
             self._forget(pid)
 
+    def _track(self, pid: int, t: _Tracked) -> None:
+        self._procs[pid] = t
+        self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, t.rss_bytes)
+        self._alive.add(pid)
+        self._rss_alive += t.rss_bytes
+
     def _forget(self, pid: int) -> None:
-        if pid in self._procs:
-            del self._procs[pid]
-            for root, tree in self._trees.items():
-                if pid != root:
-                    tree.members.discard(pid)
+        t = self._procs.pop(pid, None)
+        if t is None:
+            return
+        del self._info[pid]
+        if pid in self._alive:
+            self._alive.discard(pid)
+            self._rss_alive -= t.rss_bytes
+        self._exited.pop(pid, None)
+        for root, tree in self._trees.items():
+            if pid != root:
+                tree.members.discard(pid)
 
     def _children_map(self, alive_only: bool = False) -> dict[int, list[int]]:
         children: dict[int, list[int]] = {}
@@ -356,13 +422,29 @@ class ProcessScanner:
 
     def _update_trees(self) -> None:
         # Membership is sticky: a child re-parented to init when its parent exits still belongs
-        # to the job that started it.
+        # to the job that started it. A process born since the last scan joins the tree its
+        # parent is in (its own children are born since too); a new tree, or a process that
+        # changed parent, takes the whole pass over the table.
+        born, self._born = self._born, []
+        regrow, self._regrow = self._regrow, False
         if not self._trees:
             return
-        children = self._children_map()
+        if regrow:
+            children = self._children_map()
+            for tree in self._trees.values():
+                for member in list(tree.members):
+                    tree.members |= _subtree(member, children)
+            return
+        born_children: dict[int, list[int]] = {}
+        for pid in born:
+            t = self._procs.get(pid)
+            if t is not None:
+                born_children.setdefault(t.ppid, []).append(pid)
+        if not born_children:
+            return
         for tree in self._trees.values():
-            for member in list(tree.members):
-                tree.members |= _subtree(member, children)
+            for parent in [p for p in born_children if p in tree.members]:
+                tree.members |= _subtree(parent, born_children)
 
 
 def _subtree(root: int, children: Mapping[int, list[int]]) -> set[int]:

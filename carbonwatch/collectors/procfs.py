@@ -98,6 +98,10 @@ class ProcfsIterator:
         fields = raw[raw.rfind(b")") + 2 :].split()
         if len(fields) < 22:
             return None
+        if len(fields) > 35 and fields[35] == b"-1":
+            # exit_signal -1: a thread, not a process. Listing /proc never shows one, but its
+            # /proc/<tid> opens: the scan reads pids handed out since the last scan, tids included.
+            return None
         ticks = self._ticks
         return ProcEntry(
             {
