@@ -197,6 +197,9 @@ class GpuCollector:
         return dict(parents()) if parents is not None else {}
 
     def poll(self, now_s: float) -> None:
+        # Ten times a second per device: kept lean (no per-device work beyond the two reads and
+        # appending the sample).
+        idle_max_util_pct = gpuidle.IDLE_MAX_UTIL_PCT
         for st in self._states:
             if st.lost:
                 continue
@@ -204,8 +207,9 @@ class GpuCollector:
                 self._open(st, now_s)
                 if st.start_s is None or st.lost:
                     continue
+            device = st.device
             try:
-                power_w = st.device.power_mw() / 1000.0
+                power_w = device.power_mw() / 1000.0
             except DeviceTimeout:
                 continue
             except DeviceLost as exc:
@@ -215,11 +219,12 @@ class GpuCollector:
                 continue  # no power reading: the counter still measures; shaping degrades to flat
             self._add_sample(st, now_s, power_w)
             try:
-                util_pct = float(st.device.utilization_pct())
+                util_pct = float(device.utilization_pct())
             except DeviceError:
                 continue  # without it, process-free intervals are judged by the process list
-            st.max_util_pct = max(util_pct, st.max_util_pct or 0.0)
-            if util_pct > gpuidle.IDLE_MAX_UTIL_PCT:
+            if st.max_util_pct is None or util_pct > st.max_util_pct:
+                st.max_util_pct = max(util_pct, 0.0)
+            if util_pct > idle_max_util_pct:
                 st.last_busy_s = now_s
 
     def collect(self, now_s: float) -> list[EnergyInterval]:

@@ -1,9 +1,13 @@
 """The power shape of a GPU counter interval: power samples integrated into pieces, scaled so they
-sum exactly to the counter's energy (used by :class:`carbonwatch.collectors.gpu.GpuCollector`)."""
+sum exactly to the counter's energy (used by :class:`carbonwatch.collectors.gpu.GpuCollector`), and
+how far the power reading lags the counter (:func:`estimate_power_lag`, used by gpushare)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+# Shifts of the power reading tried by estimate_power_lag: 0 to 2 s.
+LAG_SHIFTS_S = tuple(round(0.05 * i, 2) for i in range(41))
 
 
 def power_pieces(
@@ -47,3 +51,49 @@ def scale_segments(
     t_last, e_last = scaled[-1]
     scaled[-1] = (t_last, e_last + residue)
     return tuple(scaled)
+
+
+def estimate_power_lag(
+    readings: Sequence[tuple[float, float]],
+    intervals: Sequence[tuple[float, float, float]],
+    current_s: float,
+) -> float:
+    """How many seconds the power reading trails the energy it describes, found by the counter.
+
+    Each counter interval's energy is exact; the readings, held from one to the next and shifted
+    back by ``d``, integrate to a prediction of it. The ``d`` with the smallest squared error
+    wins. Where power barely moved (every shift predicts alike) the current value stays."""
+    if len(readings) < 20 or len(intervals) < 5:
+        return current_s
+    import numpy as np
+
+    t = np.array([r[0] for r in readings])
+    p = np.array([r[1] for r in readings])
+    cum = np.concatenate([[0.0], np.cumsum(p[:-1] * np.diff(t))])
+    s = np.array([iv[0] for iv in intervals])
+    e = np.array([iv[1] for iv in intervals])
+    energy = np.array([iv[2] for iv in intervals])
+    shifts = np.array(LAG_SHIFTS_S)[:, None]
+    lo, hi = s[None, :] + shifts, e[None, :] + shifts  # (shifts, intervals)
+    inside = (lo >= t[0]) & (hi <= t[-1])
+
+    def integral(at: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(t, at, side="right") - 1
+        i = np.minimum(np.maximum(i, 0), len(t) - 1)
+        return cum[i] + p[i] * (at - t[i])
+
+    sq = np.where(inside, (integral(hi) - integral(lo) - energy[None, :]) ** 2, 0.0)
+    counts = inside.sum(axis=1)
+    usable = counts >= 5
+    if not usable.any():
+        return current_s
+    errors = [float(v) for v in sq.sum(axis=1)[usable] / counts[usable]]
+    best = int(np.argmin(errors))
+    best_s = float(np.array(LAG_SHIFTS_S)[usable][best])
+    best_err = errors[best]
+    # Power too flat to tell the shifts apart (they differ by less than 0.1 % of an interval's
+    # energy, or the best is barely better than the worst): keep the current value.
+    floor = (1e-3 * float(np.mean(energy))) ** 2
+    if not errors or max(errors) - best_err <= floor or best_err >= 0.9 * max(errors):
+        return current_s
+    return best_s

@@ -20,11 +20,12 @@ import bisect
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from carbonwatch.collectors.gpuidle import MIN_IDLE_INTERVAL_S, parse_idle_setting
+from carbonwatch.collectors.gpushape import estimate_power_lag
 
 if TYPE_CHECKING:
     from carbonwatch.collectors.gpu import ProcessSample
@@ -55,7 +56,6 @@ LAG_EVERY_LATER = 30
 REFIT_EVERY_S = 3.0
 LAG_READINGS = 1200
 LAG_INTERVALS = 60
-LAG_SHIFTS_S = tuple(round(0.05 * i, 2) for i in range(41))
 # Besides one row per power reading group, each counter interval makes a row of its exact mean
 # power (immune to the reading's lag), weighted as this many readings.
 COUNTER_ROW_WEIGHT = 5.0
@@ -127,6 +127,8 @@ class ShareTracker:
         self._frac: dict[int, list[float]] = {}
         self._pending: deque[tuple[float, float]] = deque()  # power readings awaiting activity
         self._presence: deque[tuple[float, float, frozenset[int]]] = deque()
+        # Intervals come in order, disjoint: readings are looked up from the newest (see below).
+        self._presence_ordered = True
         # numpy (under the fit) loads with the first GPU, not with every `carbonwatch run`.
         from carbonwatch.powerfit import ActivityFit
 
@@ -194,10 +196,26 @@ class ShareTracker:
         interval covered by samples rather than carried)."""
         n = min(max(4, math.ceil((end_s - start_s) / 0.1)), 200)
         step = (end_s - start_s) / n
-        seen = [self.activity(pid, start_s + (j + 0.5) * step) for j in range(n)]
-        known = [x for x, _ in seen if x is not None]
-        covered = sum(1 for _, c in seen if c) / n
-        return (math.fsum(known) / n if known else None), covered
+        times = self._ts.get(pid)
+        if not times:
+            return None, 0.0
+        # ``activity`` at each of n points, inlined (it runs per process per interval per GPU).
+        fracs, window_s, count = self._frac[pid], self.window_s, len(times)
+        first_start = times[0] - FIRST_SAMPLE_WINDOW_S
+        known: list[float] = []
+        covered = 0
+        for j in range(n):
+            t_s = start_s + (j + 0.5) * step
+            i = bisect.bisect_left(times, t_s)
+            if i == 0 and t_s <= first_start:
+                continue
+            if i < count and t_s > (times[i - 1] if i > 0 else first_start) \
+                    and times[i] - t_s <= window_s:
+                known.append(fracs[i])
+                covered += 1
+            elif i > 0 and t_s - times[i - 1] <= window_s:
+                known.append(fracs[i - 1])
+        return (math.fsum(known) / n if known else None), covered / n
 
     # -- the split --
 
@@ -218,6 +236,8 @@ class ShareTracker:
         ``busy_at_start``: the device was in use right up to start_s."""
         present_set = set(present or ()) | set(present_at_start or ())
         consumers = present_set | {p for p in self._ts if self._ran_in(p, start_s, end_s)}
+        if self._presence and start_s < self._presence[-1][1]:
+            self._presence_ordered = False
         self._presence.append((start_s, end_s, frozenset(consumers)))
         if energy_j is not None:
             self._counter_energy.append((start_s, end_s, energy_j))
@@ -309,6 +329,13 @@ class ShareTracker:
         return i < len(times) and fracs[i] > 0 and (i == 0 or times[i - 1] < end_s)
 
     def _present_at(self, t_s: float) -> frozenset[int] | None:
+        if self._presence_ordered:
+            # Ascending and disjoint: the newest interval starting before t_s is the only one
+            # that can hold it (readings looked up are recent: one or two steps back).
+            for a, b, pids in reversed(self._presence):
+                if a < t_s:
+                    return pids if t_s <= b else None
+            return None
         for a, b, pids in self._presence:
             if a < t_s <= b:
                 return pids
@@ -441,49 +468,3 @@ def _fit_weights(
             est[pid] = covered * w + (1.0 - covered) * residual_w
     est = {pid: w for pid, w in est.items() if w > 0}
     return est if est else None
-
-
-def estimate_power_lag(
-    readings: Sequence[tuple[float, float]],
-    intervals: Sequence[tuple[float, float, float]],
-    current_s: float,
-) -> float:
-    """How many seconds the power reading trails the energy it describes, found by the counter.
-
-    Each counter interval's energy is exact; the readings, held from one to the next and shifted
-    back by ``d``, integrate to a prediction of it. The ``d`` with the smallest squared error
-    wins. Where power barely moved (every shift predicts alike) the current value stays."""
-    if len(readings) < 20 or len(intervals) < 5:
-        return current_s
-    import numpy as np
-
-    t = np.array([r[0] for r in readings])
-    p = np.array([r[1] for r in readings])
-    cum = np.concatenate([[0.0], np.cumsum(p[:-1] * np.diff(t))])
-    s = np.array([iv[0] for iv in intervals])
-    e = np.array([iv[1] for iv in intervals])
-    energy = np.array([iv[2] for iv in intervals])
-    shifts = np.array(LAG_SHIFTS_S)[:, None]
-    lo, hi = s[None, :] + shifts, e[None, :] + shifts  # (shifts, intervals)
-    inside = (lo >= t[0]) & (hi <= t[-1])
-
-    def integral(at: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(t, at, side="right") - 1
-        i = np.minimum(np.maximum(i, 0), len(t) - 1)
-        return cum[i] + p[i] * (at - t[i])
-
-    sq = np.where(inside, (integral(hi) - integral(lo) - energy[None, :]) ** 2, 0.0)
-    counts = inside.sum(axis=1)
-    usable = counts >= 5
-    if not usable.any():
-        return current_s
-    errors = [float(v) for v in sq.sum(axis=1)[usable] / counts[usable]]
-    best = int(np.argmin(errors))
-    best_s = float(np.array(LAG_SHIFTS_S)[usable][best])
-    best_err = errors[best]
-    # Power too flat to tell the shifts apart (they differ by less than 0.1 % of an interval's
-    # energy, or the best is barely better than the worst): keep the current value.
-    floor = (1e-3 * float(np.mean(energy))) ** 2
-    if not errors or max(errors) - best_err <= floor or best_err >= 0.9 * max(errors):
-        return current_s
-    return best_s

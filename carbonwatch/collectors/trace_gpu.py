@@ -75,7 +75,8 @@ class ReadLatency:
     process_s: float = 0.0
 
     def impose(self, read: str) -> None:
-        wait_s = {"counter": self.counter_s, "power": self.power_s, "process": self.process_s}[read]
+        wait_s = self.counter_s if read == "counter" else (
+            self.power_s if read == "power" else self.process_s)
         if wait_s <= 0.0:
             return
         if wait_s >= 100e-6:
@@ -159,6 +160,8 @@ class ReplayGpuDevice:
         return now_s - self._offset_s
 
     def _active(self, kind: FaultKind, now_s: float) -> Fault | None:
+        if not self._faults:
+            return None  # the common case, polled 10 times a second per device: no generator
         return next((f for f in self._faults if f.kind is kind and f.active(now_s)), None)
 
     def total_energy_mj(self) -> int:
