@@ -243,6 +243,11 @@ class ProcessScanner:
         tree = self._trees.get(root_pid)
         return set(tree.members) if tree is not None else set()
 
+    def in_tree(self, root_pid: int, pid: int) -> bool:
+        """Whether pid is in the watched root_pid's tree (as of the last scan)."""
+        tree = self._trees.get(root_pid)
+        return tree is not None and pid in tree.members
+
     def descendants(self, root_pid: int, include_exited: bool = True) -> set[int]:
         """root_pid's descendants (not itself). For a watched root: every one seen since watching,
         exited ones too unless ``include_exited`` is False; otherwise from the last scan's tree."""

@@ -58,6 +58,26 @@ class Watcher(Protocol):
     def unwatch(self, root_pid: int) -> None: ...
 
 
+class _Owners(dict):  # type: ignore[type-arg]
+    """pid -> consumer, as the sampler's owners. The process scanner follows the jobs' trees
+    itself and finds a new child at this tick's scan, which runs after owners() and before the CPU
+    shares are attributed: a pid not in the map is looked up in the watched trees then."""
+
+    def __init__(self, scanner: Any) -> None:
+        super().__init__()
+        self._scanner = scanner
+        self.roots: list[tuple[int, str]] = []  # (watched root, consumer)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        if isinstance(key, int):
+            for root, consumer in self.roots:
+                if self._scanner.in_tree(root, key):
+                    return consumer
+        return default
+
+
 @dataclass
 class DeviceStatus:
     last_end_s: float  # clock time the device's last interval closed
@@ -131,13 +151,21 @@ class DaemonState:
         (not thread-safe) learns which trees to report individually rather than as OTHER."""
         with self.lock:
             snapshot = self.live_jobs.owner_snapshot()
-        out: dict[int | str, str] = {}
-        # One pass over the process table serves every job's trees this tick.
-        children = children_map() if any(trees for _, _, trees in snapshot) else {}
+        # A ProcessScanner already follows every job's tree (it watches the roots): its members
+        # cost nothing more. Any other watcher: one pass over the process table for all trees.
+        scanned = self.scanner if hasattr(self.scanner, "in_tree") else None
+        out: dict[int | str, str] = _Owners(scanned) if scanned is not None else {}
+        children = (children_map() if scanned is None and any(t for _, _, t in snapshot)
+                    else {})
         for consumer, pids, trees in snapshot:
             roots = set(pids)
             for tree in trees:
-                pids |= tree.refresh(children)
+                if scanned is not None:
+                    tree.pids |= scanned.tree(tree.root_pid)  # type: ignore[attr-defined]
+                    pids |= tree.pids
+                    out.roots.append((tree.root_pid, consumer))  # type: ignore[attr-defined]
+                else:
+                    pids |= tree.refresh(children)
             for pid in pids:
                 out[pid] = consumer
             if self.scanner is not None:
