@@ -105,6 +105,15 @@ class ActivityFit(Generic[K]):
         self.fixed_base_w = fixed_base_w
         self.signed = signed
         self._rows: deque[tuple[dict[K, float], float, float]] = deque(maxlen=max_rows)
+        # The rows as numbers, kept as they are added: building the design matrix from the row
+        # dicts at each solve was ~80 % of its cost. A ring of max_rows slots, one column per key
+        # ever seen (a key in no row any more keeps a column of zeros, left out of the solve).
+        self._x = np.zeros((max_rows, 4))
+        self._y = np.zeros(max_rows)
+        self._w = np.zeros(max_rows)
+        self._first = 0  # slot of the oldest row
+        self._col: dict[K, int] = {}
+        self._rows_with: dict[K, int] = {}  # key -> rows it is in
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -112,6 +121,8 @@ class ActivityFit(Generic[K]):
     def clear(self) -> None:
         """Forget every row (the caller learned its rows were built wrong)."""
         self._rows.clear()
+        self._first = 0
+        self._rows_with.clear()
 
     def add(self, activity: Mapping[K, float], power_w: float, weight: float = 1.0) -> None:
         """One reading. Non-finite or negative values are refused rather than poisoning the fit."""
@@ -119,7 +130,25 @@ class ActivityFit(Generic[K]):
             return
         clean = {k: float(x) for k, x in activity.items()
                  if math.isfinite(x) and (x > 0 or (self.signed and x != 0))}
-        self._rows.append((clean, float(power_w), float(weight)))
+        rows, rows_with = self._rows, self._rows_with
+        slot = (self._first + len(rows)) % self.max_rows
+        if len(rows) == self.max_rows:  # the oldest row falls out: its slot takes the new one
+            for k in rows[0][0]:
+                rows_with[k] -= 1
+            self._first = (self._first + 1) % self.max_rows
+        rows.append((clean, float(power_w), float(weight)))
+        x = self._x
+        x[slot] = 0.0
+        for k, v in clean.items():
+            col = self._col.get(k)
+            if col is None:
+                col = self._col[k] = len(self._col)
+                if col >= x.shape[1]:
+                    x = self._x = np.hstack([x, np.zeros_like(x)])
+            x[slot, col] = v
+            rows_with[k] = rows_with.get(k, 0) + 1
+        self._y[slot] = float(power_w)
+        self._w[slot] = float(weight)
 
     def solve(self, min_support: int = 0) -> Fit[K] | None:
         """Fit the rows. ``min_support``: a regressor clearly active (above a tenth of its
@@ -128,18 +157,12 @@ class ActivityFit(Generic[K]):
         others). Callers treat it as not priced."""
         if len(self._rows) < self.min_rows:
             return None
-        keys: list[K] = sorted({k for act, _, _ in self._rows for k in act}, key=repr)
-        col = {k: i for i, k in enumerate(keys)}
+        keys: list[K] = sorted((k for k, c in self._rows_with.items() if c > 0), key=repr)
         n = len(self._rows)
-        x = np.zeros((n, len(keys)))
-        y = np.empty(n)
-        sw = np.empty(n)
-        for i, (act, p, w) in enumerate(self._rows):
-            for k, v in act.items():
-                x[i, col[k]] = v
-            y[i] = p
-            sw[i] = w
-        sw = np.sqrt(sw)
+        order = (self._first + np.arange(n)) % self.max_rows  # oldest row first, as added
+        x = self._x[order][:, [self._col[k] for k in keys]]
+        y = self._y[order]
+        sw = np.sqrt(self._w[order])
         if min_support > 0 and len(keys):
             clear = x > 0.1 * x.max(axis=0)
             thin = clear.sum(axis=0) < min_support
