@@ -57,10 +57,9 @@ def test_auth_runs_inside_the_error_middleware_so_its_failures_are_a_json_503(mo
 
     from aiohttp.test_utils import TestClient, TestServer
 
+    from carbonwatch.config import Settings
     from carbonwatch.daemon import app as app_module
     from carbonwatch.daemon import authz
-
-    from carbonwatch.config import Settings
 
     # Only what make_app reads before any request (the tokens, the scheduler's routes).
     settings = Settings(token="t" * 40, admin_token="a" * 40)
