@@ -17,7 +17,7 @@ reaches its parent's reaped counter and is charged there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import psutil
@@ -170,11 +170,6 @@ class _Tracked:
     exited_s: float | None = None
 
 
-@dataclass
-class _Tree:
-    members: set[int] = field(default_factory=set)
-
-
 # A jump of the kernel's last pid by more than this since the last scan (or backwards: the pid
 # counter wrapped) is cheaper found by listing /proc (~1 ms for 1,000 pids) than by opening every
 # pid handed out since (a few us each; most are threads, or already gone).
@@ -215,45 +210,39 @@ class ProcessScanner:
         self._iter = iter_processes
         self._cpu_times = cpu_times
         self._procs: dict[int, _Tracked] = {}
-        # Kept in step with _procs as pids change, so that a snapshot is one dict copy rather than
-        # a ProcInfo built for every process on the machine each second.
-        self._info: dict[int, ProcInfo] = {}
+        self._info: dict[int, ProcInfo] = {}  # _procs as a snapshot shows them, kept in step
         self._alive: set[int] = set()
+        self._buckets: list[set[int]] = [set() for _ in range(self._refresh_scans)]  # by pid
         self._exited: dict[int, float] = {}  # pid -> when it exited, until forgotten
         self._rss_alive = 0  # resident bytes of every live tracked pid (an exact int sum)
-        self._trees: dict[int, _Tree] = {}
-        # Trees grow from the pids born since the last scan; a whole pass over the process table
-        # only when a tree is new (its existing descendants) or a process changed parent.
-        self._born: list[int] = []
-        self._regrow = False
+        self._trees: dict[int, set[int]] = {}  # root -> members
+        self._born: list[int] = []  # since the last scan: the trees grow from these
+        self._regrow = False  # a new tree or a new parent: a whole pass over the table instead
         self._last: ProcessSnapshot | None = None
 
     def watch(self, root_pid: int) -> None:
         """Track root_pid's tree individually from the next scan on."""
         if root_pid not in self._trees:
-            self._trees[root_pid] = _Tree({root_pid})
+            self._trees[root_pid] = {root_pid}
             self._regrow = True
 
     def unwatch(self, root_pid: int) -> None:
         self._trees.pop(root_pid, None)
 
     def tree(self, root_pid: int) -> set[int]:
-        """A watched root and every descendant seen since it was watched, exited ones too (empty
-        if root_pid is not watched): the job's tree without another pass over /proc."""
-        tree = self._trees.get(root_pid)
-        return set(tree.members) if tree is not None else set()
+        """A watched root and every descendant seen since, exited ones too (empty: not watched)."""
+        return set(self._trees[root_pid]) if root_pid in self._trees else set()
 
     def in_tree(self, root_pid: int, pid: int) -> bool:
         """Whether pid is in the watched root_pid's tree (as of the last scan)."""
-        tree = self._trees.get(root_pid)
-        return tree is not None and pid in tree.members
+        return root_pid in self._trees and pid in self._trees[root_pid]
 
     def descendants(self, root_pid: int, include_exited: bool = True) -> set[int]:
         """root_pid's descendants (not itself). For a watched root: every one seen since watching,
         exited ones too unless ``include_exited`` is False; otherwise from the last scan's tree."""
         tree = self._trees.get(root_pid)
         if tree is not None:
-            pids = tree.members - {root_pid}
+            pids = tree - {root_pid}
         else:
             pids = _subtree(root_pid, self._children_map(alive_only=True)) - {root_pid}
         if include_exited:
@@ -267,7 +256,7 @@ class ProcessScanner:
 
     @property
     def tracked(self) -> int:
-        """How many live processes the scanner knows of (the machine's, as of their last read)."""
+        """How many live processes the scanner knows of."""
         return len(self._alive)
 
     def snapshot(self, now_s: float) -> ProcessSnapshot:
@@ -276,12 +265,12 @@ class ProcessScanner:
         busy_cpu_s = busy_cpu_seconds(self._cpu_times()) if self._cpu_times else None
         before: set[int] = set()
         for tree in self._trees.values():
-            before |= tree.members
+            before |= tree
         self._scan(now_s, before) if self._light else self._scan(now_s)
         self._update_trees()
         watched: set[int] = set()
         for tree in self._trees.values():
-            watched |= tree.members
+            watched |= tree
         if self._light and watched - before:
             # Joined this scan without being read (already running, unwatched): read them now, so
             # that the next interval charges them from here, not from a stale figure.
@@ -314,8 +303,8 @@ class ProcessScanner:
         alive = self._alive
         k = self._rotation % self._refresh_scans
         self._rotation += 1
-        refresh = self._refresh_scans
-        due = (watched & alive) | {p for p in alive if p % refresh == k and p not in watched}
+        due = watched & alive
+        rest = self._buckets[k] - watched  # this scan's share of the rest: memory, or an exit
         # New processes: the kernel hands pids out in increasing order until its counter wraps, so
         # every process created since the last scan (a reused pid too) holds one of the pids after
         # the last scan's last_pid. While that stays put, none was created; a small step is read
@@ -327,13 +316,34 @@ class ProcessScanner:
         if step is None or not self._procs or not 0 <= step <= MAX_PID_STEP:
             listed = set(self._iter.pids())  # type: ignore[attr-defined]
             due = (due & listed) | (listed - alive)
+            rest &= listed
             gone = alive - listed
         elif step:
             due |= set(range(last_pid - step + 1, last_pid + 1))  # type: ignore[operator]
         self._last_pid = last_pid
+        rest -= due
+        # The rest count only as OTHER's memory (OTHER's CPU is /proc/stat's): their resident
+        # size alone, where the iterator reads just that (statm: half the cost of a stat read).
+        read_rss = getattr(self._iter, "read_rss", None)
+        if read_rss is None:
+            due |= rest
+            rest = set()
         entries = self._read(sorted(due))
         gone |= (due & alive) - {e.info["pid"] for e in entries}
+        rss_now: dict[int, int] = {}
+        for pid in sorted(rest):
+            rss = read_rss(pid)  # type: ignore[misc]
+            if rss is None:
+                gone.add(pid)
+            else:
+                rss_now[pid] = rss
         self._apply(now_s, entries, gone)
+        procs = self._procs
+        for pid, rss in rss_now.items():
+            t = procs[pid]
+            self._rss_alive += rss - t.rss_bytes
+            t.rss_bytes = rss
+            self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, rss)
 
     def _read(self, pids: Iterable[int]) -> list[Any]:
         read = self._iter.read  # type: ignore[attr-defined]
@@ -379,6 +389,7 @@ class ProcessScanner:
             self._rss_alive -= t.rss_bytes
             t.rss_bytes = 0
             self._alive.discard(pid)
+            self._buckets[pid % self._refresh_scans].discard(pid)
             self._exited[pid] = now_s
             self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, 0, False)
             vanished_s_by_parent[t.ppid] = (
@@ -402,6 +413,7 @@ class ProcessScanner:
         self._procs[pid] = t
         self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, t.rss_bytes)
         self._alive.add(pid)
+        self._buckets[pid % self._refresh_scans].add(pid)
         self._rss_alive += t.rss_bytes
 
     def _forget(self, pid: int) -> None:
@@ -411,11 +423,12 @@ class ProcessScanner:
         del self._info[pid]
         if pid in self._alive:
             self._alive.discard(pid)
+            self._buckets[pid % self._refresh_scans].discard(pid)
             self._rss_alive -= t.rss_bytes
         self._exited.pop(pid, None)
         for root, tree in self._trees.items():
             if pid != root:
-                tree.members.discard(pid)
+                tree.discard(pid)
 
     def _children_map(self, alive_only: bool = False) -> dict[int, list[int]]:
         children: dict[int, list[int]] = {}
@@ -437,8 +450,8 @@ class ProcessScanner:
         if regrow:
             children = self._children_map()
             for tree in self._trees.values():
-                for member in list(tree.members):
-                    tree.members |= _subtree(member, children)
+                for member in list(tree):
+                    tree |= _subtree(member, children)
             return
         born_children: dict[int, list[int]] = {}
         for pid in born:
@@ -448,8 +461,8 @@ class ProcessScanner:
         if not born_children:
             return
         for tree in self._trees.values():
-            for parent in [p for p in born_children if p in tree.members]:
-                tree.members |= _subtree(parent, born_children)
+            for parent in [p for p in born_children if p in tree]:
+                tree |= _subtree(parent, born_children)
 
 
 def _subtree(root: int, children: Mapping[int, list[int]]) -> set[int]:
