@@ -119,3 +119,26 @@ def test_daemon_owners_come_from_the_scanners_trees():
     finally:
         parent.stdin.close()
         parent.wait(30)
+
+
+def test_kernel_threads_are_not_re_read_for_memory():
+    """They have none (no mm) and their CPU is OTHER's, from /proc/stat."""
+
+    class RssCounting(ProcfsIterator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rss_reads: list[int] = []
+
+        def read_rss(self, pid):  # type: ignore[override]
+            self.rss_reads.append(pid)
+            return super().read_rss(pid)
+
+    reader = RssCounting()
+    scanner = ProcessScanner(iter_processes=reader, watched_only=True, refresh_scans=1)
+    first = scanner.snapshot(1.0)
+    kernel = {p for p, i in first.procs.items() if 2 in (p, i.ppid) and i.rss_bytes == 0}
+    if not kernel:
+        pytest.skip("no kernel threads visible here (a pid namespace)")
+    scanner.snapshot(2.0)
+    assert reader.rss_reads  # the rest of the machine was re-read for its memory ...
+    assert not kernel & set(reader.rss_reads)  # ... but not the kernel's threads

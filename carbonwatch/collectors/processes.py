@@ -174,16 +174,15 @@ class _Tracked:
 # counter wrapped) is cheaper found by listing /proc (~1 ms for 1,000 pids) than by opening every
 # pid handed out since (a few us each; most are threads, or already gone).
 MAX_PID_STEP = 256
+# ... and /proc is listed at least once per this many scans anyway: kernel threads are not re-read
+# (no memory, their CPU is OTHER's), so their exits are noticed there.
+LIST_EVERY_SCANS = 300
 
 
 class ProcessScanner:
-    """Scans all processes with psutil (``process_iter`` with attrs reads each one in one pass).
-
-    ``watch(pid)`` follows a pid and all its descendants (``descendants()``); with
-    ``key_all_pids=False`` only watched trees are keyed in shares. Exited processes are remembered
-    for ``exited_ttl_s`` with their last charge, so a child that ran between two scans still counts
-    and ``descendants()`` still lists it.
-    """
+    """Scans the processes (psutil's ``process_iter``, or ProcfsIterator). ``watch(pid)`` follows
+    a pid and its descendants; with ``key_all_pids=False`` only watched trees are keyed in shares.
+    Exited processes are remembered for ``exited_ttl_s`` with their last charge."""
 
     def __init__(
         self,
@@ -313,7 +312,8 @@ class ProcessScanner:
         last_pid = getattr(self._iter, "last_pid", lambda: None)()
         gone: set[int] = set()
         step = None if last_pid is None or self._last_pid is None else last_pid - self._last_pid
-        if step is None or not self._procs or not 0 <= step <= MAX_PID_STEP:
+        if step is None or not self._procs or not 0 <= step <= MAX_PID_STEP \
+                or self._rotation % LIST_EVERY_SCANS == 1:
             listed = set(self._iter.pids())  # type: ignore[attr-defined]
             due = (due & listed) | (listed - alive)
             rest &= listed
@@ -413,7 +413,8 @@ class ProcessScanner:
         self._procs[pid] = t
         self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, t.rss_bytes)
         self._alive.add(pid)
-        self._buckets[pid % self._refresh_scans].add(pid)
+        if not (self._light and 2 in (pid, t.ppid) and t.rss_bytes == 0):  # not a kernel thread
+            self._buckets[pid % self._refresh_scans].add(pid)
         self._rss_alive += t.rss_bytes
 
     def _forget(self, pid: int) -> None:
