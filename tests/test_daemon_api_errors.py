@@ -94,11 +94,10 @@ CASES = [
     ("POST", "/v1/jobs", b'{"name": "x", "kind": "other", "pid": NaN}', 400, "NaN"),
     ("POST", "/v1/jobs", b'{"name": "x", "kind": "other", "tags": {"a": Infinity}}', 400,
      "Infinity"),
-    # Deep nesting: the typed decoder stops at the first level no field admits (nothing recurses)
-    ("POST", "/v1/jobs", b'{"a":' * 40 + b"1" + b"}" * 40, 400, "body: unknown field 'a'"),
-    ("POST", "/v1/jobs", b"[" * 100_000 + b"]" * 100_000, 400, "body: expected a JSON object"),
+    ("POST", "/v1/jobs", b'{"a":' * 40 + b"1" + b"}" * 40, 400, "nested too deeply"),
+    ("POST", "/v1/jobs", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
     ("POST", "/v1/jobs", b'{"name": "x", "kind": "other", "tags": {"a": ' + b"[" * 100_000
-     + b"]" * 100_000 + b"}}", 400, "tags: expected"),
+     + b"]" * 100_000 + b"}}", 400, "nested too deeply"),
     ("POST", "/v1/jobs", {"name": "x", "kind": "other", "pid": 416}, 409, "already belongs"),
     ("POST", "/v1/jobs/nope/end", {}, 404, "no job with id 'nope'"),
     ("POST", "/v1/jobs/{ended}/end", {}, 409, "already ended"),

@@ -10,6 +10,7 @@ string (one substring search; the walk only when the escape is there). A refusal
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -154,7 +155,7 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T], *, allow_empty: bool =
     try:
         value = decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise refusal(exc, body) from None
+        raise refusal(exc, _parsed(body)) from None
     except msgspec.DecodeError:
         value = _tolerant(body, decoder.type)
     # A NUL reaches a string only as the escape \u0000: parse_json names the string holding one
@@ -162,6 +163,20 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T], *, allow_empty: bool =
     if b"\\u0000" in body:
         validation.parse_json(body, check_nesting=False)
     return value
+
+
+def _parsed(body: bytes) -> Any:
+    """A refused body parsed the slow way, only to word its refusal: JSON nested deeper than
+    MAX_DEPTH is refused as such (whatever field it sits in), and the parse lets the message name
+    a dict's key. None where Python's parser refuses it too (msgspec's message stands)."""
+    try:
+        obj = json.loads(body)
+    except RecursionError:
+        raise bad(f"JSON nested too deeply (limit {validation.MAX_DEPTH} levels)") from None
+    except ValueError:  # an integer of 5,000 digits
+        return None
+    validation.check_depth(obj)
+    return obj
 
 
 def _tolerant(body: bytes, type_: Any) -> Any:
