@@ -50,7 +50,9 @@ UnixS = Annotated[float, Meta(ge=0.0, le=MAX_UNIX_S, description="Unix seconds (
 Weight = Annotated[float, Meta(ge=0.0, le=MAX_WEIGHT,
                                description="the call's work (batch size, FLOPs)")]
 Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
-TagValue = Annotated[str, Meta(max_length=MAX_TAG_VALUE)] | int | float | bool | None
+# Tag integers within SQLite's (the store keeps tags as JSON text that SQL reads back).
+TagValue = (Annotated[str, Meta(max_length=MAX_TAG_VALUE)]
+            | Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | float | bool | None)
 Tags = Annotated[dict[Annotated[str, Meta(max_length=MAX_TEXT)], TagValue],
                  Meta(max_length=MAX_TAGS)]
 

@@ -152,9 +152,12 @@ def _name_keys(path: str, raw: Any) -> str:
 
 
 def _scalar_ok(value: Any) -> bool:
+    """A tag value as ``bodies.TagValue`` admits it (only to find the key to name)."""
     if isinstance(value, str):
         return len(value) <= 1024
-    return value is None or isinstance(value, bool | int) or (
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**63
+    return value is None or isinstance(value, bool) or (
         isinstance(value, float) and value - value == 0.0)
 
 
