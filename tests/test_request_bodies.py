@@ -37,10 +37,13 @@ def schema_accepts(name: str, body: Any) -> bool:
 
 def struct_accepts(struct: type, body: Any) -> bool:
     try:
-        msgspec.json.decode(json.dumps(body).encode(), type=struct)
+        decoded = msgspec.json.decode(json.dumps(body).encode(), type=struct)
     except msgspec.ValidationError:
         return False
-    return True
+    # A call's model the schema's pattern refuses (all blank) is refused after decoding, not by
+    # msgspec (its regex cost more than the rest of a call's decode): the same rule, said here.
+    groups = getattr(decoded, "calls", None) or getattr(decoded, "models", None) or []
+    return not any(g.model.isspace() for g in groups)
 
 
 def test_every_request_body_is_the_schema_of_the_struct_that_decodes_it():

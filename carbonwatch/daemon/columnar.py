@@ -34,7 +34,7 @@ import msgspec
 
 from carbonwatch.calls import NO_TAGS, CallSpan
 from carbonwatch.daemon import bodies, validation
-from carbonwatch.daemon.bodies import Pid, Tags, Text, Tokens, UnixS, Weight
+from carbonwatch.daemon.bodies import CallModel, Pid, Tags, Tokens, UnixS, Weight
 from carbonwatch.daemon.refusals import learn, refusal
 from carbonwatch.daemon.validation import (
     MAX_CALLS_PER_REQUEST,
@@ -52,7 +52,7 @@ _BIG_ENDIAN = sys.byteorder == "big"
 class ModelCalls(msgspec.Struct, forbid_unknown_fields=True):
     """One model's calls (one pid, one set of tags), column by column."""
 
-    model: Text
+    model: CallModel
     # A JSON array of numbers, or the values packed: base64 of little-endian IEEE-754 float64s
     # (the Python client's choice: repr() of a float costs more than the rest of the span).
     start: list[UnixS] | bytes
@@ -136,6 +136,8 @@ def _spans(batch: ColumnarBatch) -> CallBatch:
             if column is not None and len(column) != n:
                 raise bad(f"{where}.{name}: {len(column)} values, but start has {n}")
         model = group.model
+        if model.isspace():
+            raise bad(f"{where}.model: must not be empty or blank")
         tags = group.tags or NO_TAGS
         for i in range(n):
             if ends[i] < starts[i]:
