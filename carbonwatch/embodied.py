@@ -29,7 +29,7 @@ from importlib import resources
 from typing import Any
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.model import DeviceInfo, job_consumer, job_of_consumer
+from carbonwatch.model import DeviceInfo, per_job
 
 HOURS_PER_YEAR = 365.25 * 24
 MINUTE_S = 60.0
@@ -199,9 +199,4 @@ def job_embodied(
     conn: sqlite3.Connection, amort: Amortisation, job_ids: list[str]
 ) -> dict[str, dict[str, Any]]:
     """Embodied carbon per job id (a job that drew no energy above idle is absent)."""
-    if not job_ids:
-        return {}
-    marks = ", ".join("?" for _ in job_ids)
-    got = embodied_by(conn, amort, "e.consumer", f"e.consumer IN ({marks})",
-                      [job_consumer(j) for j in job_ids])
-    return {job_of_consumer(k) or k: v for k, v in got.items()}
+    return per_job(lambda key, where, args: embodied_by(conn, amort, key, where, args), job_ids)

@@ -5,9 +5,12 @@ points in time and seconds for durations."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
+
+V = TypeVar("V")
 
 
 class Provenance(StrEnum):
@@ -46,6 +49,19 @@ def job_consumer(job_id: str | int) -> str:
 def job_of_consumer(consumer: str) -> str | None:
     """The job id in a consumer key, or None when the key is not a job's (idle, other, a pid)."""
     return consumer[len(JOB_PREFIX):] if consumer.startswith(JOB_PREFIX) else None
+
+
+def per_job(
+    query: Callable[[str, str, list[str]], dict[str, V]], job_ids: Sequence[str]
+) -> dict[str, V]:
+    """``query(key, where, args)``, an aggregate over the energy table aliased ``e`` grouped by
+    ``key`` (``embodied_by``, ``marginal_by``), run for these jobs and keyed by job id; a job
+    with no rows is absent."""
+    if not job_ids:
+        return {}
+    marks = ", ".join("?" for _ in job_ids)
+    got = query("e.consumer", f"e.consumer IN ({marks})", [job_consumer(j) for j in job_ids])
+    return {job_of_consumer(k) or k: v for k, v in got.items()}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Connection bounds below HTTP: a connection that sends no complete request within
-``header_timeout_s`` is closed, and each client (address, or uid on the Unix socket) may hold at
-most ``max_per_client`` connections open.
+``header_timeout_s`` is closed, and each client may hold at most ``max_per_client`` connections
+open. A client is a local user where the kernel says which (SO_PEERCRED on the Unix socket,
+sock_diag on loopback TCP: every local user shares 127.0.0.1, so one user holding the cap must not
+lock out the others), else the peer's address.
 
 aiohttp closes a connection idle between requests after ``keepalive_timeout``, but a client that
 keeps sending a byte of headers now and then is never idle to it, and nothing bounds connections:
@@ -21,6 +23,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from carbonwatch.scheduler.peer import quick_loopback_owner
+
 log = logging.getLogger(__name__)
 
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -28,7 +32,8 @@ REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\
 
 
 def client_key(transport: asyncio.BaseTransport) -> str:
-    """Who a connection belongs to: its peer address, or the peer's uid on a Unix socket."""
+    """Who a connection belongs to: the peer's uid on a Unix socket or loopback TCP, else its
+    address."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family == socket.AF_UNIX:
         try:
@@ -37,8 +42,11 @@ def client_key(transport: asyncio.BaseTransport) -> str:
             return f"uid:{struct.unpack('3i', creds)[1]}"
         except OSError:
             return "unix"
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if peer else "unknown"
+    peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    if not peer:
+        return "unknown"
+    uid = quick_loopback_owner(peer, local) if local else None
+    return f"uid:{uid}" if uid is not None else str(peer[0])
 
 
 class _Conn:

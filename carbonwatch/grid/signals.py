@@ -23,7 +23,7 @@ from carbonwatch.config import Settings
 from carbonwatch.errors import ConfigError
 from carbonwatch.grid.series import mean_over, normalise
 from carbonwatch.grid.types import IntensityPoint, IntensitySource
-from carbonwatch.model import J_PER_KWH, job_consumer, job_of_consumer
+from carbonwatch.model import J_PER_KWH, per_job
 
 MARGINAL_PROVIDERS = ("watttime",)
 _MINUTE_S = 60
@@ -143,9 +143,6 @@ def marginal_by(
 def job_marginal(
     conn: sqlite3.Connection, settings: Settings, job_ids: list[str]
 ) -> dict[str, dict[str, Any]]:
-    if not job_ids:
-        return {}
-    marks = ", ".join("?" for _ in job_ids)
-    got = marginal_by(conn, settings, "e.consumer", f"e.consumer IN ({marks})",
-                      [job_consumer(j) for j in job_ids])
-    return {job_of_consumer(k) or k: v for k, v in got.items()}
+    """Marginal-signal CO2e per job id (a job that drew no energy is absent)."""
+    return per_job(lambda key, where, args: marginal_by(conn, settings, key, where, args),
+                   job_ids)

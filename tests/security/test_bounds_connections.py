@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 from daemon_helpers import DaemonProcess
+
+from .helpers import NOBODY, as_user, needs_root, public_python, user_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -122,3 +125,34 @@ def test_the_unix_socket_is_guarded_too(tmp_path):
         assert daemon.request("GET", "/healthz")[0] == 200
         for s in held:
             s.close()
+
+
+_HOLDER = """
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = [socket.create_connection((host, port), timeout=10) for _ in range(n)]
+time.sleep(0.3)
+extra = socket.create_connection((host, port), timeout=10)
+extra.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+print(extra.recv(4096).split(b"\\r\\n")[0].decode(), flush=True)
+sys.stdin.read()  # hold them until told
+"""
+
+
+@needs_root
+def test_one_local_user_at_the_cap_does_not_lock_out_the_others(tmp_path):
+    """On loopback TCP every local user comes from 127.0.0.1: the cap is per uid (sock_diag)."""
+    env = {"CARBONWATCH_MAX_CONNECTIONS_PER_CLIENT": "8"}
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as daemon:
+        host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+        holder = subprocess.Popen(  # noqa: S603
+            [*as_user(NOBODY), public_python(), "-c", _HOLDER, host, port, "8"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=user_env())
+        try:
+            assert holder.stdout is not None
+            # nobody's ninth connection is refused ...
+            assert holder.stdout.readline().startswith("HTTP/1.1 503")
+            # ... while root, from the same address, is served.
+            assert daemon.request("GET", "/healthz")[0] == 200
+        finally:
+            holder.communicate("", timeout=30)
