@@ -92,6 +92,10 @@ def refusal(exc: msgspec.ValidationError, raw: bytes | Any = None) -> ApiError:
     unknown = re.fullmatch(r"Object contains unknown field `(.+)`", msg)
     if unknown:
         return bad(f"{path or 'body'}: unknown field {unknown[1]!r}")
+    tag = re.fullmatch(r"Expected `bool \| int \| float \| str \| null`, got `(\w+)`", msg)
+    if tag:  # a tag's value (the one union of five): say it as a rule, not a type list
+        return bad(f"{path}: tag values must be strings, numbers, booleans or null, got "
+                   f"{_human(tag[1])}")
     return bad(f"{path or 'body'}: {_words(msg, name)}")
 
 
