@@ -231,3 +231,25 @@ def test_fuzzed_queries_never_get_a_5xx(daemon, query, path):
 
     status, answer = daemon.request("GET", path.format(job=daemon.job_id) + "?" + urlencode(query))
     assert status < 500, (status, answer)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/calls", calls({}, {"end": 99.0}), "calls[1].end"),
+    ("/v1/calls", calls({"tags": {"route/a-b": [1]}}), "calls[0].tags.route/a-b"),
+    ("/v1/calls", calls({"colour": 1}), "calls[0].colour"),
+    ("/v1/calls", calls({}, drop="model"), "calls[0].model"),
+    ("/v1/calls", b'{"calls": [{"model": "m", "start": 1, "end": 2, "weight": NaN}]}',
+     "calls[0].weight"),
+    ("/v1/jobs", {"name": "x", "kind": "other", "pids": [1, 0]}, "pids[1]"),
+    ("/v1/jobs", {"name": "x", "kind": "gaming"}, "kind"),
+    ("/v1/jobs", [1, 2], None),  # the whole body, not one field
+    ("/v1/jobs", b'{"name": ', None),  # malformed: no field to blame
+])
+def test_a_400_names_the_field_to_blame(daemon, path, body, field):
+    raw = body if isinstance(body, bytes) else None
+    before = snapshot(daemon)
+    status, answer = daemon.request("POST", path, None if raw else body, raw=raw)
+    assert status == 400 and snapshot(daemon) == before
+    assert answer.get("field") == field, answer
+    if field is not None:
+        assert answer["error"].startswith(field.rsplit(".colour", 1)[0] + ":"), answer

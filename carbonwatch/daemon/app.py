@@ -37,8 +37,8 @@ def error(status: int, message: str) -> web.Response:
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error(exc.status, exc.message)
+    except ApiError as exc:  # {"error": ..., "field"?: the path of the field to blame}
+        return web.json_response(exc.as_json(), status=exc.status)
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large; the limit is {validation.MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:

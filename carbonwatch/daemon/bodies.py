@@ -179,7 +179,11 @@ def _parsed(body: bytes) -> Any:
         obj = json.loads(body)
     except RecursionError:
         raise bad(f"JSON nested too deeply (limit {validation.MAX_DEPTH} levels)") from None
-    except ValueError:  # an integer of 5,000 digits
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        # msgspec refuses a field before it reaches where the JSON breaks: say where it breaks
+        validation.parse_json(body, nonfinite_to_validator=True)
+        return None
+    except ValueError:  # an integer of 5,000 digits: msgspec's "number out of range" stands
         return None
     validation.check_depth(obj)
     return obj

@@ -122,7 +122,9 @@ DOCUMENT: dict[str, Any] = {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Error": {"type": "object", "required": ["error"],
-                      "properties": {"error": {"type": "string"}}},
+                      "properties": {"error": {"type": "string"}, "field": {
+                          "type": "string", "description": "where one field is to blame, its "
+                          "path (calls[3].end); the error message starts with it"}}},
             "Job": _JOB,
         },
     },

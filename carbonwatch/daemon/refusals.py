@@ -82,21 +82,22 @@ def refusal(exc: msgspec.ValidationError, raw: bytes | Any = None) -> ApiError:
     if "[...]" in path:
         path = _name_keys(path, raw)
     if match["key"]:
-        return bad(f"{path or 'body'}: a key {_words(msg, '')}")
+        return bad(f"{path or 'body'}: a key {_words(msg, '')}", path or None)
     name = _last_name(path)
     missing = re.fullmatch(r"Object missing required field `(.+)`", msg)
     if missing:
         field = missing[1]
         where = f"{path}.{field}" if path else field
-        return bad(f"{where}: required{_required_hint(field, path, raw)}")
+        return bad(f"{where}: required{_required_hint(field, path, raw)}", where)
     unknown = re.fullmatch(r"Object contains unknown field `(.+)`", msg)
     if unknown:
-        return bad(f"{path or 'body'}: unknown field {unknown[1]!r}")
+        where = f"{path}.{unknown[1]}" if path else unknown[1]
+        return bad(f"{path or 'body'}: unknown field {unknown[1]!r}", where)
     tag = re.fullmatch(r"Expected `bool \| int \| float \| str \| null`, got `(\w+)`", msg)
     if tag:  # a tag's value (the one union of five): say it as a rule, not a type list
         return bad(f"{path}: tag values must be strings, numbers, booleans or null, got "
-                   f"{_human(tag[1])}")
-    return bad(f"{path or 'body'}: {_words(msg, name)}")
+                   f"{_human(tag[1])}", path)
+    return bad(f"{path or 'body'}: {_words(msg, name)}", path or None)
 
 
 def _words(msg: str, name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,16 +38,30 @@ Scalar = str | int | float | bool | None
 
 
 class ApiError(Exception):
-    """A request the API refuses; ``status`` is a 4xx, ``message`` names the problem."""
+    """A request the API refuses; ``status`` is a 4xx, ``message`` names the problem and
+    ``field``, where one field is to blame, its path (``calls[3].end``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.field = field
+
+    def as_json(self) -> dict[str, str]:
+        """The answer's body: ``{"error": ..., "field"?: ...}``."""
+        return {"error": self.message} if self.field is None else {
+            "error": self.message, "field": self.field}
 
 
-def bad(message: str) -> ApiError:
-    return ApiError(400, message)
+# "calls[3].end: ..." -> calls[3].end; "env (a key): ..." -> env. Not "body: ...", not prose.
+_FIELD_FIRST = re.compile(r"([^\W\d]\w*(?:\[\d+\]|\.\w+)*)(?: \(a key\))?: ")
+
+
+def bad(message: str, field: str | None = None) -> ApiError:
+    """A 400; its field is given, or read from a message that starts with one (``pid: ...``)."""
+    if field is None and (match := _FIELD_FIRST.match(message)) and match[1] != "body":
+        field = match[1]
+    return ApiError(400, message, field)
 
 
 def parse_limit(raw: str, most: int = 1000) -> int:
