@@ -116,7 +116,8 @@ DOCUMENT: dict[str, Any] = {
         "except a local user's own-job routes over loopback (its uid is known). A job belongs "
         "to the local uid that registered it: only it or an operator (admin token, root, the "
         "daemon's user) ends or merges it or sees its command line. "
-        "Times are Unix seconds (UTC). Errors are JSON `{\"error\": \"...\"}`.",
+        "Times are Unix seconds (UTC). Errors are JSON `{\"error\": \"...\"}`; a 400 that one "
+        "field earns also says which: `\"field\": \"calls[3].end\"`.",
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
