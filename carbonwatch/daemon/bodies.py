@@ -76,7 +76,9 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True):
     identity: Annotated[Text, Meta(
         description="a running job with the same identity (Slurm job, pod) is the same job")
     ] | None = None
-    command: list[str] | None = None
+    command: Annotated[list[str], Meta(
+        max_length=MAX_ARGS, description=f"argv; at most {MAX_ARG} characters in all")
+    ] | None = None
     owner_uid: Annotated[int, Meta(
         ge=0, le=2**32 - 2, description="operators only: the user the job belongs to")
     ] | None = None
