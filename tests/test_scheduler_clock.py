@@ -32,7 +32,7 @@ WAITER = (
 )
 
 
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     """Wait for a real process to act (a signal delivered, an exit), never for a slot."""
     deadline = time.monotonic() + timeout_s
     while not check():

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from forecast_csv import eia_values, shifted_csv
+from test_scheduler_clock import _until
 
 from carbonwatch.clock import ManualClock
 from carbonwatch.config import Settings
@@ -32,15 +33,6 @@ from carbonwatch.store import Store, deferred
 # Appends a line to the file given (one line per run).
 MARKER = "import sys; open(sys.argv[1], 'a').write('ran\\n')"
 URL = "http://127.0.0.1:9"
-
-
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Wait for a real process to act (an exit), never for a slot."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Node:

@@ -214,7 +214,7 @@ async def cancel(request: web.Request) -> web.Response:
     _launcher(request, service)
     who = authz.caller(request)
     try:
-        owner = (await service.get(request.match_info["id"])).get("owner_uid")
+        owner = (await service.job(request.match_info["id"])).owner_uid
         if not who.may_manage(owner):
             raise ApiError(403, f"deferred job {request.match_info['id']} belongs to uid {owner}; "
                                 f"{who.describe()} may not cancel it (only its owner or an "

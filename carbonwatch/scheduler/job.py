@@ -146,7 +146,9 @@ class DeferredJob:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in row.items() if k in known and v is not None}
         values["status"] = Status(row["status"])
-        values["plan"] = [(float(s), float(e)) for s, e in row.get("plan") or []]
+        # Taken as stored: a malformed plan of an older daemon's row is still shown (its times
+        # as None), and restarting it fails the job with the reason.
+        values["plan"] = [(s, e) for s, e in row.get("plan") or []]
         values["interruptible"] = bool(row.get("interruptible"))
         values["runs"] = [list(r) for r in row.get("runs") or []]
         values["env"] = dict(row.get("env") or {})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from carbonwatch.scheduler.job import ACTIVE, DeferredJob, Status
 from carbonwatch.store import deferred
-from carbonwatch.times import iso_utc
+from carbonwatch.times import check_ahead, iso_utc
 
 if TYPE_CHECKING:
     from carbonwatch.clock import Clock
@@ -76,6 +76,9 @@ class Restart:
             log.info("deferred jobs: restored %d", len(rows))
 
     async def _restore_one(self, job: DeferredJob, now_s: float) -> None:
+        # The submit's bound, again: a row stored without it (by hand, or an older daemon) is
+        # failed here rather than armed for year 33658.
+        check_ahead(job.deadline_s, now_s, "deadline")
         if job.status == Status.QUEUED:
             await self._restore_queued(job, now_s)
         elif job.status == Status.LAUNCHING:

@@ -229,7 +229,7 @@ class SchedulerService(Replan, Restart, Follow):
         return {**job.view(), "warnings": fetched.errors}
 
     async def get(self, job_id: str) -> dict[str, Any]:
-        return (await self._existing(job_id)).view()
+        return (await self.job(job_id)).view()
 
     async def queue(self, active_only: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
         statuses = ACTIVE if active_only else None
@@ -240,7 +240,7 @@ class SchedulerService(Replan, Restart, Follow):
         """A queued job is cancelled; a running or paused one is terminated (SIGTERM to its
         tree, SIGKILL after ``grace_s``) and then marked cancelled."""
         async with self._lock(job_id):
-            job = await self._existing(job_id)
+            job = await self.job(job_id)
             if job.ended:
                 raise Conflict(f"deferred job {job_id} already ended (status {job.status})")
             launcher = self.launchers.get(job.via)
@@ -460,7 +460,8 @@ class SchedulerService(Replan, Restart, Follow):
         row = await self._read(lambda s: deferred.get(s.conn, job_id))
         return None if row is None else DeferredJob.from_row(row)
 
-    async def _existing(self, job_id: str) -> DeferredJob:
+    async def job(self, job_id: str) -> DeferredJob:
+        """The stored job; raises NotFound."""
         job = await self._job(job_id)
         if job is None:
             raise NotFound(f"no deferred job with id {job_id[:64]!r}")
