@@ -51,7 +51,7 @@ def test_an_interruptible_job_follows_its_windows_in_clock_time(tmp_path):
         db=str(tmp_path / "cw.db"), port=0, zone="CISO", provider="csv", provider_url=str(csv)
     ).validate()
     clock = ManualClock(t0)
-    triggers = Triggers(clock)
+    triggers = Triggers(clock, loop=False)
 
     async def main() -> None:
         with Store(tmp_path / "cw.db") as store:
@@ -70,7 +70,6 @@ def test_an_interruptible_job_follows_its_windows_in_clock_time(tmp_path):
 
             service = SchedulerService(
                 settings, read=read, write=write, clock=clock, poll_s=0.02, triggers=triggers,
-                run_triggers=False,
                 launchers={"": LocalLauncher(argv=lambda _n, _k, command, cwd=None: [*command])},
             )
             await service.start("http://127.0.0.1:9")

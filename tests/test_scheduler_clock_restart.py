@@ -51,7 +51,7 @@ class Node:
     def service(self, **launchers: Any) -> SchedulerService:
         return SchedulerService(
             self.settings, read=self.read, write=self.write, clock=self.clock, poll_s=0.02,
-            triggers=Triggers(self.clock), run_triggers=False,
+            triggers=Triggers(self.clock, loop=False),
             launchers={"": LocalLauncher(argv=lambda _n, _k, command, cwd=None: [*command]),
                        **launchers},
         )

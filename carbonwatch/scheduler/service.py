@@ -89,11 +89,10 @@ class SchedulerService(Replan, Restart, Follow):
         poll_s: float = 0.25,
         launchers: Mapping[str, Launcher] | None = None,
         triggers: Triggers | None = None,
-        run_triggers: bool = True,
     ) -> None:
         """``launchers``: one per ``via`` ("" the local one, "slurm"); a missing one is the
-        default. ``run_triggers``: False leaves firing triggers to the caller
-        (``triggers.run_due()`` after moving a ManualClock)."""
+        default. ``triggers``: the daemon's fire on their own; a test passes
+        ``Triggers(clock, loop=False)`` and calls ``run_due()`` after moving a ManualClock."""
         self.settings = settings
         self._read = read
         self._write = write
@@ -112,10 +111,7 @@ class SchedulerService(Replan, Restart, Follow):
         self.poll_s = poll_s
         self.log_dir = settings.db_path.parent / "deferred-logs"
         self.daemon_url = ""
-        # When events fire, in the clock's time: a loop task sleeping until the next one, or
-        # (run_triggers=False) whoever moves a ManualClock calls triggers.run_due().
-        self.triggers = triggers or Triggers(self.clock)
-        self._run_triggers = run_triggers
+        self.triggers = triggers or Triggers(self.clock)  # when events fire, in clock time
         self._running: dict[str, Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -131,7 +127,7 @@ class SchedulerService(Replan, Restart, Follow):
         self.triggers.start({
             "deferred:refresh": (self.refresh, self.refresh_every_s),
             "deferred:follow": (self.poll, POLL_S),  # untimed launchers' jobs (Slurm)
-        }, run=self._run_triggers)
+        })
         await self._restore()
 
     async def stop(self) -> None:
@@ -243,9 +239,8 @@ class SchedulerService(Replan, Restart, Follow):
             job = await self.job(job_id)
             if job.ended:
                 raise Conflict(f"deferred job {job_id} already ended (status {job.status})")
-            launcher = self.launchers.get(job.via)
-            if launcher is not None and not launcher.timed:
-                await launcher.cancel(job)  # where it is held (scancel)
+            if not self._timed(job):
+                await self.launchers[job.via].cancel(job)  # where it is held (scancel)
                 now_s = self.clock.time()
                 job = await self._save(
                     job, status=Status.CANCELLED, ended_s=now_s, slurm_state="CANCELLED",
@@ -278,11 +273,6 @@ class SchedulerService(Replan, Restart, Follow):
 
     # --- triggers -----------------------------------------------------------------------------
 
-    def _at(
-        self, t_s: float, fn: Callable[[str], Awaitable[None]], job_id: str, event: str
-    ) -> None:
-        self.triggers.at(t_s, fn, job_id, event)
-
     def _disarm(self, job_id: str) -> None:
         self.triggers.disarm(job_id)
 
@@ -297,14 +287,14 @@ class SchedulerService(Replan, Restart, Follow):
         self._disarm(job_id)
         now_s = self.clock.time()
         if job.status == Status.QUEUED:
-            self._at(windows[0][0], self._launch, job_id, "launch")
+            self.triggers.at(windows[0][0], self._launch, job_id, "launch")
         if not job.interruptible:
             return
         for i, (start_s, end_s) in enumerate(windows):
             if i > 0 and start_s > now_s:
-                self._at(start_s, self._resume, job_id, f"resume:{i}")
+                self.triggers.at(start_s, self._resume, job_id, f"resume:{i}")
             if i < len(windows) - 1 and end_s > now_s:
-                self._at(end_s, self._pause, job_id, f"pause:{i}")
+                self.triggers.at(end_s, self._pause, job_id, f"pause:{i}")
 
     # --- events -------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ trigger once.
 One timing path for the daemon and the tests. In the daemon a loop task sleeps until the next
 due time (woken early when a trigger is added, and at most ``MAX_SLEEP_S`` at a time, so a
 stepped wall clock is noticed) and fires what fell due, each as its own task, so a slow refresh
-never holds back a launch. A test on a ManualClock starts it with ``run=False``, moves the clock
+never holds back a launch. A test on a ManualClock builds it with ``loop=False``, moves the clock
 and calls :meth:`Triggers.run_due`, which fires the same events, in time order, one after the
 other. (APScheduler did this before; it timed on the system clock, so tests had to sleep through
 real slots, and nothing else in carbonwatch used it.)"""
@@ -26,8 +26,11 @@ Every = dict[str, tuple[Callable[[], Awaitable[None]], float]]
 
 
 class Triggers:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, loop: bool = True) -> None:
+        """``loop``: on :meth:`start`, a loop task on the running event loop fires what falls
+        due; False leaves that to :meth:`run_due` (a test on a ManualClock)."""
         self.clock = clock
+        self._loop_wanted = loop
         self._events: dict[str, tuple[float, Callable[[str], Awaitable[None]], str]] = {}
         self._every: Every = {}
         self._next_every: dict[str, float] = {}
@@ -37,15 +40,14 @@ class Triggers:
         self._loop_task: asyncio.Task[None] | None = None
         self.started = False
 
-    def start(self, every: Every, *, run: bool = True) -> None:
+    def start(self, every: Every) -> None:
         """Start timing, with ``every`` = {id: (fn, interval s)}, each first due one interval
-        from now. ``run``: a loop task on the running event loop fires what falls due; False
-        leaves that to :meth:`run_due`."""
+        from now."""
         self.started = True
         self._every = dict(every)
         now_s = self.clock.time()
         self._next_every = {k: now_s + seconds for k, (_, seconds) in every.items()}
-        if run:
+        if self._loop_wanted:
             self._wake = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
