@@ -1,7 +1,7 @@
 """What a deferred job is, independent of how it is served: the request (``Submission``), the
 stored job (``DeferredJob``, its ``Status`` and the transitions between them) and the
-scheduler's domain errors. No aiohttp, no APScheduler: the daemon's
-routes import this without loading the scheduler's timing."""
+scheduler's domain errors. No aiohttp, no timing: the daemon's routes import this without
+loading the scheduler's service."""
 
 from __future__ import annotations
 
