@@ -2,7 +2,8 @@
 
 The daemon depends on the scheduler, never the reverse: this module turns requests into
 :class:`~carbonwatch.scheduler.job.Submission` and the scheduler's domain errors into HTTP.
-It imports only the scheduler's job module: the OpenAPI document is built without loading the service.
+It imports only the scheduler's job module: the OpenAPI document is built without loading
+the service.
 
 
 ``POST /v1/deferred`` submit · ``GET /v1/deferred`` the queue · ``GET /v1/deferred/{id}`` one job ·
