@@ -141,6 +141,7 @@ def test_a_queued_job_is_replanned_when_a_newer_forecast_arrives(tmp_path):
                 command=[sys.executable, "-c", MARKER, str(marker)], deadline_s=t0 + 40,
                 duration_s=2.0, name="marker"))
             assert view["plan"][0]["start_s"] == t0 + 24
+            assert service.triggers.armed(view["id"]) == ["launch"]
             # A newer forecast: the low slot is now 12 s sooner.
             shifted_csv(tmp_path / "newer.csv", [high] * 4 + [low] + [high] * 7, t0,
                         3.0).replace(csv)
@@ -214,7 +215,7 @@ def test_an_untimed_launcher_holds_moves_cancels_and_is_followed(tmp_path):
                 via="slurm"))
             assert view["slurm_job_id"] == "100" and view["via"] == "slurm"
             assert held.calls[0] == ("submit", "100", t0 + 24)
-            assert not service.triggers._events  # held there: nothing armed here
+            assert service.triggers.armed(view["id"]) == []  # held there: nothing armed here
 
             shifted_csv(tmp_path / "newer.csv", [high] * 4 + [low] + [high] * 7, t0,
                         3.0).replace(csv)

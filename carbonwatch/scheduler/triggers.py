@@ -72,6 +72,10 @@ class Triggers:
         for key in [k for k in self._events if k.startswith(f"{job_id}:")]:
             del self._events[key]
 
+    def armed(self, job_id: str) -> list[str]:
+        """The events armed for one job (``launch``, ``pause:<i>``, ``resume:<i>``)."""
+        return [k.split(":", 1)[1] for k in self._events if k.startswith(f"{job_id}:")]
+
     def due(self) -> list[str]:
         """The ids of the events due now (``<job id>:<event>``), earliest first."""
         now_s = self.clock.time()
