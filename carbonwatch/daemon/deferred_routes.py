@@ -2,7 +2,8 @@
 
 The daemon depends on the scheduler, never the reverse: this module turns requests into
 :class:`~carbonwatch.scheduler.job.Submission` and the scheduler's domain errors into HTTP.
-It imports no APScheduler: the OpenAPI document is built without loading the scheduler.
+It imports only the scheduler's job module: the OpenAPI document is built without loading
+the service.
 
 
 ``POST /v1/deferred`` submit · ``GET /v1/deferred`` the queue · ``GET /v1/deferred/{id}`` one job ·
@@ -160,7 +161,7 @@ async def cancel(request: web.Request) -> web.Response:
     _launcher(request, service)
     who = authz.caller(request)
     try:
-        owner = (await service.get(request.match_info["id"])).get("owner_uid")
+        owner = (await service.job(request.match_info["id"])).owner_uid
         if not who.may_manage(owner):
             raise ApiError(403, f"deferred job {request.match_info['id']} belongs to uid {owner}; "
                                 f"{who.describe()} may not cancel it (only its owner or an "
