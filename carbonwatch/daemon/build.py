@@ -170,7 +170,7 @@ def build_daemon(
             totals, health.gauges, node, pricing.currency if pricing.known else None,
             now=clock.time, retention_s=settings.metrics_job_retention_s,
         )
-        from carbonwatch.scheduler.service import SchedulerService  # APScheduler: when served
+        from carbonwatch.scheduler.service import SchedulerService
 
         # Started in serve(), once the URL its launched wrappers report to is known.
         scheduler = SchedulerService(settings, read=reader.run, write=writer.run)

@@ -3,31 +3,36 @@ job (``<job id>:launch``, ``:pause:<i>``, ``:resume:<i>``) and the scheduler's o
 jobs (the refresh, the poll of untimed launchers). A time already passed fires at once, each
 trigger once.
 
-One timing path for the daemon and the tests. In the daemon a loop task sleeps until the next
-due time (woken early when a trigger is added, and at most ``MAX_SLEEP_S`` at a time, so a
-stepped wall clock is noticed) and fires what fell due, each as its own task, so a slow refresh
-never holds back a launch. A test on a ManualClock builds it with ``loop=False``, moves the clock
-and calls :meth:`Triggers.run_due`, which fires the same events, in time order, one after the
-other. (APScheduler did this before; it timed on the system clock, so tests had to sleep through
-real slots, and nothing else in carbonwatch used it.)"""
+One timing path for the daemon and the tests: what is due is decided here, in clock time, from
+one table. A test on a ManualClock builds ``Triggers(clock, loop=False)``, moves the clock and
+calls :meth:`Triggers.run_due`. In the daemon, APScheduler 3's ``AsyncIOScheduler`` does the
+waiting in real time: one date job wakes this table at the next due time (converted from clock
+time to wall time at arming, so a clock that is not the system's still decides), re-armed
+whenever the table changes, and one interval job every ``MAX_SLEEP_S`` catches a stepped wall
+clock. What falls due fires as its own task, so a slow refresh never holds back a launch, and an
+interval job still running is skipped rather than run twice (APScheduler's coalescing, kept)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
 
 from carbonwatch.clock import Clock
 
 log = logging.getLogger(__name__)
-MAX_SLEEP_S = 5.0
+MAX_SLEEP_S = 5.0  # the longest wait before the table is looked at again
+_WAKE, _TICK = "carbonwatch:wake", "carbonwatch:tick"
 Every = dict[str, tuple[Callable[[], Awaitable[None]], float]]
 
 
 class Triggers:
     def __init__(self, clock: Clock, *, loop: bool = True) -> None:
-        """``loop``: on :meth:`start`, a loop task on the running event loop fires what falls
+        """``loop``: on :meth:`start`, APScheduler on the running event loop fires what falls
         due; False leaves that to :meth:`run_due` (a test on a ManualClock)."""
         self.clock = clock
         self._loop_wanted = loop
@@ -36,8 +41,7 @@ class Triggers:
         self._next_every: dict[str, float] = {}
         self._busy: dict[str, asyncio.Task[None]] = {}  # interval jobs running (never two)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._waker: AsyncIOScheduler | None = None
         self.started = False
 
     def start(self, every: Every) -> None:
@@ -48,16 +52,23 @@ class Triggers:
         now_s = self.clock.time()
         self._next_every = {k: now_s + seconds for k, (_, seconds) in every.items()}
         if self._loop_wanted:
-            self._wake = asyncio.Event()
-            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+            self._waker = AsyncIOScheduler(
+                event_loop=asyncio.get_running_loop(), timezone=UTC,
+                # Run however late (the loop may be busy); the table decides what is due, so a
+                # wake-up that comes twice or late fires nothing twice.
+                job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 8},
+            )
+            self._waker.start()
+            self._waker.add_job(self._fire_due, "interval", seconds=MAX_SLEEP_S, id=_TICK)
+            self._rearm()
 
     def stop(self) -> None:
         """No more firing. Events already firing run on (a launch half done is finished)."""
         self.started = False
         self._events.clear()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            self._loop_task = None
+        if self._waker is not None:
+            self._waker.shutdown(wait=False)
+            self._waker = None
 
     def at(
         self, t_s: float, fn: Callable[[str], Awaitable[None]], job_id: str, event: str
@@ -65,7 +76,7 @@ class Triggers:
         """Run ``fn(job_id)`` at clock time ``t_s`` (at once if it passed), replacing the
         job's trigger of the same ``event``."""
         self._events[f"{job_id}:{event}"] = (t_s, fn, job_id)
-        self._wake.set()
+        self._rearm()
 
     def disarm(self, job_id: str) -> None:
         """Drop every trigger of one job."""
@@ -109,22 +120,33 @@ class Triggers:
                 due.append((key, fn))
         return due
 
-    async def _loop(self) -> None:
-        while self.started:
-            self._wake.clear()
-            for key in self.due():
-                _, fn, job_id = self._events.pop(key)
-                self._spawn(key, fn(job_id))
-            for key, fn_every in self._due_every():
-                if key in self._busy:
-                    continue  # the last one still runs: skip, as a coalescing scheduler would
-                self._busy[key] = self._spawn(key, fn_every())
-                self._busy[key].add_done_callback(lambda _t, k=key: self._busy.pop(k, None))
-            next_s = self.next_s()
-            wait_s = MAX_SLEEP_S if next_s is None else next_s - self.clock.time()
-            if wait_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(wait_s, MAX_SLEEP_S))
+    async def _fire_due(self) -> None:
+        """APScheduler's job: fire what is due, each as its own task, then wake again at the
+        next due time."""
+        if not self.started:
+            return
+        for key in self.due():
+            _, fn, job_id = self._events.pop(key)
+            self._spawn(key, fn(job_id))
+        for key, fn_every in self._due_every():
+            if key in self._busy:
+                continue  # the last one still runs: skip, as a coalescing scheduler would
+            self._busy[key] = self._spawn(key, fn_every())
+            self._busy[key].add_done_callback(lambda _t, k=key: self._busy.pop(k, None))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """One APScheduler date job at the table's next due time, in wall time."""
+        if self._waker is None or not self.started:
+            return
+        next_s = self.next_s()
+        if next_s is None:
+            return
+        wait_s = min(max(0.0, next_s - self.clock.time()), MAX_SLEEP_S)
+        self._waker.add_job(
+            self._fire_due, DateTrigger(run_date=datetime.now(UTC) + timedelta(seconds=wait_s)),
+            id=_WAKE, replace_existing=True,
+        )
 
     def _spawn(self, key: str, work: Awaitable[None]) -> asyncio.Task[None]:
         async def fire() -> None:
