@@ -81,35 +81,31 @@ class ProcfsIterator:
         """Every pid in the proc root (one ``listdir``, no per-process read)."""
         return [int(name) for name in os.listdir(self._root_s) if name.isdigit()]
 
-    def read_rss(self, pid: int) -> int | None:
-        """One process's resident bytes (``statm``, the same figure as stat's rss: half the cost
-        of a stat read); None if it is gone or unreadable."""
+    def _read(self, path: str, size: int) -> bytes | None:
+        # os.open/os.read: about half the cost of a buffered open() for a one-line file.
         try:
-            fd = os.open(f"{self._root_s}/{pid}/statm", os.O_RDONLY)
-        except OSError:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # exited between listdir and open, or not readable
             return None
         try:
-            raw = os.read(fd, 256)
+            return os.read(fd, size)
         except OSError:
             return None
         finally:
             os.close(fd)
-        fields = raw.split(None, 2)
+
+    def read_rss(self, pid: int) -> int | None:
+        """One process's resident bytes (``statm``, the same figure as stat's rss: half the cost
+        of a stat read); None if it is gone or unreadable."""
+        raw = self._read(f"{self._root_s}/{pid}/statm", 256)
+        fields = raw.split(None, 2) if raw is not None else []
         return int(fields[1]) * self._page if len(fields) >= 2 else None
 
     def read(self, pid: int) -> ProcEntry | None:
         """One process's stat line as a ProcEntry; None if it is gone or unreadable."""
-        # os.open/os.read: about half the cost of a buffered open() for a one-line file.
-        try:
-            fd = os.open(f"{self._root_s}/{pid}/stat", os.O_RDONLY)
-        except OSError:  # exited between listdir and open, or not readable
+        raw = self._read(f"{self._root_s}/{pid}/stat", 4096)
+        if raw is None:
             return None
-        try:
-            raw = os.read(fd, 4096)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
         # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
         fields = raw[raw.rfind(b")") + 2 :].split()
         if len(fields) < 22:
