@@ -5,6 +5,7 @@ how far the power reading lags the counter (:func:`estimate_power_lag`, used by 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 # Shifts of the power reading tried by estimate_power_lag: 0 to 2 s.
 LAG_SHIFTS_S = tuple(round(0.05 * i, 2) for i in range(41))
@@ -53,8 +54,37 @@ def scale_segments(
     return tuple(scaled)
 
 
+class PowerReadings:
+    """The last ``size`` (time, power) readings as two numpy rings: the lag estimate takes them
+    as arrays, oldest first, without a Python pass over every tuple each time."""
+
+    def __init__(self, size: int) -> None:
+        import numpy as np
+
+        self._t, self._p = np.zeros(size), np.zeros(size)
+        self._size, self._first, self._n = size, 0, 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, t_s: float, power_w: float) -> None:
+        slot = (self._first + self._n) % self._size
+        if self._n == self._size:
+            self._first = (self._first + 1) % self._size
+        else:
+            self._n += 1
+        self._t[slot], self._p[slot] = t_s, power_w
+
+    def arrays(self) -> tuple[Any, Any]:
+        """(times, powers), oldest first: new arrays, the same numbers as appended."""
+        import numpy as np
+
+        order = (self._first + np.arange(self._n)) % self._size
+        return self._t[order], self._p[order]
+
+
 def estimate_power_lag(
-    readings: Sequence[tuple[float, float]],
+    readings: Sequence[tuple[float, float]] | PowerReadings,
     intervals: Sequence[tuple[float, float, float]],
     current_s: float,
 ) -> float:
@@ -67,8 +97,11 @@ def estimate_power_lag(
         return current_s
     import numpy as np
 
-    t = np.array([r[0] for r in readings])
-    p = np.array([r[1] for r in readings])
+    if isinstance(readings, PowerReadings):
+        t, p = readings.arrays()
+    else:
+        t = np.array([r[0] for r in readings])
+        p = np.array([r[1] for r in readings])
     cum = np.concatenate([[0.0], np.cumsum(p[:-1] * np.diff(t))])
     s = np.array([iv[0] for iv in intervals])
     e = np.array([iv[1] for iv in intervals])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from carbonwatch.collectors.gpuidle import MIN_IDLE_INTERVAL_S, parse_idle_setting
-from carbonwatch.collectors.gpushape import estimate_power_lag
+from carbonwatch.collectors.gpushape import PowerReadings, estimate_power_lag
 
 if TYPE_CHECKING:
     from carbonwatch.collectors.gpu import ProcessSample
@@ -142,7 +142,7 @@ class ShareTracker:
         self._max_power_w = 0.0  # highest mean power of any fit row
         self._counter_rows: deque[tuple[float, float, float, frozenset[int]]] = deque()
         # For estimating how far the power reading lags: recent readings and counter intervals.
-        self._readings: deque[tuple[float, float]] = deque(maxlen=LAG_READINGS)
+        self._readings = PowerReadings(LAG_READINGS)
         self._counter_energy: deque[tuple[float, float, float]] = deque(maxlen=LAG_INTERVALS)
         self._since_lag_estimate = 0
         self._lag_estimates = 0
@@ -170,7 +170,7 @@ class ShareTracker:
 
     def add_power(self, t_s: float, power_w: float) -> None:
         self._pending.append((t_s, power_w))
-        self._readings.append((t_s, power_w))
+        self._readings.append(t_s, power_w)
 
     # -- activity --
 
