@@ -4,6 +4,7 @@ how far the power reading lags the counter (:func:`estimate_power_lag`, used by 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,32 +56,25 @@ def scale_segments(
 
 
 class PowerReadings:
-    """The last ``size`` (time, power) readings as two numpy rings: the lag estimate takes them
-    as arrays, oldest first, without a Python pass over every tuple each time."""
+    """The last ``size`` (time, power) readings, as two deques of floats: the lag estimate turns
+    them into arrays in C (``list`` then ``np.array``), not with a Python pass over tuples."""
 
     def __init__(self, size: int) -> None:
-        import numpy as np
-
-        self._t, self._p = np.zeros(size), np.zeros(size)
-        self._size, self._first, self._n = size, 0, 0
+        self._t: deque[float] = deque(maxlen=size)
+        self._p: deque[float] = deque(maxlen=size)
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._t)
 
     def append(self, t_s: float, power_w: float) -> None:
-        slot = (self._first + self._n) % self._size
-        if self._n == self._size:
-            self._first = (self._first + 1) % self._size
-        else:
-            self._n += 1
-        self._t[slot], self._p[slot] = t_s, power_w
+        self._t.append(t_s)
+        self._p.append(power_w)
 
     def arrays(self) -> tuple[Any, Any]:
         """(times, powers), oldest first: new arrays, the same numbers as appended."""
         import numpy as np
 
-        order = (self._first + np.arange(self._n)) % self._size
-        return self._t[order], self._p[order]
+        return np.array(list(self._t), dtype=float), np.array(list(self._p), dtype=float)
 
 
 def estimate_power_lag(
