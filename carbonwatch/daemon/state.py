@@ -12,7 +12,7 @@ is either fully rolled up or fully re-read: never counted twice, never lost.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import threading
 import uuid
 from collections import defaultdict
@@ -20,10 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from carbonwatch.callchunk import Emitted, minute_rollup
 from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.daemon.flush import Flush
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
 from carbonwatch.daemon.metrics import OTHER, LabelCap
+from carbonwatch.daemon.rawlog import RawBlock
 from carbonwatch.ledger import EnergyLedger
 from carbonwatch.pricing import Pricing
 from carbonwatch.proc import children_map
@@ -67,13 +69,12 @@ class DeviceStatus:
 class _Batch:
     """An acknowledged batch's settled calls, held until all of it is settled."""
 
-    __slots__ = ("batch_id", "remaining", "settled", "consumers")
+    __slots__ = ("batch_id", "remaining", "settled")
 
     def __init__(self, batch_id: int, size: int) -> None:
         self.batch_id = batch_id
         self.remaining = size
-        self.settled: list[tuple[CallSpan, float, float, float]] = []  # CallLedger's per_call
-        self.consumers: list[str] = []  # parallel to ``settled``
+        self.settled: list[Emitted] = []  # its calls as the CallLedger emitted them (arrays)
 
 
 class DaemonState:
@@ -99,7 +100,10 @@ class DaemonState:
         self.scanner = scanner
         self._watched: set[int] = set()  # root pids the scanner watches (sampling thread only)
         self.new_id = new_id
-        self._span_batch: dict[int, tuple[_Batch, str]] = {}  # id(span) -> (batch, consumer)
+        # Batches with calls not yet settled, by id: the id is the calls' tag in the CallLedger,
+        # which hands it back with each settled call (no per-call bookkeeping here).
+        self._batches: dict[int, _Batch] = {}
+        self._pending_calls = 0
         self._next_batch_id = 1
         self._completed: list[_Batch] = []  # batches completed outside a flush (refused spans)
         # Live nodes: a call naming a pid with no process here is folded (see _resolve_one), and
@@ -243,17 +247,15 @@ class DaemonState:
             return
         batch = _Batch(batch_id, total)
         with self.lock:
-            span_batch = self._span_batch
+            self._batches[batch_id] = batch
+            self._pending_calls += total
             for consumer, spans in by_consumer.items():
-                tag = (batch, consumer)
-                for span in spans:
-                    span_batch[id(span)] = tag
                 dropped_before = self.calls.dropped_spans
-                self.calls.add_spans(consumer, spans)
+                self.calls.add_spans(consumer, spans, tag=batch_id)
                 refused = self.calls.dropped_spans - dropped_before
                 if refused:  # over the ledger's memory bound: settled at once with no energy
-                    refused_calls = [(span, 0.0, 0.0, 0.0) for span in spans[-refused:]]
-                    self._settle(refused_calls, self._completed)
+                    self._settle([Emitted.unsettled(consumer, spans[-refused:], batch_id)],
+                                 self._completed)
 
     # --- flushing (sampling thread) ----------------------------------------------------------
 
@@ -262,7 +264,7 @@ class DaemonState:
             rows = self.ledger.drain_minute_rows()
             settlement = self.calls.flush() if final else self.calls.settle(now_s)
             completed, self._completed = self._completed, []
-            self._settle(settlement.per_call, completed)
+            self._settle(settlement.emitted, completed)
             label_of = self.live_jobs.label_of
             metric_energy = [
                 ((*label_of(r["consumer"]), r["model"], r["phase"], r["device_id"]),
@@ -291,22 +293,22 @@ class DaemonState:
             sampled_until_s=sampled_until_s,
         )
 
-    def _settle(
-        self, per_call: Sequence[tuple[CallSpan, float, float, float]], completed: list[_Batch]
-    ) -> None:
-        """File each settled call under its batch; collect the batches now complete."""
-        pop = self._span_batch.pop
-        for item in per_call:
-            batch, consumer = pop(id(item[0]))
-            batch.settled.append(item)
-            batch.consumers.append(consumer)
-            batch.remaining -= 1
-            if not batch.remaining:
-                completed.append(batch)
+    def _settle(self, emitted: Sequence[Emitted], completed: list[_Batch]) -> None:
+        """File the settled calls under their batches (the tag the ledger hands back is the
+        batch id); collect the batches now complete."""
+        batches = self._batches
+        for part in emitted:
+            for batch_id, piece in part.by_tag():
+                batch = batches[batch_id]
+                batch.settled.append(piece)
+                batch.remaining -= len(piece)
+                self._pending_calls -= len(piece)
+                if not batch.remaining:
+                    completed.append(batches.pop(batch_id))
 
     def pending_calls(self) -> int:
         with self.lock:
-            return len(self._span_batch)
+            return self._pending_calls
 
     def apportioned(self) -> dict[str, int]:
         """Calls settled since start, by how their energy was apportioned."""
@@ -316,74 +318,23 @@ class DaemonState:
 
 def _rollup(
     batches: Sequence[_Batch], log_calls: bool = True,
-) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]], dict[str, tuple[int, float]]]:
-    """Raw log rows, call_minute rows and per-consumer (calls, energy) for completed batches.
+) -> tuple[list[RawBlock], list[dict[str, Any]], dict[str, tuple[int, float]]]:
+    """Raw log blocks, call_minute rows and per-consumer (calls, energy) for completed batches.
 
     The CallLedger's own ``minute_rows`` mix calls of several batches, some not yet complete;
     these rows cover exactly the completed batches, so they can commit with ``pending`` cleared.
-    One pass, few allocations: this runs for every call the daemon ingests."""
-    call_rows: list[tuple[Any, ...]] = []
-    row = call_rows.append
-    minutes: dict[tuple[float, str], list[float]] = {}
+    Array sums, no Python object per call: this runs for every call the daemon ingests. The raw
+    log's rows are made later, only for the rows it writes (``RawCallLog``)."""
+    parts = [part for batch in batches for part in batch.settled]
+    call_minutes = minute_rollup(parts)
+    for row in call_minutes:
+        del row["fitted_calls"]  # the ledger's counter; call_minute has no such column
     per_consumer: dict[str, list[float]] = {}
-    tag_json = _tag_json
-    for batch in batches:
-        batch_id = batch.batch_id
-        for (span, energy_j, carbon_g, cost), consumer in zip(
-            batch.settled, batch.consumers, strict=True
-        ):
-            start_s, end_s, model = span.start_s, span.end_s, span.model
-            tokens_in, tokens_out = span.tokens_in, span.tokens_out
-            if log_calls:
-                tags = span.tags
-                row((batch_id, model, span.pid, start_s, end_s,
-                     tag_json(tags) if tags else "{}", energy_j, span.weight, tokens_in,
-                     tokens_out))
-            key = (start_s // 60.0 * 60.0, model)
-            acc = minutes.get(key)
-            if acc is None:
-                acc = minutes[key] = [1, end_s - start_s, energy_j, carbon_g, cost, 0, 0, 0, 0.0]
-            else:
-                acc[0] += 1
-                acc[1] += end_s - start_s
-                acc[2] += energy_j
-                acc[3] += carbon_g
-                acc[4] += cost
-            if tokens_in is not None:
-                acc[5] += tokens_in
-            if tokens_out is not None:  # a token call: its energy is what per-token figures use
-                acc[6] += tokens_out
-                acc[7] += 1
-                acc[8] += energy_j
-            by_job = per_consumer.get(consumer)
-            if by_job is None:
-                per_consumer[consumer] = [1, energy_j]
-            else:
-                by_job[0] += 1
-                by_job[1] += energy_j
-    call_minutes = [
-        {"minute_s": int(minute_s), "model": model, "calls": int(n), "busy_s": busy_s,
-         "energy_j": energy_j, "co2e_g": carbon_g, "cost": cost, "tokens_in": t_in,
-         "tokens_out": t_out, "token_calls": t_calls, "token_energy_j": t_j}
-        for (minute_s, model), (n, busy_s, energy_j, carbon_g, cost, t_in, t_out, t_calls, t_j)
-        in minutes.items()
-    ]
+    for part in parts:
+        acc = per_consumer.setdefault(part.consumer, [0, 0.0])
+        acc[0] += len(part)
+        acc[1] += math.fsum(part.energy_j.tolist())
     job_calls = {c: (int(n), e) for c, (n, e) in per_consumer.items()}
-    return call_rows, call_minutes, job_calls
-
-
-_TAG_JSON: dict[str, str] = {}
-
-
-def _tag_json(tags: Mapping[str, Any]) -> str:
-    """Tags as JSON for the raw log, cached: services repeat a few tag sets (batch sizes,
-    routes) millions of times. Bounded, so unique tags (request ids) cannot grow it forever.
-    Keyed by repr, which (unlike the items) tells True, 1 and 1.0 apart."""
-    key = repr(tags)
-    text = _TAG_JSON.get(key)
-    if text is None:
-        text = json.dumps(dict(tags))
-        if len(_TAG_JSON) >= 4096:
-            _TAG_JSON.clear()
-        _TAG_JSON[key] = text
-    return text
+    blocks = [RawBlock(batch.batch_id, part) for batch in batches for part in batch.settled
+              if part.spans is not None] if log_calls else []
+    return blocks, call_minutes, job_calls
