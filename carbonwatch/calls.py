@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from operator import attrgetter
 
+import msgspec
 import numpy as np
 
 from carbonwatch.callchunk import NO_TAG, Chunk, Emitted, minute_rollup
@@ -93,25 +93,30 @@ class _EmptyTags(Mapping[str, str]):
 NO_TAGS: Mapping[str, str] = _EmptyTags()
 
 
-# Not frozen, though never changed after it is built (treat it as immutable): a frozen
-# dataclass's __init__ sets each field through object.__setattr__, 1.7 us a span against 0.27 us,
-# and the daemon builds one per call it ingests. unsafe_hash keeps the hash of the frozen one.
-@dataclass(slots=True, unsafe_hash=True)
-class CallSpan:
+# A msgspec Struct, not a dataclass: the daemon builds one per call it ingests, and a Struct's
+# C-level __init__ costs ~0.1 us against a slotted dataclass's ~0.3 us (a frozen dataclass: 1.7).
+# Not frozen, though never changed after it is built (treat it as immutable; to change a field,
+# ``msgspec.structs.replace``). gc=False: a span holds only strings, numbers and its tags
+# mapping, never a reference back, so it cannot be part of a cycle for the collector to find.
+class CallSpan(msgspec.Struct, gc=False):
     """One inference call as the serving process reported it. Times are Unix seconds (UTC)."""
 
     model: str
     start_s: float
     end_s: float
     pid: int | None = None
-    # Not part of the hash: tags are usually a plain dict; equality still compares them.
-    tags: Mapping[str, str] = field(default=NO_TAGS, hash=False)
+    tags: Mapping[str, str] = NO_TAGS
     # Optional work measures, each finite and >= 0 when given: ``weight`` is any measure of how
     # much work the call did (batch size, FLOPs); tokens are what LLM serving counts. They shape
     # how the service's energy is split over its calls; None means "not reported".
     weight: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+
+    def __hash__(self) -> int:
+        # Not the tags: they are usually a plain dict (unhashable); equality still compares them.
+        return hash((self.model, self.start_s, self.end_s, self.pid, self.weight,
+                     self.tokens_in, self.tokens_out))
 
 
 class CallSettlement:

@@ -11,7 +11,6 @@ is either fully rolled up or fully re-read: never counted twice, never lost.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import uuid
@@ -19,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 from carbonwatch.callchunk import Emitted, minute_rollup
 from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
@@ -47,7 +48,7 @@ def fold_models(spans: list[CallSpan], models: LabelCap) -> list[CallSpan]:
     renamed = {m for m in {s.model for s in spans} if admit(m, 0) != m}  # the hot path: one pass
     if not renamed:
         return spans
-    out = [dataclasses.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
+    out = [msgspec.structs.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
     models.count_refused(sum(1 for s in spans if s.model in renamed))
     return out
 
