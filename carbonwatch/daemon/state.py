@@ -17,6 +17,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol
 
 import msgspec
@@ -33,6 +34,8 @@ from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
 from carbonwatch.scrape import ScrapeLedger
 
+_PID, _MODEL = attrgetter("pid"), attrgetter("model")
+_FEW_PIDS = 16  # a batch naming at most this many pids (and no call without one) takes a fast path
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
 SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
 HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it has
@@ -45,7 +48,7 @@ def fold_models(spans: list[CallSpan], models: LabelCap) -> list[CallSpan]:
     """The spans with each model name past the cap renamed ``other`` (and counted), so neither
     /metrics nor the per-minute rollups grow by a series per name a client makes up."""
     admit = models.admit
-    renamed = {m for m in {s.model for s in spans} if admit(m, 0) != m}  # the hot path: one pass
+    renamed = {m for m in set(map(_MODEL, spans)) if admit(m, 0) != m}  # hot: one C pass
     if not renamed:
         return spans
     out = [msgspec.structs.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
@@ -175,6 +178,27 @@ class DaemonState:
         created: list[LiveJob] = []
         cache: dict[tuple[int | None, str], str] = {}
         fold_reason: dict[int, str] = {}  # pid -> why its calls are folded
+        pids = list(map(_PID, spans))
+        distinct = dict.fromkeys(pids)  # in order of first appearance, as the loop below meets them
+        if None not in distinct and len(distinct) <= _FEW_PIDS:
+            # The common batch: a few serving processes, each pid one consumer. Resolved once
+            # per pid, grouped without a dict lookup per call.
+            with self.lock:
+                auto = sum(1 for j in self.live_jobs.running.values() if j.auto)
+                of_pid = {pid: self._resolve_one(pid, spans[pids.index(pid)].model, now_s, known,
+                                                 created, auto, fold_reason)
+                          for pid in distinct}
+            for pid, consumer in of_pid.items():
+                resolution[f"pid:{pid}"] = consumer
+            if len(set(of_pid.values())) == 1:
+                by_consumer[next(iter(of_pid.values()))] = list(spans)
+            else:
+                for span, pid in zip(spans, pids, strict=True):
+                    by_consumer[of_pid[pid]].append(span)
+            if folded is not None:
+                for pid, reason in fold_reason.items():
+                    folded[reason] = folded.get(reason, 0) + pids.count(pid)
+            return by_consumer, resolution, created
         with self.lock:
             auto = sum(1 for j in self.live_jobs.running.values() if j.auto)
             for span in spans:
