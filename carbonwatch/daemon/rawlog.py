@@ -1,8 +1,11 @@
 """The optional raw call log: settled calls with their energy, newest ``keep`` rows only.
 
 Written by the writer only when it has nothing else to do, in small transactions, so that at
-100k calls/s it never delays an acknowledgement. Under sustained load it sheds its oldest rows
-before writing them; that is exactly what the bound would delete once written anyway.
+100k calls/s it never delays an acknowledgement, and for at most ``SHARE`` of the writer's time.
+Under sustained load it sheds its oldest rows before writing them; that is exactly what the
+bound would delete once written anyway. So the table always holds the newest rows written (at
+most ``keep``), and at high rates a sample of the calls: every call of a quiet service, a part of
+each second's calls of a busy one.
 
 The calls come as the CallLedger emitted them (:class:`RawBlock`: arrays and the spans), and a
 row tuple is made only for a call that is written: at 300k calls/s most are shed unwritten, and
@@ -13,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from operator import attrgetter
 from typing import Any
@@ -23,6 +27,13 @@ from carbonwatch.daemon.writer import Writer
 from carbonwatch.store import Store
 
 CHUNK = 5000  # rows per transaction
+# The raw log may take at most this share of the writer thread's time in each WINDOW_S: past it,
+# it waits for the next window (the next flush) and sheds what the bound would delete anyway.
+# Writing a row costs about as much as settling one call (an insert, an index entry and, once
+# ``keep`` newer rows are in, a delete): unbounded, the log once took a fifth of the daemon's
+# CPU at 200k calls/s, all of it on rows deleted a second later.
+SHARE = 0.25
+WINDOW_S = 1.0
 _FIELDS = attrgetter("model", "pid", "start_s", "end_s", "tags", "weight", "tokens_in",
                      "tokens_out")
 
@@ -68,11 +79,26 @@ class RawCallLog:
         self._rows = 0  # rows in _blocks not yet written, at most ``keep``
         self._lock = threading.Lock()
         self._scheduled = False
+        self._window_start = time.monotonic()
+        self._spent_s = 0.0  # writer time spent in the current window
+        self._final = False  # shutting down: everything left is written, whatever the share
 
-    def add(self, blocks: Iterable[RawBlock]) -> None:
+    def _budget_left(self) -> bool:
+        if self._final:
+            return True
+        now = time.monotonic()
+        if now - self._window_start >= WINDOW_S:
+            self._window_start, self._spent_s = now, 0.0
+        return self._spent_s < SHARE * WINDOW_S
+
+    def add(self, blocks: Iterable[RawBlock], *, final: bool = False) -> None:
+        """Queue settled calls (the sampling loop calls this at every flush, ``()`` if none:
+        a log that used its share of a window resumes then). ``final``: the daemon's last
+        flush; what is left is written before the writer closes."""
         if self.keep <= 0:
             return
         with self._lock:
+            self._final = self._final or final
             for block in blocks:
                 if len(block):
                     self._blocks.append(block)
@@ -83,7 +109,7 @@ class RawCallLog:
             if self._rows > self.keep:
                 self._blocks[0].offset += self._rows - self.keep
                 self._rows = self.keep
-            if self._rows and not self._scheduled:
+            if self._rows and not self._scheduled and self._budget_left():
                 self._scheduled = True
                 self.writer.submit_idle(self._write)
 
@@ -100,13 +126,17 @@ class RawCallLog:
                 self._rows -= n
                 if not len(block):
                     self._blocks.popleft()
-            if self._blocks:
-                self.writer.submit_idle(self._write)
-            else:
-                self._scheduled = False
         # The blocks' arrays never change once emitted: the rows are made outside the lock.
-        rows = [row for block, lo, hi in taken for row in block.rows(lo, hi)]
-        storeops.log_calls(store.conn, rows, self.keep)
+        started = time.monotonic()
+        try:
+            rows = [row for block, lo, hi in taken for row in block.rows(lo, hi)]
+            storeops.log_calls(store.conn, rows, self.keep)
+        finally:
+            with self._lock:
+                self._spent_s += time.monotonic() - started
+                self._scheduled = bool(self._blocks) and self._budget_left()
+                if self._scheduled:
+                    self.writer.submit_idle(self._write)
 
 
 _TAG_JSON: dict[str, str] = {}
