@@ -168,8 +168,19 @@ def minute_rollup(parts: Sequence[Emitted]) -> list[dict[str, Any]]:
     start_s, energy_j, tokens_out = cat("start_s"), cat("energy_j"), cat("tokens_out")
     minute = (np.floor_divide(start_s, 60.0) * 60.0).astype(np.int64)
     n_models = max(len(by_id), 1)
-    keys, inverse = np.unique(minute * n_models + np.concatenate(gids), return_inverse=True)
-    inverse = inverse.reshape(-1)
+    key = minute * n_models + np.concatenate(gids)
+    lo = int(key.min())
+    span = int(key.max()) - lo + 1
+    if span <= max(4 * len(key), 1 << 16):
+        # Calls of a few minutes and models: keys lie in a short range, so they are grouped by
+        # counting, without np.unique's sort (which was most of this function's time).
+        present = np.flatnonzero(np.bincount(key - lo, minlength=span))
+        slot = np.zeros(span, dtype=np.int64)
+        slot[present] = np.arange(len(present))
+        keys, inverse = present + lo, slot[key - lo]
+    else:
+        keys, inverse = np.unique(key, return_inverse=True)
+        inverse = inverse.reshape(-1)
     m = len(keys)
     has_out = ~np.isnan(tokens_out)
 
