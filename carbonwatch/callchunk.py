@@ -146,57 +146,53 @@ EMITTED_COLUMNS = ("start_s", "end_s", "model_id", "tokens_in", "tokens_out", "t
                    "co2e_g", "cost", "fitted")
 
 
+_SUMS = ("calls", "busy_s", "energy_j", "co2e_g", "cost", "fitted_calls", "tokens_in",
+         "tokens_out", "token_calls", "token_energy_j")
+_INTS = frozenset({"calls", "fitted_calls", "tokens_in", "tokens_out", "token_calls"})
+
+
 def minute_rollup(parts: Sequence[Emitted]) -> list[dict[str, Any]]:
-    """Rows for table ``call_minute``: the calls of ``parts`` summed by (start minute, model) in
-    one numpy pass. ``busy_s`` sums call durations; ``fitted_calls`` counts calls apportioned by
-    the power fit; tokens sum what was reported (a call without adds 0); ``token_calls`` and
-    ``token_energy_j`` cover the calls that reported ``tokens_out``."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return []
-    names: dict[str, int] = {}
-    gids = []
-    for p in parts:  # each part's model ids -> one numbering over all parts
-        table = np.array([names.setdefault(m, len(names)) for m in p.models] or [0],
-                         dtype=np.int64)
-        gids.append(table[p.model_id])
-    by_id = list(names)
-
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
-
-    start_s, energy_j, tokens_out = cat("start_s"), cat("energy_j"), cat("tokens_out")
-    minute = (np.floor_divide(start_s, 60.0) * 60.0).astype(np.int64)
-    n_models = max(len(by_id), 1)
-    key = minute * n_models + np.concatenate(gids)
-    lo = int(key.min())
-    span = int(key.max()) - lo + 1
-    if span <= max(4 * len(key), 1 << 16):
-        # Calls of a few minutes and models: keys lie in a short range, so they are grouped by
-        # counting, without np.unique's sort (which was most of this function's time).
-        present = np.flatnonzero(np.bincount(key - lo, minlength=span))
-        slot = np.zeros(span, dtype=np.int64)
-        slot[present] = np.arange(len(present))
-        keys, inverse = present + lo, slot[key - lo]
-    else:
-        keys, inverse = np.unique(key, return_inverse=True)
-        inverse = inverse.reshape(-1)
-    m = len(keys)
-    has_out = ~np.isnan(tokens_out)
-
-    def total(weights: np.ndarray) -> list[float]:
-        return np.bincount(inverse, weights=weights, minlength=m).tolist()
-
-    calls = np.bincount(inverse, minlength=m).tolist()
-    busy_s = total(cat("end_s") - start_s)
-    sums_j, sums_g, sums_cost = total(energy_j), total(cat("co2e_g")), total(cat("cost"))
-    fitted = total(cat("fitted").astype(np.float64))
-    t_in, t_out = total(np.nan_to_num(cat("tokens_in"))), total(np.nan_to_num(tokens_out))
-    token_calls, token_j = total(has_out.astype(np.float64)), total(energy_j * has_out)
+    """Rows for table ``call_minute``: the calls of ``parts`` summed by (start minute, model),
+    with array sums per part (no Python object per call). ``busy_s`` sums call durations;
+    ``fitted_calls`` counts calls apportioned by the power fit; tokens sum what was reported (a
+    call without adds 0); ``token_calls`` and ``token_energy_j`` cover the calls that reported
+    ``tokens_out``."""
+    rows: dict[tuple[int, str], list[float]] = {}
+    for p in parts:
+        if not len(p):
+            continue
+        start_s = p.start_s
+        minute = np.floor(start_s / 60.0)
+        minute -= minute * 60.0 > start_s  # as Python's //, should the division round up
+        # One key per (minute, model) of this part: a batch covers a minute or two of one model.
+        n_models = max(len(p.models), 1)
+        key = minute.astype(np.int64) * n_models + p.model_id
+        lo, hi = int(key.min()), int(key.max())
+        energy_j, tokens_out = p.energy_j, p.tokens_out
+        has_out = ~np.isnan(tokens_out)
+        columns = (p.end_s - start_s, energy_j, p.co2e_g, p.cost, p.fitted,
+                   np.nan_to_num(p.tokens_in), np.where(has_out, tokens_out, 0.0), has_out,
+                   np.where(has_out, energy_j, 0.0))
+        if lo == hi:
+            sums = [[float(c.sum())] for c in columns]
+            counts, present = [len(p)], [lo]
+        else:  # keys in a short range: grouped by counting, no sort
+            local = key - lo
+            count = np.bincount(local)
+            where = np.flatnonzero(count)
+            sums = [np.bincount(local, weights=c, minlength=len(count))[where].tolist()
+                    for c in columns]
+            counts, present = count[where].tolist(), (where + lo).tolist()
+        for i, k in enumerate(present):
+            group = (k // n_models * 60, p.models[k % n_models] if p.models else "")
+            acc = rows.get(group)
+            if acc is None:
+                acc = rows[group] = [0.0] * len(_SUMS)
+            acc[0] += counts[i]
+            for j, column in enumerate(sums, start=1):
+                acc[j] += column[i]
     return [
-        {"minute_s": key // n_models, "model": by_id[key % n_models], "calls": calls[i],
-         "busy_s": busy_s[i], "energy_j": sums_j[i], "co2e_g": sums_g[i], "cost": sums_cost[i],
-         "fitted_calls": int(fitted[i]), "tokens_in": int(t_in[i]), "tokens_out": int(t_out[i]),
-         "token_calls": int(token_calls[i]), "token_energy_j": token_j[i]}
-        for i, key in enumerate(keys.tolist())
+        {"minute_s": minute_s, "model": model,
+         **{name: int(v) if name in _INTS else v for name, v in zip(_SUMS, acc, strict=True)}}
+        for (minute_s, model), acc in rows.items()
     ]
