@@ -168,3 +168,36 @@ def test_the_raw_log_stops_at_its_share_of_the_writer_and_resumes_next_window(tm
         assert count(10) == 10
     finally:
         writer.close()
+
+
+def test_the_daemon_state_settles_whole_batches_refused_spans_included():
+    from carbonwatch.daemon.live_jobs import LiveJobs
+    from carbonwatch.daemon.state import DaemonState
+    from carbonwatch.pricing import Pricing
+
+    state = DaemonState(pricing=Pricing(), live_jobs=LiveJobs(track_trees=False))
+    state.calls.max_pending_spans = 25  # the third batch is refused in part
+    batches = {}
+    for b in range(3):
+        spans = [CallSpan("m", 100.0 + b * 10 + i, 100.5 + b * 10 + i, None,
+                          {"b": b}, tokens_out=i) for i in range(10)]
+        by_consumer, _, _ = state.resolve(spans, 0.0)
+        batch_id = state.new_batch_id()
+        state.accept(batch_id, by_consumer)
+        batches[batch_id] = spans
+    assert state.pending_calls() == 25  # 5 refused spans settled at once with no energy
+    assert state.calls.dropped_spans == 5
+    first = state.collect_flush(0.0)  # nothing settled yet but the refused part's batch waits
+    assert first.batch_ids == []
+    final = state.collect_flush(1e9, final=True)
+    assert sorted(final.batch_ids) == sorted(batches)
+    assert state.pending_calls() == 0
+    assert sum(r["calls"] for r in final.call_minutes) == 30
+    assert sum(r["tokens_out"] for r in final.call_minutes) == 3 * 45
+    assert "fitted_calls" not in final.call_minutes[0]
+    [(n, _)] = final.job_calls.values()
+    assert n == 30
+    logged = [(block.batch_id, s) for block in final.call_rows
+              for s in block.part.spans.tolist()]
+    assert sorted((b, s.start_s) for b, s in logged) == sorted(
+        (b, s.start_s) for b, spans in batches.items() for s in spans)
