@@ -182,7 +182,8 @@ class InProcessDaemon(HttpClient):
                  node: str | None = None, housekeeping_every_s: float = 5.0,
                  prepare: Any = None, **settings: Any) -> None:
         from carbonwatch.config import Settings
-        from carbonwatch.daemon.server import Daemon, build_daemon
+        from carbonwatch.daemon.build import build_daemon
+        from carbonwatch.daemon.server import Daemon
         from carbonwatch.grid.static import StaticSource, world_average
 
         self.settings = Settings(db=str(db), backend=backend, port=0, **settings).validate()

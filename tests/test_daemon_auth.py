@@ -57,10 +57,13 @@ def test_auth_runs_inside_the_error_middleware_so_its_failures_are_a_json_503(mo
 
     from aiohttp.test_utils import TestClient, TestServer
 
+    from carbonwatch.config import Settings
     from carbonwatch.daemon import app as app_module
     from carbonwatch.daemon import authz
 
-    daemon = types.SimpleNamespace(token="t" * 40, admin_token="a" * 40, scheduler=None)
+    # Only what make_app reads before any request (the tokens, the scheduler's routes).
+    settings = Settings(token="t" * 40, admin_token="a" * 40)
+    daemon = types.SimpleNamespace(settings=settings, scheduler=None)
     app = app_module.make_app(daemon)
     assert app.middlewares[0] is app_module.errors_as_json and len(app.middlewares) == 2
 

@@ -118,9 +118,11 @@ def test_healthz_is_503_while_the_sampler_hangs_and_200_once_it_recovers(tmp_pat
 
     def prepare(daemon) -> None:
         daemon.sampler.collectors.append(hanging)
-        daemon.stuck_after_s = 0.5
 
-    with InProcessDaemon(tmp_path / "cw.db", backend="none", prepare=prepare) as d:
+    ipd = InProcessDaemon(tmp_path / "cw.db", backend="none", prepare=prepare)
+    build = ipd.build
+    ipd.build = lambda: build(stuck_after_s=0.5)  # real seconds of silence: stuck
+    with ipd as d:
         d.wait_for(lambda: d.request("GET", "/healthz")[0] == 503, timeout_s=10)
         status, health = d.request("GET", "/healthz")
         assert health["status"] == "stuck" and not health["ok"]

@@ -69,7 +69,7 @@ def daemon_cmd(
     # calls: ~35 MB of a sidecar's resident memory. Without it sqlite-utils works the same.
     if "pandas" not in sys.modules:
         sys.modules["pandas"] = None  # type: ignore[assignment]
-    from carbonwatch.daemon.server import run_daemon  # aiohttp only when the daemon runs
+    from carbonwatch.daemon.build import run_daemon  # aiohttp only when the daemon runs
 
     settings = load(config_path, db=db, host=host, port=port, socket=socket_path, backend=backend,
                     node=node, scrape=",".join(scrape) if scrape else None,

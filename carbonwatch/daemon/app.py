@@ -68,8 +68,9 @@ def make_app(daemon: AppDaemon) -> web.Application:
     # errors_as_json outermost: it also answers for what fails in auth (a peer look-up that
     # raises is one log line and a 503, never a 500 with a traceback).
     middlewares = [errors_as_json]
-    if daemon.token or daemon.admin_token:
-        middlewares.append(auth_middleware(daemon.token, daemon.admin_token))
+    settings = daemon.settings
+    if settings.token or settings.admin_token:
+        middlewares.append(auth_middleware(settings.token, settings.admin_token))
     app = web.Application(client_max_size=validation.MAX_BODY_BYTES, middlewares=middlewares)
     app[DAEMON] = daemon
     app.router.add_post("/v1/jobs", create_job)

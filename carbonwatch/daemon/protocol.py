@@ -1,6 +1,7 @@
 """What the HTTP handlers (``app.py``) need of the daemon, and nothing more: the two intake
-services, reads, the views and the configuration the middlewares read. ``server.Daemon`` is one;
-a handler never reaches past these names into the daemon's parts."""
+services, reads, the views and the configuration the middlewares read. ``server.Daemon`` (a
+frozen set of parts) is one; a handler never reaches past these names into the daemon's parts.
+Read-only: a handler replaces none of them."""
 
 from __future__ import annotations
 
@@ -19,14 +20,23 @@ T = TypeVar("T")
 
 
 class AppDaemon(Protocol):
-    settings: Settings
-    token: str
-    admin_token: str
-    pricing: Pricing
-    jobs: JobIntake
-    calls: CallIntake
-    scheduler: SchedulerService
-    prometheus: DaemonCollector
+    @property
+    def settings(self) -> Settings: ...  # tokens, limits; the store's path for footprints
+
+    @property
+    def pricing(self) -> Pricing: ...
+
+    @property
+    def jobs(self) -> JobIntake: ...
+
+    @property
+    def calls(self) -> CallIntake: ...
+
+    @property
+    def scheduler(self) -> SchedulerService: ...  # for the deferred-job routes
+
+    @property
+    def prometheus(self) -> DaemonCollector: ...
 
     async def read(self, fn: Callable[[Store], T]) -> T: ...
 

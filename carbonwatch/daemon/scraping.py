@@ -26,14 +26,18 @@ import re
 import socket
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import psutil
 
+from carbonwatch.clock import Clock
 from carbonwatch.daemon import storeops
 from carbonwatch.daemon.live_jobs import LiveJob
+from carbonwatch.daemon.state import DaemonState
+from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError
 from carbonwatch.model import job_of_consumer
 from carbonwatch.scrape import (
@@ -42,9 +46,6 @@ from carbonwatch.scrape import (
     counts_tokens,
     parse_exposition,
 )
-
-if TYPE_CHECKING:
-    from carbonwatch.daemon.server import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,12 @@ def listening_pid(host: str, port: int) -> int:
 class Scraper:
     """Scrapes every target once per ``interval_s`` (clock seconds) on the daemon's event loop."""
 
-    def __init__(self, daemon: Daemon, targets: list[Target], interval_s: float) -> None:
-        self.daemon = daemon
+    def __init__(
+        self, targets: list[Target], interval_s: float, *, state: DaemonState, writer: Writer,
+        clock: Clock, speed: float, service_row: Callable[[LiveJob], dict[str, Any]],
+    ) -> None:
+        self.state, self.writer, self.clock, self.speed = state, writer, clock, speed
+        self.service_row = service_row  # the jobs row of a process measured by its scrapes
         self.targets = targets
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -182,7 +187,7 @@ class Scraper:
         return [t.view() for t in self.targets]
 
     async def _run(self) -> None:
-        real_interval_s = self.interval_s / self.daemon.speed
+        real_interval_s = self.interval_s / self.speed
         while True:
             started = time.monotonic()
             for target in self.targets:
@@ -199,7 +204,7 @@ class Scraper:
         try:
             pid = await asyncio.to_thread(listening_pid, t.host, t.port)
             text = await self._fetch(t)
-            now_s = self.daemon.clock.time()  # the counters' time: just after they were read
+            now_s = self.clock.time()  # the counters' time: just after they were read
             reading = await asyncio.to_thread(parse_exposition, text, t.name)
         except (ScrapeError, ExpositionError, aiohttp.ClientError, TimeoutError, OSError,
                 UnicodeDecodeError) as exc:
@@ -216,7 +221,7 @@ class Scraper:
             t.last_error = None
         consumer = await self._consumer(t, pid, reading.models, now_s)
         deltas = t.tracker.update(reading.models)
-        state = self.daemon.state
+        state = self.state
         with state.lock:
             if deltas is None:
                 state.scraped.baseline(consumer, now_s)
@@ -247,7 +252,7 @@ class Scraper:
 
     async def _consumer(self, t: Target, pid: int, models: dict[str, Any], now_s: float) -> str:
         """The job whose energy this target's tokens share; registered at a new process."""
-        state = self.daemon.state
+        state = self.state
         with state.lock:
             job = state.live_jobs.owner_of_pid(pid)
             if job is not None and job.consumer == t.consumer and pid == t.pid:
@@ -261,8 +266,8 @@ class Scraper:
                       kind="inference", model=model, pids={pid}, started_s=now_s,
                       source="scrape", auto=True)
             created.append(job)
-            row = {**self.daemon.service_row(job), "tags": {"auto": True, "scrape": t.name}}
-            await self.daemon.writer.run(lambda s: storeops.insert_job(s.conn, row))
+            row = {**self.service_row(job), "tags": {"auto": True, "scrape": t.name}}
+            await self.writer.run(lambda s: storeops.insert_job(s.conn, row))
             state.register(created)
             log.info("scrape %s: measuring process %d as job %s", t.name, pid, job.id)
         with state.lock:
