@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import sqlite3
 import statistics
 import struct
 import subprocess
@@ -166,6 +167,10 @@ def main() -> None:
                 time.sleep(0.2)
             settled_s = time.perf_counter() - settle_t
             rss_mb = daemon.memory_info().rss / 2**20
+            time.sleep(2.0)  # the raw log writes when the writer is idle: give it a moment
+            with sqlite3.connect(f"file:{Path(tmp) / 'bench.db'}?mode=ro", uri=True) as conn:
+                written, kept = conn.execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM calls"
+                                             ).fetchone()
         finally:
             proc.terminate()
             proc.wait(60)
@@ -185,6 +190,8 @@ def main() -> None:
     print(f"  load generator (this process, bodies pre-encoded): {own_s / elapsed * 100:.0f} % of "
           f"one core ({own_s / sent * 1e6:.2f} us a call); the machine's load average "
           f"{os.getloadavg()[0]:.2f}")
+    print(f"  raw call log: {written:,} rows written ({written / sent * 100:.1f} % of the calls; "
+          f"it sheds the rest under load), {kept:,} kept")
     print(f"  all spans settled into per-call energy {settled_s:.1f} s after the last reply "
           "(the settle window is 5 s)")
 
