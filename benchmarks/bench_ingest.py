@@ -190,8 +190,11 @@ def main() -> None:
     print(f"  load generator (this process, bodies pre-encoded): {own_s / elapsed * 100:.0f} % of "
           f"one core ({own_s / sent * 1e6:.2f} us a call); the machine's load average "
           f"{os.getloadavg()[0]:.2f}")
-    print(f"  raw call log: {written:,} rows written ({written / sent * 100:.1f} % of the calls; "
-          f"it sheds the rest under load), {kept:,} kept")
+    if args.raw_log == 0:
+        print("  raw call log: off")
+    else:
+        print(f"  raw call log: {written:,} rows written ({written / sent * 100:.1f} % of the "
+              f"calls; past its share of the writer it sheds the rest), {kept:,} kept")
     print(f"  all spans settled into per-call energy {settled_s:.1f} s after the last reply "
           "(the settle window is 5 s)")
 
