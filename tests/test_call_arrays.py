@@ -185,10 +185,11 @@ def test_the_daemon_state_settles_whole_batches_refused_spans_included():
         batch_id = state.new_batch_id()
         state.accept(batch_id, by_consumer)
         batches[batch_id] = spans
-    assert state.pending_calls() == 25  # 5 refused spans settled at once with no energy
-    assert state.calls.dropped_spans == 5
+    assert state.pending_calls() == 30
     first = state.collect_flush(0.0)  # nothing settled yet but the refused part's batch waits
     assert first.batch_ids == []
+    assert state.pending_calls() == 25  # 5 refused spans settled at once with no energy
+    assert state.calls.dropped_spans == 5
     final = state.collect_flush(1e9, final=True)
     assert sorted(final.batch_ids) == sorted(batches)
     assert state.pending_calls() == 0

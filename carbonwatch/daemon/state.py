@@ -3,10 +3,12 @@ sampling thread, behind one lock held only for in-memory work (never across I/O)
 
 What lives here: the running jobs (``live_jobs``), the
 :class:`~carbonwatch.ledger.EnergyLedger` (minute rows not yet written), the
-:class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet split), and the
-progress of each acknowledged call batch. A batch's settled calls are held until the whole batch
-is settled and then written with ``pending`` cleared in one transaction, so after a crash a batch
-is either fully rolled up or fully re-read: never counted twice, never lost.
+:class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet split; only the
+sampling thread touches it, so its settle runs without the lock, and accepted batches reach it
+through a hand-off list), and the progress of each acknowledged call batch. A batch's settled
+calls are held until the whole batch is settled and then written with ``pending`` cleared in one
+transaction, so after a crash a batch is either fully rolled up or fully re-read: never counted
+twice, never lost.
 """
 
 from __future__ import annotations
@@ -106,7 +108,10 @@ class DaemonState:
         self.new_id = new_id
         # Batches with calls not yet settled, by id: the id is the calls' tag in the CallLedger,
         # which hands it back with each settled call (no per-call bookkeeping here).
-        self._batches: dict[int, _Batch] = {}
+        self._batches: dict[int, _Batch] = {}  # sampling thread only
+        # Batches accepted (committed) but not yet in the CallLedger: (batch id, calls, spans by
+        # consumer). The event loop appends, the sampling thread takes (see _take_accepted).
+        self._accepted: list[tuple[int, int, Mapping[str, list[CallSpan]]]] = []
         self._pending_calls = 0
         self._next_batch_id = 1
         self._completed: list[_Batch] = []  # batches completed outside a flush (refused spans)
@@ -120,6 +125,7 @@ class DaemonState:
     def on_interval(self, item: AttributedInterval) -> None:
         iv = item.interval
         with self.lock:
+            self._take_accepted()
             self.ledger.add(item)
             for consumer, energy_j in item.parts.items():
                 if self.scraped.watches(consumer):  # a scraped server: split by its tokens
@@ -266,14 +272,22 @@ class DaemonState:
             return batch_id
 
     def accept(self, batch_id: int, by_consumer: Mapping[str, list[CallSpan]]) -> None:
-        """Hand a committed batch's spans to the CallLedger."""
+        """Hand a committed batch's spans to the CallLedger (through the sampling thread, which
+        takes them before its next interval or flush: see ``_take_accepted``)."""
         total = sum(len(spans) for spans in by_consumer.values())
         if total == 0:
             return
-        batch = _Batch(batch_id, total)
         with self.lock:
-            self._batches[batch_id] = batch
+            self._accepted.append((batch_id, total, by_consumer))
             self._pending_calls += total
+
+    def _take_accepted(self) -> None:
+        """Sampling thread, lock held: the batches accepted since, into the CallLedger. Spans
+        thus reach the ledger before any interval that closed after they were accepted, as if
+        added by ``accept`` itself, and only the sampling thread ever touches the ledger."""
+        accepted, self._accepted = self._accepted, []
+        for batch_id, total, by_consumer in accepted:
+            self._batches[batch_id] = _Batch(batch_id, total)
             for consumer, spans in by_consumer.items():
                 dropped_before = self.calls.dropped_spans
                 self.calls.add_spans(consumer, spans, tag=batch_id)
@@ -286,8 +300,13 @@ class DaemonState:
 
     def collect_flush(self, now_s: float, *, final: bool = False, log_calls: bool = True) -> Flush:
         with self.lock:
+            self._take_accepted()
+        # The settle runs without the lock: the CallLedger is the sampling thread's alone (see
+        # _take_accepted). Under the lock, a second of calls at 300k calls/s held every request
+        # (they resolve and accept under it) for up to a second.
+        settlement = self.calls.flush() if final else self.calls.settle(now_s)
+        with self.lock:
             rows = self.ledger.drain_minute_rows()
-            settlement = self.calls.flush() if final else self.calls.settle(now_s)
             completed, self._completed = self._completed, []
             self._settle(settlement.emitted, completed)
             label_of = self.live_jobs.label_of
