@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from carbonwatch.attribution import group_shares, split_interval
@@ -32,6 +33,9 @@ class AttributedInterval:
 
 
 Sink = Callable[[AttributedInterval], None]
+# Holds the devices' clock at one time for a round of reads (a replay's trace clock; see
+# daemon/trace_clock.py); live devices are read when they are read.
+Instant = Callable[[float], AbstractContextManager[object]]
 
 
 class Sampler:
@@ -45,8 +49,10 @@ class Sampler:
         idle_policy: str = "separate",
         power_interval_s: float = 0.1,
         counter_interval_s: float = 1.0,
+        instant: Instant | None = None,
     ) -> None:
         self.collectors = list(collectors)
+        self._instant: Instant = instant or (lambda now_s: nullcontext())
         self.intensity = intensity
         self.owners = owners
         self.sinks = list(sinks)
@@ -76,6 +82,10 @@ class Sampler:
         self._run(now_s, collect=True)
 
     def _run(self, now_s: float, *, collect: bool) -> None:
+        with self._instant(now_s):
+            self._read(now_s, collect=collect)
+
+    def _read(self, now_s: float, *, collect: bool) -> None:
         for collector in self.collectors:
             try:
                 collector.poll(now_s)

@@ -16,7 +16,7 @@ from daemon_helpers import INFER_PID, MODEL, InProcessDaemon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonwatch.daemon import columnar, validation
+from carbonwatch.daemon import bodies, columnar, validation
 from carbonwatch.daemon.validation import ApiError
 
 CT = {"Content-Type": columnar.CONTENT_TYPE}
@@ -77,8 +77,7 @@ def packed(values: list[float]) -> str:
 @settings(max_examples=300, deadline=None)
 @given(groups(), st.booleans())
 def test_columnar_and_objects_forms_give_the_same_spans(gs, pack):
-    objects = validation.call_batch(validation.parse_json(
-        json.dumps(as_objects(gs)).encode(), check_nesting=False, nonfinite_to_validator=True))
+    objects = bodies.call_batch(json.dumps(as_objects(gs)).encode())
     if pack:  # times as base64 float64s, as the Python client sends them
         gs = [{**g, "start": packed(g["start"]), "end": packed(g["end"])} for g in gs]
     body = json.dumps({"models": gs}).encode()
@@ -86,6 +85,55 @@ def test_columnar_and_objects_forms_give_the_same_spans(gs, pack):
     assert col.spans == objects.spans
     assert [s.tags for s in col.spans] == [s.tags for s in objects.spans]  # not in the hash
     assert columnar.any_batch(body).spans == objects.spans  # the restart path re-reads it alike
+
+
+# Any objects-form call, valid or not: each field absent, of its type in or out of bounds, or of
+# another type. Whatever the objects form accepts, the columnar form of the same calls stores
+# alike; whatever it refuses, the columnar form refuses too.
+_any_call = st.fixed_dictionaries({}, optional={
+    "model": st.one_of(st.text(max_size=4), st.just(" "), st.integers(0, 3)),
+    "start": st.one_of(st.integers(-5, 2 * 10**10), times, st.floats(-1.0, 1e11), st.just("1")),
+    "end": st.one_of(st.integers(-5, 2 * 10**10), times, st.floats(-1.0, 1e11), st.none()),
+    "pid": st.one_of(st.integers(-1, 2**31), st.none(), st.booleans()),
+    "tags": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), tag_values, max_size=2)),
+    "weight": st.one_of(st.none(), st.integers(-1, 10), st.floats(-1.0, 2e12, allow_nan=False)),
+    "tokens_in": st.one_of(st.none(), st.integers(-1, 10**9 + 1), st.just(1.5)),
+    "tokens_out": st.one_of(st.none(), st.integers(-1, 10**9 + 1)),
+})
+
+
+def as_columnar(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each call as its own group (its model, pid and tags are per group)."""
+    groups = []
+    for call in calls:
+        group = {k: call[k] for k in ("model", "pid", "tags") if k in call}
+        for k in ("start", "end", "weight", "tokens_in", "tokens_out"):
+            if k in call:
+                group[k] = [call[k]]
+        groups.append(group)
+    return {"models": groups}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_any_call, min_size=1, max_size=4))
+def test_any_objects_body_that_validates_stores_what_its_columnar_form_stores(calls):
+    objects_body = json.dumps({"calls": calls}).encode()
+    columnar_body = json.dumps(as_columnar(calls)).encode()
+    try:
+        objects = bodies.call_batch(objects_body)
+    except ApiError as refused_:
+        assert refused_.status == 400 and ":" in refused_.message
+        # The columnar form of calls the objects form refuses is refused too. (Not the same
+        # text: it names models[i].start[0] where the objects form names calls[i].start.)
+        # One exception: a call without start or end is a group without that column, which
+        # the columnar form refuses as well, as a missing field.
+        with pytest.raises(ApiError) as col_refused:
+            columnar.decode(columnar_body)
+        assert col_refused.value.status == 400
+        return
+    col = columnar.decode(columnar_body)
+    assert col.spans == objects.spans
+    assert [s.tags for s in col.spans] == [s.tags for s in objects.spans]
 
 
 def _refused(body: dict[str, Any] | bytes) -> str:
@@ -108,14 +156,52 @@ GOOD = {"model": "m", "start": [1.0, 2.0], "end": [1.5, 2.5]}
     ({**GOOD, "tokens_in": [1, 2.5]}, "models[0].tokens_in[1]"),
     ({**GOOD, "tokens_out": [1, 10**9 + 1]}, "models[0].tokens_out[1]"),
     ({**GOOD, "model": "x" * 257}, "models[0].model"),
-    ({**GOOD, "model": "   "}, "models[0].model: must not be blank"),
+    ({**GOOD, "model": "   "}, "models[0].model: must not be empty or blank"),
     ({**GOOD, "model": "a\x00b"}, "models[0].model: strings must not contain NUL"),
     ({**GOOD, "tags": {"k": "v\x00"}}, "models[0].tags"),
     ({**GOOD, "pid": 0}, "models[0].pid"),
-    ({**GOOD, "colour": 1}, "unknown field `colour`"),
+    ({**GOOD, "colour": 1}, "models[0]: unknown field 'colour'"),
 ])
 def test_bad_columnar_input_names_the_field(group, words):
     assert words in _refused({"models": [group]})
+
+
+@st.composite
+def _broken(draw: Any) -> tuple[dict[str, Any], str]:
+    """Valid groups with one broken: unequal lengths, NaN or infinity, or an end before its start;
+    with the field the 400 must name."""
+    gs = [g for g in draw(groups()) if g["start"]] or [{"model": "m", "start": [1.0],
+                                                         "end": [2.0]}]
+    g = draw(st.integers(0, len(gs) - 1))
+    group, n = dict(gs[g]), len(gs[g]["start"])
+    i = draw(st.integers(0, n - 1))
+    how = draw(st.sampled_from(["short", "long", "nan", "inf", "before"]))
+    column = draw(st.sampled_from([c for c in ("start", "end", "weight", "tokens_in",
+                                               "tokens_out") if c in group]))
+    if how in ("short", "long"):
+        values = list(group[column])
+        group[column] = values[:-1] if how == "short" else [*values, values[-1]]
+        where = f"models[{g}].{'end' if column == 'start' else column}:"
+    elif how in ("nan", "inf") and column in ("start", "end", "weight"):
+        group[column] = [*group[column]]
+        group[column][i] = math.nan if how == "nan" else math.inf
+        where = f"models[{g}].{column}[{i}]:"
+    else:
+        group["end"] = [*group["end"]]
+        group["end"][i] = group["start"][i] - 1.0
+        where = f"models[{g}].end[{i}]:"
+        if group["end"][i] < 0:  # no time before 0: the bound names the same place
+            where = f"models[{g}].end[{i}]:"
+    gs[g] = group
+    return {"models": gs}, where
+
+
+@settings(max_examples=300, deadline=None)
+@given(_broken())
+def test_bad_columnar_input_is_a_400_naming_the_field(case):
+    body, where = case
+    raw = json.dumps(body, allow_nan=True).encode()  # NaN and Infinity as Python writes them
+    assert _refused(raw).startswith(where)
 
 
 def test_nan_is_refused_naming_the_field():

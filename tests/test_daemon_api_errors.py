@@ -96,6 +96,8 @@ CASES = [
      "Infinity"),
     ("POST", "/v1/jobs", b'{"a":' * 40 + b"1" + b"}" * 40, 400, "nested too deeply"),
     ("POST", "/v1/jobs", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    ("POST", "/v1/jobs", b'{"name": "x", "kind": "other", "tags": {"a": ' + b"[" * 100_000
+     + b"]" * 100_000 + b"}}", 400, "nested too deeply"),
     ("POST", "/v1/jobs", {"name": "x", "kind": "other", "pid": 416}, 409, "already belongs"),
     ("POST", "/v1/jobs/nope/end", {}, 404, "no job with id 'nope'"),
     ("POST", "/v1/jobs/{ended}/end", {}, 409, "already ended"),
@@ -117,16 +119,23 @@ CASES = [
     ("POST", "/v1/calls", calls({"pid": True}), 400, "calls[0].pid: expected an integer"),
     ("POST", "/v1/calls", calls({"pid": 0}), 400, "calls[0].pid: must be between"),
     ("POST", "/v1/calls", calls({"tags": {"x": [1]}}), 400, "calls[0].tags.x"),
-    ("POST", "/v1/calls", calls({"colour": 1}), 400, "calls[0]: unknown field(s) 'colour'"),
+    ("POST", "/v1/calls", calls({"colour": 1}), 400, "calls[0]: unknown field 'colour'"),
     ("POST", "/v1/calls", {"calls": [], "dropped": -1}, 400, "dropped: must be between"),
     ("POST", "/v1/calls", {"calls": [CALL] * 10_001}, 400, "at most 10000"),
     ("POST", "/v1/calls", b'{"calls": [{"model": "m", "start": NaN, "end": 1}]}', 400, "NaN"),
     ("POST", "/v1/calls", b'{"calls": [{"model": "m", "start": 1e400, "end": 1}]}', 400,
-     "calls[0].start: must be a finite number"),
+     "calls[0].start: number out of range"),
     ("POST", "/v1/calls", b'{"calls": [{"model": "m", "start": 1' + b"0" * 400 + b', "end": 1}]}',
      400, "calls[0].start: number out of range"),
     ("POST", "/v1/calls", b'{"calls": [{"model": "m", "start": 1' + b"0" * 5000 + b', "end": 1}]}',
-     400, "invalid JSON"),
+     400, "calls[0].start: number out of range"),
+    ("POST", "/v1/calls", b'{"calls": [{"model": "m", "start": 1, "end": 2, "weight": -Infinity}]}',
+     400, "calls[0].weight: must be a finite number"),
+    ("POST", "/v1/calls", calls({"model": " \t"}), 400, "calls[0].model: must not be empty"),
+    ("POST", "/v1/calls", calls({"tags": {"k" * 257: 1}}), 400, "calls[0].tags: a key longer"),
+    ("POST", "/v1/jobs", {"name": "x", "kind": "other", "pid": 1, "pids": [2]}, 400, "not both"),
+    ("POST", "/v1/jobs", {"name": "x", "kind": "other", "command": ["a" * 40_000] * 2}, 400,
+     "command: longer than 65536"),
     ("GET", "/v1/summary?group_by=colour", None, 400, "group_by: must be one of"),
     ("GET", "/v1/summary?since=yesterday", None, 400, "since: cannot parse"),
     ("GET", "/v1/summary?since=2026-11-26T10:00:00", None, 400, "since: time"),
@@ -222,3 +231,25 @@ def test_fuzzed_queries_never_get_a_5xx(daemon, query, path):
 
     status, answer = daemon.request("GET", path.format(job=daemon.job_id) + "?" + urlencode(query))
     assert status < 500, (status, answer)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/calls", calls({}, {"end": 99.0}), "calls[1].end"),
+    ("/v1/calls", calls({"tags": {"route/a-b": [1]}}), "calls[0].tags.route/a-b"),
+    ("/v1/calls", calls({"colour": 1}), "calls[0].colour"),
+    ("/v1/calls", calls({}, drop="model"), "calls[0].model"),
+    ("/v1/calls", b'{"calls": [{"model": "m", "start": 1, "end": 2, "weight": NaN}]}',
+     "calls[0].weight"),
+    ("/v1/jobs", {"name": "x", "kind": "other", "pids": [1, 0]}, "pids[1]"),
+    ("/v1/jobs", {"name": "x", "kind": "gaming"}, "kind"),
+    ("/v1/jobs", [1, 2], None),  # the whole body, not one field
+    ("/v1/jobs", b'{"name": ', None),  # malformed: no field to blame
+])
+def test_a_400_names_the_field_to_blame(daemon, path, body, field):
+    raw = body if isinstance(body, bytes) else None
+    before = snapshot(daemon)
+    status, answer = daemon.request("POST", path, None if raw else body, raw=raw)
+    assert status == 400 and snapshot(daemon) == before
+    assert answer.get("field") == field, answer
+    if field is not None:
+        assert answer["error"].startswith(field.rsplit(".colour", 1)[0] + ":"), answer

@@ -1,7 +1,7 @@
 """An interruptible deferred job through its windows on a ManualClock: launched at its first
 window's start, frozen (SIGSTOP, a real process) at its end, continued at the next window's
-start, recorded when it exits. The scheduler's triggers run in clock time
-(``ClockTriggers``), so the test moves the clock instead of sleeping through real slots; the
+start, recorded when it exits. The scheduler's triggers run in clock time (fired by
+``Triggers.run_due``), so the test moves the clock instead of sleeping through real slots; the
 job's process is real, started by an injected launcher that runs the command itself."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from carbonwatch.config import Settings
 from carbonwatch.scheduler.job import Status, Submission
 from carbonwatch.scheduler.launcher import LocalLauncher
 from carbonwatch.scheduler.service import SchedulerService
-from carbonwatch.scheduler.triggers import ClockTriggers
+from carbonwatch.scheduler.triggers import Triggers
 from carbonwatch.store import Store, deferred
 
 # Writes "started", then waits (polling) until the file "go" exists, then exits 0.
@@ -32,7 +32,7 @@ WAITER = (
 )
 
 
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     """Wait for a real process to act (a signal delivered, an exit), never for a slot."""
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -51,7 +51,7 @@ def test_an_interruptible_job_follows_its_windows_in_clock_time(tmp_path):
         db=str(tmp_path / "cw.db"), port=0, zone="CISO", provider="csv", provider_url=str(csv)
     ).validate()
     clock = ManualClock(t0)
-    triggers = ClockTriggers(clock)
+    triggers = Triggers(clock, loop=False)
 
     async def main() -> None:
         with Store(tmp_path / "cw.db") as store:
@@ -70,7 +70,7 @@ def test_an_interruptible_job_follows_its_windows_in_clock_time(tmp_path):
 
             service = SchedulerService(
                 settings, read=read, write=write, clock=clock, poll_s=0.02, triggers=triggers,
-                launcher=LocalLauncher(argv=lambda name, kind, command, cwd=None: list(command)),
+                launchers={"": LocalLauncher(argv=lambda _n, _k, command, cwd=None: [*command])},
             )
             await service.start("http://127.0.0.1:9")
             try:

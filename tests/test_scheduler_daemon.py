@@ -1,7 +1,9 @@
 """The carbon-aware scheduler end to end: a real daemon process, the real CLI, real jobs.
 
 Forecasts are EIA-930 hours (CISO, 2022-01-01) shifted to now and squeezed to a few seconds
-each, served by the csv provider, so a plan puts the start seconds ahead."""
+each, served by the csv provider, so a plan puts the start seconds ahead. Nothing here depends on
+catching a short slot: what is timed to the second (restarts, re-plans, pauses) runs on a
+ManualClock in tests/test_scheduler_clock*.py."""
 
 from __future__ import annotations
 
@@ -84,12 +86,17 @@ def _submit(env: dict[str, str], *args: str) -> dict:
     return json.loads(_ok(_cli(env, "submit", "--json", *args)).stdout)
 
 
-def test_a_restarted_daemon_runs_queued_jobs_at_their_planned_times(tmp_path):
-    # Hours 14..29: evening high, solar midday low at hour 19 (index 5), 3 s a slot. The margins
-    # (15 s to the planned start) leave room for a restart on a loaded machine.
+def test_a_deferred_job_waits_for_the_low_hours_and_its_saving_is_measured(tmp_path):
+    """Through a real daemon process and the CLI: planned into the low stretch, run through the
+    wrapper, measured, and compared with running at submit. The low stretch is 30 s long, so a
+    busy machine starting the job late still runs it there; restarts and re-plans are timed on a
+    ManualClock in tests/test_scheduler_clock_restart.py."""
+    marker = tmp_path / "started.txt"
+    high, low = eia_values(14, 1)[0], eia_values(19, 1)[0]
+    # 20 s of evening hours for the daemon to start and the submit to happen in, then 30 s of
+    # hour 19. Written before the daemon starts: its own intensity feed reads it then.
     t0 = int(time.time())
-    csv = shifted_csv(tmp_path / "ciso.csv", eia_values(14, 16), t0, 3.0)
-    marker, late_marker = tmp_path / "started.txt", tmp_path / "late.txt"
+    csv = shifted_csv(tmp_path / "ciso.csv", [high] * 10 + [low] * 15 + [high] * 10, t0, 2.0)
     env = _env(
         tmp_path,
         CARBONWATCH_PROVIDER="csv",
@@ -99,53 +106,14 @@ def test_a_restarted_daemon_runs_queued_jobs_at_their_planned_times(tmp_path):
     daemon = DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env).start()
     try:
         env["CARBONWATCH_DAEMON_URL"] = daemon.url
-        view = _submit(
-            env,
-            "--deadline",
-            "+40s",
-            "--duration",
-            "2s",
-            "--name",
-            "marker",
-            "--",
-            sys.executable,
-            "-c",
-            MARKER,
-            str(marker),
-        )
+        view = _submit(env, "--deadline", "+60s", "--duration", "2s", "--name", "marker", "--",
+                       sys.executable, "-c", MARKER, str(marker))
         planned_s = view["plan"][0]["start_s"]
         assert view["status"] == "queued" and view["plan_basis"] == "forecast"
         assert view["plan_signal"] == "average"  # the csv series is average intensity
-        assert planned_s == pytest.approx(t0 + 5 * 3.0)  # the hour-19 slot
+        assert planned_s == pytest.approx(t0 + 20.0), "starting and submitting took over 20 s"
         assert view["expected_saving_pct"] > 40  # vs the evening hours at submit
-        # A second job, with no forecast, planned for the latest safe start: 6 s from now.
-        late = _submit(
-            env,
-            "--deadline",
-            "+10s",
-            "--duration",
-            "4s",
-            "--provider",
-            "static",
-            "--name",
-            "late",
-            "--",
-            sys.executable,
-            "-c",
-            MARKER,
-            str(late_marker),
-        )
-        late_planned_s = late["plan"][0]["start_s"]
-        assert late["plan_basis"] == "no_forecast"
-
-        daemon.kill()  # kill -9: only the store remembers the jobs
-        time.sleep(max(0.0, late_planned_s + 0.3 - time.time()))  # down at "late"'s start
-        daemon.start()
-        env["CARBONWATCH_DAEMON_URL"] = daemon.url  # a new port
-        assert time.time() < planned_s - 0.5, "the restart took too long for this test"
-        assert not marker.exists()
-        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=40)
-        late_done = _wait_status(daemon, late["id"], ("done", "failed"), timeout_s=20)
+        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=60)
         # The finished run is history now: "auto" takes its duration, and its energy per
         # second gives an expected gCO2e.
         auto = _submit(
@@ -163,65 +131,8 @@ def test_a_restarted_daemon_runs_queued_jobs_at_their_planned_times(tmp_path):
     # Measured at hour 19's intensity; at submit the evening hours were much dirtier.
     assert done["realised_baseline_co2e_g"] > 1.5 * done["realised_co2e_g"]
     assert done["realised_saving_pct"] > 30
-    # Its start passed while the daemon was down: started at once.
-    assert late_done["status"] == "done" and "daemon was down" in late_done["message"]
-    (late_started,) = [float(line) for line in late_marker.read_text().split()]
-    assert late_planned_s < late_started
     assert auto["duration_s"] == pytest.approx(done["ended_s"] - done["started_s"], rel=0.5)
     assert auto["expected_co2e_g"] > 0
-
-
-def test_a_queued_job_is_replanned_when_a_newer_forecast_arrives(tmp_path):
-    t0 = int(time.time())
-    high, low = eia_values(14, 1)[0], eia_values(19, 1)[0]
-    csv = tmp_path / "ciso.csv"
-    shifted_csv(csv, [high] * 8 + [low] + [high] * 3, t0, 3.0)
-    config = tmp_path / "cw.toml"
-    config.write_text("scheduler_refresh_s = 1\n")
-    marker = tmp_path / "started.txt"
-    env = _env(
-        tmp_path,
-        CARBONWATCH_PROVIDER="csv",
-        CARBONWATCH_PROVIDER_URL=str(csv),
-        CARBONWATCH_ZONE="CISO",
-    )
-    with DaemonProcess(
-        tmp_path / "cw.db", "--backend", "none", "--config", str(config), env=env
-    ) as daemon:
-        env["CARBONWATCH_DAEMON_URL"] = daemon.url
-        out = _ok(
-            _cli(
-                env,
-                "submit",
-                "--json",
-                "--deadline",
-                "+40s",
-                "--duration",
-                "2s",
-                "--name",
-                "marker",
-                "--",
-                sys.executable,
-                "-c",
-                MARKER,
-                str(marker),
-            )
-        )
-        view = json.loads(out.stdout)
-        assert view["plan"][0]["start_s"] == t0 + 24
-        # A newer forecast: the low slot is now 12 s sooner.
-        newer = shifted_csv(tmp_path / "newer.csv", [high] * 4 + [low] + [high] * 7, t0, 3.0)
-        newer.replace(csv)
-        moved = daemon.wait_for(
-            lambda: (v := _deferred(daemon, view["id"]))["plan"][0]["start_s"] == t0 + 12 and v,
-            timeout_s=10,
-            every_s=0.1,
-        )
-        assert "re-planned" in moved["message"] and moved["status"] == "queued"
-        done = _wait_status(daemon, view["id"], ("done", "failed"), timeout_s=30)
-    assert done["status"] == "done", done
-    (started,) = [float(line) for line in marker.read_text().split()]
-    assert t0 + 12 <= started < t0 + 24
 
 
 def test_submit_queue_and_cancel_through_the_cli(tmp_path):

@@ -46,7 +46,7 @@ def _service(store: Store, tmp_path: Path) -> SchedulerService:
         argv=lambda name, kind, command, cwd=None: list(command)
     )
     return SchedulerService(
-        settings, read=read, write=write, poll_s=0.05, launcher=command_itself
+        settings, read=read, write=write, poll_s=0.05, launchers={"": command_itself}
     )
 
 

@@ -13,6 +13,7 @@ import click
 from carbonwatch.cli.common import echo_json, handle_errors, load, settings_options
 from carbonwatch.config import Settings
 from carbonwatch.errors import CarbonwatchError
+from carbonwatch.scheduler.job import Status
 from carbonwatch.times import check_ahead, parse_duration_s, parse_user_time_s
 
 PAUSE_CONTRACT = """\
@@ -272,7 +273,7 @@ def queue_cmd(active: bool, as_json: bool, config_path: str | None, db: str | No
         f"{'DEADLINE':<20}  PLAN (UTC)"
     )
     for v in views:
-        if v["status"] == "done":  # realised: measured, no band
+        if v["status"] == Status.DONE:  # realised: measured, no band
             saving = _fmt_pct(v["realised_saving_pct"])
         else:
             saving = _fmt_pct(v["expected_saving_pct"], v.get("saving_band_pct"))

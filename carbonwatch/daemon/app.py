@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from carbonwatch.daemon import authz, columnar, storeops, validation
+from carbonwatch.daemon import authz, bodies, columnar, storeops, validation
 from carbonwatch.daemon.metrics import render
 from carbonwatch.daemon.openapi import DOCUMENT
 from carbonwatch.daemon.validation import ApiError, bad
@@ -37,8 +37,8 @@ def error(status: int, message: str) -> web.Response:
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error(exc.status, exc.message)
+    except ApiError as exc:  # {"error": ..., "field"?: the path of the field to blame}
+        return web.json_response(exc.as_json(), status=exc.status)
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large; the limit is {validation.MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:
@@ -96,15 +96,11 @@ def _daemon(request: web.Request) -> AppDaemon:
     return request.app[DAEMON]  # type: ignore[return-value]
 
 
-async def _body(request: web.Request, *, allow_empty: bool = False) -> Any:
-    return validation.parse_json(await request.read(), allow_empty=allow_empty)
-
-
 # --- jobs --------------------------------------------------------------------------------------
 
 
 async def create_job(request: web.Request) -> web.Response:
-    spec = validation.new_job(await _body(request))
+    spec = bodies.new_job(await request.read())
     job_id, merged = await _daemon(request).jobs.register(spec, authz.caller(request))
     body: dict[str, Any] = {"id": job_id}
     if merged:
@@ -139,7 +135,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def end_job(request: web.Request) -> web.Response:
     d = _daemon(request)
     job_id = request.match_info["id"]
-    exit_code = validation.job_end(await _body(request, allow_empty=True))
+    exit_code = bodies.job_end(await request.read())
     who = authz.caller(request)
     await d.jobs.end(job_id, exit_code, who)
     row = await d.read(lambda s: s.job(job_id))
@@ -185,8 +181,7 @@ async def post_calls(request: web.Request) -> web.Response:
     if request.content_type == columnar.CONTENT_TYPE:  # per model, arrays of starts and ends
         batch = columnar.decode(body)
     else:
-        batch = validation.call_batch(validation.parse_json(
-            body, check_nesting=False, nonfinite_to_validator=True))
+        batch = bodies.call_batch(body)
     n, batch_id = await _daemon(request).calls.accept(batch, body, authz.caller(request).uid)
     return web.json_response({"accepted": n, "batch_id": batch_id})
 

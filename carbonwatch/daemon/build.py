@@ -51,7 +51,7 @@ from carbonwatch.daemon.writer import Writer
 from carbonwatch.errors import ConfigError, StoreError
 from carbonwatch.grid.types import IntensitySource
 from carbonwatch.pricing import Pricing
-from carbonwatch.sampler import Sampler
+from carbonwatch.sampler import Instant, Sampler
 
 if TYPE_CHECKING:
     from carbonwatch.collectors.processes import ProcessScanner
@@ -70,6 +70,7 @@ class Sensing:
     end_s: float | None  # replay: where the trace ends and sampling stops
     resume_key: str  # meta key: where the written energy ends
     notes: list[str]
+    instant: Instant | None = None  # replay: a sampling round is one instant of trace time
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def build_daemon(
                 sensing.collectors, intensity=intensity, owners=state.owners,
                 sinks=[state.on_interval, *interval_logs], idle_policy=settings.idle_policy,
                 power_interval_s=settings.power_interval_s,
-                counter_interval_s=settings.counter_interval_s,
+                counter_interval_s=settings.counter_interval_s, instant=sensing.instant,
             )
             rows = JobRows(pricing, _provenance(sampler, intensity, pricing, clock))
             models = LabelCap(settings.max_label_values)
@@ -169,14 +170,15 @@ def build_daemon(
             totals, health.gauges, node, pricing.currency if pricing.known else None,
             now=clock.time, retention_s=settings.metrics_job_retention_s,
         )
-        from carbonwatch.scheduler.service import SchedulerService  # APScheduler: when served
+        from carbonwatch.scheduler.service import SchedulerService
 
         # Started in serve(), once the URL its launched wrappers report to is known.
         scheduler = SchedulerService(settings, read=reader.run, write=writer.run)
         scraper = Scraper(scrape_targets, settings.scrape_interval_s, state=state, writer=writer,
                           clock=clock, speed=speed, service_row=rows.service_row)
         jobs = JobIntake(state=state, writer=writer, loop=loop, models=models, clock=clock,
-                         accounting=rows.accounting, read=reader.run)
+                         accounting=rows.accounting, read=reader.run,
+                         max_jobs_per_user=settings.max_running_jobs_per_user)
         calls = CallIntake(state=state, writer=writer, models=models, totals=totals, clock=clock,
                            service_row=rows.service_row,
                            max_auto_jobs=settings.max_auto_jobs_per_request)
@@ -285,7 +287,8 @@ def _replay_collectors(settings: Settings, writer: Writer, speed: float, gpus: i
     )
     collectors: list[Collector] = [
         GpuCollector(backend, clock=clock, options=_gpu_options(settings, writer, clock))]
-    return Sensing(collectors, clock, clock, None, trace.end_s, resume_key, notes)
+    return Sensing(collectors, clock, clock, None, trace.end_s, resume_key, notes,
+                   instant=clock.held)
 
 
 def _provenance(

@@ -12,7 +12,7 @@ Content type ``application/vnd.carbonwatch.calls+json``; the body::
 (what the Python client sends). Every group's calls share its model, pid and tags;
 ``weight``, ``tokens_in`` and ``tokens_out`` are optional, each either absent or one value per
 call (``null`` for a call without one). The bounds are the objects form's
-(``validation.call_batch``): times in [0, 1e10] with end >= start, weight a finite number in
+(``bodies.call_batch``): times in [0, 1e10] with end >= start, weight a finite number in
 [0, 1e12], tokens integers in [0, 1e9], model 1-256 characters, tags as there, no NUL in any
 string, at most 10,000 calls a request. A refusal is a 400 naming the field
 (``models[0].end[3]``). The spans stored are exactly those the objects form gives for the same
@@ -26,7 +26,6 @@ re-reads either form."""
 from __future__ import annotations
 
 import math
-import re
 import sys
 from array import array
 from typing import Annotated, Any
@@ -34,15 +33,13 @@ from typing import Annotated, Any
 import msgspec
 
 from carbonwatch.calls import NO_TAGS, CallSpan
-from carbonwatch.daemon import validation
+from carbonwatch.daemon import bodies, validation
+from carbonwatch.daemon.bodies import CallModel, Pid, Tags, Tokens, UnixS, Weight
+from carbonwatch.daemon.refusals import learn, refusal
 from carbonwatch.daemon.validation import (
     MAX_CALLS_PER_REQUEST,
     MAX_DROPPED_PER_REQUEST,
-    MAX_PID,
-    MAX_TEXT,
-    MAX_TOKENS,
     MAX_UNIX_S,
-    MAX_WEIGHT,
     CallBatch,
     bad,
 )
@@ -50,22 +47,18 @@ from carbonwatch.daemon.validation import (
 CONTENT_TYPE = "application/vnd.carbonwatch.calls+json"
 _BIG_ENDIAN = sys.byteorder == "big"
 
-Time = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_UNIX_S)]
-Weight = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_WEIGHT)]
-Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
-Scalar = str | int | float | bool | None
 
 
 class ModelCalls(msgspec.Struct, forbid_unknown_fields=True):
     """One model's calls (one pid, one set of tags), column by column."""
 
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+    model: CallModel
     # A JSON array of numbers, or the values packed: base64 of little-endian IEEE-754 float64s
     # (the Python client's choice: repr() of a float costs more than the rest of the span).
-    start: list[Time] | bytes
-    end: list[Time] | bytes
-    pid: Annotated[int, msgspec.Meta(gt=0, le=MAX_PID)] | None = None
-    tags: dict[str, Scalar] | None = None
+    start: list[UnixS] | bytes
+    end: list[UnixS] | bytes
+    pid: Pid | None = None
+    tags: Tags | None = None
     weight: list[Weight | None] | None = None
     tokens_in: list[Tokens | None] | None = None
     tokens_out: list[Tokens | None] | None = None
@@ -77,30 +70,16 @@ class ColumnarBatch(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(ColumnarBatch)
-_AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)
-
-
-def _refusal(exc: msgspec.ValidationError) -> validation.ApiError:
-    """msgspec's "Expected `float` >= 0.0 - at `$.models[0].start[3]`" as a field-first 400."""
-    match = _AT.match(str(exc))
-    message, where = (match.group(1), match.group(2)) if match else (str(exc), None)
-    message = message[:1].lower() + message[1:]
-    return bad(f"{where}: {message}" if where else f"body: {message}")
+learn(ColumnarBatch)
 
 
 def decode(body: bytes) -> CallBatch:
     """A columnar body -> the same CallBatch the objects form gives; ApiError (400) naming the
     field otherwise."""
-    try:
-        batch = _DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        raise _refusal(exc) from None
-    except msgspec.DecodeError:
-        # Malformed JSON, or NaN/Infinity (which JSON lacks): parse it the tolerant way so the
-        # 400 names the field that holds the NaN, or says where the JSON breaks.
-        return from_object(validation.parse_json(body, check_nesting=False,
-                                                 nonfinite_to_validator=True))
-    return _spans(batch, nul_possible=b"\\u0000" in body)
+    # Malformed JSON, or NaN/Infinity (which JSON lacks): bodies.decode parses it the tolerant
+    # way so the 400 names the field that holds the NaN, or says where the JSON breaks; a NUL in
+    # any string is refused there too.
+    return _spans(bodies.decode(body, _DECODER))
 
 
 def from_object(obj: Any) -> CallBatch:
@@ -111,8 +90,9 @@ def from_object(obj: Any) -> CallBatch:
     try:
         batch = msgspec.convert(obj, ColumnarBatch)
     except msgspec.ValidationError as exc:
-        raise _refusal(exc) from None
-    return _spans(batch, nul_possible=True)
+        raise refusal(exc, obj) from None
+    _check_nul(batch)
+    return _spans(batch)
 
 
 def any_batch(body: bytes) -> CallBatch:
@@ -120,7 +100,7 @@ def any_batch(body: bytes) -> CallBatch:
     obj = validation.parse_json(body, check_nesting=False, nonfinite_to_validator=True)
     if type(obj) is dict and "models" in obj and "calls" not in obj:
         return from_object(obj)
-    return validation.call_batch(obj)
+    return bodies.call_batch_from(obj)
 
 
 def _check_nonfinite(obj: dict[str, Any]) -> None:
@@ -138,7 +118,7 @@ def _check_nonfinite(obj: dict[str, Any]) -> None:
                         raise bad(f"models[{g}].{name}[{i}]: must be a finite number")
 
 
-def _spans(batch: ColumnarBatch, *, nul_possible: bool) -> CallBatch:
+def _spans(batch: ColumnarBatch) -> CallBatch:
     spans: list[CallSpan] = []
     total = 0
     for g, group in enumerate(batch.models):
@@ -157,10 +137,8 @@ def _spans(batch: ColumnarBatch, *, nul_possible: bool) -> CallBatch:
                 raise bad(f"{where}.{name}: {len(column)} values, but start has {n}")
         model = group.model
         if model.isspace():
-            raise bad(f"{where}.model: must not be blank")
-        tags = validation.tags(group.tags, f"{where}.tags") if group.tags else NO_TAGS
-        if nul_possible:
-            _check_nul(model, tags, where)
+            raise bad(f"{where}.model: must not be empty or blank")
+        tags = group.tags or NO_TAGS
         for i in range(n):
             if ends[i] < starts[i]:
                 raise bad(f"{where}.end[{i}]: {ends[i]} is before start {starts[i]}")
@@ -204,16 +182,12 @@ def _unpacked(values: list[float] | bytes, where: str) -> list[float]:
     return out
 
 
-def _check_nul(model: str, tags: Any, where: str) -> None:
-    if "\x00" in model:
-        raise bad(f"{where}.model: strings must not contain NUL (\\u0000)")
-    for key, value in tags.items():
-        if "\x00" in key or (type(value) is str and "\x00" in value):
-            raise bad(f"{where}.tags: strings must not contain NUL (\\u0000)")
-
-
-def schema_components() -> dict[str, Any]:
-    """The columnar body's JSON Schema as OpenAPI components (``ColumnarBatch``, ``ModelCalls``)."""
-    _, components = msgspec.json.schema_components(
-        [ColumnarBatch], ref_template="#/components/schemas/{name}")
-    return components
+def _check_nul(batch: ColumnarBatch) -> None:
+    """A stored body re-read at restart: no NUL in its model or tags (as bodies.decode checks)."""
+    for g, group in enumerate(batch.models):
+        where = f"models[{g}]"
+        if "\x00" in group.model:
+            raise bad(f"{where}.model: strings must not contain NUL (\\u0000)")
+        for key, value in (group.tags or {}).items():
+            if "\x00" in key or (type(value) is str and "\x00" in value):
+                raise bad(f"{where}.tags: strings must not contain NUL (\\u0000)")

@@ -2,7 +2,8 @@
 
 The daemon depends on the scheduler, never the reverse: this module turns requests into
 :class:`~carbonwatch.scheduler.job.Submission` and the scheduler's domain errors into HTTP.
-It imports no APScheduler: the OpenAPI document is built without loading the scheduler.
+It imports only the scheduler's job module: the OpenAPI document is built without loading
+the service.
 
 
 ``POST /v1/deferred`` submit · ``GET /v1/deferred`` the queue · ``GET /v1/deferred/{id}`` one job ·
@@ -11,14 +12,13 @@ It imports no APScheduler: the OpenAPI document is built without loading the sch
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from carbonwatch.daemon import authz, validation
+from carbonwatch.daemon import authz, bodies, validation
+from carbonwatch.daemon.bodies import DeferredRequest
 from carbonwatch.daemon.validation import ApiError, bad
 from carbonwatch.errors import ConfigError, InputError
 from carbonwatch.scheduler.job import Conflict, NotFound, Status, Submission
@@ -33,27 +33,6 @@ if TYPE_CHECKING:
     from carbonwatch.scheduler.service import SchedulerService
 
 SERVICE: web.AppKey[SchedulerService] = web.AppKey("scheduler")
-MAX_ARGS = 4096
-MAX_ARG = 64 * 1024
-MAX_ENV = 4096
-_FIELDS = frozenset(
-    {
-        "command",
-        "name",
-        "kind",
-        "deadline",
-        "deadline_s",
-        "duration",
-        "duration_s",
-        "interruptible",
-        "zone",
-        "provider",
-        "provider_url",
-        "cwd",
-        "env",
-        "via",
-    }
-)
 
 
 def add_scheduler_routes(app: web.Application, service: SchedulerService) -> None:
@@ -84,41 +63,25 @@ def _visible(view: dict[str, Any], who: authz.Caller) -> dict[str, Any]:
     return {**view, **dict.fromkeys(_PRIVATE)}
 
 
-def _opt_text(body: Mapping[str, Any], key: str, max_len: int = 4096) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    return validation.text(value, key, max_len=max_len) if value != "" else ""
+def _opt_text(value: str | None, key: str) -> str | None:
+    """An optional text field: absent/null, "" (none), or not all blank (lengths: the struct)."""
+    if value and not value.strip():
+        raise bad(f"{key}: must not be empty")
+    return value
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise bad(f"{where}: expected a finite number of seconds, got {value!r}")
-    return float(value)
-
-
-def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submission:
-    if not isinstance(body, dict):
-        raise bad("expected a JSON object")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise bad(f"unknown field(s): {', '.join(unknown)}")
-    command = body.get("command")
-    if (
-        not isinstance(command, list)
-        or not command
-        or len(command) > MAX_ARGS
-        or not all(isinstance(a, str) and len(a) <= MAX_ARG for a in command)
-    ):
-        raise bad("command: expected a non-empty list of strings (argv)")
+def _submission(req: DeferredRequest, now_s: float, *, check_cwd: bool = True) -> Submission:
+    """The rules a schema cannot say: a deadline and a duration given one way or the other, both
+    within a year, cwd absolute (and existing, for the daemon's own user), env names execve can
+    pass. Types, lengths and choices were checked when the body was decoded."""
     try:
-        if "deadline_s" in body:
-            deadline_s = _number(body["deadline_s"], "deadline_s")
-        elif isinstance(body.get("deadline"), str):
-            deadline_s = parse_user_time_s(body["deadline"], now_s)
+        if req.deadline_s is not None:
+            deadline_s = req.deadline_s
+        elif req.deadline is not None:
+            deadline_s = parse_user_time_s(req.deadline, now_s)
         else:
             raise bad("deadline: give deadline_s (Unix seconds) or deadline (ISO-8601 or +12h)")
-        raw = body.get("duration_s", body.get("duration"))
+        raw = req.duration_s if req.duration_s is not None else req.duration
         if raw is None:
             raise bad("duration: give duration_s (seconds) or duration ('2h' or 'auto')")
         if raw == "auto":
@@ -126,7 +89,7 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
         elif isinstance(raw, str):
             duration_s = parse_duration_s(raw)
         else:
-            duration_s = _number(raw, "duration_s")
+            duration_s = raw
             if duration_s <= 0:
                 raise bad("duration_s: must be > 0")
         if duration_s is not None and duration_s > MAX_AHEAD_S:
@@ -134,56 +97,40 @@ def _submission(body: Any, now_s: float, *, check_cwd: bool = True) -> Submissio
         check_ahead(deadline_s, now_s, "deadline")
     except InputError as exc:
         raise bad(str(exc)) from None
-    kind = body.get("kind", "training")
-    if kind not in validation.JOB_KINDS:
-        raise bad(f"kind: must be one of {', '.join(validation.JOB_KINDS)}")
-    interruptible = body.get("interruptible", False)
-    if not isinstance(interruptible, bool):
-        raise bad("interruptible: expected true or false")
-    cwd = _opt_text(body, "cwd")
+    cwd = _opt_text(req.cwd, "cwd")
     if cwd and not os.path.isabs(cwd):
         raise bad(f"cwd: {cwd!r} is not an absolute directory")
     # Looked at only for the daemon's own user: for another user the daemon's answer would tell
     # which directories exist where that user may not look; its job fails to enter it instead.
     if cwd and check_cwd and not os.path.isdir(cwd):
         raise bad(f"cwd: {cwd!r} is not an existing absolute directory on the daemon's host")
-    env = body.get("env", {})
-    if (
-        not isinstance(env, dict)
-        or len(env) > MAX_ENV
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-    ):
-        raise bad("env: expected an object of string values")
-    for key in env:
+    for key in req.env:
         # execve takes "KEY=VALUE": a key with '=' (or none at all) cannot be passed as given
         if not key or "=" in key:
             raise bad(f"env: variable name {key[:64]!r} must be non-empty and contain no '='")
-    via = body.get("via", "")
-    if via not in ("", "local", "slurm"):
-        raise bad("via: must be 'local' or 'slurm'")
-    if via == "slurm" and interruptible:
+    if req.via == "slurm" and req.interruptible:
         raise bad("interruptible: not with via 'slurm' (Slurm starts a job once and cannot pause "
                   "it between windows); submit one job per stretch of work, with checkpoints")
     return Submission(
-        via="" if via == "local" else via,
-        command=list(command),
+        via="" if req.via == "local" else req.via,
+        command=list(req.command),
         deadline_s=deadline_s,
         duration_s=duration_s,
-        name=_opt_text(body, "name", validation.MAX_TEXT) or "",
-        kind=kind,
-        interruptible=interruptible,
-        zone=_opt_text(body, "zone", validation.MAX_TEXT),
-        provider=_opt_text(body, "provider", validation.MAX_TEXT) or None,
-        provider_url=_opt_text(body, "provider_url"),
+        name=_opt_text(req.name, "name") or "",
+        kind=req.kind,
+        interruptible=req.interruptible,
+        zone=_opt_text(req.zone, "zone"),
+        provider=_opt_text(req.provider, "provider") or None,
+        provider_url=_opt_text(req.provider_url, "provider_url"),
         cwd=cwd or None,
-        env=env,
+        env=req.env,
     )
 
 
 async def submit(request: web.Request) -> web.Response:
     service = _service(request)
     uid, gid = _launcher(request, service)
-    sub = _submission(validation.parse_json(await request.read()), service.clock.time(),
+    sub = _submission(bodies.deferred(await request.read()), service.clock.time(),
                       check_cwd=uid == os.geteuid())
     sub = dataclasses.replace(sub, owner_uid=uid, owner_gid=gid)
     try:
@@ -214,7 +161,7 @@ async def cancel(request: web.Request) -> web.Response:
     _launcher(request, service)
     who = authz.caller(request)
     try:
-        owner = (await service.get(request.match_info["id"])).get("owner_uid")
+        owner = (await service.job(request.match_info["id"])).owner_uid
         if not who.may_manage(owner):
             raise ApiError(403, f"deferred job {request.match_info['id']} belongs to uid {owner}; "
                                 f"{who.describe()} may not cancel it (only its owner or an "
@@ -241,7 +188,8 @@ def _err(description: str) -> dict[str, Any]:
     return _json({"$ref": "#/components/schemas/Error"}, description)
 
 
-# Merged into the daemon's OpenAPI document (carbonwatch.daemon.openapi).
+# Merged into the daemon's OpenAPI document (carbonwatch.daemon.openapi); the request body's
+# schema (DeferredRequest) is generated there from the struct that decodes it (daemon/bodies.py).
 OPENAPI_SCHEMAS: dict[str, Any] = {
     "Deferred": {
         "type": "object",
@@ -276,32 +224,6 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "via": {"type": "string", "description": "'' (the daemon launches it) or 'slurm'"},
             "slurm_job_id": {"type": ["string", "null"]},
             "slurm_state": {"type": ["string", "null"], "description": "Slurm's JobState"},
-        },
-    },
-    "DeferredRequest": {
-        "type": "object",
-        "required": ["command"],
-        "additionalProperties": False,
-        "properties": {
-            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            "name": {"type": "string"},
-            "kind": {"type": "string", "enum": list(validation.JOB_KINDS)},
-            "deadline_s": {"type": "number"},
-            "deadline": {"type": "string", "description": "ISO-8601 with a zone, or +12h"},
-            "duration_s": {"type": "number"},
-            "duration": {"type": "string", "description": "2h, 1h30m, PT2H, or auto"},
-            "interruptible": {"type": "boolean"},
-            "zone": {"type": "string"},
-            "provider": {"type": "string"},
-            "provider_url": {"type": "string", "description": "only the daemon's provider_url "
-                             "or one listed in its provider_urls setting"},
-            "cwd": {"type": "string", "description": "absolute directory to run in"},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-            "via": {
-                "type": "string",
-                "enum": ["local", "slurm"],
-                "description": "slurm: command is sbatch's arguments; submitted with --begin",
-            },
         },
     },
 }

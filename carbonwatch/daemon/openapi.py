@@ -1,24 +1,30 @@
-"""The OpenAPI 3 document served at ``GET /v1/openapi.json``, written by hand and kept in step
-with the routes by a test (every route is documented, every documented path is routed)."""
+"""The OpenAPI 3 document served at ``GET /v1/openapi.json``, kept in step with the routes by a
+test (every route is documented, every documented path is routed). The request bodies' schemas
+are generated from the msgspec structs that decode them (``bodies.py``, ``columnar.py``), so the
+document and the validator cannot drift; responses are written by hand."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from carbonwatch.daemon.columnar import CONTENT_TYPE as COLUMNAR_CONTENT_TYPE
-from carbonwatch.daemon.columnar import schema_components
-from carbonwatch.daemon.deferred_routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
-from carbonwatch.daemon.validation import (
-    MAX_BODY_BYTES,
-    MAX_CALLS_PER_REQUEST,
-    MAX_TOKENS,
-    MAX_WEIGHT,
-)
+import msgspec
 
-# msgspec emits the columnar body's schema from the very structs that decode it.
-COLUMNAR_SCHEMAS = schema_components()
+from carbonwatch.daemon.bodies import REQUESTS
+from carbonwatch.daemon.columnar import CONTENT_TYPE as COLUMNAR_CONTENT_TYPE
+from carbonwatch.daemon.columnar import ColumnarBatch
+from carbonwatch.daemon.deferred_routes import OPENAPI_PATHS, OPENAPI_SCHEMAS
+from carbonwatch.daemon.validation import MAX_BODY_BYTES
+
+# msgspec emits the request bodies' schemas from the very structs that decode them.
+_, REQUEST_SCHEMAS = msgspec.json.schema_components(
+    [*REQUESTS, ColumnarBatch], ref_template="#/components/schemas/{name}")
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _request(name: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -110,13 +116,16 @@ DOCUMENT: dict[str, Any] = {
         "except a local user's own-job routes over loopback (its uid is known). A job belongs "
         "to the local uid that registered it: only it or an operator (admin token, root, the "
         "daemon's user) ends or merges it or sees its command line. "
-        "Times are Unix seconds (UTC). Errors are JSON `{\"error\": \"...\"}`.",
+        "Times are Unix seconds (UTC). Errors are JSON `{\"error\": \"...\"}`; a 400 that one "
+        "field earns also says which: `\"field\": \"calls[3].end\"`.",
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Error": {"type": "object", "required": ["error"],
-                      "properties": {"error": {"type": "string"}}},
+                      "properties": {"error": {"type": "string"}, "field": {
+                          "type": "string", "description": "where one field is to blame, its "
+                          "path (calls[3].end); the error message starts with it"}}},
             "Job": _JOB,
         },
     },
@@ -127,22 +136,7 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "Register a job (its pids and their process trees are attributed to it)",
                 "description": "A running job with the same `identity` (Slurm job, pod, torchrun "
                 "group) is the same job: its pids are added and 200 is returned.",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "required": ["name", "kind"],
-                    "properties": {
-                        "name": {"type": "string", "maxLength": 256},
-                        "kind": {"type": "string", "enum": ["training", "inference", "other"]},
-                        "model": {"type": "string"},
-                        "pid": {"type": "integer", "minimum": 1},
-                        "pids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-                        "tags": _TAGS,
-                        "identity": {"type": "string"},
-                        "command": {"type": "array", "items": {"type": "string"}},
-                        "owner_uid": {"type": "integer", "minimum": 0, "description":
-                                      "operators only: the user the job belongs to"},
-                    },
-                }}}},
+                "requestBody": _request("JobRequest"),
                 "responses": {
                     "201": _json({"type": "object", "properties": {"id": {"type": "string"}}},
                                  "created"),
@@ -181,8 +175,7 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "summary": "End a job: its energy up to now is closed and written",
                 "parameters": [_JOB_ID],
-                "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"exit_code": {"type": "integer"}}}}}},
+                "requestBody": _request("JobEndRequest", required=False),
                 "responses": {"200": _json({"$ref": "#/components/schemas/Job"}, "the ended job"),
                               **_errors(400, 403, 404, 409, 413, 503)},
             },
@@ -197,33 +190,7 @@ DOCUMENT: dict[str, Any] = {
                 "`weight`, `tokens_in` and `tokens_out` are optional work measures; tokens "
                 "feed the per-token figures of `/v1/summary?group_by=model`.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "required": ["calls"],
-                    "properties": {
-                        "calls": {"type": "array", "maxItems": MAX_CALLS_PER_REQUEST, "items": {
-                            "type": "object",
-                            "required": ["model", "start", "end"],
-                            "properties": {
-                                "model": {"type": "string", "minLength": 1},
-                                "start": {"type": "number", "description": "Unix seconds"},
-                                "end": {"type": "number", "description": ">= start"},
-                                "pid": {"type": "integer", "minimum": 1},
-                                "tags": _TAGS,
-                                "weight": {"type": "number", "minimum": 0,
-                                           "maximum": MAX_WEIGHT,
-                                           "description": "the call's work (batch size, FLOPs)"},
-                                "tokens_in": {"type": "integer", "minimum": 0,
-                                              "maximum": MAX_TOKENS,
-                                              "description": "prompt tokens"},
-                                "tokens_out": {"type": "integer", "minimum": 0,
-                                               "maximum": MAX_TOKENS,
-                                               "description": "generated tokens"},
-                            },
-                        }},
-                        "dropped": {"type": "integer", "minimum": 0,
-                                    "description": "spans the client dropped since its last "
-                                    "successful batch"},
-                    },
+                    "$ref": "#/components/schemas/CallsRequest"
                 }}, COLUMNAR_CONTENT_TYPE: {"schema": {
                     "$ref": "#/components/schemas/ColumnarBatch",
                     "description": "The columnar form (what the Python client sends): per model, "
@@ -321,4 +288,4 @@ DOCUMENT: dict[str, Any] = {
 # The scheduler's routes document themselves beside their handlers.
 DOCUMENT["paths"].update(OPENAPI_PATHS)
 DOCUMENT["components"]["schemas"].update(OPENAPI_SCHEMAS)
-DOCUMENT["components"]["schemas"].update(COLUMNAR_SCHEMAS)
+DOCUMENT["components"]["schemas"].update(REQUEST_SCHEMAS)

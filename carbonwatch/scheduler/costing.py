@@ -6,7 +6,7 @@ forecast-costed minutes once the provider publishes actuals."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from carbonwatch.clock import Clock
@@ -14,6 +14,7 @@ from carbonwatch.config import Settings
 from carbonwatch.grid.feed import cached_points, static_point, update_with_actuals
 from carbonwatch.grid.series import SeriesSource
 from carbonwatch.grid.static import StaticSource
+from carbonwatch.scheduler.job import DeferredJob
 from carbonwatch.scheduler.realised import baseline_co2e_g
 from carbonwatch.store import deferred
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def realised_baseline(
-    store: Any, settings: Settings, row: Mapping[str, Any], job_id: str, runs: list[list[float]]
+    store: Any, settings: Settings, job: DeferredJob, job_id: str, runs: Sequence[Sequence[Any]]
 ) -> float | None:
     """The job's measured energy profile costed as if it had run from submit."""
     if not runs:
@@ -29,17 +30,16 @@ def realised_baseline(
     minutes = deferred.job_minutes(store.conn, job_id)
     if not minutes:
         return 0.0  # no energy measured: nothing to cost at any time
-    fallback = StaticSource(static_point(settings, row["zone"] or ""))
+    fallback = StaticSource(static_point(settings, job.zone or ""))
     source: Any = fallback
-    if row["provider"]:
-        lo_s = row["submitted_s"] - 3600.0
-        hi_s = row["submitted_s"] + sum(e - s for s, e in runs) + 3600.0
+    if job.provider:
+        lo_s = job.submitted_s - 3600.0
+        hi_s = job.submitted_s + sum(e - s for s, e in runs) + 3600.0
         source = SeriesSource(
-            cached_points(store, row["zone"] or "", row["provider"], lo_s, hi_s), fallback
+            cached_points(store, job.zone or "", job.provider, lo_s, hi_s), fallback
         )
-    return baseline_co2e_g(
-        minutes, [(s, e) for s, e in runs], row["submitted_s"], source, settings.pue
-    )
+    return baseline_co2e_g(minutes, [(s, e) for s, e in runs], job.submitted_s, source,
+                           settings.pue)
 
 
 async def correct_with_actuals(

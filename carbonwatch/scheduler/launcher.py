@@ -21,10 +21,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import psutil
+
+from carbonwatch.scheduler.job import Status
+
+if TYPE_CHECKING:
+    from carbonwatch.scheduler.job import DeferredJob
 
 # Settings the wrapper must take from the daemon, not from the submitter's environment; the
 # tokens are dropped from the submitter's environment and never added.
@@ -212,10 +218,44 @@ def groups_of(uid: int, gid: int) -> list[int] | None:
     return os.getgrouplist(name, gid)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """Where an untimed launcher's own system has a job (see :meth:`Launcher.look`)."""
+
+    state: str  # the system's own word for it (Slurm's JobState), shown as ``slurm_state``
+    status: Status  # what that means for the row: QUEUED (held), RUNNING, or a final status
+    start_s: float | None = None
+    end_s: float | None = None
+    exit_code: int | None = None
+    note: str | None = None  # why it ended, when the state alone does not say
+
+
 class Launcher(Protocol):
-    """How the scheduler starts, watches, pauses and ends a job's process: injected into
-    :class:`~carbonwatch.scheduler.service.SchedulerService` (tests give one that starts the
-    command itself instead of the wrapper)."""
+    """How the jobs of one ``via`` start and end. :class:`~carbonwatch.scheduler.service.
+    SchedulerService` holds one per ``via`` ("" :class:`LocalLauncher`, "slurm"
+    :class:`~carbonwatch.scheduler.slurm.SlurmLauncher`), injected: a test gives a fake here.
+
+    A *timed* launcher's jobs are started by the scheduler's own triggers at their planned start
+    (it is then a :class:`ProcessLauncher`). An untimed one hands the job at submit to a system
+    that holds it until its start: the service tells it when a re-plan moves the start or the
+    job is cancelled, and asks it where the job is on each poll."""
+
+    timed: bool
+    # The measured ``jobs`` row of a job it started has this identity ('' none: found by name).
+    def identity(self, job: DeferredJob) -> str: ...
+    async def submit(self, job: DeferredJob, daemon_url: str) -> dict[str, Any]:
+        """At submit, before the row is stored: the columns it adds. Raises InputError."""
+    async def move(self, job: DeferredJob) -> None:
+        """A re-plan moved the job's start. Raises CarbonwatchError when it stays."""
+    async def cancel(self, job: DeferredJob) -> None:
+        """Cancel it where it is held. Raises InputError."""
+    async def look(self, job: DeferredJob) -> Seen | None:
+        """Where the job is now; None once its system has forgotten it."""
+
+
+@runtime_checkable
+class ProcessLauncher(Launcher, Protocol):
+    """A timed launcher: starts, watches, pauses and ends the job's process on this host."""
 
     def launch(
         self, name: str, kind: str, command: Sequence[str], *, cwd: str | None,
@@ -234,10 +274,28 @@ class Launcher(Protocol):
 
 class LocalLauncher:
     """The daemon's own launcher: the wrapper (``wrapper_argv``) in a new session on this host,
-    signalled by process group. ``argv`` turns (name, kind, command, cwd) into what is run."""
+    signalled by process group. ``argv`` turns (name, kind, command, cwd) into what is run.
+    Timed: nothing happens outside this host until the scheduler's trigger launches it."""
+
+    timed = True
 
     def __init__(self, argv: Callable[..., list[str]] = wrapper_argv) -> None:
         self.argv = argv
+
+    def identity(self, job: DeferredJob) -> str:
+        return ""  # the wrapper's record is found by name, command and start time
+
+    async def submit(self, job: DeferredJob, daemon_url: str) -> dict[str, Any]:
+        return {}
+
+    async def move(self, job: DeferredJob) -> None:
+        return None  # the service re-arms its triggers
+
+    async def cancel(self, job: DeferredJob) -> None:
+        return None  # the service terminates the process it started, if any
+
+    async def look(self, job: DeferredJob) -> Seen | None:
+        raise TypeError("a timed launcher's jobs are watched as processes, not looked up")
 
     def launch(
         self, name: str, kind: str, command: Sequence[str], *, cwd: str | None,

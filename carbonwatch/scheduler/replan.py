@@ -15,15 +15,17 @@ from carbonwatch.scheduler.forecasts import (
     plan_fields,
     same_windows,
 )
-from carbonwatch.scheduler.job import Status
+from carbonwatch.scheduler.job import DeferredJob, Status
 from carbonwatch.store import deferred
 from carbonwatch.times import iso_utc
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Mapping
 
     from carbonwatch.clock import Clock
     from carbonwatch.config import Settings
+    from carbonwatch.scheduler.launcher import Launcher
 
 log = logging.getLogger("carbonwatch.scheduler.service")
 
@@ -35,10 +37,13 @@ class Replan:
         _read: Any
         _write: Any
 
+        launchers: Mapping[str, Launcher]
+
         def _lock(self, job_id: str) -> asyncio.Lock: ...
-        async def _row(self, job_id: str) -> dict[str, Any] | None: ...
-        async def _update(self, deferred_id: str, /, **fields: Any) -> None: ...
-        def _arm(self, row: dict[str, Any]) -> None: ...
+        async def _job(self, job_id: str) -> DeferredJob | None: ...
+        async def _save(self, job: DeferredJob, /, **changes: Any) -> DeferredJob: ...
+        def _arm(self, job: DeferredJob) -> None: ...
+        def _timed(self, job: DeferredJob) -> bool: ...
 
     async def _fetch(self, provider: str, url: str, zone: str) -> Fetched:
         return await fetch_forecast(
@@ -77,24 +82,24 @@ class Replan:
 
     async def _replan(self, job_id: str, fetched: Fetched) -> None:
         async with self._lock(job_id):
-            row = await self._row(job_id)
-            if row is None or row["status"] != Status.QUEUED:
+            job = await self._job(job_id)
+            if job is None or job.status != Status.QUEUED:
                 return  # started (or cancelled) meanwhile: a started job keeps its plan
-            known = row.get("forecast_fetched_at_s")
+            known = job.forecast_fetched_at_s
             if fetched.fetched_at_s is None or (
                 known is not None and fetched.fetched_at_s <= known
             ):
                 return  # not newer than the forecast the plan was made on
             now_s = self.clock.time()
-            if row["plan"][0][0] <= now_s:
+            if job.plan[0][0] <= now_s:
                 return  # its launch is due now
             try:
                 plan = plan_deferred(
                     fetched.points,
-                    duration_s=row["duration_s"],
+                    duration_s=job.duration_s,
                     release_s=now_s,
-                    deadline_s=row["deadline_s"],
-                    interruptible=row["interruptible"],
+                    deadline_s=job.deadline_s,
+                    interruptible=job.interruptible,
                     no_forecast_policy=self.settings.no_forecast_policy,
                     error=fetched.error,
                     sigmas=self.settings.defer_error_sigmas,
@@ -103,12 +108,22 @@ class Replan:
                 return  # cannot fit any more from now: the armed plan still meets the deadline
             if plan.basis != "forecast":
                 return  # the new forecast does not cover the job: keep a plan made on one
-            fields = plan_fields(
-                plan, fetched, now_s, row.get("expected_energy_j"), self.settings.pue
-            )
-            moved = not same_windows(fields["plan"], row["plan"])
+            fields = plan_fields(plan, fetched, now_s, job.expected_energy_j, self.settings.pue)
+            moved = not same_windows(fields["plan"], [list(w) for w in job.plan])
             if moved:
                 fields["message"] = f"re-planned at {iso_utc(now_s)} on a newer forecast"
-            await self._update(job_id, **fields)
-            if moved:
-                self._arm({**row, **fields})
+            job = await self._save(job, **fields)
+            if not moved:
+                return
+            if self._timed(job):
+                self._arm(job)
+                return
+            try:  # its own system holds it: move it there
+                await self.launchers[job.via].move(job)
+            except CarbonwatchError as exc:
+                log.warning("deferred job %s: could not move it in %s: %s", job_id, job.via, exc)
+                await self._save(job, message=f"re-planned, but {job.via} kept the old start: "
+                                 f"{exc}")
+                return
+            log.info("deferred job %s: moved in %s to %s", job_id, job.via,
+                     iso_utc(job.plan[0][0]))

@@ -12,13 +12,13 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from carbonwatch.scheduler.job import ACTIVE, Status
+from carbonwatch.scheduler.job import ACTIVE, DeferredJob, Status
 from carbonwatch.store import deferred
-from carbonwatch.times import iso_utc
+from carbonwatch.times import check_ahead, iso_utc
 
 if TYPE_CHECKING:
     from carbonwatch.clock import Clock
-    from carbonwatch.scheduler.launcher import Launcher
+    from carbonwatch.scheduler.launcher import ProcessLauncher
 
 log = logging.getLogger("carbonwatch.scheduler.service")
 
@@ -38,12 +38,14 @@ class Running:
 class Restart:
     if TYPE_CHECKING:  # provided by SchedulerService
         clock: Clock
-        launcher: Launcher
+        launcher: ProcessLauncher
         _read: Any
+        _write: Any
         _running: dict[str, Running]
 
-        async def _update(self, deferred_id: str, /, **fields: Any) -> None: ...
-        def _arm(self, row: dict[str, Any]) -> None: ...
+        async def _save(self, job: DeferredJob, /, **changes: Any) -> DeferredJob: ...
+        def _arm(self, job: DeferredJob) -> None: ...
+        def _timed(self, job: DeferredJob) -> bool: ...
         def _disarm(self, job_id: str) -> None: ...
         async def _launch(self, job_id: str) -> None: ...
         async def _pause(self, job_id: str) -> None: ...
@@ -55,10 +57,10 @@ class Restart:
         rows = await self._read(lambda s: deferred.rows(s.conn, ACTIVE))
         now_s = self.clock.time()
         for row in rows:
-            if row.get("via") == "slurm":
-                continue  # Slurm keeps it; the poll follows it to its end
             try:
-                await self._restore_one(row, now_s)
+                job = DeferredJob.from_row(row)
+                if self._timed(job):  # an untimed launcher's system keeps it; the poll follows
+                    await self._restore_one(job, now_s)
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the daemon
                 # A row no current daemon would store (a deadline in year 33658, a NUL in its
                 # argv): it is failed, with the reason, and the others are restored.
@@ -66,84 +68,83 @@ class Restart:
                           row["id"], type(exc).__name__, exc)
                 self._disarm(row["id"])
                 self._running.pop(row["id"], None)
-                await self._update(row["id"], status=Status.FAILED, ended_s=now_s, env={},
-                                   message=f"failed at restart: {type(exc).__name__}: {exc}")
+                message = f"failed at restart: {type(exc).__name__}: {exc}"
+                # Written as columns: the row may be one DeferredJob cannot even hold.
+                await self._write(lambda s, i=row["id"], m=message: deferred.update(
+                    s.conn, i, status=str(Status.FAILED), ended_s=now_s, env={}, message=m))
         if rows:
             log.info("deferred jobs: restored %d", len(rows))
 
-    async def _restore_one(self, row: dict[str, Any], now_s: float) -> None:
-        if row["status"] == Status.QUEUED:
-            await self._restore_queued(row, now_s)
-        elif row["status"] == Status.LAUNCHING:
-            await self._restore_launching(row, now_s)
-        elif self.launcher.alive(row["wrapper_pid"] or 0, row.get("wrapper_created_s")):
-            await self._reattach(row, now_s)
+    async def _restore_one(self, job: DeferredJob, now_s: float) -> None:
+        # The submit's bound, again: a row stored without it (by hand, or an older daemon) is
+        # failed here rather than armed for year 33658.
+        check_ahead(job.deadline_s, now_s, "deadline")
+        if job.status == Status.QUEUED:
+            await self._restore_queued(job, now_s)
+        elif job.status == Status.LAUNCHING:
+            await self._restore_launching(job, now_s)
+        elif self.launcher.alive(job.wrapper_pid or 0, job.wrapper_created_s):
+            await self._reattach(job, now_s)
         else:  # it ended while no daemon watched it
-            self._running[row["id"]] = Running(
-                row["wrapper_pid"] or 0, row.get("wrapper_created_s"), None
-            )
-            await self._finish(row["id"], None)
+            self._running[job.id] = Running(job.wrapper_pid or 0, job.wrapper_created_s, None)
+            await self._finish(job.id, None)
 
-    async def _restore_queued(self, row: dict[str, Any], now_s: float) -> None:
-        start_s = row["plan"][0][0]
+    async def _restore_queued(self, job: DeferredJob, now_s: float) -> None:
+        start_s = job.plan[0][0]
         if start_s >= now_s:
-            self._arm(row)
+            self._arm(job)
             return
         # Its start passed while the daemon was down: start now, as one contiguous run.
-        late_s = now_s + row["duration_s"] - row["deadline_s"]
+        late_s = now_s + job.duration_s - job.deadline_s
         message = (
             f"the daemon was down at the planned start {iso_utc(start_s)}; started at "
             f"{iso_utc(now_s)}"
         )
         if late_s > 0:
             message += f"; it will end about {late_s:.0f} s after its deadline"
-        plan = [[now_s, now_s + row["duration_s"]]]
-        await self._update(row["id"], plan=plan, message=message)
-        self._arm({**row, "plan": plan})
+        job = await self._save(job, plan=[(now_s, now_s + job.duration_s)], message=message)
+        self._arm(job)
 
-    async def _restore_launching(self, row: dict[str, Any], now_s: float) -> None:
+    async def _restore_launching(self, job: DeferredJob, now_s: float) -> None:
         """A previous daemon stopped between storing the launch and storing the wrapper's pid:
         adopt the wrapper if it started, else launch the job now (once)."""
-        job_id = row["id"]
+        job_id = job.id
         found = self.launcher.find(job_id)
         if found is not None:
             pid, created = found
-            fields = {
-                "status": Status.RUNNING,
-                "wrapper_pid": pid,
-                "wrapper_created_s": created,
-                "runs": [[row.get("started_s") or created, None]],
-            }
-            await self._update(job_id, **fields)
+            job = await self._save(
+                job, status=Status.RUNNING, wrapper_pid=pid, wrapper_created_s=created,
+                runs=[[job.started_s or created, None]],
+            )
             log.info("deferred job %s: adopted its wrapper (pid %d)", job_id, pid)
-            await self._reattach({**row, **fields}, now_s)
+            await self._reattach(job, now_s)
             return
-        started_s = row.get("started_s") or now_s
-        job = await self._read(
+        started_s = job.started_s or now_s
+        record = await self._read(
             lambda s: deferred.find_job(
-                s.conn, row["name"], row["command"], started_s - 1.0, now_s + 1.0
+                s.conn, job.name, job.command, started_s - 1.0, now_s + 1.0
             )
         )
-        if job is not None:  # the wrapper started, ran and ended while no daemon watched it
+        if record is not None:  # the wrapper started, ran and ended while no daemon watched it
             self._running[job_id] = Running(0, None, None)
             await self._finish(job_id, None)
             return
         await self._launch(job_id)
-        self._arm(row)  # an interruptible job's pauses and resumes
+        self._arm(job)  # an interruptible job's pauses and resumes
 
-    async def _reattach(self, row: dict[str, Any], now_s: float) -> None:
+    async def _reattach(self, job: DeferredJob, now_s: float) -> None:
         """A wrapper a previous daemon started is still alive: watch it, and put an
         interruptible one in the state its plan says for now."""
-        job_id = row["id"]
-        running = Running(row["wrapper_pid"], row.get("wrapper_created_s"), None)
+        job_id = job.id
+        running = Running(job.wrapper_pid or 0, job.wrapper_created_s, None)
         self._running[job_id] = running
         running.task = asyncio.create_task(self._watch(job_id))
-        if not row["interruptible"]:
+        if not job.interruptible:
             return
-        windows = row["plan"]
+        windows = job.plan
         inside = any(s <= now_s < e for s, e in windows) or now_s >= windows[-1][1]
-        if row["status"] == Status.PAUSED and inside:
+        if job.status == Status.PAUSED and inside:
             await self._resume(job_id)
-        elif row["status"] == Status.RUNNING and not inside:
+        elif job.status == Status.RUNNING and not inside:
             await self._pause(job_id)
-        self._arm(row)
+        self._arm(job)

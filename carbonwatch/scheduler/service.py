@@ -16,17 +16,20 @@ yet started is re-planned on the newer forecast. A job runs through the wrapper 
 :mod:`carbonwatch.scheduler.launcher`), so it is measured like any other; when it ends, its
 measured gCO2e and the same energy profile costed as if run at submit time are stored.
 
-Timing is :mod:`carbonwatch.scheduler.triggers` (APScheduler on the daemon's loop), processes go
-through an injected :class:`~carbonwatch.scheduler.launcher.Launcher`, re-planning is
-:mod:`~carbonwatch.scheduler.replan`, picking up after a restart
+A job is a :class:`~carbonwatch.scheduler.job.DeferredJob` (its status changes are checked in
+:meth:`~carbonwatch.scheduler.job.DeferredJob.moved`). How it starts is the injected
+:class:`~carbonwatch.scheduler.launcher.Launcher` of its ``via``: the local one (the wrapper, as
+a process of this host, started by our triggers) or an untimed one such as Slurm's, which holds
+the job until its start and is followed by :mod:`~carbonwatch.scheduler.follow`. Timing is
+:class:`~carbonwatch.scheduler.triggers.Triggers`, in the scheduler's :class:`Clock`;
+re-planning is :mod:`~carbonwatch.scheduler.replan`, picking up after a restart
 :mod:`~carbonwatch.scheduler.restart`, costing against stored intensity
-:mod:`~carbonwatch.scheduler.costing`. Persistence is our own ``deferred_jobs`` table, not an
-APScheduler job store, because (1) the row is the record users read (plan, expected and realised
-carbon), and every store write goes through the daemon's one writer thread, whereas a job store
-writes from its own connection; (2) APScheduler's SQLAlchemy job store pickles the callable and
-its arguments, tying stored rows to the code's layout (and needs SQLAlchemy); (3) triggers are
-derived data: rebuilding them from each row's plan and status on start takes a few lines, and
-that is exactly where a restart must decide what to do about events that passed while down.
+:mod:`~carbonwatch.scheduler.costing`. Persistence is our own ``deferred_jobs`` table, not a
+scheduling library's job store, because (1) the row is the record users read (plan, expected and
+realised carbon), and every store write goes through the daemon's one writer thread; (2) a
+pickled job store ties stored rows to the code's layout; (3) triggers are derived data:
+rebuilding them from each row's plan and status on start takes a few lines, and that is exactly
+where a restart must decide what to do about events that passed while down.
 
 Every method runs on the daemon's event loop; a per-job lock orders the transitions of one job.
 """
@@ -37,24 +40,32 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
+from carbonwatch.proc import exit_code
 from carbonwatch.scheduler.costing import realised_baseline
+from carbonwatch.scheduler.follow import Follow
 from carbonwatch.scheduler.forecasts import (
     plan_deferred,
     plan_fields,
 )
-from carbonwatch.scheduler.job import ACTIVE, FINAL, Conflict, NotFound, Status, Submission, view
-from carbonwatch.scheduler.launcher import DAEMON_ENV, Launcher, LocalLauncher, groups_of
+from carbonwatch.scheduler.job import ACTIVE, Conflict, DeferredJob, NotFound, Status, Submission
+from carbonwatch.scheduler.launcher import (
+    DAEMON_ENV,
+    Launcher,
+    LocalLauncher,
+    ProcessLauncher,
+    groups_of,
+)
 from carbonwatch.scheduler.replan import Replan
 from carbonwatch.scheduler.restart import Restart, Running
-from carbonwatch.scheduler.slurm import POLL_S, SlurmDeferral
-from carbonwatch.scheduler.triggers import ClockTriggers, Triggers
+from carbonwatch.scheduler.slurm import POLL_S, SlurmLauncher
+from carbonwatch.scheduler.triggers import Triggers
 from carbonwatch.store import deferred
 from carbonwatch.times import iso_utc
 
@@ -66,7 +77,7 @@ T = TypeVar("T")
 StoreCall = Callable[[Callable[[Any], T]], Awaitable[T]]
 
 
-class SchedulerService(Replan, Restart):
+class SchedulerService(Replan, Restart, Follow):
     def __init__(
         self,
         settings: Settings,
@@ -77,14 +88,23 @@ class SchedulerService(Replan, Restart):
         refresh_every_s: float | None = None,
         grace_s: float = 5.0,
         poll_s: float = 0.25,
-        launcher: Launcher | None = None,
-        triggers: Triggers | ClockTriggers | None = None,
+        launchers: Mapping[str, Launcher] | None = None,
+        triggers: Triggers | None = None,
     ) -> None:
+        """``launchers``: one per ``via`` ("" the local one, "slurm"); a missing one is the
+        default. ``triggers``: the daemon's fire on their own; a test passes
+        ``Triggers(clock, loop=False)`` and calls ``run_due()`` after moving a ManualClock."""
         self.settings = settings
         self._read = read
         self._write = write
         self.clock = clock or SystemClock()
-        self.launcher: Launcher = launcher or LocalLauncher()
+        self.launchers: dict[str, Launcher] = {
+            "": LocalLauncher(), "slurm": SlurmLauncher(), **(launchers or {})
+        }
+        local = self.launchers[""]
+        if not isinstance(local, ProcessLauncher) or not local.timed:
+            raise TypeError("the local launcher (via '') must be a timed ProcessLauncher")
+        self.launcher: ProcessLauncher = local  # the processes this host runs
         self.refresh_every_s = refresh_every_s or float(
             settings.scheduler_refresh_s
         )
@@ -92,11 +112,9 @@ class SchedulerService(Replan, Restart):
         self.poll_s = poll_s
         self.log_dir = settings.db_path.parent / "deferred-logs"
         self.daemon_url = ""
-        # When events fire: APScheduler on the loop, or (tests) ClockTriggers on a ManualClock.
-        self.triggers = triggers or Triggers(self.clock)
+        self.triggers = triggers or Triggers(self.clock)  # when events fire, in clock time
         self._running: dict[str, Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self.slurm = SlurmDeferral(self)  # jobs deferred through Slurm (see scheduler.slurm)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -109,7 +127,7 @@ class SchedulerService(Replan, Restart):
         )
         self.triggers.start({
             "deferred:refresh": (self.refresh, self.refresh_every_s),
-            "deferred:slurm": (self.slurm.poll, POLL_S),
+            "deferred:follow": (self.poll, POLL_S),  # untimed launchers' jobs (Slurm)
         })
         await self._restore()
 
@@ -169,75 +187,79 @@ class SchedulerService(Replan, Restart):
             error=fetched.error,
             sigmas=self.settings.defer_error_sigmas,
         )
+        launcher = self.launchers.get(sub.via)
+        if launcher is None:
+            raise InputError(f"via: no launcher {sub.via!r} on this daemon")
         energy_j = power_w * duration_s if power_w else None
         job_id = uuid.uuid4().hex[:12]
-        row: dict[str, Any] = {
-            "id": job_id,
-            "name": name,
-            "kind": sub.kind,
-            "command": list(sub.command),
-            "cwd": sub.cwd,
-            # carbonwatch's tokens never reach the store or the job
-            "env": {k: v for k, v in sub.env.items() if k not in DAEMON_ENV},
-            "owner_uid": sub.owner_uid,
-            "owner_gid": sub.owner_gid,
-            "zone": zone,
-            "provider": fetched.provider,
-            "provider_url": url if fetched.provider else "",
-            "submitted_s": now_s,
-            "deadline_s": sub.deadline_s,
-            "duration_s": duration_s,
-            "interruptible": int(sub.interruptible),
-            "status": Status.QUEUED,
-            "expected_energy_j": energy_j,
-            "log_path": str(self.log_dir / f"{job_id}.log"),
-            **plan_fields(plan, fetched, now_s, energy_j, self.settings.pue),
-        }
+        fields = plan_fields(plan, fetched, now_s, energy_j, self.settings.pue)
         if fetched.errors:
-            row["message"] = "forecast: " + "; ".join(fetched.errors)
-        row["via"] = sub.via
-        if sub.via == "slurm":  # Slurm holds it until the planned start; nothing to arm here
-            row.update(await self.slurm.submit(row))
+            fields["message"] = "forecast: " + "; ".join(fetched.errors)
+        job = DeferredJob(
+            id=job_id,
+            name=name,
+            kind=sub.kind,
+            command=list(sub.command),
+            cwd=sub.cwd,
+            # carbonwatch's tokens never reach the store or the job
+            env={k: v for k, v in sub.env.items() if k not in DAEMON_ENV},
+            owner_uid=sub.owner_uid,
+            owner_gid=sub.owner_gid,
+            zone=zone,
+            provider=fetched.provider,
+            provider_url=url if fetched.provider else "",
+            submitted_s=now_s,
+            deadline_s=sub.deadline_s,
+            duration_s=duration_s,
+            interruptible=sub.interruptible,
+            status=Status.QUEUED,
+            expected_energy_j=energy_j,
+            log_path=str(self.log_dir / f"{job_id}.log"),
+            via=sub.via,
+            plan=[(s, e) for s, e in fields.pop("plan")],
+        ).moved(**fields)
+        # An untimed launcher takes the job now and holds it until the planned start.
+        job = job.moved(**await launcher.submit(job, self.daemon_url))
+        row = job.to_row()
         await self._write(lambda s: deferred.insert(s.conn, row))
-        if sub.via != "slurm":
-            self._arm(row)
-        return {**view(row), "warnings": fetched.errors}
+        self._arm(job)
+        return {**job.view(), "warnings": fetched.errors}
 
     async def get(self, job_id: str) -> dict[str, Any]:
-        row = await self._row(job_id)
-        if row is None:
-            raise NotFound(f"no deferred job with id {job_id[:64]!r}")
-        return view(row)
+        return (await self.job(job_id)).view()
 
     async def queue(self, active_only: bool = False, limit: int = 1000) -> list[dict[str, Any]]:
         statuses = ACTIVE if active_only else None
         rows = await self._read(lambda s: deferred.rows(s.conn, statuses, limit))
-        return [view(r) for r in rows]
+        return [DeferredJob.from_row(r).view() for r in rows]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """A queued job is cancelled; a running or paused one is terminated (SIGTERM to its
         tree, SIGKILL after ``grace_s``) and then marked cancelled."""
         async with self._lock(job_id):
-            row = await self._row(job_id)
-            if row is None:
-                raise NotFound(f"no deferred job with id {job_id[:64]!r}")
-            if row["status"] in FINAL:
-                raise Conflict(f"deferred job {job_id} already ended (status {row['status']})")
-            if row.get("via") == "slurm":
-                await self.slurm.cancel(row)
-                return await self.get(job_id)
+            job = await self.job(job_id)
+            if job.ended:
+                raise Conflict(f"deferred job {job_id} already ended (status {job.status})")
+            if not self._timed(job):
+                await self.launchers[job.via].cancel(job)  # where it is held (scancel)
+                now_s = self.clock.time()
+                job = await self._save(
+                    job, status=Status.CANCELLED, ended_s=now_s, slurm_state="CANCELLED",
+                    env={}, message=f"cancelled at {iso_utc(now_s)} (scancel {job.slurm_job_id})",
+                )
+                return job.view()
             running = self._running.get(job_id)
             if running is None:  # queued (or running under a process that is already gone)
                 self._disarm(job_id)
                 now_s = self.clock.time()
-                await self._update(
-                    job_id,
+                job = await self._save(
+                    job,
                     status=Status.CANCELLED,
                     ended_s=now_s,
                     env={},  # ended: its captured environment may hold secrets
                     message=f"cancelled at {iso_utc(now_s)} before it started",
                 )
-                return await self.get(job_id)
+                return job.view()
             running.cancelling = True
             self._disarm(job_id)
             groups = self.launcher.terminate(running.pid)
@@ -252,35 +274,28 @@ class SchedulerService(Replan, Restart):
 
     # --- triggers -----------------------------------------------------------------------------
 
-    def _at(
-        self, t_s: float, fn: Callable[[str], Awaitable[None]], job_id: str, event: str
-    ) -> None:
-        self.triggers.at(t_s, fn, job_id, event)
-
     def _disarm(self, job_id: str) -> None:
         self.triggers.disarm(job_id)
 
-    def _arm(self, row: dict[str, Any]) -> None:
-        """Triggers for what is left of the row's plan: the launch of a queued job, and for an
+    def _arm(self, job: DeferredJob) -> None:
+        """Triggers for what is left of the job's plan: the launch of a queued job, and for an
         interruptible job a pause at each window's end and a resume at the next one's start (no
-        pause after the last window: a job outrunning its estimate is left to finish)."""
-        if not self.triggers.started:
+        pause after the last window: a job outrunning its estimate is left to finish). Only for
+        a timed launcher's job: an untimed one is held (and moved) by its own system."""
+        if not self.triggers.started or not self._timed(job):
             return
-        if row.get("via") == "slurm":  # Slurm starts it: move the Slurm job instead
-            self.slurm.moved(row)
-            return
-        job_id, windows = row["id"], row["plan"]
+        job_id, windows = job.id, job.plan
         self._disarm(job_id)
         now_s = self.clock.time()
-        if row["status"] == Status.QUEUED:
-            self._at(windows[0][0], self._launch, job_id, "launch")
-        if not row["interruptible"]:
+        if job.status == Status.QUEUED:
+            self.triggers.at(windows[0][0], self._launch, job_id, "launch")
+        if not job.interruptible:
             return
         for i, (start_s, end_s) in enumerate(windows):
             if i > 0 and start_s > now_s:
-                self._at(start_s, self._resume, job_id, f"resume:{i}")
+                self.triggers.at(start_s, self._resume, job_id, f"resume:{i}")
             if i < len(windows) - 1 and end_s > now_s:
-                self._at(end_s, self._pause, job_id, f"pause:{i}")
+                self.triggers.at(end_s, self._pause, job_id, f"pause:{i}")
 
     # --- events -------------------------------------------------------------------------------
 
@@ -295,23 +310,23 @@ class SchedulerService(Replan, Restart):
 
     async def _launch(self, job_id: str) -> None:
         async with self._lock(job_id):
-            row = await self._row(job_id)
-            if row is None or row["status"] not in (Status.QUEUED, Status.LAUNCHING):
+            job = await self._job(job_id)
+            if job is None or job.status not in (Status.QUEUED, Status.LAUNCHING):
                 return
             now_s = self.clock.time()
             # Stored before the wrapper starts: a restart finds the wrapper instead of
             # starting another (see _restore_launching).
-            await self._update(job_id, status=Status.LAUNCHING, started_s=now_s)
-            uid, gid = row.get("owner_uid"), row.get("owner_gid")
+            job = await self._save(job, status=Status.LAUNCHING, started_s=now_s)
+            uid, gid = job.owner_uid, job.owner_gid
             try:
                 proc = self.launcher.launch(
-                    row["name"],
-                    row.get("kind") or "training",
-                    row["command"],
-                    cwd=row["cwd"],
-                    env=row["env"] or {},
+                    job.name,
+                    job.kind or "training",
+                    job.command,
+                    cwd=job.cwd,
+                    env=job.env,
                     daemon_env=self._daemon_env(uid),
-                    log_path=Path(row["log_path"]),
+                    log_path=Path(job.log_path or self.log_dir / f"{job_id}.log"),
                     deferred_id=job_id,
                     user=uid,
                     group=gid,
@@ -322,8 +337,8 @@ class SchedulerService(Replan, Restart):
                 # OSError (no such command), ValueError (a NUL stored by an older daemon),
                 # TypeError (a malformed stored row): never a job stuck in 'launching'.
                 self._disarm(job_id)
-                await self._update(
-                    job_id,
+                await self._save(
+                    job,
                     status=Status.FAILED,
                     ended_s=now_s,
                     env={},
@@ -332,8 +347,8 @@ class SchedulerService(Replan, Restart):
                 return
             running = Running(proc.pid, self.launcher.created_s(proc.pid), proc)
             self._running[job_id] = running
-            await self._update(
-                job_id,
+            await self._save(
+                job,
                 status=Status.RUNNING,
                 started_s=now_s,
                 wrapper_pid=proc.pid,
@@ -341,28 +356,27 @@ class SchedulerService(Replan, Restart):
                 runs=[[now_s, None]],
             )
             running.task = asyncio.create_task(self._watch(job_id))
-        log.info("deferred job %s (%s) started", job_id, row["name"])
+        log.info("deferred job %s (%s) started", job_id, job.name)
 
     async def _pause(self, job_id: str) -> None:
         async with self._lock(job_id):
             running = self._running.get(job_id)
-            row = await self._row(job_id)
-            if running is None or row is None or row["status"] != Status.RUNNING:
+            job = await self._job(job_id)
+            if running is None or job is None or job.status != Status.RUNNING:
                 return
             running.groups = self.launcher.pause(running.pid)
-            now_s = self.clock.time()
-            runs, ran_s = _close_run(row, now_s)
-            await self._update(job_id, status=Status.PAUSED, runs=runs, ran_s=ran_s)
+            runs, ran_s = _close_run(job, self.clock.time())
+            await self._save(job, status=Status.PAUSED, runs=runs, ran_s=ran_s)
 
     async def _resume(self, job_id: str) -> None:
         async with self._lock(job_id):
             running = self._running.get(job_id)
-            row = await self._row(job_id)
-            if running is None or row is None or row["status"] != Status.PAUSED:
+            job = await self._job(job_id)
+            if running is None or job is None or job.status != Status.PAUSED:
                 return
             self.launcher.resume(running.pid, running.groups)
-            runs = [*row["runs"], [self.clock.time(), None]]
-            await self._update(job_id, status=Status.RUNNING, runs=runs)
+            runs = [*job.runs, [self.clock.time(), None]]
+            await self._save(job, status=Status.RUNNING, runs=runs)
 
     async def _watch(self, job_id: str) -> None:
         running = self._running[job_id]
@@ -384,21 +398,21 @@ class SchedulerService(Replan, Restart):
         async with self._lock(job_id):
             self._disarm(job_id)
             running = self._running.pop(job_id, None)
-            row = await self._row(job_id)
-            if row is None:
+            job = await self._job(job_id)
+            if job is None or job.ended:
                 return
             now_s = self.clock.time()
-            runs, ran_s = _close_run(row, now_s)
-            first_s = runs[0][0] if runs else (row.get("started_s") or now_s)
-            job = await self._read(
+            runs, ran_s = _close_run(job, now_s)
+            first_s = runs[0][0] if runs else (job.started_s or now_s)
+            record = await self._read(
                 lambda s: deferred.find_job(
-                    s.conn, row["name"], row["command"], first_s - 1.0, now_s + 1.0
+                    s.conn, job.name, job.command, first_s - 1.0, now_s + 1.0
                 )
             )
-            if code is None and job is not None:
-                code = job["exit_code"]
-            if code is not None and code < 0:
-                code = 128 - code  # a signal ended the wrapper itself
+            if code is None and record is not None:
+                code = record["exit_code"]
+            if code is not None:
+                code = exit_code(code)  # 128+N when signal N ended the wrapper itself
             fields: dict[str, Any] = {
                 "ended_s": now_s,
                 "runs": runs,
@@ -413,35 +427,51 @@ class SchedulerService(Replan, Restart):
                 fields["status"] = Status.DONE if code == 0 else Status.FAILED
                 if code is None:
                     fields["message"] = "it ended while no daemon watched it: exit code unknown"
-            if job is None:
-                fields["message"] = "no job record found for this run; see " + str(
-                    row.get("log_path")
-                )
+            if record is None:
+                fields["message"] = "no job record found for this run; see " + str(job.log_path)
             else:
-                fields["job_id"] = job["id"]
-                fields["realised_co2e_g"] = job["co2e_g"]
+                fields["job_id"] = record["id"]
+                fields["realised_co2e_g"] = record["co2e_g"]
                 fields["realised_baseline_co2e_g"] = await self._read(
-                    lambda s: realised_baseline(s, self.settings, row, job["id"], runs)
+                    lambda s: realised_baseline(s, self.settings, job, record["id"], runs)
                 )
-            await self._update(job_id, **fields)
-        log.info("deferred job %s (%s) ended: %s", job_id, row["name"], fields["status"])
+            await self._save(job, **fields)
+        log.info("deferred job %s (%s) ended: %s", job_id, job.name, fields["status"])
 
     # --- helpers ------------------------------------------------------------------------------
 
     def _lock(self, job_id: str) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
-    async def _row(self, job_id: str) -> dict[str, Any] | None:
-        return await self._read(lambda s: deferred.get(s.conn, job_id))
+    def _timed(self, job: DeferredJob) -> bool:
+        launcher = self.launchers.get(job.via)
+        return launcher is None or launcher.timed  # an unknown via: an older row, run here
 
-    async def _update(self, deferred_id: str, /, **fields: Any) -> None:
-        await self._write(lambda s: deferred.update(s.conn, deferred_id, **fields))
+    async def _job(self, job_id: str) -> DeferredJob | None:
+        row = await self._read(lambda s: deferred.get(s.conn, job_id))
+        return None if row is None else DeferredJob.from_row(row)
+
+    async def job(self, job_id: str) -> DeferredJob:
+        """The stored job; raises NotFound."""
+        job = await self._job(job_id)
+        if job is None:
+            raise NotFound(f"no deferred job with id {job_id[:64]!r}")
+        return job
+
+    async def _save(self, job: DeferredJob, /, **changes: Any) -> DeferredJob:
+        """Store ``changes`` to the job (a status change checked by ``DeferredJob.moved``);
+        returns the job as stored. Only the changed columns are written."""
+        new = job.moved(**changes)
+        row = new.to_row()
+        columns = {k: row[k] for k in changes}
+        await self._write(lambda s: deferred.update(s.conn, job.id, **columns))
+        return new
 
 
-def _close_run(row: dict[str, Any], now_s: float) -> tuple[list[list[float]], float]:
-    """The row's runs with the open one (if any) ended now, and the running time so far."""
-    runs = [list(r) for r in row.get("runs") or []]
-    ran_s = float(row.get("ran_s") or 0.0)
+def _close_run(job: DeferredJob, now_s: float) -> tuple[list[list[Any]], float]:
+    """The job's runs with the open one (if any) ended now, and the running time so far."""
+    runs = [list(r) for r in job.runs]
+    ran_s = job.ran_s
     if runs and runs[-1][1] is None:
         runs[-1][1] = now_s
         ran_s += now_s - runs[-1][0]

@@ -20,13 +20,14 @@ job, so it keeps the submitter's and gets relative times (``--begin=now+N``, N r
 job never starts before its window; ``--deadline=now+M``, M rounded down, never after its
 deadline); scontrol and scancel run with ``TZ=UTC`` and absolute UTC times.
 
-:class:`SlurmCli` is the seam (the commands); :class:`SlurmDeferral` the policy.
+:class:`SlurmCli` is the seam to the commands; :class:`SlurmLauncher` the scheduler's
+launcher for ``via="slurm"``; what the row does on each poll is
+:mod:`carbonwatch.scheduler.follow`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import shutil
@@ -38,16 +39,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from carbonwatch.errors import CarbonwatchError, InputError
-from carbonwatch.scheduler.costing import realised_baseline
-from carbonwatch.scheduler.job import ACTIVE, Status
-from carbonwatch.scheduler.launcher import DAEMON_ENV, groups_of
-from carbonwatch.store import deferred
+from carbonwatch.scheduler.job import Status
+from carbonwatch.scheduler.launcher import DAEMON_ENV, Seen, groups_of
 from carbonwatch.times import iso_utc
 
 if TYPE_CHECKING:
-    from carbonwatch.scheduler.service import SchedulerService
+    from carbonwatch.scheduler.job import DeferredJob
 
-log = logging.getLogger(__name__)
 POLL_S = 2.0
 _TIMEOUT_S = 30.0
 # Slurm job states and what they mean for the deferred row.
@@ -180,132 +178,71 @@ class SlurmCli:
         )
 
 
-class SlurmDeferral:
-    """The scheduler service's Slurm side: submit, move, cancel, and follow jobs to their end."""
+def _status(state: str) -> Status:
+    """What a Slurm JobState means for the deferred row."""
+    if state in _PENDING:
+        return Status.QUEUED
+    if state in _RUNNING:
+        return Status.RUNNING
+    if state in _DONE:
+        return Status.DONE
+    return Status.CANCELLED if state in _CANCELLED else Status.FAILED
 
-    def __init__(self, service: SchedulerService, cli: SlurmCli | None = None) -> None:
-        self.service = service
+
+class SlurmLauncher:
+    """The ``via="slurm"`` :class:`~carbonwatch.scheduler.launcher.Launcher`: untimed, Slurm
+    holds the job until its planned start. ``cli`` is the seam to the Slurm commands."""
+
+    timed = False
+
+    def __init__(self, cli: SlurmCli | None = None) -> None:
         self.cli = cli or SlurmCli()
-        self._moving: set[asyncio.Task[None]] = set()
 
-    async def submit(self, row: dict[str, Any]) -> dict[str, Any]:
-        """sbatch the row's job for its planned start, as its owner; the fields to store (raises
+    def identity(self, job: DeferredJob) -> str:
+        return f"slurm:{job.slurm_job_id}"  # opened by deploy/slurm/prolog.sh
+
+    async def submit(self, job: DeferredJob, daemon_url: str) -> dict[str, Any]:
+        """sbatch the job for its planned start, as its owner; the fields to store (raises
         InputError with Slurm's own message when sbatch refuses)."""
-        env = {k: v for k, v in (row.get("env") or {}).items() if k not in DAEMON_ENV}
+        env = {k: v for k, v in job.env.items() if k not in DAEMON_ENV}
         # `carbonwatch run` in the job reports to this daemon's address (on another node, the
         # same address is that node's daemon when it listens there too); no token, no store.
-        env["CARBONWATCH_DAEMON_URL"] = self.service.daemon_url
+        env["CARBONWATCH_DAEMON_URL"] = daemon_url
         if "SLURM_CONF" not in env and os.environ.get("SLURM_CONF"):
             env["SLURM_CONF"] = os.environ["SLURM_CONF"]  # the cluster the daemon was given
+        begin_s = job.plan[0][0]
         try:
             job_id = await asyncio.to_thread(
-                self.cli.submit,
-                row["command"],
-                begin_s=row["plan"][0][0],
-                deadline_s=row["deadline_s"],
-                duration_s=row["duration_s"],
-                env=env,
-                cwd=row.get("cwd"),
-                user=row.get("owner_uid"),
-                group=row.get("owner_gid"),
+                self.cli.submit, job.command, begin_s=begin_s, deadline_s=job.deadline_s,
+                duration_s=job.duration_s, env=env, cwd=job.cwd, user=job.owner_uid,
+                group=job.owner_gid,
             )
         except SlurmError as exc:
             raise InputError(f"Slurm refused the job: {exc}") from exc
         return {"slurm_job_id": job_id, "slurm_state": "PENDING",
                 "message": f"submitted to Slurm as job {job_id}, to begin at "
-                           f"{iso_utc(math.ceil(row['plan'][0][0]))}"}
+                           f"{iso_utc(math.ceil(begin_s))}"}
 
-    def moved(self, row: dict[str, Any]) -> None:
-        """A re-plan moved the row's start: move the Slurm job (in the background)."""
-        if not row.get("slurm_job_id") or row.get("status") != Status.QUEUED:
-            return
-        task = asyncio.get_running_loop().create_task(self._move(row))
-        self._moving.add(task)
-        task.add_done_callback(self._moving.discard)
+    async def move(self, job: DeferredJob) -> None:
+        if job.slurm_job_id:
+            await asyncio.to_thread(self.cli.move, job.slurm_job_id, job.plan[0][0])
 
-    async def _move(self, row: dict[str, Any]) -> None:
-        start_s = row["plan"][0][0]
-        try:
-            await asyncio.to_thread(self.cli.move, row["slurm_job_id"], start_s)
-        except SlurmError as exc:
-            log.warning("deferred job %s: could not move Slurm job %s: %s",
-                        row["id"], row["slurm_job_id"], exc)
-            await self.service._update(row["id"], message=f"re-planned, but Slurm kept the "
-                                       f"old start: {exc}")
-            return
-        log.info("deferred job %s: Slurm job %s moved to %s", row["id"], row["slurm_job_id"],
-                 iso_utc(start_s))
-
-    async def cancel(self, row: dict[str, Any]) -> None:
-        job_id = row.get("slurm_job_id")
-        if job_id:
+    async def cancel(self, job: DeferredJob) -> None:
+        if job.slurm_job_id:
             try:
-                await asyncio.to_thread(self.cli.cancel, job_id)
+                await asyncio.to_thread(self.cli.cancel, job.slurm_job_id)
             except SlurmError as exc:
-                raise InputError(f"scancel {job_id}: {exc}") from exc
-        now_s = self.service.clock.time()
-        await self.service._update(
-            row["id"], status=Status.CANCELLED, ended_s=now_s, slurm_state="CANCELLED", env={},
-            message=f"cancelled at {iso_utc(now_s)} (scancel {job_id})",
-        )
+                raise InputError(f"scancel {job.slurm_job_id}: {exc}") from exc
 
-    async def poll(self) -> None:
-        """Follow every active Slurm-deferred row's job (one scontrol call each)."""
-        rows = await self.service._read(lambda s: deferred.rows(s.conn, ACTIVE))
-        for row in rows:
-            if row.get("via") != "slurm" or not row.get("slurm_job_id"):
-                continue
-            try:
-                job = await asyncio.to_thread(self.cli.show, row["slurm_job_id"])
-                await self._follow(row, job)
-            except Exception:  # noqa: BLE001 - one job's trouble must not stop the others
-                log.exception("deferred job %s: following Slurm job failed", row["id"])
-
-    async def _follow(self, row: dict[str, Any], job: SlurmJob | None) -> None:
-        update: dict[str, Any] = {}
-        state = "UNKNOWN" if job is None else job.state
-        if state != row.get("slurm_state"):
-            update["slurm_state"] = state
-        if job is not None and state in _RUNNING and row["status"] == Status.QUEUED:
-            started = job.start_s or self.service.clock.time()
-            update.update(status=Status.RUNNING, started_s=started, runs=[[started, None]])
-        if state in _PENDING or state in _RUNNING:
-            if update:
-                await self.service._update(row["id"], **update)
-            return
-        # Final (or forgotten by Slurm): record the end and the measured job.
-        now_s = self.service.clock.time()
-        started = (job.start_s if job else None) or row.get("started_s")
-        ended = (job.end_s if job else None) or now_s
-        status = (Status.DONE if state in _DONE else Status.CANCELLED if state in _CANCELLED
-                  else "failed")
-        runs = [[started, ended]] if started is not None else []
-        update.update(status=status, ended_s=ended, runs=runs, env={},  # may hold secrets
-                      ran_s=(ended - started) if started is not None else 0.0,
-                      exit_code=job.exit_code if job else None)
-        if job is None:
-            update["message"] = "Slurm no longer knows the job (MinJobAge passed): state unknown"
-        elif state == "DEADLINE":
-            update["message"] = ("Slurm cancelled it: it could not end by its deadline (its time "
-                                 "limit, whole minutes, did not fit)")
-        record = await self.service._read(
-            lambda s: s.conn.execute(
-                "SELECT id, co2e_g, energy_j, status FROM jobs WHERE identity = ?"
-                " ORDER BY started_s DESC LIMIT 1", [f"slurm:{row['slurm_job_id']}"],
-            ).fetchone()
-        )
-        if record is not None and record[3] != Status.RUNNING:
-            job_id = record[0]
-            update.update(job_id=job_id, realised_co2e_g=record[1])
-            update["realised_baseline_co2e_g"] = await self.service._read(
-                lambda s: realised_baseline(s, self.service.settings, row, job_id, runs)
-            )
-        elif started is not None and status != Status.CANCELLED:
-            # Ended in Slurm, but the epilog has not ended the carbonwatch job yet: look again.
-            if now_s - ended < 60.0:
-                if update.get("slurm_state"):
-                    await self.service._update(row["id"], slurm_state=state)
-                return
-            update["message"] = (f"no measured job slurm:{row['slurm_job_id']} on this node "
-                                 "(is deploy/slurm/prolog.sh configured as the Prolog?)")
-        await self.service._update(row["id"], **update)
+    async def look(self, job: DeferredJob) -> Seen | None:
+        if not job.slurm_job_id:
+            return None
+        found = await asyncio.to_thread(self.cli.show, job.slurm_job_id)
+        if found is None:
+            return None
+        note = None
+        if found.state == "DEADLINE":
+            note = ("Slurm cancelled it: it could not end by its deadline (its time limit, whole "
+                    "minutes, did not fit)")
+        return Seen(found.state, _status(found.state), found.start_s, found.end_s,
+                    found.exit_code, note)

@@ -3,7 +3,7 @@
 
 Functions over a connection that never commit: writes run inside the daemon's writer tasks
 (the writer owns the transaction), reads on its read-only connection. Nothing here decides
-anything; the API's view of a row is :func:`carbonwatch.scheduler.job.view`."""
+anything; the scheduler types a row as :class:`carbonwatch.scheduler.job.DeferredJob`."""
 
 from __future__ import annotations
 
@@ -95,3 +95,15 @@ def job_minutes(conn: sqlite3.Connection, job_id: str) -> list[tuple[int, float]
         " GROUP BY minute_s ORDER BY minute_s",
         [job_consumer(job_id)],
     ).fetchall()
+
+
+def job_by_identity(conn: sqlite3.Connection, identity: str) -> dict[str, Any] | None:
+    """The newest ``jobs`` row with this identity (``slurm:<id>``, opened by the Slurm
+    prolog): id, co2e_g, energy_j, status."""
+    cur = conn.execute(
+        "SELECT id, co2e_g, energy_j, status FROM jobs WHERE identity = ?"
+        " ORDER BY started_s DESC LIMIT 1", [identity],
+    )
+    found = cur.fetchone()
+    return None if found is None else dict(zip([d[0] for d in cur.description], found,
+                                               strict=True))
