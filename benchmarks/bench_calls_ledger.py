@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
+from carbonwatch.calls.ledger import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.model import DeviceClass, EnergyInterval, Provenance
 from carbonwatch.sampler import AttributedInterval

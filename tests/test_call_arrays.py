@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonwatch.callchunk import Emitted, minute_rollup
-from carbonwatch.calls import CallLedger, CallSpan
+from carbonwatch.calls.chunk import Emitted, minute_rollup
+from carbonwatch.calls.ledger import CallLedger, CallSpan
 from carbonwatch.daemon import rawlog
 from carbonwatch.daemon.rawlog import RawBlock, RawCallLog
 from carbonwatch.daemon.writer import Writer

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from carbonwatch.calls import NO_TAGS, CallSpan
+from carbonwatch.calls.ledger import NO_TAGS, CallSpan
 from carbonwatch.daemon import bodies, validation
 from carbonwatch.daemon.bodies import CallModel, Pid, Tags, Tokens, UnixS, Weight
 from carbonwatch.daemon.refusals import learn, refusal

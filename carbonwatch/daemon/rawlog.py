@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from operator import attrgetter
 from typing import Any
 
-from carbonwatch.callchunk import Emitted
+from carbonwatch.calls.chunk import Emitted
 from carbonwatch.daemon import storeops
 from carbonwatch.daemon.writer import Writer
 from carbonwatch.store import Store

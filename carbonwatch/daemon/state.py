@@ -3,7 +3,7 @@ sampling thread, behind one lock held only for in-memory work (never across I/O)
 
 What lives here: the running jobs (``live_jobs``), the
 :class:`~carbonwatch.ledger.EnergyLedger` (minute rows not yet written), the
-:class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet split; only the
+:class:`~carbonwatch.calls.ledger.CallLedger` (spans and service intervals not yet split; only the
 sampling thread touches it, so its settle runs without the lock, and accepted batches reach it
 through a hand-off list), and the progress of each acknowledged call batch. A batch's settled
 calls are held until the whole batch is settled and then written with ``pending`` cleared in one
@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from carbonwatch.callchunk import Emitted, minute_rollup
-from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
+from carbonwatch.calls.chunk import Emitted, minute_rollup
+from carbonwatch.calls.ledger import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.daemon.flush import Flush
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
 from carbonwatch.daemon.metrics import OTHER, LabelCap

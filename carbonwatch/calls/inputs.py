@@ -14,7 +14,7 @@ import numpy as np
 from carbonwatch.model import IDLE, EnergyInterval
 
 if TYPE_CHECKING:
-    from carbonwatch.calls import CallSpan
+    from carbonwatch.calls.ledger import CallSpan
 
 _TAGS = attrgetter("tags")
 _GET_BATCH = methodcaller("get", "batch")

@@ -4,7 +4,7 @@ Rule (docs/architecture.md): the consumer's energy in each device interval is sp
 calls that ran in it by the power each call causes, fitted per consumer from how its power
 follows its calls' work (``power-fit``), with overlap time as the fallback while the fit is not
 trusted (``overlap-time``); energy between calls stays with the service. The arithmetic lives in
-:mod:`carbonwatch.callsplit`; this module keeps the books. Each emitted call says which method
+:mod:`carbonwatch.calls.split`; this module keeps the books. Each emitted call says which method
 gave it most of its energy (``CallSettlement.per_call_method``, ``fitted_calls`` in the minute
 rows): a call's energy is an apportionment, never a measurement.
 
@@ -48,9 +48,9 @@ from operator import attrgetter
 import msgspec
 import numpy as np
 
-from carbonwatch.callchunk import NO_TAG, Chunk, Emitted, minute_rollup
-from carbonwatch.callinputs import consumer_shape, work_measures
-from carbonwatch.callsplit import (
+from carbonwatch.calls.chunk import NO_TAG, Chunk, Emitted, minute_rollup
+from carbonwatch.calls.inputs import consumer_shape, work_measures
+from carbonwatch.calls.split import (
     MARGIN_S,
     METHOD_FIT,
     METHOD_OVERLAP,
@@ -156,7 +156,7 @@ class CallSettlement:
     @property
     def minute_rows(self) -> list[dict]:
         """Rows for table call_minute, keyed by each call's start minute; additive (add, don't
-        replace). See :func:`~carbonwatch.callchunk.minute_rollup`."""
+        replace). See :func:`~carbonwatch.calls.chunk.minute_rollup`."""
         if self._minute_rows is None:
             self._minute_rows = minute_rollup(self.emitted)
         return self._minute_rows

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from carbonwatch.calls import CallSpan
+    from carbonwatch.calls.ledger import CallSpan
 
 NO_TAG = -1  # the tag of spans added without one (see CallLedger.add_spans)
 
