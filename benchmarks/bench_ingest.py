@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import sqlite3
 import statistics
 import struct
 import subprocess
@@ -152,10 +153,10 @@ def main() -> None:
             payloads = bodies(args.batch, 16, load_trace(TRACE).start_s, args.tokens, columnar)
             content_type = CONTENT_TYPE if columnar else "application/json"
             asyncio.run(load(url, payloads[:1], args.batch, 0.5, 1, content_type))  # warm up
-            cpu0 = daemon.cpu_times()
+            cpu0, own0 = daemon.cpu_times(), time.process_time()
             sent, latencies, elapsed = asyncio.run(
                 load(url, payloads, args.batch, args.seconds, args.clients, content_type))
-            cpu1 = daemon.cpu_times()
+            cpu1, own_s = daemon.cpu_times(), time.process_time() - own0
             settle_t = time.perf_counter()
 
             async def pending() -> int:
@@ -166,6 +167,10 @@ def main() -> None:
                 time.sleep(0.2)
             settled_s = time.perf_counter() - settle_t
             rss_mb = daemon.memory_info().rss / 2**20
+            time.sleep(2.0)  # the raw log writes when the writer is idle: give it a moment
+            with sqlite3.connect(f"file:{Path(tmp) / 'bench.db'}?mode=ro", uri=True) as conn:
+                written, kept = conn.execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM calls"
+                                             ).fetchone()
         finally:
             proc.terminate()
             proc.wait(60)
@@ -182,6 +187,14 @@ def main() -> None:
     print(f"  daemon CPU {cpu_s / elapsed * 100:.0f} % of one core while ingesting "
           f"({sent / cpu_s:,.0f} calls per daemon CPU-second, {cpu_s / sent * 1e6:.1f} us a call);"
           f" RSS {rss_mb:.0f} MB")
+    print(f"  load generator (this process, bodies pre-encoded): {own_s / elapsed * 100:.0f} % of "
+          f"one core ({own_s / sent * 1e6:.2f} us a call); the machine's load average "
+          f"{os.getloadavg()[0]:.2f}")
+    if args.raw_log == 0:
+        print("  raw call log: off")
+    else:
+        print(f"  raw call log: {written:,} rows written ({written / sent * 100:.1f} % of the "
+              f"calls; past its share of the writer it sheds the rest), {kept:,} kept")
     print(f"  all spans settled into per-call energy {settled_s:.1f} s after the last reply "
           "(the settle window is 5 s)")
 

@@ -101,6 +101,7 @@ class Settings:
     # Bounds on what clients can make the daemon hold (docs/reliability.md, "Security: bounds").
     max_auto_jobs_per_request: int = 64  # new services one call batch may register
     max_auto_jobs: int = 1024  # services registered by their calls, running at once
+    max_running_jobs_per_user: int = 1024  # jobs one uid may hold registered at once (429)
     max_label_values: int = 300  # distinct model names on /metrics and in rollups; then 'other'
     request_header_timeout_s: float = 5.0  # a connection silent this long without a request
     # Open connections per client address (uid on the Unix socket). On loopback every local
@@ -168,8 +169,8 @@ class Settings:
             parse_idle_setting(self.gpu_idle_power_w)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        for name in ("max_auto_jobs_per_request", "max_auto_jobs", "max_label_values",
-                     "max_connections_per_client"):
+        for name in ("max_auto_jobs_per_request", "max_auto_jobs", "max_running_jobs_per_user",
+                     "max_label_values", "max_connections_per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not (math.isfinite(self.embodied_lifetime_years) and self.embodied_lifetime_years > 0):

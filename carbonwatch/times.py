@@ -20,12 +20,13 @@ def iso_utc_exact(t_s: float) -> str:
     return datetime.fromtimestamp(t_s, UTC).isoformat().replace("+00:00", "Z")
 
 
-def iso_utc_or_none(t_s: Any) -> str | None:
-    """:func:`iso_utc_exact`, or None for a missing time or one no datetime can hold."""
+def iso_utc_or_none(t_s: Any, *, exact: bool = True) -> str | None:
+    """:func:`iso_utc_exact` (:func:`iso_utc` with ``exact=False``), or None for a missing time
+    or one no datetime can hold (infinite, out of range, a stored value of an older daemon)."""
     if t_s is None:
         return None
     try:
-        return iso_utc_exact(t_s)
+        return iso_utc_exact(t_s) if exact else iso_utc(t_s)
     except (ValueError, OverflowError, OSError, TypeError):
         return None
 

@@ -1,8 +1,8 @@
 """Per-call energy on a recorded trace: ``carbonwatch replay DIR --calls``.
 
 The same path as a live node: the replayed GPU collector and attribution give each process its
-energy per interval, and the :class:`~carbonwatch.calls.CallLedger` splits a serving process's
-energy over the calls in ``DIR/calls.csv``. Users check our per-call figures on their own
+energy per interval, and the :class:`~carbonwatch.calls.ledger.CallLedger` splits a serving
+process's energy over the calls in ``DIR/calls.csv``. Users check our per-call figures on their own
 recordings this way, and the tests check them against generated traces whose per-call energy is
 known (:mod:`carbonwatch.testing.synthetic`).
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
-from carbonwatch.callsplit import METHOD_FIT
+from carbonwatch.calls.ledger import NVML_POWER_LAG_S, CallLedger, CallSpan
+from carbonwatch.calls.split import METHOD_FIT
 from carbonwatch.collectors.gpushare import GpuOptions
 from carbonwatch.collectors.trace import load_trace
 from carbonwatch.errors import InputError

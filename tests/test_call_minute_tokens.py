@@ -2,7 +2,7 @@
 
 import pytest
 
-from carbonwatch.calls import CallLedger, CallSpan
+from carbonwatch.calls.ledger import CallLedger, CallSpan
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.model import DeviceClass, EnergyInterval, Provenance
 from carbonwatch.sampler import AttributedInterval

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonwatch.calls import CallLedger, CallSpan
+from carbonwatch.calls.ledger import CallLedger, CallSpan
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.model import DeviceClass, EnergyInterval, Provenance
 from carbonwatch.sampler import AttributedInterval

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
-from carbonwatch.callsplit import METHOD_FIT, METHOD_OVERLAP
+from carbonwatch.calls.ledger import NVML_POWER_LAG_S, CallLedger, CallSpan
+from carbonwatch.calls.split import METHOD_FIT, METHOD_OVERLAP
 from carbonwatch.grid.types import IntensityPoint
 from carbonwatch.model import DeviceClass, EnergyInterval, Provenance
 from carbonwatch.sampler import AttributedInterval

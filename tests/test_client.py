@@ -13,7 +13,7 @@ import time
 import pytest
 from aiohttp import web
 
-from carbonwatch.calls import CallSpan
+from carbonwatch.calls.ledger import CallSpan
 from carbonwatch.client import Client
 from carbonwatch.daemon import columnar
 from carbonwatch.daemon.validation import ApiError

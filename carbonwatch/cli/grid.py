@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from carbonwatch.times import (
     MAX_AHEAD_S,
     check_ahead,
     iso_utc,
+    iso_utc_or_none,
     parse_duration_s,
     parse_user_time_s,
 )
@@ -94,16 +94,12 @@ def _resolve(settings: Settings, zone: str, *, forecast: bool, clock: Clock) -> 
     return resolved
 
 
-def _iso_or_none(t_s: float) -> str | None:
-    return iso_utc(t_s) if math.isfinite(t_s) else None
-
-
 def point_json(point: IntensityPoint, via: str, now_s: float) -> dict[str, Any]:
     # A static point holds for all time; show it as starting now rather than at 1970.
     start_s = now_s if point.kind == "static" else point.start_s
     return {
         "start": iso_utc(start_s),
-        "end": _iso_or_none(point.end_s),
+        "end": iso_utc_or_none(point.end_s, exact=False),
         "intensity_g_per_kwh": point.intensity_g_per_kwh,
         "provenance": {
             "kind": point.kind,

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from carbonwatch.calls import NO_TAGS, CallSpan
+from carbonwatch.calls.ledger import NO_TAGS, CallSpan
 from carbonwatch.daemon import validation
 from carbonwatch.daemon.refusals import learn, refusal
 from carbonwatch.daemon.validation import (

@@ -177,7 +177,8 @@ def build_daemon(
         scraper = Scraper(scrape_targets, settings.scrape_interval_s, state=state, writer=writer,
                           clock=clock, speed=speed, service_row=rows.service_row)
         jobs = JobIntake(state=state, writer=writer, loop=loop, models=models, clock=clock,
-                         accounting=rows.accounting, read=reader.run)
+                         accounting=rows.accounting, read=reader.run,
+                         max_jobs_per_user=settings.max_running_jobs_per_user)
         calls = CallIntake(state=state, writer=writer, models=models, totals=totals, clock=clock,
                            service_row=rows.service_row,
                            max_auto_jobs=settings.max_auto_jobs_per_request)

@@ -19,7 +19,7 @@ class Flush:
 
     energy_rows: list[dict[str, Any]]
     batch_ids: list[int]
-    call_rows: list[tuple[Any, ...]]
+    call_rows: list[Any]  # raw log blocks (daemon/rawlog.RawBlock), written apart
     call_minutes: list[dict[str, Any]]
     job_calls: dict[str, tuple[int, float]]
     between_j: dict[str, float]

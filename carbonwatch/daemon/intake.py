@@ -54,6 +54,10 @@ class Unavailable(Refusal):
     status = 503
 
 
+class TooMany(Refusal):
+    status = 429
+
+
 Read = Callable[[Callable[[Store], Any]], Awaitable[Any]]
 
 
@@ -73,9 +77,13 @@ class JobIntake:
     def __init__(
         self, *, state: DaemonState, writer: Writer, loop: SamplingLoop, models: LabelCap,
         clock: Clock, accounting: Callable[[], dict[str, Any]], read: Read,
+        max_jobs_per_user: int = 1024,
     ) -> None:
         self.state, self.writer, self.loop, self.models = state, writer, loop, models
         self.clock, self.accounting, self.read = clock, accounting, read
+        # A registration without pids never vanishes on its own: without a bound, one client
+        # could make the daemon hold (and sample, and flush) any number of running jobs.
+        self.max_jobs_per_user = max_jobs_per_user
 
     async def register(self, spec: NewJob, who: authz.Caller) -> tuple[str, bool]:
         """(the job's id, whether it merged into a running job). The row is committed first."""
@@ -117,6 +125,12 @@ class JobIntake:
                 future = self.writer.submit(lambda s: storeops.set_job_pids(s.conn, same.id, pids))
                 job, merged = same, True
             else:
+                held = sum(1 for j in reg.running.values()
+                           if j.source == "api" and j.owner_uid == owner_uid)
+                if held >= self.max_jobs_per_user:
+                    who_s = "unknown uid (remote)" if owner_uid is None else f"uid {owner_uid}"
+                    raise TooMany(f"{who_s} already has {held} running jobs "
+                                  "(max_running_jobs_per_user); end some first")
                 job = self._new_job(spec, owner_uid)
                 row = {"id": job.id, "name": spec.name, "kind": spec.kind, "model": spec.model,
                        "command": spec.command, "pids": spec.pids, "tags": spec.tags,

@@ -228,6 +228,7 @@ class SamplingLoop:
         with self._retry_lock:
             retrying = bool(self._unwritten)
         if work.empty() and also is None and not retrying:
+            self.raw_log.add(())  # a raw log that used its share of the writer resumes
             done: Future[None] = Future()
             done.set_result(None)  # nothing new: an idle node does not write every few seconds
             return done
@@ -251,7 +252,7 @@ class SamplingLoop:
         future.add_done_callback(
             lambda f: self._published(f, [*taken, (work, [also] if also else [])])
         )
-        self.raw_log.add(work.call_rows)  # best effort, whenever the writer is idle
+        self.raw_log.add(work.call_rows, final=final)  # best effort, when the writer is idle
         return future
 
     def _published(

@@ -3,33 +3,41 @@ sampling thread, behind one lock held only for in-memory work (never across I/O)
 
 What lives here: the running jobs (``live_jobs``), the
 :class:`~carbonwatch.ledger.EnergyLedger` (minute rows not yet written), the
-:class:`~carbonwatch.calls.CallLedger` (spans and service intervals not yet split), and the
-progress of each acknowledged call batch. A batch's settled calls are held until the whole batch
-is settled and then written with ``pending`` cleared in one transaction, so after a crash a batch
-is either fully rolled up or fully re-read: never counted twice, never lost.
+:class:`~carbonwatch.calls.ledger.CallLedger` (spans and service intervals not yet split; only the
+sampling thread touches it, so its settle runs without the lock, and accepted batches reach it
+through a hand-off list), and the progress of each acknowledged call batch. A batch's settled
+calls are held until the whole batch is settled and then written with ``pending`` cleared in one
+transaction, so after a crash a batch is either fully rolled up or fully re-read: never counted
+twice, never lost.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import math
 import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol
 
-from carbonwatch.calls import NVML_POWER_LAG_S, CallLedger, CallSpan
+import msgspec
+
+from carbonwatch.calls.chunk import Emitted, minute_rollup
+from carbonwatch.calls.ledger import NVML_POWER_LAG_S, CallLedger, CallSpan
 from carbonwatch.daemon.flush import Flush
 from carbonwatch.daemon.live_jobs import LiveJob, LiveJobs
 from carbonwatch.daemon.metrics import OTHER, LabelCap
+from carbonwatch.daemon.rawlog import RawBlock
 from carbonwatch.ledger import EnergyLedger
 from carbonwatch.pricing import Pricing
 from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
 from carbonwatch.scrape import ScrapeLedger
 
+_PID, _MODEL = attrgetter("pid"), attrgetter("model")
+_FEW_PIDS = 16  # a batch naming at most this many pids (and no call without one) takes a fast path
 UNATTRIBUTED = "unattributed:"  # consumer of calls with no pid and no unique service for the model
 SETTLE_REAL_S = 5.0  # how late (real seconds) spans may arrive and still get their energy
 HORIZON_REAL_S = 600.0  # a call open longer than this is settled with what it has
@@ -42,10 +50,10 @@ def fold_models(spans: list[CallSpan], models: LabelCap) -> list[CallSpan]:
     """The spans with each model name past the cap renamed ``other`` (and counted), so neither
     /metrics nor the per-minute rollups grow by a series per name a client makes up."""
     admit = models.admit
-    renamed = {m for m in {s.model for s in spans} if admit(m, 0) != m}  # the hot path: one pass
+    renamed = {m for m in set(map(_MODEL, spans)) if admit(m, 0) != m}  # hot: one C pass
     if not renamed:
         return spans
-    out = [dataclasses.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
+    out = [msgspec.structs.replace(s, model=OTHER) if s.model in renamed else s for s in spans]
     models.count_refused(sum(1 for s in spans if s.model in renamed))
     return out
 
@@ -87,13 +95,12 @@ class DeviceStatus:
 class _Batch:
     """An acknowledged batch's settled calls, held until all of it is settled."""
 
-    __slots__ = ("batch_id", "remaining", "settled", "consumers")
+    __slots__ = ("batch_id", "remaining", "settled")
 
     def __init__(self, batch_id: int, size: int) -> None:
         self.batch_id = batch_id
         self.remaining = size
-        self.settled: list[tuple[CallSpan, float, float, float]] = []  # CallLedger's per_call
-        self.consumers: list[str] = []  # parallel to ``settled``
+        self.settled: list[Emitted] = []  # its calls as the CallLedger emitted them (arrays)
 
 
 class DaemonState:
@@ -119,7 +126,13 @@ class DaemonState:
         self.scanner = scanner
         self._watched: set[int] = set()  # root pids the scanner watches (sampling thread only)
         self.new_id = new_id
-        self._span_batch: dict[int, tuple[_Batch, str]] = {}  # id(span) -> (batch, consumer)
+        # Batches with calls not yet settled, by id: the id is the calls' tag in the CallLedger,
+        # which hands it back with each settled call (no per-call bookkeeping here).
+        self._batches: dict[int, _Batch] = {}  # sampling thread only
+        # Batches accepted (committed) but not yet in the CallLedger: (batch id, calls, spans by
+        # consumer). The event loop appends, the sampling thread takes (see _take_accepted).
+        self._accepted: list[tuple[int, int, Mapping[str, list[CallSpan]]]] = []
+        self._pending_calls = 0
         self._next_batch_id = 1
         self._completed: list[_Batch] = []  # batches completed outside a flush (refused spans)
         # Live nodes: a call naming a pid with no process here is folded (see _resolve_one), and
@@ -132,6 +145,7 @@ class DaemonState:
     def on_interval(self, item: AttributedInterval) -> None:
         iv = item.interval
         with self.lock:
+            self._take_accepted()
             self.ledger.add(item)
             for consumer, energy_j in item.parts.items():
                 if self.scraped.watches(consumer):  # a scraped server: split by its tokens
@@ -198,6 +212,27 @@ class DaemonState:
         created: list[LiveJob] = []
         cache: dict[tuple[int | None, str], str] = {}
         fold_reason: dict[int, str] = {}  # pid -> why its calls are folded
+        pids = list(map(_PID, spans))
+        distinct = dict.fromkeys(pids)  # in order of first appearance, as the loop below meets them
+        if None not in distinct and len(distinct) <= _FEW_PIDS:
+            # The common batch: a few serving processes, each pid one consumer. Resolved once
+            # per pid, grouped without a dict lookup per call.
+            with self.lock:
+                auto = sum(1 for j in self.live_jobs.running.values() if j.auto)
+                of_pid = {pid: self._resolve_one(pid, spans[pids.index(pid)].model, now_s, known,
+                                                 created, auto, fold_reason)
+                          for pid in distinct}
+            for pid, consumer in of_pid.items():
+                resolution[f"pid:{pid}"] = consumer
+            if len(set(of_pid.values())) == 1:
+                by_consumer[next(iter(of_pid.values()))] = list(spans)
+            else:
+                for span, pid in zip(spans, pids, strict=True):
+                    by_consumer[of_pid[pid]].append(span)
+            if folded is not None:
+                for pid, reason in fold_reason.items():
+                    folded[reason] = folded.get(reason, 0) + pids.count(pid)
+            return by_consumer, resolution, created
         with self.lock:
             auto = sum(1 for j in self.live_jobs.running.values() if j.auto)
             for span in spans:
@@ -265,32 +300,43 @@ class DaemonState:
             return batch_id
 
     def accept(self, batch_id: int, by_consumer: Mapping[str, list[CallSpan]]) -> None:
-        """Hand a committed batch's spans to the CallLedger."""
+        """Hand a committed batch's spans to the CallLedger (through the sampling thread, which
+        takes them before its next interval or flush: see ``_take_accepted``)."""
         total = sum(len(spans) for spans in by_consumer.values())
         if total == 0:
             return
-        batch = _Batch(batch_id, total)
         with self.lock:
-            span_batch = self._span_batch
+            self._accepted.append((batch_id, total, by_consumer))
+            self._pending_calls += total
+
+    def _take_accepted(self) -> None:
+        """Sampling thread, lock held: the batches accepted since, into the CallLedger. Spans
+        thus reach the ledger before any interval that closed after they were accepted, as if
+        added by ``accept`` itself, and only the sampling thread ever touches the ledger."""
+        accepted, self._accepted = self._accepted, []
+        for batch_id, total, by_consumer in accepted:
+            self._batches[batch_id] = _Batch(batch_id, total)
             for consumer, spans in by_consumer.items():
-                tag = (batch, consumer)
-                for span in spans:
-                    span_batch[id(span)] = tag
                 dropped_before = self.calls.dropped_spans
-                self.calls.add_spans(consumer, spans)
+                self.calls.add_spans(consumer, spans, tag=batch_id)
                 refused = self.calls.dropped_spans - dropped_before
                 if refused:  # over the ledger's memory bound: settled at once with no energy
-                    refused_calls = [(span, 0.0, 0.0, 0.0) for span in spans[-refused:]]
-                    self._settle(refused_calls, self._completed)
+                    self._settle([Emitted.unsettled(consumer, spans[-refused:], batch_id)],
+                                 self._completed)
 
     # --- flushing (sampling thread) ----------------------------------------------------------
 
     def collect_flush(self, now_s: float, *, final: bool = False, log_calls: bool = True) -> Flush:
         with self.lock:
+            self._take_accepted()
+        # The settle runs without the lock: the CallLedger is the sampling thread's alone (see
+        # _take_accepted). Under the lock, a second of calls at 300k calls/s held every request
+        # (they resolve and accept under it) for up to a second.
+        settlement = self.calls.flush() if final else self.calls.settle(now_s)
+        with self.lock:
             rows = self.ledger.drain_minute_rows()
-            settlement = self.calls.flush() if final else self.calls.settle(now_s)
             completed, self._completed = self._completed, []
-            self._settle(settlement.per_call, completed)
+            self._settle(settlement.emitted, completed)
             label_of = self.live_jobs.label_of
             metric_energy = [
                 ((*label_of(r["consumer"]), r["model"], r["phase"], r["device_id"]),
@@ -319,22 +365,22 @@ class DaemonState:
             sampled_until_s=sampled_until_s,
         )
 
-    def _settle(
-        self, per_call: Sequence[tuple[CallSpan, float, float, float]], completed: list[_Batch]
-    ) -> None:
-        """File each settled call under its batch; collect the batches now complete."""
-        pop = self._span_batch.pop
-        for item in per_call:
-            batch, consumer = pop(id(item[0]))
-            batch.settled.append(item)
-            batch.consumers.append(consumer)
-            batch.remaining -= 1
-            if not batch.remaining:
-                completed.append(batch)
+    def _settle(self, emitted: Sequence[Emitted], completed: list[_Batch]) -> None:
+        """File the settled calls under their batches (the tag the ledger hands back is the
+        batch id); collect the batches now complete."""
+        batches = self._batches
+        for part in emitted:
+            for batch_id, piece in part.by_tag():
+                batch = batches[batch_id]
+                batch.settled.append(piece)
+                batch.remaining -= len(piece)
+                self._pending_calls -= len(piece)
+                if not batch.remaining:
+                    completed.append(batches.pop(batch_id))
 
     def pending_calls(self) -> int:
         with self.lock:
-            return len(self._span_batch)
+            return self._pending_calls
 
     def apportioned(self) -> dict[str, int]:
         """Calls settled since start, by how their energy was apportioned."""
@@ -344,74 +390,23 @@ class DaemonState:
 
 def _rollup(
     batches: Sequence[_Batch], log_calls: bool = True,
-) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]], dict[str, tuple[int, float]]]:
-    """Raw log rows, call_minute rows and per-consumer (calls, energy) for completed batches.
+) -> tuple[list[RawBlock], list[dict[str, Any]], dict[str, tuple[int, float]]]:
+    """Raw log blocks, call_minute rows and per-consumer (calls, energy) for completed batches.
 
     The CallLedger's own ``minute_rows`` mix calls of several batches, some not yet complete;
     these rows cover exactly the completed batches, so they can commit with ``pending`` cleared.
-    One pass, few allocations: this runs for every call the daemon ingests."""
-    call_rows: list[tuple[Any, ...]] = []
-    row = call_rows.append
-    minutes: dict[tuple[float, str], list[float]] = {}
+    Array sums, no Python object per call: this runs for every call the daemon ingests. The raw
+    log's rows are made later, only for the rows it writes (``RawCallLog``)."""
+    parts = [part for batch in batches for part in batch.settled]
+    call_minutes = minute_rollup(parts)
+    for row in call_minutes:
+        del row["fitted_calls"]  # the ledger's counter; call_minute has no such column
     per_consumer: dict[str, list[float]] = {}
-    tag_json = _tag_json
-    for batch in batches:
-        batch_id = batch.batch_id
-        for (span, energy_j, carbon_g, cost), consumer in zip(
-            batch.settled, batch.consumers, strict=True
-        ):
-            start_s, end_s, model = span.start_s, span.end_s, span.model
-            tokens_in, tokens_out = span.tokens_in, span.tokens_out
-            if log_calls:
-                tags = span.tags
-                row((batch_id, model, span.pid, start_s, end_s,
-                     tag_json(tags) if tags else "{}", energy_j, span.weight, tokens_in,
-                     tokens_out))
-            key = (start_s // 60.0 * 60.0, model)
-            acc = minutes.get(key)
-            if acc is None:
-                acc = minutes[key] = [1, end_s - start_s, energy_j, carbon_g, cost, 0, 0, 0, 0.0]
-            else:
-                acc[0] += 1
-                acc[1] += end_s - start_s
-                acc[2] += energy_j
-                acc[3] += carbon_g
-                acc[4] += cost
-            if tokens_in is not None:
-                acc[5] += tokens_in
-            if tokens_out is not None:  # a token call: its energy is what per-token figures use
-                acc[6] += tokens_out
-                acc[7] += 1
-                acc[8] += energy_j
-            by_job = per_consumer.get(consumer)
-            if by_job is None:
-                per_consumer[consumer] = [1, energy_j]
-            else:
-                by_job[0] += 1
-                by_job[1] += energy_j
-    call_minutes = [
-        {"minute_s": int(minute_s), "model": model, "calls": int(n), "busy_s": busy_s,
-         "energy_j": energy_j, "co2e_g": carbon_g, "cost": cost, "tokens_in": t_in,
-         "tokens_out": t_out, "token_calls": t_calls, "token_energy_j": t_j}
-        for (minute_s, model), (n, busy_s, energy_j, carbon_g, cost, t_in, t_out, t_calls, t_j)
-        in minutes.items()
-    ]
+    for part in parts:
+        acc = per_consumer.setdefault(part.consumer, [0, 0.0])
+        acc[0] += len(part)
+        acc[1] += math.fsum(part.energy_j.tolist())
     job_calls = {c: (int(n), e) for c, (n, e) in per_consumer.items()}
-    return call_rows, call_minutes, job_calls
-
-
-_TAG_JSON: dict[str, str] = {}
-
-
-def _tag_json(tags: Mapping[str, Any]) -> str:
-    """Tags as JSON for the raw log, cached: services repeat a few tag sets (batch sizes,
-    routes) millions of times. Bounded, so unique tags (request ids) cannot grow it forever.
-    Keyed by repr, which (unlike the items) tells True, 1 and 1.0 apart."""
-    key = repr(tags)
-    text = _TAG_JSON.get(key)
-    if text is None:
-        text = json.dumps(dict(tags))
-        if len(_TAG_JSON) >= 4096:
-            _TAG_JSON.clear()
-        _TAG_JSON[key] = text
-    return text
+    blocks = [RawBlock(batch.batch_id, part) for batch in batches for part in batch.settled
+              if part.spans is not None] if log_calls else []
+    return blocks, call_minutes, job_calls

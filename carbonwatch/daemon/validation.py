@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from carbonwatch.calls import CallSpan
+from carbonwatch.calls.ledger import CallSpan
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 16  # deeper JSON is refused: no legitimate body nests more than 4 levels

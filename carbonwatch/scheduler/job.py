@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from carbonwatch.errors import CarbonwatchError
-from carbonwatch.times import iso_utc
+from carbonwatch.times import iso_utc_or_none
 
 
 class Status(enum.StrEnum):
@@ -65,11 +65,7 @@ def _pct(part: float | None, whole: float | None) -> float | None:
 
 
 def _iso(t_s: Any) -> str | None:
-    """iso_utc, or None for a stored time no datetime can hold (rows of older daemons)."""
-    try:
-        return iso_utc(t_s)
-    except (ValueError, OverflowError, OSError, TypeError):
-        return None
+    return iso_utc_or_none(t_s, exact=False)
 
 
 # Which status may follow which. A final status has no successor; ``launching`` may repeat (a
@@ -209,7 +205,7 @@ class DeferredJob:
             "plan_basis": self.plan_basis,
             "plan_signal": self.plan_signal,  # average | marginal: what the plan minimised
             "forecast_via": self.forecast_via,
-            "planned_at": None if self.planned_at_s is None else _iso(self.planned_at_s),
+            "planned_at": _iso(self.planned_at_s),
             "plan_intensity_g_per_kwh": self.plan_intensity_g_per_kwh,
             "baseline_intensity_g_per_kwh": base,
             "expected_energy_j": self.expected_energy_j,

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 from carbonwatch.clock import Clock, SystemClock
 from carbonwatch.config import Settings
 from carbonwatch.errors import InputError
+from carbonwatch.proc import exit_code
 from carbonwatch.scheduler.costing import realised_baseline
 from carbonwatch.scheduler.follow import Follow
 from carbonwatch.scheduler.forecasts import (
@@ -410,8 +411,8 @@ class SchedulerService(Replan, Restart, Follow):
             )
             if code is None and record is not None:
                 code = record["exit_code"]
-            if code is not None and code < 0:
-                code = 128 - code  # a signal ended the wrapper itself
+            if code is not None:
+                code = exit_code(code)  # 128+N when signal N ended the wrapper itself
             fields: dict[str, Any] = {
                 "ended_s": now_s,
                 "runs": runs,

@@ -117,3 +117,27 @@ def test_the_shutdown_flush_writes_everything_pending(tmp_path):
         assert conn.execute("SELECT SUM(calls) FROM call_minute").fetchone()[0] == 100_000
         assert conn.execute("SELECT COUNT(*) FROM call_batches WHERE pending IS NOT NULL"
                             ).fetchone()[0] == 0
+
+
+def test_running_jobs_registered_without_pids_are_capped_per_user(tmp_path):
+    """A registration without pids never vanishes: past max_running_jobs_per_user running jobs
+    of one uid, a 429 naming the limit; ending one makes room; merges into a running job of the
+    same identity are not new jobs; the daemon keeps serving."""
+    env = {"CARBONWATCH_MAX_RUNNING_JOBS_PER_USER": "3"}
+    with DaemonProcess(tmp_path / "cw.db", "--backend", "none", env=env) as d:
+        ids = []
+        for i in range(3):
+            status, job = d.request("POST", "/v1/jobs", {"name": f"j{i}", "kind": "training",
+                                                         "identity": f"slurm:{i}"})
+            assert status == 201, job
+            ids.append(job["id"])
+        status, body = d.request("POST", "/v1/jobs", {"name": "j3", "kind": "training"})
+        assert status == 429 and "max_running_jobs_per_user" in body["error"]
+        assert f"uid {os.geteuid()}" in body["error"]
+        status, merged = d.request("POST", "/v1/jobs", {"name": "j0", "kind": "training",
+                                                        "identity": "slurm:0"})
+        assert status in (200, 201) and merged["id"] == ids[0]  # a merge, not a fourth job
+        assert d.request("POST", f"/v1/jobs/{ids[1]}/end", {"exit_code": 0})[0] == 200
+        status, job = d.request("POST", "/v1/jobs", {"name": "j4", "kind": "training"})
+        assert status == 201, job
+        assert d.request("GET", "/healthz")[0] == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING
 
@@ -13,12 +14,11 @@ import numpy as np
 from carbonwatch.model import IDLE, EnergyInterval
 
 if TYPE_CHECKING:
-    from carbonwatch.calls import CallSpan
+    from carbonwatch.calls.ledger import CallSpan
 
 _TAGS = attrgetter("tags")
 _GET_BATCH = methodcaller("get", "batch")
-_MEASURES = attrgetter("weight", "tokens_in", "tokens_out")
-_NOT_REPORTED = (None, None, None)
+_FIELDS = (attrgetter("weight"), attrgetter("tokens_in"), attrgetter("tokens_out"))
 
 
 def work_measures(spans: Sequence[CallSpan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,17 +28,23 @@ def work_measures(spans: Sequence[CallSpan]) -> tuple[np.ndarray, np.ndarray, np
     many batch servers report), else 1: one call's worth of work. Not tokens: a call's tokens enter
     the fit as rates (tokens / duration), never as a weight that its duration would multiply."""
     n = len(spans)
-    measures = list(map(_MEASURES, spans))  # one C-level pass for all three fields
-    if measures.count(_NOT_REPORTED) == n:  # the common case: nothing to convert
-        weight, tokens_in, tokens_out = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    else:  # None becomes NaN in a float array
-        table = np.array(measures, dtype=np.float64).reshape(n, 3)
-        weight, tokens_in, tokens_out = (table[:, k].copy() for k in range(3))
+    # One C-level pass per field; a column nobody reported (the common case) costs nothing more.
+    columns = []
+    for get in _FIELDS:
+        values = list(map(get, spans))
+        if values.count(None) == n:
+            columns.append(np.full(n, np.nan))
+        else:  # None becomes NaN in a float array
+            columns.append(np.array(values, dtype=np.float64).reshape(n))
+    weight, tokens_in, tokens_out = columns
     missing = ~(np.isfinite(weight) & (weight >= 0))
     if missing.any():
         idx = np.flatnonzero(missing)
         tags = list(map(_TAGS, spans)) if len(idx) == n else [spans[i].tags for i in idx.tolist()]
-        values = list(map(_GET_BATCH, tags))
+        try:  # plain dicts (what the daemon decodes): dict.get without a Python call per span
+            values = list(map(dict.get, tags, repeat("batch", len(tags))))
+        except TypeError:
+            values = list(map(_GET_BATCH, tags))
         try:  # numbers and numeric strings convert in one C pass; None becomes NaN
             batch = np.array(values, dtype=np.float64).reshape(len(values))
         except (TypeError, ValueError):
