@@ -81,7 +81,10 @@ def test_a_down_node_is_stale_and_still_counted_and_a_restart_resumes_its_counte
     assert "pretrain" in jobs and close(fleet_by(fleet, "node"), expected)
     at_s = time.time()
     (window,) = fleet.totals((), window_s=600, at_s=at_s)
-    assert abs(window.energy_j - window_before.energy_j) < 0.05 * folded_j
+    # Counted as an increase, the fold would add all of folded_j (100 %). What moves otherwise is
+    # increase()'s extrapolation, which drifts as flat samples accumulate between the two
+    # evaluations: a few % here, 7 % once on a loaded 2-core machine. A quarter tells them apart.
+    assert abs(window.energy_j - window_before.energy_j) < 0.25 * folded_j
     for group in ("job_name", ("node", "job_id"), "phase"):  # per job: the rest is job_id=""
         parts = fleet.totals(group, window_s=600, at_s=at_s)
         assert math.isclose(sum(t.energy_j for t in parts), window.energy_j, rel_tol=1e-9)

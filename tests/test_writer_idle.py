@@ -21,7 +21,7 @@ def test_several_idle_tasks_all_run_and_regular_work_is_not_starved(tmp_path):
         def idle(name: str):
             def task(store) -> None:
                 ran.append(name)
-                if len(ran) == 3:
+                if len(ran) == 4:  # the regular task and the three idle ones
                     all_ran.set()
             return task
 
