@@ -32,7 +32,6 @@ from carbonwatch.daemon.metrics import OTHER, LabelCap
 from carbonwatch.daemon.rawlog import RawBlock
 from carbonwatch.ledger import EnergyLedger
 from carbonwatch.pricing import Pricing
-from carbonwatch.proc import children_map
 from carbonwatch.sampler import AttributedInterval
 from carbonwatch.scrape import ScrapeLedger
 
@@ -65,15 +64,19 @@ class Watcher(Protocol):
 
     def unwatch(self, root_pid: int) -> None: ...
 
+    def tree(self, root_pid: int) -> set[int]: ...
+
+    def in_tree(self, root_pid: int, pid: int) -> bool: ...
+
 
 class _Owners(dict):  # type: ignore[type-arg]
     """pid -> consumer, as the sampler's owners. The process scanner follows the jobs' trees
     itself and finds a new child at this tick's scan, which runs after owners() and before the CPU
     shares are attributed: a pid not in the map is looked up in the watched trees then."""
 
-    def __init__(self, scanner: Any) -> None:
+    def __init__(self, scanner: Watcher) -> None:
         super().__init__()
-        self._scanner = scanner
+        self.scanner = scanner
         self.roots: list[tuple[int, str]] = []  # (watched root, consumer)
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -81,7 +84,7 @@ class _Owners(dict):  # type: ignore[type-arg]
             return self[key]
         if isinstance(key, int):
             for root, consumer in self.roots:
-                if self._scanner.in_tree(root, key):
+                if self.scanner.in_tree(root, key):
                     return consumer
         return default
 
@@ -165,21 +168,17 @@ class DaemonState:
         (not thread-safe) learns which trees to report individually rather than as OTHER."""
         with self.lock:
             snapshot = self.live_jobs.owner_snapshot()
-        # A ProcessScanner already follows every job's tree (it watches the roots): its members
-        # cost nothing more. Any other watcher: one pass over the process table for all trees.
-        scanned = self.scanner if hasattr(self.scanner, "in_tree") else None
-        out: dict[int | str, str] = _Owners(scanned) if scanned is not None else {}
-        children = (children_map() if scanned is None and any(t for _, _, t in snapshot)
-                    else {})
+        # The scanner already follows every job's tree (it watches the roots): its members cost
+        # nothing more. Jobs have trees only where there is a scanner (LiveJobs.track_trees).
+        scanner = self.scanner
+        out: dict[int | str, str] = _Owners(scanner) if scanner is not None else {}
         for consumer, pids, trees in snapshot:
             roots = set(pids)
             for tree in trees:
-                if scanned is not None:
-                    tree.pids |= scanned.tree(tree.root_pid)  # type: ignore[attr-defined]
-                    pids |= tree.pids
-                    out.roots.append((tree.root_pid, consumer))  # type: ignore[attr-defined]
-                else:
-                    pids |= tree.refresh(children)
+                assert isinstance(out, _Owners)
+                tree.pids |= out.scanner.tree(tree.root_pid)
+                pids |= tree.pids
+                out.roots.append((tree.root_pid, consumer))
             for pid in pids:
                 out[pid] = consumer
             if self.scanner is not None:
