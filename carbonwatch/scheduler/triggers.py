@@ -8,8 +8,10 @@ one table. A test on a ManualClock builds ``Triggers(clock, loop=False)``, moves
 calls :meth:`Triggers.run_due`. In the daemon, APScheduler 3's ``AsyncIOScheduler`` does the
 waiting in real time: one date job wakes this table at the next due time (converted from clock
 time to wall time at arming, so a clock that is not the system's still decides), re-armed
-whenever the table changes, and one interval job every ``MAX_SLEEP_S`` catches a stepped wall
-clock. What falls due fires as its own task, so a slow refresh never holds back a launch, and an
+whenever the table changes and never more than ``MAX_SLEEP_S`` ahead, so a wall clock stepped
+forward is noticed within that (stepped back, the planned wall times are simply later). An
+interval job every ``MAX_SLEEP_S`` keeps the table looked at should a wake-up ever fail to re-arm
+the next. What falls due fires as its own task, so a slow refresh never holds back a launch, and an
 interval job still running is skipped rather than run twice (APScheduler's coalescing, kept)."""
 
 from __future__ import annotations
