@@ -126,7 +126,8 @@ class ShareTracker:
         self._ts: dict[int, list[float]] = {}
         self._frac: dict[int, list[float]] = {}
         self._pending: deque[tuple[float, float]] = deque()  # power readings awaiting activity
-        self._presence: deque[tuple[float, float, frozenset[int]]] = deque()
+        # (start, end, the pids present, ascending): the fit's rows are built in pid order
+        self._presence: deque[tuple[float, float, tuple[int, ...]]] = deque()
         # Intervals come in order, disjoint: readings are looked up from the newest (see below).
         self._presence_ordered = True
         # numpy (under the fit) loads with the first GPU, not with every `carbonwatch run`.
@@ -180,13 +181,10 @@ class ShareTracker:
         times = self._ts.get(pid)
         if not times:
             return None, False
+        i = _covering(times, t_s, self.window_s)
+        if i >= 0:
+            return self._frac[pid][i], True
         i = bisect.bisect_left(times, t_s)
-        if i == 0 and t_s <= times[0] - FIRST_SAMPLE_WINDOW_S:
-            return None, False  # before its first sample window (or that sample was lost)
-        if i < len(times):
-            start = times[i - 1] if i > 0 else times[i] - FIRST_SAMPLE_WINDOW_S
-            if t_s > start and times[i] - t_s <= self.window_s:
-                return self._frac[pid][i], True
         if i > 0 and t_s - times[i - 1] <= self.window_s:
             return self._frac[pid][i - 1], False
         return None, False
@@ -204,9 +202,12 @@ class ShareTracker:
         first_start = times[0] - FIRST_SAMPLE_WINDOW_S
         known: list[float] = []
         covered = 0
+        # The points ascend: one bisect, then walk (i is bisect_left(times, t_s) at each point).
+        i = bisect.bisect_left(times, start_s + 0.5 * step)
         for j in range(n):
             t_s = start_s + (j + 0.5) * step
-            i = bisect.bisect_left(times, t_s)
+            while i < count and times[i] < t_s:
+                i += 1
             if i == 0 and t_s <= first_start:
                 continue
             if i < count and t_s > (times[i - 1] if i > 0 else first_start) \
@@ -238,7 +239,7 @@ class ShareTracker:
         consumers = present_set | {p for p in self._ts if self._ran_in(p, start_s, end_s)}
         if self._presence and start_s < self._presence[-1][1]:
             self._presence_ordered = False
-        self._presence.append((start_s, end_s, frozenset(consumers)))
+        self._presence.append((start_s, end_s, tuple(sorted(consumers))))
         if energy_j is not None:
             self._counter_energy.append((start_s, end_s, energy_j))
             self._since_lag_estimate += 1
@@ -328,7 +329,7 @@ class ShareTracker:
         i = bisect.bisect_right(times, start_s)
         return i < len(times) and fracs[i] > 0 and (i == 0 or times[i - 1] < end_s)
 
-    def _present_at(self, t_s: float) -> frozenset[int] | None:
+    def _present_at(self, t_s: float) -> tuple[int, ...] | None:
         if self._presence_ordered:
             # Ascending and disjoint: the newest interval starting before t_s is the only one
             # that can hold it (readings looked up are recent: one or two steps back).
@@ -344,34 +345,36 @@ class ShareTracker:
     def _feed_fit(self, now_s: float) -> None:
         """Turn pending power readings into fit rows once every present process's activity at
         their time is known (its covering sample arrived) or can no longer arrive."""
-        while self._pending:
-            read_s, power_w = self._pending[0]
-            t_s = read_s - self.power_align_s
+        pending, align_s, window_s = self._pending, self.power_align_s, self.window_s
+        ts, fracs = self._ts, self._frac
+        while pending:
+            read_s, power_w = pending[0]
+            t_s = read_s - align_s
             present = self._present_at(t_s)
             if present is None:
                 if t_s > now_s:
                     break
-                self._pending.popleft()  # before the first interval or between gaps: unusable
+                pending.popleft()  # before the first interval or between gaps: unusable
                 continue
             row: dict[int, float] = {}
             windows = []
             ready = usable = True
-            for pid in sorted(present):
-                frac, covered = self.activity(pid, t_s)
-                if not covered:
+            for pid in present:
+                times = ts.get(pid)
+                i = _covering(times, t_s, window_s) if times else -1
+                if i < 0:
                     # Wait for the sample that covers t_s; once it is overdue it was lost (or
                     # t_s lies before the first one): a carried figure would teach the fit a
                     # guess, so the reading is not used.
-                    times = self._ts.get(pid)
                     before_first = bool(times) and t_s <= times[0] - FIRST_SAMPLE_WINDOW_S
                     ready = before_first or now_s - t_s >= SAMPLE_OVERDUE_S
                     usable = False
                     break
-                row[pid] = frac or 0.0
-                windows.append((pid, self._window_of(pid, t_s)))
+                row[pid] = fracs[pid][i]
+                windows.append((pid, times[i]))  # the sample window: rows in one are grouped
             if not ready:
                 break
-            self._pending.popleft()
+            pending.popleft()
             if usable:
                 self._add_row(t_s, tuple(windows), row, power_w)
 
@@ -395,10 +398,6 @@ class ShareTracker:
                 self.fit.add(row, power_w, weight=COUNTER_ROW_WEIGHT)
                 self._rows_added += 1
                 self._max_power_w = max(self._max_power_w, power_w)
-
-    def _window_of(self, pid: int, t_s: float) -> float:
-        times = self._ts[pid]
-        return times[min(bisect.bisect_left(times, t_s), len(times) - 1)]
 
     def _add_row(self, t_s: float, key: tuple[object, ...], row: dict[int, float],
                  power_w: float) -> None:
@@ -432,6 +431,16 @@ class ShareTracker:
         while self._presence and self._presence[0][1] < keep_s:
             self._presence.popleft()
 
+
+def _covering(times: list[float], t_s: float, window_s: float) -> int:
+    """Index of the sample whose window holds t_s (it ends at that sample's time and starts at
+    the one before, or one sample period earlier for the first), -1 if none; ``times`` not
+    empty. A window longer than ``window_s`` (samples lost) covers only its last window_s."""
+    i = bisect.bisect_left(times, t_s)
+    if i < len(times) and times[i] - t_s <= window_s \
+            and t_s > (times[i - 1] if i else times[0] - FIRST_SAMPLE_WINDOW_S):
+        return i
+    return -1
 
 
 def _fit_weights(
