@@ -77,6 +77,15 @@ class PowerReadings:
         return np.array(list(self._t), dtype=float), np.array(list(self._p), dtype=float)
 
 
+_SHIFTS: list[Any] = []  # LAG_SHIFTS_S as a numpy column, made on first use (numpy loads late)
+
+
+def _shifts_column(np: Any) -> Any:
+    if not _SHIFTS:
+        _SHIFTS.append(np.array(LAG_SHIFTS_S)[:, None])
+    return _SHIFTS[0]
+
+
 def estimate_power_lag(
     readings: Sequence[tuple[float, float]] | PowerReadings,
     intervals: Sequence[tuple[float, float, float]],
@@ -97,30 +106,27 @@ def estimate_power_lag(
         t = np.array([r[0] for r in readings])
         p = np.array([r[1] for r in readings])
     cum = np.concatenate([[0.0], np.cumsum(p[:-1] * np.diff(t))])
-    s = np.array([iv[0] for iv in intervals])
-    e = np.array([iv[1] for iv in intervals])
-    energy = np.array([iv[2] for iv in intervals])
-    shifts = np.array(LAG_SHIFTS_S)[:, None]
-    lo, hi = s[None, :] + shifts, e[None, :] + shifts  # (shifts, intervals)
-    inside = (lo >= t[0]) & (hi <= t[-1])
-
-    def integral(at: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(t, at, side="right") - 1
-        i = np.minimum(np.maximum(i, 0), len(t) - 1)
-        return cum[i] + p[i] * (at - t[i])
-
-    sq = np.where(inside, (integral(hi) - integral(lo) - energy[None, :]) ** 2, 0.0)
+    iv = np.array(intervals, dtype=float)  # (intervals, 3): start, end, energy
+    k = len(iv)
+    energy = iv[:, 2]
+    # Both edges of every interval under every shift, integrated in one pass: (shifts, 2k).
+    edges = iv[:, :2].T.reshape(1, 2 * k) + _shifts_column(np)
+    inside = (edges[:, :k] >= t[0]) & (edges[:, k:] <= t[-1])
+    # Index -1 (an edge before the first reading) wraps harmlessly: only edges inside are used.
+    i = np.searchsorted(t, edges, side="right") - 1
+    integral = cum[i] + p[i] * (edges - t[i])
+    sq = np.where(inside, (integral[:, k:] - integral[:, :k] - energy) ** 2, 0.0)
     counts = inside.sum(axis=1)
     usable = counts >= 5
     if not usable.any():
         return current_s
-    errors = [float(v) for v in sq.sum(axis=1)[usable] / counts[usable]]
-    best = int(np.argmin(errors))
-    best_s = float(np.array(LAG_SHIFTS_S)[usable][best])
+    errors = (sq.sum(axis=1)[usable] / counts[usable]).tolist()
+    best = errors.index(min(errors))  # the first smallest, as np.argmin
+    best_s = [d for d, u in zip(LAG_SHIFTS_S, usable.tolist(), strict=True) if u][best]
     best_err = errors[best]
     # Power too flat to tell the shifts apart (they differ by less than 0.1 % of an interval's
     # energy, or the best is barely better than the worst): keep the current value.
-    floor = (1e-3 * float(np.mean(energy))) ** 2
+    floor = (1e-3 * float(energy.mean())) ** 2
     if not errors or max(errors) - best_err <= floor or best_err >= 0.9 * max(errors):
         return current_s
     return best_s
