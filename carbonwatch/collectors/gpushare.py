@@ -329,17 +329,18 @@ class ShareTracker:
         i = bisect.bisect_right(times, start_s)
         return i < len(times) and fracs[i] > 0 and (i == 0 or times[i - 1] < end_s)
 
-    def _present_at(self, t_s: float) -> tuple[int, ...] | None:
+    def _present_at(self, t_s: float) -> tuple[float, float, tuple[int, ...]] | None:
+        """The presence interval (start, end, pids) holding t_s, None if none does."""
         if self._presence_ordered:
             # Ascending and disjoint: the newest interval starting before t_s is the only one
             # that can hold it (readings looked up are recent: one or two steps back).
-            for a, b, pids in reversed(self._presence):
-                if a < t_s:
-                    return pids if t_s <= b else None
+            for entry in reversed(self._presence):
+                if entry[0] < t_s:
+                    return entry if t_s <= entry[1] else None
             return None
-        for a, b, pids in self._presence:
-            if a < t_s <= b:
-                return pids
+        for entry in self._presence:
+            if entry[0] < t_s <= entry[1]:
+                return entry
         return None
 
     def _feed_fit(self, now_s: float) -> None:
@@ -347,11 +348,24 @@ class ShareTracker:
         their time is known (its covering sample arrived) or can no longer arrive."""
         pending, align_s, window_s = self._pending, self.power_align_s, self.window_s
         ts, fracs = self._ts, self._frac
+        # Readings come ~5 to a sample window: while one falls in the same presence interval and
+        # in every process's same sample window as the last, its row is the last one's. Those
+        # windows hold t_s iff lo < t_s <= hi and top - t_s <= window_s (lo, hi, top: the latest
+        # window start, the earliest and latest window end), the very tests _covering makes
+        # per process. Intervals out of order (rare) take the full path every time.
+        span: tuple[float, float, float, float, float, tuple[object, ...], dict[int, float]] \
+            | None = None
         while pending:
             read_s, power_w = pending[0]
             t_s = read_s - align_s
-            present = self._present_at(t_s)
-            if present is None:
+            if span is not None and span[0] < t_s <= span[1] and span[2] < t_s <= span[3] \
+                    and span[4] - t_s <= window_s:
+                pending.popleft()
+                self._add_row(t_s, span[5], span[6], power_w)
+                continue
+            span = None
+            entry = self._present_at(t_s)
+            if entry is None:
                 if t_s > now_s:
                     break
                 pending.popleft()  # before the first interval or between gaps: unusable
@@ -359,7 +373,8 @@ class ShareTracker:
             row: dict[int, float] = {}
             windows = []
             ready = usable = True
-            for pid in present:
+            lo, hi, top = -math.inf, math.inf, -math.inf
+            for pid in entry[2]:
                 times = ts.get(pid)
                 i = _covering(times, t_s, window_s) if times else -1
                 if i < 0:
@@ -370,13 +385,19 @@ class ShareTracker:
                     ready = before_first or now_s - t_s >= SAMPLE_OVERDUE_S
                     usable = False
                     break
+                end_s = times[i]  # type: ignore[index]
                 row[pid] = fracs[pid][i]
-                windows.append((pid, times[i]))  # the sample window: rows in one are grouped
+                windows.append((pid, end_s))  # the sample window: rows in one are grouped
+                lo = max(lo, times[i - 1] if i else end_s - FIRST_SAMPLE_WINDOW_S)  # type: ignore[index]
+                hi, top = min(hi, end_s), max(top, end_s)
             if not ready:
                 break
             pending.popleft()
             if usable:
-                self._add_row(t_s, tuple(windows), row, power_w)
+                key = tuple(windows)
+                if self._presence_ordered:
+                    span = (entry[0], entry[1], lo, hi, top, key, row)
+                self._add_row(t_s, key, row, power_w)
 
     def _feed_counter_rows(self, now_s: float) -> None:
         """One fit row per counter interval (exact energy, no power-reading lag) once every
