@@ -171,10 +171,11 @@ class ActivityFit(Generic[K]):
         self.signed = signed
         self._rows: deque[tuple[dict[K, float], float, float]] = deque(maxlen=max_rows)
         # The rows as numbers, kept as they are added: building the design matrix from the row
-        # dicts at each solve was ~80 % of its cost. A ring of max_rows slots, one column per key
-        # ever seen (a key in no row any more keeps a column of zeros, left out of the solve).
-        self._x = np.zeros((max_rows, 4))
-        self._y = np.zeros(max_rows)
+        # dicts at each solve was ~80 % of its cost. A ring of max_rows slots: a column of ones,
+        # the power, then one column per key ever seen (a key in no row any more keeps a column
+        # of zeros, left out of the solve). One weighted product of the used columns then gives
+        # every sum the solve needs (see solve).
+        self._x = np.zeros((max_rows, 6))
         self._w = np.zeros(max_rows)
         self._first = 0  # slot of the oldest row
         self._col: dict[K, int] = {}
@@ -204,15 +205,16 @@ class ActivityFit(Generic[K]):
         rows.append((clean, float(power_w), float(weight)))
         x = self._x
         x[slot] = 0.0
+        x[slot, 0] = 1.0
+        x[slot, 1] = float(power_w)
         for k, v in clean.items():
             col = self._col.get(k)
             if col is None:
-                col = self._col[k] = len(self._col)
+                col = self._col[k] = 2 + len(self._col)
                 if col >= x.shape[1]:
                     x = self._x = np.hstack([x, np.zeros_like(x)])
             x[slot, col] = v
             rows_with[k] = rows_with.get(k, 0) + 1
-        self._y[slot] = float(power_w)
         self._w[slot] = float(weight)
 
     def solve(self, min_support: int = 0) -> Fit[K] | None:
@@ -227,57 +229,77 @@ class ActivityFit(Generic[K]):
             return None
         # The rows fill slots 0..n-1 until the ring is full (it only wraps then), and nothing
         # below depends on their order: the slots are used as they lie, no reordering copy.
+        # Every numpy call here costs ~10 us on a cold cache (this runs about once a second per
+        # shared GPU, between sleeps): the few below replace ~25, the rest is plain Python on
+        # the k x k sums.
         n = len(self._rows)
-        x = self._x[:n, [self._col[k] for k in keys]]
-        y = self._y[:n]
+        z = self._x[:n, [0, 1, *(self._col[k] for k in keys)]]  # ones, power, regressors
         w = self._w[:n]
+        top = z.max(axis=0)
         if min_support > 0:
-            clear = x > 0.1 * x.max(axis=0)
-            thin = clear.sum(axis=0) < min_support
-            if thin.any():
+            clear = z[:, 2:] > 0.1 * top[2:]
+            thin = [c < min_support for c in clear.sum(axis=0).tolist()]
+            if any(thin):
                 keep = ~clear[:, thin].any(axis=1)
                 keys = [k for k, t in zip(keys, thin, strict=True) if not t]
-                x, y, w = x[keep][:, ~thin], y[keep], w[keep]
-                n = len(y)
+                z = z[keep][:, [True, True, *(not t for t in thin)]]
+                w = w[keep]
+                n = len(w)
                 if n < self.min_rows:
                     return None
+                top = z.max(axis=0)
         # A regressor that never moved is indistinguishable from a free intercept: leave it out
         # (its coefficient is then 0 here, and callers fall back for it). With the intercept
         # pinned, a steady consumer (a trainer busy 90 % of every sample) is identifiable: keep
-        # every regressor that was ever non-zero.
-        if self.fixed_base_w is None:
-            moving = np.ptp(x, axis=0) > 1e-9
+        # every regressor that was ever non-zero (np.any(x > 1e-9) is max > 1e-9).
+        fixed = self.fixed_base_w is not None
+        top_x = top.tolist()[2:]
+        if fixed:
+            moving = [t > 1e-9 for t in top_x]
         else:
-            moving = np.any(x > 1e-9, axis=0)
+            low_x = z[:, 2:].min(axis=0).tolist() if keys else []
+            moving = [t - lo > 1e-9 for t, lo in zip(top_x, low_x, strict=True)]
         used = [k for k, m in zip(keys, moving, strict=True) if m]
         if not used:
             return None
-        xu = x if len(used) == len(keys) else x[:, moving]
-        fixed = self.fixed_base_w is not None
-        target = y - self.fixed_base_w if fixed else y
-        design = xu if fixed else np.column_stack([np.ones(n), xu])
-        # The normal equations (one m x m product, m = regressors + intercept) and a pure-Python
-        # active set on them: ~10x cheaper than lstsq on the n x m rows at every active-set step
-        # (this runs once a second per shared GPU). Nearly collinear columns, where squaring the
-        # condition number would cost digits, go to the reference nnls on the rows.
-        dw = design * w[:, None]
-        sol = nnls_gram((dw.T @ design).tolist(), (dw.T @ target).tolist())
-        if sol is None:
-            sw = np.sqrt(w)
-            coefs_all = nnls(design * sw[:, None], target * sw)
-        else:
-            coefs_all = np.array(sol)
+        if not all(moving):
+            z = z[:, [True, True, *moving]]
+        # s[i][j] = sum over rows of w z_i z_j, z = (1, power, x_1..x_m).
+        s = (z.T @ (z * w[:, None])).tolist()
+        sum_w, sum_wy, sum_wyy = s[0][0], s[0][1], s[1][1]
         if fixed:
-            base_w, coefs = float(self.fixed_base_w), coefs_all  # type: ignore[arg-type]
+            base_w = float(self.fixed_base_w)  # type: ignore[arg-type]
+            # target t = y - base: a^T W t = sum w x y - base sum w x; design a = x
+            cols = range(2, 2 + len(used))
+            gram = [[s[i][j] for j in cols] for i in cols]
+            atb = [s[i][1] - base_w * s[i][0] for i in cols]
+            sum_wtt = sum_wyy - 2.0 * base_w * sum_wy + base_w * base_w * sum_w
         else:
-            base_w, coefs = float(coefs_all[0]), coefs_all[1:]
-        resid = target - design @ coefs_all
-        w_sum = float(w.sum())
-        dev = y - float(w @ y) / w_sum
-        ss_tot = float(w @ (dev * dev))
-        ss_res = float(w @ (resid * resid))
-        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0
+            base_w = 0.0
+            idx = [0, *range(2, 2 + len(used))]  # design (1, x), target y
+            gram = [[s[i][j] for j in idx] for i in idx]
+            atb = [s[i][1] for i in idx]
+            sum_wtt = sum_wyy
+        sol = nnls_gram(gram, atb)
+        if sol is None:
+            design = z[:, 2:] if fixed else z[:, [0, *range(2, z.shape[1])]]
+            sw = np.sqrt(w)
+            sol = nnls(design * sw[:, None], (z[:, 1] - base_w) * sw).tolist()
+        if fixed:
+            coefs = sol
+        else:
+            base_w, coefs = sol[0], sol[1:]
+        # Residual and total sums of squares from the same sums (exact up to rounding; the
+        # powers are hundreds of watts, the residuals are not lost in it).
+        m = len(sol)
+        ss_res = sum_wtt - 2.0 * math.fsum(c * a for c, a in zip(sol, atb, strict=True)) \
+            + math.fsum(sol[i] * gram[i][j] * sol[j] for i in range(m) for j in range(m))
+        ss_tot = sum_wyy - sum_wy * sum_wy / sum_w if sum_w > 0 else 0.0
+        # Constant power: the difference of sums is rounding, not spread.
+        if ss_tot <= 1e-12 * sum_wyy:
+            ss_tot = 0.0
+        r2 = 1.0 - max(ss_res, 0.0) / ss_tot if ss_tot > 0 else 0.0
         if r2 < self.min_r2:
             return None
         coef_w = {k: float(c) for k, c in zip(used, coefs, strict=True)}
-        return Fit(base_w=base_w, coef_w=coef_w, r2=r2, rows=n)
+        return Fit(base_w=float(base_w), coef_w=coef_w, r2=r2, rows=n)
