@@ -204,17 +204,20 @@ class ActivityFit(Generic[K]):
             self._first = (self._first + 1) % self.max_rows
         rows.append((clean, float(power_w), float(weight)))
         x = self._x
-        x[slot] = 0.0
-        x[slot, 0] = 1.0
-        x[slot, 1] = float(power_w)
+        # The slot's row built in Python and stored in one assignment: a numpy scalar store per
+        # value costs more than the rest of add.
+        values = [0.0] * x.shape[1]
+        values[0], values[1] = 1.0, float(power_w)
         for k, v in clean.items():
             col = self._col.get(k)
             if col is None:
                 col = self._col[k] = 2 + len(self._col)
                 if col >= x.shape[1]:
                     x = self._x = np.hstack([x, np.zeros_like(x)])
-            x[slot, col] = v
+                    values.extend([0.0] * (x.shape[1] - len(values)))
+            values[col] = v
             rows_with[k] = rows_with.get(k, 0) + 1
+        x[slot] = values
         self._w[slot] = float(weight)
 
     def solve(self, min_support: int = 0) -> Fit[K] | None:

@@ -192,8 +192,7 @@ class ShareTracker:
     def mean_activity(self, pid: int, start_s: float, end_s: float) -> tuple[float | None, float]:
         """(mean SM fraction over the interval, None if nothing is known; the fraction of the
         interval covered by samples rather than carried)."""
-        n = min(max(4, math.ceil((end_s - start_s) / 0.1)), 200)
-        step = (end_s - start_s) / n
+        n, step = _points(start_s, end_s)
         times = self._ts.get(pid)
         if not times:
             return None, 0.0
@@ -407,6 +406,10 @@ class ShareTracker:
             row = {}
             ok = True
             for pid in consumers:
+                times = self._ts.get(pid)
+                if not times or _tail_uncovered(times[-1], start_s, end_s):
+                    ok = False  # the usual wait, for the samples of the interval's end
+                    break
                 x, covered = self.mean_activity(pid, start_s, end_s)
                 if covered < 0.95:
                     ok = False
@@ -451,6 +454,25 @@ class ShareTracker:
                 del self._ts[pid], self._frac[pid]
         while self._presence and self._presence[0][1] < keep_s:
             self._presence.popleft()
+
+
+def _points(start_s: float, end_s: float) -> tuple[int, float]:
+    """How many points mean_activity samples the interval at, and their spacing."""
+    n = min(max(4, math.ceil((end_s - start_s) / 0.1)), 200)
+    return n, (end_s - start_s) / n
+
+
+def _tail_uncovered(last_s: float, start_s: float, end_s: float) -> bool:
+    """Whether more than 5 % of mean_activity's points lie after ``last_s`` (a process's newest
+    sample): none of those can be covered, so its coverage is surely under 0.95. A few float
+    tests instead of the whole walk, for the counter row that waits on its samples."""
+    n, step = _points(start_s, end_s)
+    for above, j in enumerate(reversed(range(n)), start=1):
+        if start_s + (j + 0.5) * step <= last_s:
+            return False
+        if (n - above) / n < 0.95:
+            return True
+    return False
 
 
 def _covering(times: list[float], t_s: float, window_s: float) -> int:
