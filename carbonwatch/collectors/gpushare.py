@@ -24,6 +24,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from carbonwatch.collectors.gpuactivity import (
+    FIRST_SAMPLE_WINDOW_S,
+    activity_at,
+    covering,
+    mean_activity,
+    tail_uncovered,
+)
 from carbonwatch.collectors.gpuidle import MIN_IDLE_INTERVAL_S, parse_idle_setting
 from carbonwatch.collectors.gpushape import PowerReadings, estimate_power_lag
 
@@ -59,8 +66,6 @@ LAG_INTERVALS = 60
 # Besides one row per power reading group, each counter interval makes a row of its exact mean
 # power (immune to the reading's lag), weighted as this many readings.
 COUNTER_ROW_WEIGHT = 5.0
-# NVML does not say when a process's first sample window began; it is taken as one sample period.
-FIRST_SAMPLE_WINDOW_S = 0.5
 # A per-process sample reaches the collector within ~1 s of the time it covers (one sample
 # period, one process poll); one not there after this long was lost.
 SAMPLE_OVERDUE_S = 2.0
@@ -176,46 +181,16 @@ class ShareTracker:
     # -- activity --
 
     def activity(self, pid: int, t_s: float) -> tuple[float | None, bool]:
-        """(SM fraction at t_s, covered): the sample whose window holds t_s (covered), else the
-        newest earlier sample carried up to ``window_s`` (not covered), else None."""
-        times = self._ts.get(pid)
-        if not times:
-            return None, False
-        i = _covering(times, t_s, self.window_s)
-        if i >= 0:
-            return self._frac[pid][i], True
-        i = bisect.bisect_left(times, t_s)
-        if i > 0 and t_s - times[i - 1] <= self.window_s:
-            return self._frac[pid][i - 1], False
-        return None, False
+        """(SM fraction at t_s, covered): see :func:`gpuactivity.activity_at`."""
+        return activity_at(self._ts.get(pid, []), self._frac.get(pid, []), self.window_s, t_s)
 
     def mean_activity(self, pid: int, start_s: float, end_s: float) -> tuple[float | None, float]:
         """(mean SM fraction over the interval, None if nothing is known; the fraction of the
         interval covered by samples rather than carried)."""
-        n, step = _points(start_s, end_s)
         times = self._ts.get(pid)
         if not times:
             return None, 0.0
-        # ``activity`` at each of n points, inlined (it runs per process per interval per GPU).
-        fracs, window_s, count = self._frac[pid], self.window_s, len(times)
-        first_start = times[0] - FIRST_SAMPLE_WINDOW_S
-        known: list[float] = []
-        covered = 0
-        # The points ascend: one bisect, then walk (i is bisect_left(times, t_s) at each point).
-        i = bisect.bisect_left(times, start_s + 0.5 * step)
-        for j in range(n):
-            t_s = start_s + (j + 0.5) * step
-            while i < count and times[i] < t_s:
-                i += 1
-            if i == 0 and t_s <= first_start:
-                continue
-            if i < count and t_s > (times[i - 1] if i > 0 else first_start) \
-                    and times[i] - t_s <= window_s:
-                known.append(fracs[i])
-                covered += 1
-            elif i > 0 and t_s - times[i - 1] <= window_s:
-                known.append(fracs[i - 1])
-        return (math.fsum(known) / n if known else None), covered / n
+        return mean_activity(times, self._frac[pid], self.window_s, start_s, end_s)
 
     # -- the split --
 
@@ -350,8 +325,8 @@ class ShareTracker:
         # Readings come ~5 to a sample window: while one falls in the same presence interval and
         # in every process's same sample window as the last, its row is the last one's. Those
         # windows hold t_s iff lo < t_s <= hi and top - t_s <= window_s (lo, hi, top: the latest
-        # window start, the earliest and latest window end), the very tests _covering makes
-        # per process. Intervals out of order (rare) take the full path every time.
+        # window start, the earliest and latest window end), the very tests of
+        # gpuactivity.covering per process. Intervals out of order (rare): the full path always.
         span: tuple[float, float, float, float, float, tuple[object, ...], dict[int, float]] \
             | None = None
         while pending:
@@ -375,7 +350,7 @@ class ShareTracker:
             lo, hi, top = -math.inf, math.inf, -math.inf
             for pid in entry[2]:
                 times = ts.get(pid)
-                i = _covering(times, t_s, window_s) if times else -1
+                i = covering(times, t_s, window_s) if times else -1
                 if i < 0:
                     # Wait for the sample that covers t_s; once it is overdue it was lost (or
                     # t_s lies before the first one): a carried figure would teach the fit a
@@ -407,7 +382,7 @@ class ShareTracker:
             ok = True
             for pid in consumers:
                 times = self._ts.get(pid)
-                if not times or _tail_uncovered(times[-1], start_s, end_s):
+                if not times or tail_uncovered(times[-1], start_s, end_s):
                     ok = False  # the usual wait, for the samples of the interval's end
                     break
                 x, covered = self.mean_activity(pid, start_s, end_s)
@@ -454,36 +429,6 @@ class ShareTracker:
                 del self._ts[pid], self._frac[pid]
         while self._presence and self._presence[0][1] < keep_s:
             self._presence.popleft()
-
-
-def _points(start_s: float, end_s: float) -> tuple[int, float]:
-    """How many points mean_activity samples the interval at, and their spacing."""
-    n = min(max(4, math.ceil((end_s - start_s) / 0.1)), 200)
-    return n, (end_s - start_s) / n
-
-
-def _tail_uncovered(last_s: float, start_s: float, end_s: float) -> bool:
-    """Whether more than 5 % of mean_activity's points lie after ``last_s`` (a process's newest
-    sample): none of those can be covered, so its coverage is surely under 0.95. A few float
-    tests instead of the whole walk, for the counter row that waits on its samples."""
-    n, step = _points(start_s, end_s)
-    for above, j in enumerate(reversed(range(n)), start=1):
-        if start_s + (j + 0.5) * step <= last_s:
-            return False
-        if (n - above) / n < 0.95:
-            return True
-    return False
-
-
-def _covering(times: list[float], t_s: float, window_s: float) -> int:
-    """Index of the sample whose window holds t_s (it ends at that sample's time and starts at
-    the one before, or one sample period earlier for the first), -1 if none; ``times`` not
-    empty. A window longer than ``window_s`` (samples lost) covers only its last window_s."""
-    i = bisect.bisect_left(times, t_s)
-    if i < len(times) and times[i] - t_s <= window_s \
-            and t_s > (times[i - 1] if i else times[0] - FIRST_SAMPLE_WINDOW_S):
-        return i
-    return -1
 
 
 def _fit_weights(
