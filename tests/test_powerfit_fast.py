@@ -136,11 +136,12 @@ def test_mean_activity_is_activity_at_its_points(
     """The walk over the points equals asking activity_at at each of them; a tail the samples do
     not reach is refused by the quick check only when the walk would refuse it too."""
     fracs = [(i % 7) / 7 for i in range(len(times))]
-    n = min(max(4, math.ceil(width / 0.1)), 200)
-    step = width / n
+    end = start + width
+    n = min(max(4, math.ceil((end - start) / 0.1)), 200)
+    step = (end - start) / n
     at = [activity_at(times, fracs, window_s, start + (j + 0.5) * step) for j in range(n)]
     known = [f for f, _ in at if f is not None]
     want = (math.fsum(known) / n if known else None, sum(c for _, c in at) / n)
-    assert mean_activity(times, fracs, window_s, start, start + width) == want
-    if tail_uncovered(times[-1], start, start + width):
+    assert mean_activity(times, fracs, window_s, start, end) == want
+    if tail_uncovered(times[-1], start, end):
         assert want[1] < 0.95
