@@ -240,10 +240,10 @@ class ActivityFit(Generic[K]):
         w = self._w[:n]
         top = z.max(axis=0)
         if min_support > 0:
-            clear = z[:, 2:] > 0.1 * top[2:]
-            thin = [c < min_support for c in clear.sum(axis=0).tolist()]
+            clear = z > 0.1 * top  # the ones and power columns' answers are not used
+            thin = [c < min_support for c in clear.sum(axis=0).tolist()[2:]]
             if any(thin):
-                keep = ~clear[:, thin].any(axis=1)
+                keep = ~clear[:, [False, False, *thin]].any(axis=1)
                 keys = [k for k, t in zip(keys, thin, strict=True) if not t]
                 z = z[keep][:, [True, True, *(not t for t in thin)]]
                 w = w[keep]
@@ -268,7 +268,7 @@ class ActivityFit(Generic[K]):
         if not all(moving):
             z = z[:, [True, True, *moving]]
         # s[i][j] = sum over rows of w z_i z_j, z = (1, power, x_1..x_m).
-        s = (z.T @ (z * w[:, None])).tolist()
+        s = ((z.T * w) @ z).tolist()
         sum_w, sum_wy, sum_wyy = s[0][0], s[0][1], s[1][1]
         if fixed:
             base_w = float(self.fixed_base_w)  # type: ignore[arg-type]
