@@ -327,16 +327,22 @@ class ShareTracker:
         # windows hold t_s iff lo < t_s <= hi and top - t_s <= window_s (lo, hi, top: the latest
         # window start, the earliest and latest window end), the very tests of
         # gpuactivity.covering per process. Intervals out of order (rare): the full path always.
-        span: tuple[float, float, float, float, float, tuple[object, ...], dict[int, float]] \
-            | None = None
+        # A span that ends in a process's time before its first sample (``drop_until``: a
+        # process starting up; the readings of its first seconds) drops its readings alike.
+        span: tuple[float, float, float, float, float, tuple[object, ...], dict[int, float],
+                    float | None] | None = None
         while pending:
             read_s, power_w = pending[0]
             t_s = read_s - align_s
             if span is not None and span[0] < t_s <= span[1] and span[2] < t_s <= span[3] \
                     and span[4] - t_s <= window_s:
-                pending.popleft()
-                self._add_row(t_s, span[5], span[6], power_w)
-                continue
+                if span[7] is None:
+                    pending.popleft()
+                    self._add_row(t_s, span[5], span[6], power_w)
+                    continue
+                if t_s <= span[7]:
+                    pending.popleft()
+                    continue
             span = None
             entry = self._present_at(t_s)
             if entry is None:
@@ -358,6 +364,9 @@ class ShareTracker:
                     before_first = bool(times) and t_s <= times[0] - FIRST_SAMPLE_WINDOW_S
                     ready = before_first or now_s - t_s >= SAMPLE_OVERDUE_S
                     usable = False
+                    if before_first and self._presence_ordered:
+                        drop_until = times[0] - FIRST_SAMPLE_WINDOW_S  # type: ignore[index]
+                        span = (entry[0], entry[1], lo, hi, top, (), {}, drop_until)
                     break
                 end_s = times[i]  # type: ignore[index]
                 row[pid] = fracs[pid][i]
@@ -370,7 +379,7 @@ class ShareTracker:
             if usable:
                 key = tuple(windows)
                 if self._presence_ordered:
-                    span = (entry[0], entry[1], lo, hi, top, key, row)
+                    span = (entry[0], entry[1], lo, hi, top, key, row, None)
                 self._add_row(t_s, key, row, power_w)
 
     def _feed_counter_rows(self, now_s: float) -> None:
