@@ -9,6 +9,7 @@ so tests can build a fake ``/proc`` tree. Off Linux, use psutil's iterator (the 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +26,61 @@ class CpuTimes(NamedTuple):
 
 class MemoryInfo(NamedTuple):
     rss: int
+
+
+class MachineCpuTimes(NamedTuple):
+    """``/proc/stat``'s first line in seconds, shaped like psutil's ``cpu_times()`` on Linux (the
+    same fields, the same ticks / CLK_TCK): psutil parses it through a buffered file each call."""
+
+    user: float
+    nice: float
+    system: float
+    idle: float
+    iowait: float = 0.0
+    irq: float = 0.0
+    softirq: float = 0.0
+    steal: float = 0.0
+    guest: float = 0.0
+    guest_nice: float = 0.0
+
+
+class ProcFile:
+    """A /proc file kept open and re-read with ``pread`` at offset 0: one system call a read
+    instead of open, read and close (each dear on a VM). The kernel regenerates a seq_file read
+    from offset 0, so every read is fresh. Opened at the first read; closed with the object."""
+
+    def __init__(self, path: str, size: int = 4096) -> None:
+        self.path = path
+        self._size = size
+        self._fd: int | None = None
+
+    def read(self) -> bytes | None:
+        """The file's first ``size`` bytes now; None if it cannot be opened or read."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                return None
+            weakref.finalize(self, os.close, self._fd)
+        try:
+            return os.pread(self._fd, self._size, 0)
+        except OSError:
+            return None
+
+
+def parse_meminfo(raw: bytes) -> tuple[int, int] | None:
+    """(total_bytes, used_bytes) from /proc/meminfo, used = MemTotal - MemAvailable, as psutil's
+    ``virtual_memory()`` has them (kB * 1024, available clamped to 0..total); None without a
+    usable MemAvailable (before Linux 3.14, or 0: psutil then estimates, see ram.py)."""
+    total = available = None
+    for line in raw.split(b"\n", 8)[:8]:  # MemTotal is the first line, MemAvailable the third
+        if line.startswith(b"MemTotal:"):
+            total = int(line.split()[1]) * 1024
+        elif line.startswith(b"MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+    if total is None or not available:
+        return None
+    return total, total - min(max(available, 0), total)
 
 
 class ProcEntry:
@@ -52,6 +108,9 @@ class ProcfsIterator:
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._boot_s = _boot_time_s(self.root)
+        self._stat = ProcFile(f"{self._root_s}/stat")
+        self._loadavg = ProcFile(f"{self._root_s}/loadavg", 256)
+        self._meminfo = ProcFile(f"{self._root_s}/meminfo")
 
     @staticmethod
     def available(proc_root: str | Path = "/proc") -> bool:
@@ -66,16 +125,26 @@ class ProcfsIterator:
     def last_pid(self) -> int | None:
         """The pid the kernel handed out last (``/proc/loadavg``'s fifth field): while it stays the
         same no process was created, so a scan need not list /proc to find new ones."""
+        raw = self._loadavg.read()
         try:
-            fd = os.open(f"{self._root_s}/loadavg", os.O_RDONLY)
-        except OSError:
+            return int(raw.split()[4]) if raw is not None else None
+        except (IndexError, ValueError):
             return None
-        try:
-            return int(os.read(fd, 256).split()[4])
-        except (OSError, IndexError, ValueError):
-            return None
-        finally:
-            os.close(fd)
+
+    def cpu_times(self) -> MachineCpuTimes:
+        """The machine's cumulative CPU times (``/proc/stat``'s ``cpu`` line), as psutil's;
+        OSError if it cannot be read (as psutil raises)."""
+        raw = self._stat.read()
+        fields = raw[: raw.find(b"\n")].split() if raw is not None else []
+        if len(fields) < 5 or fields[0] != b"cpu":
+            raise OSError(f"no cpu line in {self._stat.path}")
+        ticks = self._ticks
+        return MachineCpuTimes(*(int(x) / ticks for x in fields[1:11]))
+
+    def memory_bytes(self) -> tuple[int, int] | None:
+        """(total_bytes, used_bytes) of the machine's memory now (see parse_meminfo)."""
+        raw = self._meminfo.read()
+        return parse_meminfo(raw) if raw is not None else None
 
     def pids(self) -> list[int]:
         """Every pid in the proc root (one ``listdir``, no per-process read)."""
@@ -93,13 +162,6 @@ class ProcfsIterator:
             return None
         finally:
             os.close(fd)
-
-    def read_rss(self, pid: int) -> int | None:
-        """One process's resident bytes (``statm``, the same figure as stat's rss: half the cost
-        of a stat read); None if it is gone or unreadable."""
-        raw = self._read(f"{self._root_s}/{pid}/statm", 256)
-        fields = raw.split(None, 2) if raw is not None else []
-        return int(fields[1]) * self._page if len(fields) >= 2 else None
 
     def read(self, pid: int) -> ProcEntry | None:
         """One process's stat line as a ProcEntry; None if it is gone or unreadable."""
