@@ -1,12 +1,14 @@
-"""The fast /proc reader agrees with psutil and survives odd command names."""
+"""The fast /proc reader agrees with psutil (processes, the machine's CPU times and memory) and
+survives odd command names."""
 
 import os
+import time
 
 import psutil
 import pytest
 
-from carbonwatch.collectors.processes import ProcessScanner
-from carbonwatch.collectors.procfs import ProcfsIterator
+from carbonwatch.collectors.processes import ProcessScanner, busy_cpu_seconds, total_cpu_seconds
+from carbonwatch.collectors.procfs import ProcFile, ProcfsIterator, parse_meminfo
 
 pytestmark = pytest.mark.skipif(not ProcfsIterator.available(), reason="needs Linux /proc")
 
@@ -53,3 +55,49 @@ def test_scanner_on_procfs_charges_cpu_time_to_a_busy_process():
     second = scanner.snapshot(2.0)
     me = os.getpid()
     assert second.procs[me].cpu_s > first.procs[me].cpu_s
+
+
+def test_machine_cpu_times_are_psutils_fields_from_proc_stat(tmp_path):
+    ticks = os.sysconf("SC_CLK_TCK")
+    line = " ".join(str(n * ticks) for n in (10, 2, 3, 400, 5, 6, 7, 8, 1, 0))
+    (tmp_path / "stat").write_text(f"cpu  {line}\ncpu0 1 2 3 4\nbtime 1700000000\n")
+    fake = ProcfsIterator(tmp_path).cpu_times()
+    assert tuple(fake) == (10.0, 2.0, 3.0, 400.0, 5.0, 6.0, 7.0, 8.0, 1.0, 0.0)
+    assert busy_cpu_seconds(fake) == 10 + 2 + 3 + 6 + 7  # guest is inside user already
+    assert total_cpu_seconds(fake) == 442 - 1
+    (tmp_path / "stat").write_text("btime 1700000000\n")
+    with pytest.raises(OSError, match="no cpu line"):
+        ProcfsIterator(tmp_path).cpu_times()
+    # The real machine, against psutil's parser: the same fields, read moments apart.
+    theirs, ours = psutil.cpu_times(), ProcfsIterator().cpu_times()
+    assert ours._fields[: len(theirs._fields)] == theirs._fields
+    assert ours[: len(theirs)] == pytest.approx(tuple(theirs), abs=0.5)
+
+
+def test_a_kept_open_proc_file_reads_fresh_figures():
+    """pread at offset 0 regenerates a /proc file: this process's CPU time, burned between two
+    reads of one open file, shows in the second (the kernel's clock is the truth)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = ProcFile(f"/proc/{os.getpid()}/stat")
+
+    def user_s() -> float:
+        raw = stat.read()
+        assert raw is not None
+        return int(raw[raw.rfind(b")") + 2 :].split()[11]) / ticks
+
+    before, cpu0 = user_s(), time.process_time()
+    while time.process_time() < cpu0 + 0.3:
+        sum(i * i for i in range(10_000))
+    assert user_s() >= before + 0.2
+    assert ProcFile("/proc/no-such-file").read() is None
+
+
+def test_meminfo_gives_psutils_total_and_used():
+    raw = b"MemTotal:       16000 kB\nMemFree:        1000 kB\nMemAvailable:   4000 kB\n"
+    assert parse_meminfo(raw) == (16000 * 1024, 12000 * 1024)
+    assert parse_meminfo(b"MemTotal: 16000 kB\nMemFree: 1000 kB\n") is None  # before Linux 3.14
+    assert parse_meminfo(b"MemTotal: 16000 kB\nMemAvailable: 0 kB\n") is None  # psutil estimates
+    total, used = ProcfsIterator().memory_bytes()  # type: ignore[misc]
+    vm = psutil.virtual_memory()
+    assert total == vm.total
+    assert used == pytest.approx(vm.total - vm.available, abs=64 * 1024**2)  # moments apart
