@@ -17,12 +17,8 @@ from carbonwatch.collectors.cpu_model import (
     power_from_load_w,
 )
 from carbonwatch.collectors.detect import default_process_scanner
-from carbonwatch.collectors.processes import (
-    ProcessSnapshot,
-    ProcInfo,
-    busy_cpu_seconds,
-    total_cpu_seconds,
-)
+from carbonwatch.collectors.processes import ProcessSnapshot, ProcInfo
+from carbonwatch.collectors.procfs import busy_cpu_seconds, total_cpu_seconds
 from carbonwatch.errors import DeviceError
 from carbonwatch.model import OTHER, DeviceClass, Provenance
 

@@ -2,13 +2,21 @@
 survives odd command names."""
 
 import os
+import subprocess
 import time
 
 import psutil
 import pytest
 
-from carbonwatch.collectors.processes import ProcessScanner, busy_cpu_seconds, total_cpu_seconds
-from carbonwatch.collectors.procfs import ProcFile, ProcfsIterator, parse_meminfo
+from carbonwatch.collectors import procfs
+from carbonwatch.collectors.processes import ProcessScanner
+from carbonwatch.collectors.procfs import (
+    ProcFile,
+    ProcfsIterator,
+    busy_cpu_seconds,
+    parse_meminfo,
+    total_cpu_seconds,
+)
 
 pytestmark = pytest.mark.skipif(not ProcfsIterator.available(), reason="needs Linux /proc")
 
@@ -101,3 +109,60 @@ def test_meminfo_gives_psutils_total_and_used():
     vm = psutil.virtual_memory()
     assert total == vm.total
     assert used == pytest.approx(vm.total - vm.available, abs=64 * 1024**2)  # moments apart
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_kept_stat_files_follow_the_watched_and_are_closed_when_not_watched(monkeypatch):
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        baseline = _open_fds()
+        scanner = ProcessScanner(iter_processes=ProcfsIterator(), watched_only=True)
+        scanner.watch(sleepers[0].pid)
+        scanner.watch(sleepers[1].pid)
+        scanner.snapshot(1.0)
+        scanner.snapshot(2.0)  # the watched read through kept files from here on
+        opened = _open_fds() - baseline  # /proc/stat, loadavg, meminfo, and the two stat files
+        scanner.unwatch(sleepers[1].pid)
+        scanner.snapshot(3.0)
+        assert _open_fds() - baseline == opened - 1
+        sleepers[0].kill()
+        sleepers[0].wait()
+        snap = scanner.snapshot(4.0)  # its file fails to read (ESRCH): an exit, and closed
+        assert not snap.procs[sleepers[0].pid].alive
+        assert _open_fds() - baseline == opened - 2
+        monkeypatch.setattr(procfs, "MAX_KEPT", 0)  # beyond the cap: read as any other pid
+        scanner.watch(sleepers[2].pid)
+        scanner.snapshot(5.0)
+        snap = scanner.snapshot(6.0)
+        assert snap.procs[sleepers[2].pid].alive and sleepers[2].pid in snap.watched
+        assert _open_fds() - baseline == opened - 2
+    finally:
+        for s in sleepers:
+            s.kill()
+            s.wait()
+
+
+def test_a_kept_file_whose_process_has_gone_is_reopened_for_a_reused_pid(tmp_path):
+    """The kernel fails reads of a kept /proc/<pid>/stat once its process has gone (here: the
+    fake file emptied), even if the pid was handed out again: the new process is read afresh."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    _fake_proc(tmp_path, 42, "old", 7, ticks, 0, 0, 0, 5 * ticks, 10)
+    (tmp_path / "self").mkdir()
+    reader = ProcfsIterator(tmp_path)
+    first = reader.read_kept(42)
+    assert first is not None and first.info["create_time"] == pytest.approx(1700000005.0)
+    stat = tmp_path / "42" / "stat"
+    stat.write_text("")  # the open file now reads nothing: its process has gone
+    new = tmp_path / "new-stat"
+    new.write_text(f"42 (new) S 1 1 1 0 -1 0 0 0 0 0 {2 * ticks} 0 0 0 20 0 1 0 {9 * ticks} 0 10\n")
+    os.replace(new, stat)  # ... and pid 42 was handed out again
+    second = reader.read_kept(42)
+    assert second is not None and second.info["create_time"] == pytest.approx(1700000009.0)
+    assert second.info["cpu_times"].user == 2.0
+    assert reader.read_kept(42).info["create_time"] == second.info["create_time"]  # kept
+    stat.write_text("")  # gone for good, its pid not reused
+    stat.unlink()
+    assert reader.read_kept(42) is None

@@ -26,12 +26,8 @@ from pathlib import Path
 import psutil
 
 from carbonwatch.codecarbon_data import codecarbon_data_path
-from carbonwatch.collectors.processes import (
-    ProcessSource,
-    ShareTracker,
-    busy_cpu_seconds,
-    total_cpu_seconds,
-)
+from carbonwatch.collectors.processes import ProcessSource, ShareTracker
+from carbonwatch.collectors.procfs import busy_cpu_seconds, total_cpu_seconds
 from carbonwatch.errors import DeviceError
 from carbonwatch.model import DeviceClass, DeviceInfo, EnergyInterval, Provenance
 

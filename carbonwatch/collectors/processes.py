@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 import psutil
 
+from carbonwatch.collectors.procfs import busy_cpu_seconds, total_cpu_seconds
 from carbonwatch.model import OTHER
 
 _ATTRS = ["pid", "ppid", "create_time", "cpu_times", "memory_info"]
@@ -55,19 +56,6 @@ class ProcessSnapshot:
     # second. A full scan: the live unwatched pids' sum, kept as they change (an exact int sum).
     # The light scan: the machine's used memory (MemTotal - MemAvailable) less the watched pids'.
     other_rss_bytes: int | None = None
-
-
-def busy_cpu_seconds(times: Any) -> float:
-    """Busy CPU seconds in a ``psutil.cpu_times()`` result: everything but idle, iowait and steal.
-    Guest time is subtracted because Linux already counts it inside user and nice."""
-    extra = ("idle", "iowait", "steal", "guest", "guest_nice")
-    return sum(times) - sum(getattr(times, name, 0.0) for name in extra)
-
-
-def total_cpu_seconds(times: Any) -> float:
-    """All CPU seconds in a ``psutil.cpu_times()`` result; guest time, already inside user and
-    nice on Linux, counted once."""
-    return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
 
 def machine_load(prev: ProcessSnapshot | None, cur: ProcessSnapshot) -> float | None:
@@ -192,10 +180,10 @@ class _Tracked:
 # counter wrapped) is cheaper found by listing /proc (~1 ms for 1,000 pids) than by opening every
 # pid handed out since (a few us each; most are threads, or already gone).
 MAX_PID_STEP = 256
-# ... and the light scan lists /proc once per this many scans anyway: the unwatched are never
-# re-read (their CPU and memory are OTHER's, from /proc/stat and /proc/meminfo), so their exits
-# are noticed there, and the table forgets them.
-LIST_EVERY_SCANS = 60
+# ... and the light scan lists /proc once per this many scans anyway (~4 us a second): the
+# unwatched are never re-read (their CPU and memory are OTHER's, from /proc/stat and /proc/meminfo),
+# so their exits are noticed there, and the table forgets them.
+LIST_EVERY_SCANS = 300
 
 
 class ProcessScanner:
@@ -341,8 +329,14 @@ class ProcessScanner:
         elif step:
             due |= set(range(last_pid - step + 1, last_pid + 1))  # type: ignore[operator]
         self._last_pid = last_pid
-        entries = self._read(sorted(due))
+        # The watched are read every second: through files kept open, where the iterator can.
+        read_kept, keep_only = (getattr(self._iter, n, None) for n in ("read_kept", "keep_only"))
+        kept = due & watched if read_kept and keep_only else set()
+        entries = self._read(sorted(due - kept))
+        entries += [e for e in map(read_kept, sorted(kept)) if e is not None]  # type: ignore[arg-type]
         gone |= (due & alive) - {e.info["pid"] for e in entries}
+        if read_kept and keep_only:
+            keep_only(kept - gone)  # unwatched or exited: their files closed
         self._apply(now_s, entries, gone)
 
     def _read(self, pids: Iterable[int]) -> list[Any]:
