@@ -48,3 +48,20 @@ def test_memory_is_meminfos_two_fields_and_psutil_where_they_are_missing(tmp_pat
     fake.write_text("MemTotal: 1000 kB\nMemFree: 600 kB\n")  # no MemAvailable: psutil estimates
     assert MeminfoMemory(str(fake))()[0] == vm.total
     assert MeminfoMemory(str(tmp_path / "absent"))()[0] == vm.total
+
+
+def test_with_the_light_scan_the_shares_sum_to_the_used_memory():
+    """One /proc/meminfo read a tick: the scan's, for OTHER and for the used fraction alike."""
+    import os
+
+    from carbonwatch.collectors.detect import default_process_scanner
+
+    scanner = default_process_scanner(watched_only=True)
+    scanner.watch(os.getpid())
+    collector = RamModelCollector(processes=scanner)
+    collector.collect(0.0)
+    (iv,) = collector.collect(2.0)
+    total_bytes = iv.energy_j / (3 / 8 * 2.0) * GIB
+    used_bytes = total_bytes * (1 - iv.idle_energy_j / iv.energy_j)
+    assert set(iv.shares) == {os.getpid(), OTHER}
+    assert sum(iv.shares.values()) == pytest.approx(used_bytes, rel=1e-9)

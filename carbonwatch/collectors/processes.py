@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any, NamedTuple, Protocol
 
 import psutil
@@ -56,6 +57,7 @@ class ProcessSnapshot:
     # second. A full scan: the live unwatched pids' sum, kept as they change (an exact int sum).
     # The light scan: the machine's used memory (MemTotal - MemAvailable) less the watched pids'.
     other_rss_bytes: int | None = None
+    memory_bytes: tuple[int, int] | None = None  # the light scan's (total, used): the RAM model's
 
 
 def machine_load(prev: ProcessSnapshot | None, cur: ProcessSnapshot) -> float | None:
@@ -281,12 +283,13 @@ class ProcessScanner:
             stale = sorted((watched - before) & self._alive)
             self._apply(now_s, self._read(stale), set())
         other_rss: int | None = None
+        memory = self._memory() if self._memory else None
         if not self._key_all:
             procs = self._procs
             watched_rss = sum(procs[p].rss_bytes for p in watched & self._alive)
             if not self._light:
                 other_rss = self._rss_alive - watched_rss
-            elif (memory := self._memory() if self._memory else None) is not None:
+            elif memory is not None:
                 # Every used byte the watched pids do not hold is OTHER's: other processes, the
                 # kernel's memory, caches it cannot drop. RSS counts shared and file pages, so
                 # the watched may exceed used: OTHER then holds 0.
@@ -300,6 +303,7 @@ class ProcessScanner:
             total_cpu_s=None if times is None else total_cpu_seconds(times),
             rest_from_busy=self._light,
             other_rss_bytes=other_rss,
+            memory_bytes=memory,
         )
         return self._last
 
@@ -398,8 +402,10 @@ class ProcessScanner:
             t.own_s, t.reaped_s, t.rss_bytes, t.ppid = own_s, reaped_s, rss, ppid
             self._info[pid] = ProcInfo(ppid, t.create_time_s, t.charged_s, rss)
         self._born.extend(born)
-        expired = [pid for pid, exited_s in self._exited.items() if now_s - exited_s > self._ttl_s]
-        for pid in expired:
+        # In the order of exit (scans go forward in time): the expired are at the head, and a scan
+        # need not walk every exit of the last ttl.
+        ttl_s = self._ttl_s
+        for pid, _ in list(takewhile(lambda e: now_s - e[1] > ttl_s, self._exited.items())):
             self._forget(pid)
 
     def _track(self, pid: int, t: _Tracked) -> None:

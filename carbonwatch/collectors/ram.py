@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import psutil
 
-from carbonwatch.collectors.processes import ProcessSource, ShareTracker
+from carbonwatch.collectors.processes import ProcessSource, rss_shares
 from carbonwatch.collectors.procfs import ProcFile, parse_meminfo
 from carbonwatch.model import DeviceClass, DeviceInfo, EnergyInterval, Provenance
 
@@ -47,9 +47,10 @@ class RamModelCollector:
     """Estimated RAM energy for device "ram".
 
     ``memory`` is a callable returning (total_bytes, used_bytes), :class:`MeminfoMemory` by default
-    (used = total - available, so page cache that can be dropped counts as unused). Shares are
-    resident bytes: each watched pid's, and OTHER the rest of the used memory where the process
-    source is the daemon's light scan (see ProcessScanner), else the other processes' sum."""
+    (used = total - available, so page cache that can be dropped counts as unused), or the process
+    snapshot's own read of it (the light scan's, see ProcessScanner), so that the shares, each
+    watched pid's resident bytes and OTHER the rest of the used memory, sum to the used figure.
+    Without the light scan, OTHER is the other processes' resident bytes summed."""
 
     def __init__(
         self,
@@ -59,7 +60,8 @@ class RamModelCollector:
     ) -> None:
         self._w_per_gib = w_per_gib
         self._memory = memory or MeminfoMemory()
-        self._shares = ShareTracker(processes)
+        self._snapshot_memory = memory is None  # the snapshot's figure, where it carries one
+        self._processes = processes
         self._start_s: float | None = None
 
     def devices(self) -> list[DeviceInfo]:
@@ -86,7 +88,9 @@ class RamModelCollector:
         start_s = self._start_s
         if now_s <= start_s:
             return []
-        total_bytes, used_bytes = self._memory()
+        snap = self._processes.snapshot(now_s) if self._processes is not None else None
+        memory = snap.memory_bytes if snap is not None and self._snapshot_memory else None
+        total_bytes, used_bytes = memory or self._memory()
         energy_j = self._w_per_gib * total_bytes / GIB * (now_s - start_s)
         used_fraction = min(max(used_bytes / total_bytes, 0.0), 1.0) if total_bytes > 0 else 0.0
         self._start_s = now_s
@@ -100,7 +104,7 @@ class RamModelCollector:
                 idle_energy_j=energy_j * (1.0 - used_fraction),
                 provenance=Provenance.ESTIMATED,
                 method=METHOD,
-                shares=self._shares.rss(now_s),
+                shares=rss_shares(snap) if snap is not None else {},
                 segments=((now_s, energy_j),),
             )
         ]
