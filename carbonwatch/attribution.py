@@ -9,8 +9,8 @@ RAM). Idle energy is then handled by the idle policy:
 - ``even``: idle is shared evenly among the consumers present.
 
 With no consumer, every joule stays idle (if below baseline) or unattributed (``OTHER``).
-Conservation holds exactly up to float rounding: the last consumer receives the remainder, so the
-sum of the parts is the interval's energy computed in the same order.
+Conservation holds exactly up to float rounding: the heaviest consumer receives the remainder, so
+the sum of the parts is the interval's energy computed in the same order.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def _weighted(amount_j: float, weights: Mapping[K, float]) -> dict[K, float]:
     if not positive or amount_j == 0:
         return {}
     total_w = math.fsum(positive.values())
-    keys = list(positive)
-    parts = {k: amount_j * positive[k] / total_w for k in keys[:-1]}
-    # The remainder goes to the last key so no joule is created or lost by rounding.
-    parts[keys[-1]] = amount_j - math.fsum(parts.values())
+    # The remainder goes to the heaviest key so no joule is created or lost by rounding; given to
+    # a key with a tiny weight it could come out a few nJ below zero.
+    rest = max(positive, key=positive.__getitem__)
+    parts = {k: amount_j * w / total_w for k, w in positive.items() if k != rest}
+    parts[rest] = amount_j - math.fsum(parts.values())
     return parts
 
 

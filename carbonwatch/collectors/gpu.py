@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,18 +98,16 @@ class _GpuState:
     # so the interval's first stretch has a level to integrate.
     samples: list[tuple[float, float]] = field(default_factory=list)
     carry: tuple[float, float] | None = None
+    # (t_s, power_mw) as polled, not yet filed into samples/idle/tracker (see GpuCollector.poll)
+    polled: list[tuple[float, int]] = field(default_factory=list)
     idle: IdleBaseline = field(default_factory=IdleBaseline)
     tracker: ShareTracker = field(default_factory=ShareTracker)
     pids_at_start: set[int] | None = None  # compute pids when the interval opened (None: unknown)
-    max_util_pct: float | None = None  # highest device utilisation polled in the interval
     last_busy_s: float = -math.inf  # last time a process, an SM sample or utilisation showed use
     last_seen_us: int = 0
     last_shares: dict[int | str, float] = field(default_factory=dict)
     last_split: str = ""
     reset_logged: bool = False
-    # A counter reading taken in parallel with the other devices' (value or the read's error),
-    # consumed by the next _read_counter.
-    prefetched: int | DeviceError | None = None
 
 
 class GpuCollector:
@@ -135,7 +132,6 @@ class GpuCollector:
             self._options = dataclasses.replace(self._options, idle_w=idle_power_w)
         opts = self._options
         self._states: list[_GpuState] = []
-        self._pool: ThreadPoolExecutor | None = None
         for index in range(backend.device_count()):
             device = backend.device(index)
             uuid = device.uuid
@@ -197,8 +193,10 @@ class GpuCollector:
         return dict(parents()) if parents is not None else {}
 
     def poll(self, now_s: float) -> None:
-        # Ten times a second per device: kept lean (no per-device work beyond the two reads and
-        # appending the sample).
+        # Ten times a second per device, each after a sleep (cold caches): no per-device work
+        # beyond the two reads and appending the raw reading. The readings are filed (checked,
+        # shaped, fed to the idle baseline and the split) once a second by _file_polled, in one
+        # warm pass, before anything reads them.
         idle_max_util_pct = gpuidle.IDLE_MAX_UTIL_PCT
         for st in self._states:
             if st.lost:
@@ -209,7 +207,7 @@ class GpuCollector:
                     continue
             device = st.device
             try:
-                power_w = device.power_mw() / 1000.0
+                st.polled.append((now_s, device.power_mw()))
             except DeviceTimeout:
                 continue
             except DeviceLost as exc:
@@ -217,20 +215,18 @@ class GpuCollector:
                 continue
             except DeviceError:
                 continue  # no power reading: the counter still measures; shaping degrades to flat
-            self._add_sample(st, now_s, power_w)
             try:
                 util_pct = float(device.utilization_pct())
             except DeviceError:
                 continue  # without it, process-free intervals are judged by the process list
-            if st.max_util_pct is None or util_pct > st.max_util_pct:
-                st.max_util_pct = max(util_pct, 0.0)
             if util_pct > idle_max_util_pct:
                 st.last_busy_s = now_s
 
     def collect(self, now_s: float) -> list[EnergyInterval]:
+        # The counters are read one after another on this (the sampling) thread: see _collect_one.
         out: list[EnergyInterval] = []
-        self._prefetch_counters(now_s)
         for st in self._states:
+            self._file_polled(st)
             if st.lost:
                 # Lost during a poll: close its books once with what the power samples saw.
                 interval = self._flush_lost(st)
@@ -239,51 +235,14 @@ class GpuCollector:
                 continue
             else:
                 interval = self._collect_one(st, now_s)
-            st.prefetched = None  # never carried to a later round
             if interval is not None:
                 out.append(interval)
         return out
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
         self._backend.close()
 
     # -- internals --
-
-    def _prefetch_counters(self, now_s: float) -> None:
-        """Read the energy counters of every device due a reading at once, on a small pool.
-
-        On an H200 one read takes ~3.8 ms in the driver (ctypes releases the GIL meanwhile): read
-        one after another, 8 GPUs take ~31 ms, and the last device's reading lands ~27 ms after
-        the first's though both close an interval ending at the same ``now_s``. In parallel the
-        round takes about one read. A single device is read inline, as before."""
-        due = [st for st in self._states
-               if st.use_counter and not st.lost and st.start_s is not None and now_s > st.start_s]
-        if len(due) < 2:
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=min(8, len(self._states)),
-                                            thread_name_prefix="carbonwatch-counter")
-
-        def read(st: _GpuState) -> int | DeviceError:
-            try:
-                return st.device.total_energy_mj()
-            except DeviceError as exc:  # raised where the value is used, as an inline read's
-                return exc
-
-        for st, value in zip(due, self._pool.map(read, due), strict=True):
-            st.prefetched = value
-
-    @staticmethod
-    def _read_counter(st: _GpuState) -> int:
-        """The prefetched counter reading (raising its error) if there is one, else a read now."""
-        value, st.prefetched = st.prefetched, None
-        if value is None:
-            return st.device.total_energy_mj()
-        if isinstance(value, DeviceError):
-            raise value
-        return value
 
     def _open(self, st: _GpuState, now_s: float) -> None:
         """Start the first interval: read the counter baseline (or learn that there is none)."""
@@ -291,7 +250,7 @@ class GpuCollector:
         st.last_seen_us = int(now_s * 1e6)
         if st.use_counter:
             try:
-                st.counter_mj = self._read_counter(st)
+                st.counter_mj = st.device.total_energy_mj()
             except NotSupported as exc:
                 self._to_power_integral(st, exc)
             except DeviceLost as exc:
@@ -299,31 +258,45 @@ class GpuCollector:
             except DeviceError:
                 st.start_s = None  # timed out or failed: try again on the next call
 
-    def _add_sample(self, st: _GpuState, t_s: float, power_w: float) -> None:
-        # NVML reports 0 W only when the sensor fails (a powered GPU never draws 0 W), and absurd
-        # values are glitches: neither may shape energy nor become the learned idle baseline.
-        if not 0.0 < power_w <= MAX_PLAUSIBLE_POWER_W:
-            return
-        if st.start_s is not None and t_s <= st.start_s:
-            st.carry = (t_s, power_w)
-        elif st.samples and st.samples[-1][0] >= t_s:
-            st.samples[-1] = (st.samples[-1][0], power_w)  # same instant polled twice: keep one
-        else:
-            st.samples.append((t_s, power_w))
-        st.idle.note_power(power_w)
-        st.tracker.add_power(t_s, power_w)
+    @staticmethod
+    def _file_polled(st: _GpuState) -> None:
+        """File the power readings polled since the last call, oldest first. The interval's start
+        only moves at a collect, after this, so each is filed as it would have been when polled."""
+        polled, st.polled = st.polled, []
+        samples, start_s = st.samples, st.start_s
+        for t_s, power_mw in polled:
+            power_w = power_mw / 1000.0
+            # NVML reports 0 W only when the sensor fails (a powered GPU never draws 0 W), and
+            # absurd values are glitches: neither may shape energy nor become the idle baseline.
+            if not 0.0 < power_w <= MAX_PLAUSIBLE_POWER_W:
+                continue
+            if start_s is not None and t_s <= start_s:
+                st.carry = (t_s, power_w)
+            elif samples and samples[-1][0] >= t_s:
+                samples[-1] = (samples[-1][0], power_w)  # same instant polled twice: keep one
+            else:
+                samples.append((t_s, power_w))
+            st.idle.note_power(power_w)
+            st.tracker.add_power(t_s, power_w)
 
     def _collect_one(self, st: _GpuState, now_s: float) -> EnergyInterval | None:
         assert st.start_s is not None
         start_s = st.start_s
         if now_s <= start_s:
             return None
+        # On an H200 a counter read takes ~3.8 ms in the driver (ctypes releases the GIL), so with
+        # 8 GPUs the last is read ~27 ms after the first, all labelled now_s. That is within the
+        # counter's own ~100 ms update step, and no energy is lost (the next interval starts from
+        # the same reading). Reading them in parallel on a pool was tried: a round then takes one
+        # read, but each read costs two thread wake-ups instead of none, ~2x the CPU of the
+        # sequential round (docs/benchmarks.md, "Sidecar overhead"); the event loop never waits
+        # on either, since collectors run on the sampling thread.
         method, provenance = METHOD_COUNTER, Provenance.MEASURED
         energy_j: float | None = None
         new_counter_mj: int | None = None
         if st.use_counter:
             try:
-                new_counter_mj = self._read_counter(st)
+                new_counter_mj = st.device.total_energy_mj()
             except DeviceTimeout:
                 return None  # keep the interval open; the next read covers it
             except DeviceLost as exc:
@@ -402,7 +375,6 @@ class GpuCollector:
         last = st.samples[-1] if st.samples else st.carry
         st.carry = last
         st.samples = []
-        st.max_util_pct = None
 
     def _read_processes(self, st: _GpuState) -> tuple[set[int] | None, float]:
         """Feed new SM samples to the tracker; return (compute pids now, or None when unreadable;
