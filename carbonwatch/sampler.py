@@ -58,6 +58,8 @@ class Sampler:
         self.sinks = list(sinks)
         self.idle_policy = idle_policy
         self.power_interval_s = power_interval_s
+        # Without a collector that polls, the loop need only wake to collect.
+        self._polls = any(c.polls for c in self.collectors)
         self.counter_interval_s = counter_interval_s
         self._next_poll_s = -math.inf
         self._next_collect_s = -math.inf
@@ -92,7 +94,7 @@ class Sampler:
             except Exception:  # a collector must never take the loop down
                 self.errors += 1
                 log.exception("collector %r failed to poll", collector)
-        self._next_poll_s = now_s + self.power_interval_s
+        self._next_poll_s = now_s + self.power_interval_s if self._polls else math.inf
         if not collect:
             return
         self._next_collect_s = now_s + self.counter_interval_s

@@ -87,3 +87,23 @@ def test_a_live_daemon_labels_in_wall_time_and_measures_on_a_steady_clock(tmp_pa
                                                        "refused": 0}
     finally:
         daemon.close()
+
+
+def test_close_stops_sampling_and_closes_the_collectors(tmp_path):
+    """Daemon.close() closes what the build opened, the collectors too: a replay of 2 GPUs reads
+    its counters on a pool, whose threads must not outlive the daemon."""
+    settings = Settings(db=str(tmp_path / "cw.db"), backend=f"replay:{FIXTURE}", port=0).validate()
+    before = daemon_threads()
+    daemon = build_daemon(settings, intensity=StaticSource(world_average()), replay_speed=50,
+                          replay_gpus=2)
+    try:
+        daemon.loop.start()
+        for _ in range(200):  # until a counter round has run on the pool
+            if any(n.startswith("carbonwatch-counter") for n in daemon_threads()):
+                break
+            threading.Event().wait(0.05)
+        assert any(n.startswith("carbonwatch-counter") for n in daemon_threads())
+    finally:
+        daemon.close()
+    assert daemon_threads() == before
+    assert str(tmp_path / "cw.db") not in open_paths()

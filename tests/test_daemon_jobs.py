@@ -97,6 +97,8 @@ def test_a_live_job_owns_its_process_tree_and_ends_when_its_processes_are_gone(t
 class Hanging:
     """A collector whose reads hang (a wedged driver call) until released."""
 
+    polls = True
+
     def __init__(self) -> None:
         self.release = threading.Event()
 

@@ -206,6 +206,8 @@ class TdpCpuCollector:
             )
         ]
 
+    polls = False  # load and shares are read at collect
+
     def poll(self, now_s: float) -> None:
         if self._start_s is None:
             self._open(now_s)

@@ -77,6 +77,8 @@ class RamModelCollector:
             )
         ]
 
+    polls = False  # memory is read at collect
+
     def poll(self, now_s: float) -> None:
         if self._start_s is None:
             self._start_s = now_s

@@ -77,6 +77,8 @@ class RaplCollector:
             for d in self._domains
         ]
 
+    polls = False
+
     def poll(self, now_s: float) -> None:
         # RAPL counters are read at collect only: one read per second is exact for energy, and the
         # interval shape is not needed for CPU attribution.

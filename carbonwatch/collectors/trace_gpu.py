@@ -11,6 +11,7 @@ calling a collector the way the daemon's sampling loop does.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -128,6 +129,11 @@ class ReplayGpuDevice:
         self._faults = [f for f in faults if f.device == index]
         self._windows = trace.presence_windows()
         self._util_t_s = [r.t_s for r in trace.process_util]
+        # The newest sample time among rows [0, i]: rows before the first above ``since`` hold no
+        # newer sample, so a read skips them (the real call returns only new samples; walking the
+        # whole recorded past made a long replay dearer every second).
+        self._util_newest_us = list(itertools.accumulate(
+            (r.sample_ts_us for r in trace.process_util), max))
 
     @property
     def index(self) -> int:
@@ -193,9 +199,10 @@ class ReplayGpuDevice:
         t_s = self._now("process")
         offset_us = round(self._offset_s * 1e6)
         hi = bisect.bisect_right(self._util_t_s, t_s)
+        lo = bisect.bisect_right(self._util_newest_us, since_us - offset_us, 0, hi)
         return [
             ProcessSample(r.pid, r.sample_ts_us + offset_us, r.sm_pct, r.mem_pct)
-            for r in self._trace.process_util[:hi]
+            for r in self._trace.process_util[lo:hi]
             if r.sample_ts_us + offset_us > since_us
         ]
 

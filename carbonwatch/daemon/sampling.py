@@ -51,6 +51,10 @@ class WallTimeLabels:
     def devices(self) -> list[DeviceInfo]:
         return self.inner.devices()
 
+    @property
+    def polls(self) -> bool:
+        return self.inner.polls
+
     def poll(self, now_s: float) -> None:
         self.inner.poll(now_s)
 

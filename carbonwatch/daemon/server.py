@@ -119,6 +119,15 @@ class Daemon:
             await asyncio.to_thread(self.loop.stop)
 
     def close(self) -> None:
+        """Close every part ``build_daemon`` opened: the sampling thread stopped first (a no-op
+        after :meth:`serve`), then the collectors it read (NVML shut down, the counter pool
+        joined), then the store."""
+        self.loop.stop()
+        for collector in self.sampler.collectors:
+            try:
+                collector.close()
+            except Exception:  # one that fails to close does not keep the rest open
+                log.exception("collector %r failed to close", collector)
         self.reader.close()
         self.writer.close()
         for log_ in self.interval_logs:
