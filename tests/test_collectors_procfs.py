@@ -166,3 +166,18 @@ def test_a_kept_file_whose_process_has_gone_is_reopened_for_a_reused_pid(tmp_pat
     stat.write_text("")  # gone for good, its pid not reused
     stat.unlink()
     assert reader.read_kept(42) is None
+
+
+def test_kept_files_stay_under_an_eighth_of_the_file_limit():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (16, hard))  # room for 2 kept files
+    try:
+        reader = ProcfsIterator()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    baseline = _open_fds()
+    pids = [os.getpid(), os.getppid(), 1]
+    assert all(reader.read_kept(p) is not None for p in pids)
+    assert _open_fds() - baseline == 2

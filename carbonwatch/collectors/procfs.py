@@ -112,7 +112,8 @@ def _boot_time_s(root: Path) -> float:
     raise OSError(f"no btime in {root / 'stat'}")
 
 
-# Kept-open stat files at most (see ProcfsIterator.read_kept): well under the usual 1,024 fds.
+# Kept-open stat files at most (see ProcfsIterator.read_kept), and never more than an eighth of
+# the process's file limit: the daemon's clients and its store need the rest.
 MAX_KEPT = 256
 
 
@@ -135,6 +136,10 @@ class ProcfsIterator:
         self._loadavg = ProcFile(f"{self._root_s}/loadavg", 256)
         self._meminfo = ProcFile(f"{self._root_s}/meminfo")
         self._kept: dict[int, int] = {}  # pid -> its stat file, open (see read_kept)
+        import resource  # Unix only, like /proc: this module is imported everywhere
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._fd_room = MAX_KEPT if soft == resource.RLIM_INFINITY else soft // 8
         weakref.finalize(self, _close_all, self._kept)
 
     @staticmethod
@@ -204,7 +209,7 @@ class ProcfsIterator:
                 self._kept[pid] = fd
                 return self._parse(pid, raw)
             os.close(fd)
-        if len(self._kept) >= MAX_KEPT:
+        if len(self._kept) >= min(MAX_KEPT, self._fd_room):
             return self.read(pid)
         try:
             fd = os.open(f"{self._root_s}/{pid}/stat", os.O_RDONLY)
