@@ -1,8 +1,11 @@
 """CPU energy from codecarbon's TDP table and its load formula, where RAPL is unreadable."""
 
+import os
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from carbonwatch.collectors.cpu_model import (
@@ -13,7 +16,10 @@ from carbonwatch.collectors.cpu_model import (
     match_cpu,
     power_from_load_w,
 )
+from carbonwatch.collectors.detect import default_process_scanner
 from carbonwatch.collectors.processes import ProcessSnapshot, ProcInfo
+from carbonwatch.collectors.procfs import busy_cpu_seconds, total_cpu_seconds
+from carbonwatch.errors import DeviceError
 from carbonwatch.model import OTHER, DeviceClass, Provenance
 
 
@@ -90,3 +96,64 @@ def test_collector_energy_idle_and_shares():
     assert dict(a.shares) == {9: pytest.approx(1.0), OTHER: pytest.approx(2.0)}
     (b,) = collector.collect(13.0)
     assert b.energy_j == pytest.approx(100.0) and b.provenance is Provenance.ESTIMATED
+
+
+class _MachineTimes:
+    """Snapshots that carry /proc/stat's busy and total CPU seconds, as the light scan's do."""
+
+    def __init__(self, figures):
+        self._figures = iter(figures)
+
+    def snapshot(self, now_s):
+        busy_s, total_s = next(self._figures)
+        if busy_s is None:
+            return ProcessSnapshot(t_s=now_s, procs={}, watched=frozenset({9}))
+        procs = {9: ProcInfo(1, 0.0, busy_s / 2, 10)}
+        return ProcessSnapshot(t_s=now_s, procs=procs, watched=frozenset({9}), busy_cpu_s=busy_s,
+                               total_cpu_s=total_s, rest_from_busy=True)
+
+
+def test_load_comes_from_the_snapshots_cpu_times_without_reading_proc_stat_again(monkeypatch):
+    def no_second_read():
+        raise AssertionError("psutil.cpu_times() read: the snapshot's figures should be used")
+
+    monkeypatch.setattr(psutil, "cpu_times", no_second_read)
+    tdp = cpu_tdp("Acme X1 Fast", {"Acme X1 Fast": 100.0})
+    source = _MachineTimes([(0.0, 0.0), (4.0, 8.0), (12.0, 16.0), (None, None)])
+    collector = TdpCpuCollector(tdp=tdp, processes=source)
+    assert collector.collect(10.0) == []
+    (a,) = collector.collect(12.0)  # 4 of 8 CPU seconds busy
+    assert a.energy_j == pytest.approx(2 * 100.0 * (0.1 + 0.9 * 0.5**3))
+    assert dict(a.shares) == {9: pytest.approx(2.0), OTHER: pytest.approx(2.0)}
+    (b,) = collector.collect(13.0)  # 8 of 8
+    assert b.energy_j == pytest.approx(100.0)
+    with pytest.raises(DeviceError, match="CPU load unknown"):  # never a made-up load
+        collector.collect(14.0)
+
+
+def test_without_machine_times_in_the_snapshots_the_load_is_psutils():
+    tdp = cpu_tdp("Acme X1 Fast", {"Acme X1 Fast": 100.0})
+    collector = TdpCpuCollector(tdp=tdp, processes=_Processes())
+    collector.collect(10.0)
+    (a,) = collector.collect(11.0)
+    assert 10.0 <= a.energy_j <= 100.0 and a.idle_energy_j == pytest.approx(10.0)
+
+
+def test_the_light_scans_load_agrees_with_psutil_over_the_same_interval():
+    """The truth: psutil's own parse of /proc/stat just outside the collector's interval."""
+    scanner = default_process_scanner(watched_only=True)
+    scanner.watch(os.getpid())
+    tdp = cpu_tdp("Acme X1 Fast", {"Acme X1 Fast": 100.0})
+    collector = TdpCpuCollector(tdp=tdp, processes=scanner)
+    before = psutil.cpu_times()
+    collector.collect(0.0)
+    cpu0 = time.process_time()
+    while time.process_time() < cpu0 + 0.3:  # a busy interval, so the load is not ~0
+        sum(i * i for i in range(10_000))
+    (iv,) = collector.collect(1.0)
+    after = psutil.cpu_times()
+    truth = (busy_cpu_seconds(after) - busy_cpu_seconds(before)) / (
+        total_cpu_seconds(after) - total_cpu_seconds(before))
+    load = ((iv.energy_j / 100.0 - 0.1) / 0.9) ** (1 / 3)
+    assert load == pytest.approx(truth, abs=0.1)
+    assert iv.shares[os.getpid()] >= 0.2

@@ -72,7 +72,7 @@ def test_watched_tree_is_charged_and_the_rest_is_other(tmp_path):
         second = scanner.snapshot(2.0)
         # The child, started before the scanner watched its parent, joined the tree.
         assert {proc.pid, child_pid} <= second.watched
-        # Only the tree, pids new since the first scan and a thirtieth of the rest were read.
+        # Only the tree and pids new since the first scan were read, none of the rest.
         others = [p for p, i in first.procs.items() if i.alive and p not in first.watched]
         assert len(others) > 20  # a machine with a few processes at least
         assert len(set(reader.reads) - second.watched) < len(others) // 2
@@ -130,3 +130,27 @@ def test_light_mode_needs_an_iterator_that_reads_one_pid():
 
     scanner = ProcessScanner(iter_processes=psutil.process_iter, watched_only=True)
     assert not scanner.snapshot(1.0).rest_from_busy  # falls back to the full scan
+
+
+def test_exited_processes_are_remembered_for_the_ttl_then_forgotten_in_order():
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    first, second = (s.pid for s in sleepers)
+    try:
+        scanner = ProcessScanner(iter_processes=ProcfsIterator(), watched_only=True,
+                                 exited_ttl_s=5.0)
+        for pid in (first, second):
+            scanner.watch(pid)
+        scanner.snapshot(1.0)
+        for t, proc in ((2.0, sleepers[0]), (4.0, sleepers[1])):
+            proc.kill()
+            proc.wait()
+            snap = scanner.snapshot(t)  # the exit is noticed here
+            assert not snap.procs[proc.pid].alive
+        assert {first, second} <= set(scanner.snapshot(7.0).procs)  # 5 s after the first exit
+        snap = scanner.snapshot(7.5)
+        assert first not in snap.procs and not snap.procs[second].alive
+        assert second not in scanner.snapshot(9.5).procs
+    finally:
+        for s in sleepers:
+            s.kill()
+            s.wait()

@@ -26,7 +26,9 @@ from pathlib import Path
 import psutil
 
 from carbonwatch.codecarbon_data import codecarbon_data_path
-from carbonwatch.collectors.processes import ProcessSource, ShareTracker, busy_cpu_seconds
+from carbonwatch.collectors.processes import ProcessSource, ShareTracker
+from carbonwatch.collectors.procfs import busy_cpu_seconds, total_cpu_seconds
+from carbonwatch.errors import DeviceError
 from carbonwatch.model import DeviceClass, DeviceInfo, EnergyInterval, Provenance
 
 METHOD = "tdp-model"
@@ -166,22 +168,18 @@ class PsutilCpuLoad:
     def __call__(self, now_s: float) -> float:
         cur = psutil.cpu_times()
         busy_s = busy_cpu_seconds(cur) - busy_cpu_seconds(self._prev)
-        total_s = _wall_cpu_seconds(cur) - _wall_cpu_seconds(self._prev)
+        total_s = total_cpu_seconds(cur) - total_cpu_seconds(self._prev)
         self._prev = cur
         return 0.0 if total_s <= 0 else min(1.0, max(0.0, busy_s / total_s))
-
-
-def _wall_cpu_seconds(times: object) -> float:
-    # guest time is already counted inside user/nice on Linux: count it once
-    guest_s = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
-    return sum(times) - guest_s  # type: ignore[call-overload]
 
 
 class TdpCpuCollector:
     """Estimated CPU energy: ``power_from_load_w(tdp, load) * dt`` per interval, device "cpu".
 
-    ``load`` is a callable now_s -> machine load 0..1 over the interval just ended (default:
-    :class:`PsutilCpuLoad`). The idle part is the load-0 power (10 % of TDP) times the duration.
+    ``load`` is a callable now_s -> machine load 0..1 over the interval just ended. By default it
+    comes from the ``processes`` snapshots, which read /proc/stat for OTHER's CPU anyway (one read
+    a tick, not two), else from :class:`PsutilCpuLoad` where they carry no machine CPU times.
+    The idle part is the load-0 power (10 % of TDP) times the duration.
     Shares are CPU seconds per watched pid from ``processes``, the rest of the machine as OTHER.
     """
 
@@ -192,7 +190,7 @@ class TdpCpuCollector:
         load: Callable[[float], float] | None = None,
     ) -> None:
         self.tdp = tdp or cpu_tdp()
-        self._load = load or PsutilCpuLoad()
+        self._load = load  # None: from the snapshots, or PsutilCpuLoad (decided in _open)
         self._shares = ShareTracker(processes)
         self._start_s: float | None = None
 
@@ -222,7 +220,11 @@ class TdpCpuCollector:
         if now_s <= start_s:
             return []
         duration_s = now_s - start_s
-        energy_j = power_from_load_w(self.tdp.tdp_w, self._load(now_s)) * duration_s
+        shares = self._shares.cpu(now_s)
+        load = self._load(now_s) if self._load is not None else self._shares.load
+        if load is None:  # snapshots that stopped carrying /proc/stat's figures: never made up
+            raise DeviceError("the process snapshot has no machine CPU times: CPU load unknown")
+        energy_j = power_from_load_w(self.tdp.tdp_w, load) * duration_s
         idle_energy_j = min(energy_j, self.tdp.tdp_w * IDLE_FRACTION * duration_s)
         self._start_s = now_s
         return [
@@ -235,7 +237,7 @@ class TdpCpuCollector:
                 idle_energy_j=idle_energy_j,
                 provenance=Provenance.ESTIMATED,
                 method=METHOD,
-                shares=self._shares.cpu(now_s),
+                shares=shares,
                 segments=((now_s, energy_j),),
             )
         ]
@@ -245,5 +247,9 @@ class TdpCpuCollector:
 
     def _open(self, now_s: float) -> None:
         self._start_s = now_s
-        self._load(now_s)  # start the load window here
         self._shares.cpu(now_s)
+        snap = self._shares.last
+        if self._load is None and (snap is None or None in (snap.busy_cpu_s, snap.total_cpu_s)):
+            self._load = PsutilCpuLoad()  # no snapshots, or none with /proc/stat's figures
+        if self._load is not None:
+            self._load(now_s)  # start the load window here

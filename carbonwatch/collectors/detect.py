@@ -87,9 +87,11 @@ def default_process_scanner(watched_only: bool = False) -> ProcessScanner:
     """The 1 Hz scanner: reads /proc/<pid>/stat directly on Linux (about 4x cheaper than psutil's
     iterator, see procfs.py), psutil elsewhere. ``watched_only`` (the daemon, which tells the
     scanner which trees to watch): read only those trees and new pids each second; the rest of the
-    machine's CPU comes from /proc/stat (see ProcessScanner)."""
+    machine's CPU comes from /proc/stat, its memory from /proc/meminfo (see ProcessScanner)."""
     if ProcfsIterator.available():
-        return ProcessScanner(iter_processes=ProcfsIterator(), watched_only=watched_only)
+        procfs = ProcfsIterator()  # /proc/stat read by it: one read a tick, shared with the load
+        return ProcessScanner(iter_processes=procfs, cpu_times=procfs.cpu_times,
+                              watched_only=watched_only)
     return ProcessScanner()
 
 

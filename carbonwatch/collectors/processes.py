@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any, NamedTuple, Protocol
 
 import psutil
 
+from carbonwatch.collectors.procfs import busy_cpu_seconds, total_cpu_seconds
 from carbonwatch.model import OTHER
 
 _ATTRS = ["pid", "ppid", "create_time", "cpu_times", "memory_info"]
@@ -47,19 +49,25 @@ class ProcessSnapshot:
     # pids keyed individually in shares; None keys every pid (the rest go to OTHER)
     watched: frozenset[int] | None = None
     busy_cpu_s: float | None = None  # machine-wide cumulative busy CPU seconds, if known
+    total_cpu_s: float | None = None  # ... and all CPU seconds, busy or not (the load's base)
     # Only watched pids are read each scan (see ProcessScanner's ``watched_only``): the others'
     # figures may be stale, so OTHER is the machine's busy time less the watched pids' charge.
     rest_from_busy: bool = False
-    # Resident bytes of the live unwatched pids, summed by the scanner as they change (exact: an
-    # int sum), so rss_shares need not walk every process on the machine each second.
+    # OTHER's resident bytes, so rss_shares need not walk every process on the machine each
+    # second. A full scan: the live unwatched pids' sum, kept as they change (an exact int sum).
+    # The light scan: the machine's used memory (MemTotal - MemAvailable) less the watched pids'.
     other_rss_bytes: int | None = None
+    memory_bytes: tuple[int, int] | None = None  # the light scan's (total, used): the RAM model's
 
 
-def busy_cpu_seconds(times: Any) -> float:
-    """Busy CPU seconds in a ``psutil.cpu_times()`` result: everything but idle, iowait and steal.
-    Guest time is subtracted because Linux already counts it inside user and nice."""
-    extra = ("idle", "iowait", "steal", "guest", "guest_nice")
-    return sum(times) - sum(getattr(times, name, 0.0) for name in extra)
+def machine_load(prev: ProcessSnapshot | None, cur: ProcessSnapshot) -> float | None:
+    """The machine's CPU load (0..1) between two snapshots, from /proc/stat; None if unknown."""
+    if prev is None or None in (prev.busy_cpu_s, prev.total_cpu_s, cur.busy_cpu_s,
+                                cur.total_cpu_s):
+        return None
+    total_s = cur.total_cpu_s - prev.total_cpu_s  # type: ignore[operator]
+    busy_s = cur.busy_cpu_s - prev.busy_cpu_s  # type: ignore[operator]
+    return 0.0 if total_s <= 0 else min(1.0, max(0.0, busy_s / total_s))
 
 
 class ProcessSource(Protocol):
@@ -174,8 +182,9 @@ class _Tracked:
 # counter wrapped) is cheaper found by listing /proc (~1 ms for 1,000 pids) than by opening every
 # pid handed out since (a few us each; most are threads, or already gone).
 MAX_PID_STEP = 256
-# ... and /proc is listed at least once per this many scans anyway: kernel threads are not re-read
-# (no memory, their CPU is OTHER's), so their exits are noticed there.
+# ... and the light scan lists /proc once per this many scans anyway (~4 us a second): the
+# unwatched are never re-read (their CPU and memory are OTHER's, from /proc/stat and /proc/meminfo),
+# so their exits are noticed there, and the table forgets them.
 LIST_EVERY_SCANS = 300
 
 
@@ -191,19 +200,18 @@ class ProcessScanner:
         iter_processes: Callable[..., Iterable[Any]] = psutil.process_iter,
         cpu_times: Callable[[], Any] | None = psutil.cpu_times,
         watched_only: bool = False,
-        refresh_scans: int = 30,
+        list_every_scans: int = LIST_EVERY_SCANS,
     ) -> None:
         self._ttl_s = exited_ttl_s
-        # watched_only: read only the watched trees and the pids new since the last scan; every
-        # other process is re-read once per ``refresh_scans`` scans (its memory; an exit). Needs an
-        # iterator with ``pids`` and ``read`` (ProcfsIterator) and the machine's busy time
-        # (``cpu_times``): that is where OTHER's CPU comes from. Unwatched pids are then OTHER.
-        self._light = (
-            watched_only and cpu_times is not None
-            and hasattr(iter_processes, "pids") and hasattr(iter_processes, "read")
-        )
-        self._refresh_scans = max(1, refresh_scans)
-        self._rotation = 0
+        # watched_only: read only the watched trees and the pids new since the last scan; /proc is
+        # listed once per ``list_every_scans`` scans (the unwatched pids' exits). Needs an iterator
+        # with ``pids`` and ``read`` (ProcfsIterator) and the machine's CPU times (``cpu_times``):
+        # OTHER's CPU comes from there, its memory from the iterator's ``memory_bytes``.
+        self._light = watched_only and cpu_times is not None and all(
+            hasattr(iter_processes, name) for name in ("pids", "read"))
+        self._memory = getattr(iter_processes, "memory_bytes", None) if self._light else None
+        self._list_every = max(1, list_every_scans)
+        self._scans = 0
         self._last_pid: int | None = None
         self._key_all = key_all_pids and not self._light
         self._iter = iter_processes
@@ -211,7 +219,6 @@ class ProcessScanner:
         self._procs: dict[int, _Tracked] = {}
         self._info: dict[int, ProcInfo] = {}  # _procs as a snapshot shows them, kept in step
         self._alive: set[int] = set()
-        self._buckets: list[set[int]] = [set() for _ in range(self._refresh_scans)]  # by pid
         self._exited: dict[int, float] = {}  # pid -> when it exited, until forgotten
         self._rss_alive = 0  # resident bytes of every live tracked pid (an exact int sum)
         self._trees: dict[int, set[int]] = {}  # root -> members
@@ -261,7 +268,7 @@ class ProcessScanner:
     def snapshot(self, now_s: float) -> ProcessSnapshot:
         if self._last is not None and self._last.t_s == now_s:
             return self._last
-        busy_cpu_s = busy_cpu_seconds(self._cpu_times()) if self._cpu_times else None
+        times = self._cpu_times() if self._cpu_times else None
         before: set[int] = set()
         for tree in self._trees.values():
             before |= tree
@@ -276,74 +283,65 @@ class ProcessScanner:
             stale = sorted((watched - before) & self._alive)
             self._apply(now_s, self._read(stale), set())
         other_rss: int | None = None
+        memory = self._memory() if self._memory else None
         if not self._key_all:
             procs = self._procs
-            other_rss = self._rss_alive - sum(procs[p].rss_bytes for p in watched & self._alive)
+            watched_rss = sum(procs[p].rss_bytes for p in watched & self._alive)
+            if not self._light:
+                other_rss = self._rss_alive - watched_rss
+            elif memory is not None:
+                # Every used byte the watched pids do not hold is OTHER's: other processes, the
+                # kernel's memory, caches it cannot drop. RSS counts shared and file pages, so
+                # the watched may exceed used: OTHER then holds 0.
+                other_rss = max(0, memory[1] - watched_rss)
+            # else: rss_shares sums the unwatched pids' memory as last read (read at birth)
         self._last = ProcessSnapshot(
             t_s=now_s,
             procs=self._info.copy(),
             watched=None if self._key_all else frozenset(watched),
-            busy_cpu_s=busy_cpu_s,
+            busy_cpu_s=None if times is None else busy_cpu_seconds(times),
+            total_cpu_s=None if times is None else total_cpu_seconds(times),
             rest_from_busy=self._light,
             other_rss_bytes=other_rss,
+            memory_bytes=memory,
         )
         return self._last
-
-    scan = snapshot
 
     # -- internals --
 
     def _scan(self, now_s: float, watched: set[int] | None = None) -> None:
         """Read the processes and charge what they used; with ``watched`` (the light scan) only
-        those, new pids and this scan's share of the rest, and a pid is gone when not listed."""
+        those and new pids; a pid is gone when its read fails or /proc no longer lists it."""
         if watched is None:
             self._apply(now_s, self._iter(attrs=_ATTRS, ad_value=None), None)
             return
         alive = self._alive
-        k = self._rotation % self._refresh_scans
-        self._rotation += 1
+        self._scans += 1
         due = watched & alive
-        rest = self._buckets[k] - watched  # this scan's share of the rest: memory, or an exit
         # New processes: the kernel hands pids out in increasing order until its counter wraps, so
         # every process created since the last scan (a reused pid too) holds one of the pids after
         # the last scan's last_pid. While that stays put, none was created; a small step is read
-        # pid by pid; a big one (or a wrap) lists /proc (~1 ms for 1,000 processes). Exits show as
-        # reads that fail: the watched are read every scan, the rest once per refresh_scans scans.
+        # pid by pid; a big one (or a wrap) lists /proc. Exits: failed reads, or pids not listed.
         last_pid = getattr(self._iter, "last_pid", lambda: None)()
         gone: set[int] = set()
         step = None if last_pid is None or self._last_pid is None else last_pid - self._last_pid
         if step is None or not self._procs or not 0 <= step <= MAX_PID_STEP \
-                or self._rotation % LIST_EVERY_SCANS == 1:
+                or self._scans % self._list_every == 1 % self._list_every:
             listed = set(self._iter.pids())  # type: ignore[attr-defined]
             due = (due & listed) | (listed - alive)
-            rest &= listed
             gone = alive - listed
         elif step:
             due |= set(range(last_pid - step + 1, last_pid + 1))  # type: ignore[operator]
         self._last_pid = last_pid
-        rest -= due
-        # The rest count only as OTHER's memory (OTHER's CPU is /proc/stat's): their resident
-        # size alone, where the iterator reads just that (statm: half the cost of a stat read).
-        read_rss = getattr(self._iter, "read_rss", None)
-        if read_rss is None:
-            due |= rest
-            rest = set()
-        entries = self._read(sorted(due))
+        # The watched are read every second: through files kept open, where the iterator can.
+        read_kept, keep_only = (getattr(self._iter, n, None) for n in ("read_kept", "keep_only"))
+        kept = due & watched if read_kept and keep_only else set()
+        entries = self._read(sorted(due - kept))
+        entries += [e for e in map(read_kept, sorted(kept)) if e is not None]  # type: ignore[arg-type]
         gone |= (due & alive) - {e.info["pid"] for e in entries}
-        rss_now: dict[int, int] = {}
-        for pid in sorted(rest):
-            rss = read_rss(pid)  # type: ignore[misc]
-            if rss is None:
-                gone.add(pid)
-            else:
-                rss_now[pid] = rss
+        if read_kept and keep_only:
+            keep_only(kept - gone)  # unwatched or exited: their files closed
         self._apply(now_s, entries, gone)
-        procs = self._procs
-        for pid, rss in rss_now.items():
-            t = procs[pid]
-            self._rss_alive += rss - t.rss_bytes
-            t.rss_bytes = rss
-            self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, rss)
 
     def _read(self, pids: Iterable[int]) -> list[Any]:
         read = self._iter.read  # type: ignore[attr-defined]
@@ -389,7 +387,6 @@ class ProcessScanner:
             self._rss_alive -= t.rss_bytes
             t.rss_bytes = 0
             self._alive.discard(pid)
-            self._buckets[pid % self._refresh_scans].discard(pid)
             self._exited[pid] = now_s
             self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, 0, False)
             vanished_s_by_parent[t.ppid] = (
@@ -405,16 +402,16 @@ class ProcessScanner:
             t.own_s, t.reaped_s, t.rss_bytes, t.ppid = own_s, reaped_s, rss, ppid
             self._info[pid] = ProcInfo(ppid, t.create_time_s, t.charged_s, rss)
         self._born.extend(born)
-        expired = [pid for pid, exited_s in self._exited.items() if now_s - exited_s > self._ttl_s]
-        for pid in expired:
+        # In the order of exit (scans go forward in time): the expired are at the head, and a scan
+        # need not walk every exit of the last ttl.
+        ttl_s = self._ttl_s
+        for pid, _ in list(takewhile(lambda e: now_s - e[1] > ttl_s, self._exited.items())):
             self._forget(pid)
 
     def _track(self, pid: int, t: _Tracked) -> None:
         self._procs[pid] = t
         self._info[pid] = ProcInfo(t.ppid, t.create_time_s, t.charged_s, t.rss_bytes)
         self._alive.add(pid)
-        if not (self._light and 2 in (pid, t.ppid) and t.rss_bytes == 0):  # not a kernel thread
-            self._buckets[pid % self._refresh_scans].add(pid)
         self._rss_alive += t.rss_bytes
 
     def _forget(self, pid: int) -> None:
@@ -424,7 +421,6 @@ class ProcessScanner:
         del self._info[pid]
         if pid in self._alive:
             self._alive.discard(pid)
-            self._buckets[pid % self._refresh_scans].discard(pid)
             self._rss_alive -= t.rss_bytes
         self._exited.pop(pid, None)
         for root, tree in self._trees.items():
@@ -482,15 +478,19 @@ class ShareTracker:
 
     def __init__(self, source: ProcessSource | None) -> None:
         self._source = source
-        self._prev: ProcessSnapshot | None = None
+        self.last: ProcessSnapshot | None = None  # the snapshot of the last ``cpu`` call
+        # The machine's CPU load over the interval of the last ``cpu`` call (None: unknown), from
+        # the same /proc/stat read as OTHER's CPU: a CPU collector need not read it again.
+        self.load: float | None = None
 
     def cpu(self, now_s: float) -> dict[int | str, float]:
         """CPU seconds per watched pid (rest as OTHER) since this tracker's previous call."""
         if self._source is None:
             return {}
         cur = self._source.snapshot(now_s)
-        shares = cpu_shares(self._prev, cur)
-        self._prev = cur
+        shares = cpu_shares(self.last, cur)
+        self.load = machine_load(self.last, cur)
+        self.last = cur
         return shares
 
     def rss(self, now_s: float) -> dict[int | str, float]:
