@@ -17,7 +17,9 @@ readings (``r2``) over enough rows with enough movement in every used regressor;
 to time shares otherwise and say so in the provenance.
 
 Pure and small: numpy only, a bounded ring of rows per fit, O(rows x k^2) per solve with k (the
-consumers present) small. Not thread-safe; each owner keeps its own.
+consumers present) small: one weighted product of the rows gives the k x k normal equations,
+solved by the same active set in plain Python (:func:`nnls_gram`; :func:`nnls` on the rows where
+columns are nearly collinear). Not thread-safe; each owner keeps its own.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ MAX_COEF_OVER_PEAK = 1.5
 # readings and LAG_INTERVALS counter intervals, among shifts of 0 to 2 s.
 LAG_EVERY = 5
 LAG_EVERY_LATER = 30
-# A solved fit is reused for up to this long while rows trickle in (solving costs ~0.5 ms).
+# A solved fit is reused for up to this long while rows trickle in (a solve costs ~0.1 ms on a
+# cold cache, once a second per shared GPU otherwise).
 REFIT_EVERY_S = 3.0
 LAG_READINGS = 1200
 LAG_INTERVALS = 60
