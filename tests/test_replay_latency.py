@@ -28,7 +28,8 @@ TRACE = Path(__file__).parent / "fixtures" / "h200-shared-gpu"
 
 def test_h200_profile_is_the_measured_read_times():
     h200 = read_latency("h200")
-    assert (h200.counter_s, h200.power_s, h200.process_s) == (3.8e-3, 1.2e-6, 10e-6)
+    assert (h200.counter_s, h200.power_s, h200.util_s, h200.process_s) == (
+        3.8e-3, 1.2e-6, 1.4e-6, 10e-6)
     assert read_latency(None) == read_latency("none") == ReadLatency()
 
 
@@ -105,3 +106,20 @@ def test_parallel_counter_reads_close_the_same_intervals_as_one_device_alone():
     # Energy still equals the trace's counter over its span for an untouched device.
     total_j = sum(iv.energy_j for iv in eight if iv.device_id == "gpu0")
     assert total_j == pytest.approx(trace.energy_j, rel=0.01)
+
+
+def test_a_slow_read_lasts_the_profile_s_time_in_all():
+    """The profile is the whole call's time as measured (pynvml included): a replayed read lasts
+    at least that long, its own work counted in, and a read slower than that is not held."""
+    import time
+
+    from carbonwatch.collectors.trace_gpu import ReadLatency
+
+    lat = ReadLatency(counter_s=0.2)
+    started = time.perf_counter()
+    lat.finish(lat.counter_s, started)
+    assert time.perf_counter() - started >= 0.2
+    started = time.perf_counter() - 1.0  # this read already took a second: no wait added
+    before = time.perf_counter()
+    lat.finish(lat.counter_s, started)
+    assert time.perf_counter() - before < 0.2

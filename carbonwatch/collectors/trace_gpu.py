@@ -65,32 +65,37 @@ class ReadLatency:
     """How long each kind of read takes on a real device, imposed by the replay on every read.
 
     A replay answers from lists in microseconds; a real driver does not. ``h200`` holds what was
-    measured on an H200 (issue 16): the energy counter 3.8 ms,
-    power 1.2 us, the process-utilisation list ~10 us. A read of 100 us or more sleeps (the real
-    call blocks in the driver with the GIL released, as ctypes does); a shorter one spins, since
-    ``time.sleep`` cannot wait less than ~50 us (spinning holds the GIL: slightly dearer than the
-    real read)."""
+    measured on an H200 (``../shared/traces/README.md``, issue 16), each the whole call from
+    Python through pynvml: the energy counter 3.8 ms, power 1.2 us, utilisation 1.4 us, the
+    process lists ~10 us. So a replayed read lasts at least that long in all, its own work
+    included (:meth:`finish`), not that long on top of its own work. A read of 100 us or more
+    sleeps (the real call blocks in the driver with the GIL released, as ctypes does); a shorter
+    one spins, since ``time.sleep`` cannot wait less than ~50 us (spinning holds the GIL:
+    slightly dearer than the real read)."""
 
     counter_s: float = 0.0
     power_s: float = 0.0
+    util_s: float = 0.0
     process_s: float = 0.0
 
-    def impose(self, read: str) -> None:
-        wait_s = self.counter_s if read == "counter" else (
-            self.power_s if read == "power" else self.process_s)
+    def finish(self, wait_s: float, started: float) -> None:
+        """Hold a read begun at ``started`` (``time.perf_counter()``) until it has lasted
+        ``wait_s`` (one of this profile's fields)."""
         if wait_s <= 0.0:
             return
+        until = started + wait_s
         if wait_s >= 100e-6:
-            time.sleep(wait_s)
+            left_s = until - time.perf_counter()
+            if left_s > 0:
+                time.sleep(left_s)
             return
-        until = time.perf_counter() + wait_s
         while time.perf_counter() < until:
             pass
 
 
 READ_LATENCIES: dict[str, ReadLatency] = {
     "none": ReadLatency(),
-    "h200": ReadLatency(counter_s=3.8e-3, power_s=1.2e-6, process_s=10e-6),
+    "h200": ReadLatency(counter_s=3.8e-3, power_s=1.2e-6, util_s=1.4e-6, process_s=10e-6),
 }
 
 
@@ -154,7 +159,6 @@ class ReplayGpuDevice:
 
     def _now(self, read: str) -> float:
         """Trace time for this read, after raising whatever fault is active."""
-        self._latency.impose(read)
         now_s = self._clock.time()
         for f in self._faults:
             if not f.active(now_s):
@@ -171,6 +175,7 @@ class ReplayGpuDevice:
         return next((f for f in self._faults if f.kind is kind and f.active(now_s)), None)
 
     def total_energy_mj(self) -> int:
+        started = time.perf_counter()
         t_s = self._now("counter")
         now_s = t_s + self._offset_s
         if not self._trace.has_counter or self._active(FaultKind.COUNTER_UNSUPPORTED, now_s):
@@ -181,34 +186,48 @@ class ReplayGpuDevice:
             value -= _step(
                 self._trace.energy_t_s, self._trace.energy_mj, reset.start_s - self._offset_s
             )
+        self._latency.finish(self._latency.counter_s, started)
         return value
 
     def power_mw(self) -> int:
+        started = time.perf_counter()
         t_s = self._now("power")
         now_s = t_s + self._offset_s
         if self._active(FaultKind.POWER_ZERO, now_s):
-            return 0
-        if self._active(FaultKind.POWER_ABSURD, now_s):
-            return ABSURD_POWER_MW
-        return _step(self._trace.power_t_s, self._trace.power_mw, t_s)
+            value = 0
+        elif self._active(FaultKind.POWER_ABSURD, now_s):
+            value = ABSURD_POWER_MW
+        else:
+            value = _step(self._trace.power_t_s, self._trace.power_mw, t_s)
+        self._latency.finish(self._latency.power_s, started)
+        return value
 
     def utilization_pct(self) -> float:
-        return _step(self._trace.power_t_s, self._trace.gpu_util_pct, self._now("power"))
+        started = time.perf_counter()
+        value = _step(self._trace.power_t_s, self._trace.gpu_util_pct, self._now("power"))
+        self._latency.finish(self._latency.util_s, started)
+        return value
 
     def process_utilization(self, since_us: int) -> list[ProcessSample]:
+        started = time.perf_counter()
         t_s = self._now("process")
         offset_us = round(self._offset_s * 1e6)
         hi = bisect.bisect_right(self._util_t_s, t_s)
         lo = bisect.bisect_right(self._util_newest_us, since_us - offset_us, 0, hi)
-        return [
+        samples = [
             ProcessSample(r.pid, r.sample_ts_us + offset_us, r.sm_pct, r.mem_pct)
             for r in self._trace.process_util[lo:hi]
             if r.sample_ts_us + offset_us > since_us
         ]
+        self._latency.finish(self._latency.process_s, started)
+        return samples
 
     def compute_pids(self) -> list[int]:
+        started = time.perf_counter()
         t_s = self._now("process")
-        return sorted(pid for pid, (a, b) in self._windows.items() if a <= t_s < b)
+        pids = sorted(pid for pid, (a, b) in self._windows.items() if a <= t_s < b)
+        self._latency.finish(self._latency.process_s, started)
+        return pids
 
 
 class ReplayGpuBackend:
