@@ -2,10 +2,13 @@
 at 10 Hz, energy counter at 1 Hz, CPU/RAM with the 1 Hz process scan) and, like for like,
 codecarbon's OfflineEmissionsTracker at a 1 s interval on the same machine, with the same GPUs.
 
-    .venv/bin/python benchmarks/bench_overhead.py [--seconds 30] [--processes 1000] [--watched 8]
+    .venv/bin/python benchmarks/bench_overhead.py [--seconds 30] [--warmup 30] [--processes 1000]
+        [--watched 8]
 
-Four runs, each in a fresh process, CPU time counted from after set-up (imports, tracker start) to
-the end of the window, so every figure is a steady-state cost:
+Four runs, each in a fresh process, CPU time counted from after set-up (imports, tracker start)
+and a ``--warmup`` of sampling that is not counted, to the end of the window, so every figure is a
+steady-state cost (a GPU's split estimates its power reading's lag every 5 s in its first ~15 s,
+then every 30 s; a daemon runs for days):
 
 - carbonwatch, no GPU, watched-only scan, against codecarbon with no GPU (this machine has none,
   and codecarbon cannot read a replay): the like-for-like pair, and their ratio;
@@ -41,7 +44,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[int]) -> dict:
+def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[int],
+                    warmup_s: float = 0.0) -> dict:
     from carbonwatch.clock import SystemClock
     from carbonwatch.collectors.cpu_model import TdpCpuCollector
     from carbonwatch.collectors.detect import default_process_scanner
@@ -68,11 +72,15 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     sampler = Sampler(collectors, intensity=StaticSource(world_average()),
                       owners=lambda: dict.fromkeys(watch, "job"), sinks=[ledger])
     sampler.start(clock.time())
+
+    def sample_until(deadline: float) -> None:
+        while (now := time.monotonic()) < deadline:
+            next_s = sampler.step(clock.time())
+            time.sleep(max(0.0, min(next_s - clock.time(), deadline - now)))
+
+    sample_until(time.monotonic() + warmup_s)
     cpu0, t0 = _cpu_s(), time.monotonic()
-    deadline = t0 + seconds
-    while (now := time.monotonic()) < deadline:
-        next_s = sampler.step(clock.time())
-        time.sleep(max(0.0, min(next_s - clock.time(), deadline - now)))
+    sample_until(t0 + seconds)
     cpu1, t1 = _cpu_s(), time.monotonic()
     scanned = scanner.tracked
     for c in collectors:
@@ -81,7 +89,7 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
             "processes_scanned": scanned, "intervals_total_j": ledger.device_total_j()}
 
 
-def run_codecarbon(seconds: float) -> dict:
+def run_codecarbon(seconds: float, warmup_s: float = 0.0) -> dict:
     import logging
 
     from codecarbon import OfflineEmissionsTracker
@@ -90,6 +98,7 @@ def run_codecarbon(seconds: float) -> dict:
     tracker = OfflineEmissionsTracker(country_iso_code="USA", measure_power_secs=1,
                                       save_to_file=False, log_level="error")
     tracker.start()
+    time.sleep(warmup_s)
     cpu0, t0 = _cpu_s(), time.monotonic()
     time.sleep(seconds)
     cpu1, t1 = _cpu_s(), time.monotonic()
@@ -107,6 +116,8 @@ CARBONWATCH_RUNS = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=30.0,
+                        help="seconds of sampling before the window (not counted)")
     parser.add_argument("--processes", type=int, default=1000)
     parser.add_argument("--watched", type=int, default=8, help="processes watched as jobs")
     parser.add_argument("--side", help=argparse.SUPPRESS)
@@ -114,21 +125,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.side:
         if args.side == "codecarbon":
-            print(json.dumps(run_codecarbon(args.seconds)))
+            print(json.dumps(run_codecarbon(args.seconds, args.warmup)))
         else:
             watch = [int(p) for p in args.watch.split(",") if p]
             print(json.dumps(run_carbonwatch(args.seconds, 0 if args.side == "cw-nogpu" else 8,
-                                             args.side != "cw-8gpu-full", watch)))
+                                             args.side != "cw-8gpu-full", watch, args.warmup)))
         return
     # ~N idle processes so the 1 Hz scan has a realistic node's worth of work.
-    lifetime_s = str(args.seconds * 5 + 60)
+    lifetime_s = str((args.seconds + args.warmup) * 5 + 60)
     sleepers = [subprocess.Popen(["sleep", lifetime_s]) for _ in range(args.processes)]
     watch = ",".join(str(p.pid) for p in sleepers[: args.watched])
     try:
         results = {}
         for side in ("cw-nogpu", "codecarbon", "cw-8gpu", "cw-8gpu-full"):
             out = subprocess.run([sys.executable, __file__, "--side", side, "--seconds",
-                                  str(args.seconds), "--watch", watch],
+                                  str(args.seconds), "--warmup", str(args.warmup),
+                                  "--watch", watch],
                                  capture_output=True, text=True, check=True)
             results[side] = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
@@ -137,7 +149,8 @@ def main() -> None:
             p.wait()
     cc = results["codecarbon"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.2f}; window {args.seconds:.0f} s, "
+          f"{os.getloadavg()[0]:.2f}; window {args.seconds:.0f} s after {args.warmup:.0f} s "
+          f"of warm-up, "
           f"{results['cw-8gpu']['processes_scanned']} processes on the machine, "
           f"{args.watched} watched")
     for side, label in CARBONWATCH_RUNS.items():
