@@ -4,6 +4,7 @@ how far the power reading lags the counter (:func:`estimate_power_lag`, used by 
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -77,13 +78,12 @@ class PowerReadings:
         return np.array(list(self._t), dtype=float), np.array(list(self._p), dtype=float)
 
 
-_SHIFTS: list[Any] = []  # LAG_SHIFTS_S as a numpy column, made on first use (numpy loads late)
+@functools.cache
+def _shifts_column() -> Any:
+    """LAG_SHIFTS_S as a numpy column, made once, on first use (numpy loads late)."""
+    import numpy as np
 
-
-def _shifts_column(np: Any) -> Any:
-    if not _SHIFTS:
-        _SHIFTS.append(np.array(LAG_SHIFTS_S)[:, None])
-    return _SHIFTS[0]
+    return np.array(LAG_SHIFTS_S)[:, None]
 
 
 def estimate_power_lag(
@@ -110,7 +110,7 @@ def estimate_power_lag(
     k = len(iv)
     energy = iv[:, 2]
     # Both edges of every interval under every shift, integrated in one pass: (shifts, 2k).
-    edges = iv[:, :2].T.reshape(1, 2 * k) + _shifts_column(np)
+    edges = iv[:, :2].T.reshape(1, 2 * k) + _shifts_column()
     inside = (edges[:, :k] >= t[0]) & (edges[:, k:] <= t[-1])
     # Index -1 (an edge before the first reading) wraps harmlessly: only edges inside are used.
     i = np.searchsorted(t, edges, side="right") - 1
