@@ -2,7 +2,7 @@
 at 10 Hz, energy counter at 1 Hz, CPU/RAM with the 1 Hz process scan) and, like for like,
 codecarbon's OfflineEmissionsTracker at a 1 s interval on the same machine, with the same GPUs.
 
-    .venv/bin/python benchmarks/bench_overhead.py [--seconds 30] [--warmup 30] [--processes 1000]
+    .venv/bin/python benchmarks/bench_overhead.py [--seconds S] [--warmup 30] [--processes 1000]
         [--watched 8]
 
 Four runs, each in a fresh process, CPU time counted from after set-up (imports, tracker start)
@@ -16,6 +16,12 @@ then every 30 s; a daemon runs for days):
   (``--replay-latency h200``: 3.8 ms per energy-counter read, read in parallel), watched-only scan
   (the daemon's), then the same with the full scan of every process (the scan before).
 
+The GPUs replay the recorded H200 (a training job and an inference server sharing it: idle, one,
+both, the other, idle) over and over (``repeat_trace``): past the recording's 29.6 s a replay
+reads a counter that no longer moves and no processes, the cheapest state there is. The window
+is a whole number of the recording's runs (two by default, ``--seconds`` rounds up), so every
+phase is counted as often as the others.
+
 ``--watched`` idle processes stand for the jobs the daemon watches (each a tree the scan reads
 every second); the rest of ``--processes`` are idle processes it no longer reads each second.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -44,6 +51,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def trace_period_s() -> float:
+    from carbonwatch.collectors.trace import load_trace
+
+    trace = load_trace(TRACE)
+    return trace.end_s - trace.start_s
+
+
+def runs_needed(span_s: float) -> int:
+    """Runs of the recording that outlast ``span_s`` of sampling, its set-up included."""
+    return math.ceil((span_s + 10.0) / trace_period_s()) + 1
+
+
 def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[int],
                     warmup_s: float = 0.0) -> dict:
     from carbonwatch.clock import SystemClock
@@ -51,7 +70,7 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     from carbonwatch.collectors.detect import default_process_scanner
     from carbonwatch.collectors.gpu import GpuCollector
     from carbonwatch.collectors.ram import RamModelCollector
-    from carbonwatch.collectors.trace import load_trace
+    from carbonwatch.collectors.trace import load_trace, repeat_trace
     from carbonwatch.collectors.trace_gpu import READ_LATENCIES, ReplayGpuBackend
     from carbonwatch.grid.static import StaticSource, world_average
     from carbonwatch.ledger import EnergyLedger
@@ -59,7 +78,7 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     from carbonwatch.sampler import Sampler
 
     clock = SystemClock()
-    trace = load_trace(TRACE)
+    trace = repeat_trace(load_trace(TRACE), runs_needed(warmup_s + seconds))
     scanner = default_process_scanner(watched_only=watched_only)
     for pid in watch:
         scanner.watch(pid)
@@ -106,6 +125,19 @@ def run_codecarbon(seconds: float, warmup_s: float = 0.0) -> dict:
     return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": _peak_rss_mb()}
 
 
+def run_floor(seconds: float, hz: float = 10.0) -> dict:
+    """A loop that does nothing but sleep until its next tick, ``hz`` times a second: what any
+    poller at that cadence pays on this machine just to wake (on the development VM, ~50 us of
+    CPU a wake-up even for C's nanosleep, against a few us on bare metal)."""
+    cpu0, t0 = _cpu_s(), time.monotonic()
+    next_s = t0
+    while (now := time.monotonic()) < t0 + seconds:
+        next_s += 1.0 / hz
+        time.sleep(max(0.0, next_s - now))
+    return {"cpu_pct_of_core": 100 * (_cpu_s() - cpu0) / (time.monotonic() - t0),
+            "peak_rss_mb": _peak_rss_mb()}
+
+
 CARBONWATCH_RUNS = {
     "cw-nogpu": "carbonwatch, no GPU, watched-only scan",
     "cw-8gpu": "carbonwatch, 8 replayed H200s (read latencies imposed), watched-only scan",
@@ -115,7 +147,9 @@ CARBONWATCH_RUNS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="window, rounded up to whole runs of the 29.6 s recording "
+                             "(default: two)")
     parser.add_argument("--warmup", type=float, default=30.0,
                         help="seconds of sampling before the window (not counted)")
     parser.add_argument("--processes", type=int, default=1000)
@@ -123,9 +157,14 @@ def main() -> None:
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--watch", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    period_s = trace_period_s()
+    runs = max(1, math.ceil((args.seconds or 2 * period_s) / period_s - 1e-9))
+    args.seconds = runs * period_s
     if args.side:
         if args.side == "codecarbon":
             print(json.dumps(run_codecarbon(args.seconds, args.warmup)))
+        elif args.side == "floor":
+            print(json.dumps(run_floor(min(args.seconds, 30.0))))
         else:
             watch = [int(p) for p in args.watch.split(",") if p]
             print(json.dumps(run_carbonwatch(args.seconds, 0 if args.side == "cw-nogpu" else 8,
@@ -137,7 +176,7 @@ def main() -> None:
     watch = ",".join(str(p.pid) for p in sleepers[: args.watched])
     try:
         results = {}
-        for side in ("cw-nogpu", "codecarbon", "cw-8gpu", "cw-8gpu-full"):
+        for side in ("cw-nogpu", "codecarbon", "cw-8gpu", "cw-8gpu-full", "floor"):
             out = subprocess.run([sys.executable, __file__, "--side", side, "--seconds",
                                   str(args.seconds), "--warmup", str(args.warmup),
                                   "--watch", watch],
@@ -150,7 +189,7 @@ def main() -> None:
     cc = results["codecarbon"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.2f}; window {args.seconds:.0f} s after {args.warmup:.0f} s "
-          f"of warm-up, "
+          f"of warm-up ({runs} runs of the recorded {period_s:.1f} s H200 trace), "
           f"{results['cw-8gpu']['processes_scanned']} processes on the machine, "
           f"{args.watched} watched")
     for side, label in CARBONWATCH_RUNS.items():
@@ -162,6 +201,8 @@ def main() -> None:
                   f"{cc['cpu_pct_of_core']:.2f} % of one core, peak RSS {cc['peak_rss_mb']:.0f} MB")
             print(f"  ratio carbonwatch/codecarbon CPU, same (absent) GPUs: "
                   f"{cw['cpu_pct_of_core'] / cc['cpu_pct_of_core']:.2f}x")
+    print(f"  a loop that only sleeps 10 times a second (the GPU poll's cadence): "
+          f"{results['floor']['cpu_pct_of_core']:.2f} % of one core here, the wake-ups alone")
     full, light = results["cw-8gpu-full"], results["cw-8gpu"]
     print(f"  watched-only scan against full scan: "
           f"{light['cpu_pct_of_core'] / full['cpu_pct_of_core']:.2f}x the CPU")

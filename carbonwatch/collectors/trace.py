@@ -207,6 +207,78 @@ def load_trace(trace_dir: str | Path) -> Trace:
     )
 
 
+# Pids of a repeated trace's later runs: the recorded pid plus this times the run's number.
+REPEAT_PID_STEP = 100_000
+
+
+def repeat_trace(trace: Trace, times: int) -> Trace:
+    """The recording played ``times`` times back to back, as a device that keeps running the same
+    work: each run starts where the last ended (the period is the counter's span, last minus first
+    energy row), the energy counter keeps rising, and each run's processes are new ones (the
+    recorded pid plus ``REPEAT_PID_STEP`` times the run's number, role ``<role>.<n>``), launched
+    and exiting at the recorded times. A replay past a trace's end reads a counter that no longer
+    moves and a device with no processes; a benchmark that runs longer than the recording replays
+    this instead. The first run is the recording itself."""
+    if times < 1:
+        raise InputError(f"repeat a trace at least once, not {times} times")
+    if not trace.has_counter or len(trace.energy_t_s) < 2:
+        raise InputError(f"{trace.directory}: a repeated trace needs an energy counter")
+    start_s, period_s = trace.start_s, trace.end_s - trace.start_s
+    if times == 1 or period_s <= 0:
+        return trace
+    step_mj = trace.energy_mj[-1] - trace.energy_mj[0]
+    roles = trace.pids
+
+    def runs(t_s: float) -> range:
+        # The rows of one run: its own span [start, start + period) shifted by the run's number;
+        # what lies before the first run's start or after the last one's end is kept once.
+        if t_s < start_s:
+            return range(1)
+        return range(times) if t_s < start_s + period_s else range(times - 1, times)
+
+    def pid_of(pid: int, n: int) -> int:
+        return pid + REPEAT_PID_STEP * n if n else pid
+
+    def role_of(role: str, n: int) -> str:
+        return f"{role}.{n}" if n else role
+
+    readings = zip(trace.power_t_s, trace.power_mw, trace.gpu_util_pct, strict=True)
+    power = [(t + n * period_s, mw, util) for t, mw, util in readings for n in runs(t)]
+    power.sort(key=lambda r: r[0])
+    energy = [(t + n * period_s, mj + n * step_mj)
+              for t, mj in zip(trace.energy_t_s, trace.energy_mj, strict=True) for n in runs(t)]
+    energy.sort(key=lambda r: r[0])
+    shift_us = round(period_s * 1e6)
+    util = sorted((ProcessUtilRow(r.t_s + n * period_s, pid_of(r.pid, n),
+                                  r.sample_ts_us + n * shift_us, r.sm_pct, r.mem_pct)
+                   for r in trace.process_util for n in runs(r.t_s)), key=lambda r: r.t_s)
+    events = []
+    for t, event in trace.events:
+        role, _, what = event.rpartition("_")
+        for n in runs(t):
+            named = f"{role_of(role, n)}_{what}" if role in roles else event
+            events.append((t + n * period_s, named))
+    meta = dict(trace.meta)
+    meta["pids"] = {role_of(role, n): pid_of(pid, n) for n in range(times)
+                    for role, pid in roles.items()}
+    return Trace(
+        directory=trace.directory,
+        power_t_s=[r[0] for r in power],
+        power_mw=[r[1] for r in power],
+        gpu_util_pct=[r[2] for r in power],
+        energy_t_s=[r[0] for r in energy],
+        energy_mj=[r[1] for r in energy],
+        process_util=util,
+        events=sorted(events),
+        meta=meta,
+        process_cpu=[ProcessCpuRow(r.t_s + n * period_s, role_of(r.role, n), pid_of(r.pid, n),
+                                   r.user_s, r.system_s)
+                     for r in trace.process_cpu for n in runs(r.t_s)],
+        calls=[Call(c.start_s + n * period_s, c.end_s + n * period_s, c.batch)
+               for c in trace.calls for n in runs(c.start_s)],
+    )
+
+
 def _has_column(path: Path, column: str) -> bool:
     try:
         with path.open(newline="") as f:
