@@ -3,7 +3,7 @@ at 10 Hz, energy counter at 1 Hz, CPU/RAM with the 1 Hz process scan) and, like 
 codecarbon's OfflineEmissionsTracker at a 1 s interval on the same machine, with the same GPUs.
 
     .venv/bin/python benchmarks/bench_overhead.py [--seconds S] [--warmup 30] [--processes 1000]
-        [--watched 8]
+        [--watched 8] [--repeat 1]
 
 Four runs, each in a fresh process, CPU time counted from after set-up (imports, tracker start)
 and a ``--warmup`` of sampling that is not counted, to the end of the window, so every figure is a
@@ -154,6 +154,9 @@ def main() -> None:
                         help="seconds of sampling before the window (not counted)")
     parser.add_argument("--processes", type=int, default=1000)
     parser.add_argument("--watched", type=int, default=8, help="processes watched as jobs")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of the 8-GPU side (its figure moves ~10 %% between runs on "
+                             "a VM): each printed, the median given")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--watch", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,17 +174,24 @@ def main() -> None:
                                              args.side != "cw-8gpu-full", watch, args.warmup)))
         return
     # ~N idle processes so the 1 Hz scan has a realistic node's worth of work.
-    lifetime_s = str((args.seconds + args.warmup) * 5 + 60)
+    lifetime_s = str((args.seconds + args.warmup) * (5 + args.repeat) + 60)
     sleepers = [subprocess.Popen(["sleep", lifetime_s]) for _ in range(args.processes)]
     watch = ",".join(str(p.pid) for p in sleepers[: args.watched])
     try:
-        results = {}
-        for side in ("cw-nogpu", "codecarbon", "cw-8gpu", "cw-8gpu-full", "floor"):
+        results: dict[str, dict] = {}
+        repeats: list[dict] = []
+        sides = ("cw-nogpu", "codecarbon", *["cw-8gpu"] * max(1, args.repeat), "cw-8gpu-full",
+                 "floor")
+        for side in sides:
             out = subprocess.run([sys.executable, __file__, "--side", side, "--seconds",
                                   str(args.seconds), "--warmup", str(args.warmup),
                                   "--watch", watch],
                                  capture_output=True, text=True, check=True)
             results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+            if side == "cw-8gpu":
+                repeats.append(results[side])
+        repeats.sort(key=lambda r: r["cpu_pct_of_core"])
+        results["cw-8gpu"] = repeats[(len(repeats) - 1) // 2]  # the median (lower of two)
     finally:
         for p in sleepers:
             p.kill()
@@ -194,7 +204,11 @@ def main() -> None:
           f"{args.watched} watched")
     for side, label in CARBONWATCH_RUNS.items():
         cw = results[side]
-        print(f"{label}: {cw['cpu_pct_of_core']:.2f} % of one core, "
+        runs_note = ""
+        if side == "cw-8gpu" and len(repeats) > 1:
+            runs_note = f" (median of {len(repeats)}: " + ", ".join(
+                f"{r['cpu_pct_of_core']:.2f}" for r in repeats) + ")"
+        print(f"{label}: {cw['cpu_pct_of_core']:.2f} % of one core{runs_note}, "
               f"peak RSS {cw['peak_rss_mb']:.0f} MB")
         if side == "cw-nogpu":
             print(f"codecarbon OfflineEmissionsTracker, 1 s, no GPU (whole machine only): "
