@@ -29,6 +29,7 @@ every second); the rest of ``--processes`` are idle processes it no longer reads
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 TRACE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "h200-shared-gpu"
 
@@ -51,11 +53,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def trace_period_s() -> float:
+@functools.cache
+def _recording() -> Any:
+    """The H200 recording, read once per process (the period and the replay both need it)."""
     from carbonwatch.collectors.trace import load_trace
 
-    trace = load_trace(TRACE)
-    return trace.end_s - trace.start_s
+    return load_trace(TRACE)
+
+
+def trace_period_s() -> float:
+    return _recording().end_s - _recording().start_s
 
 
 def runs_needed(span_s: float) -> int:
@@ -70,7 +77,7 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     from carbonwatch.collectors.detect import default_process_scanner
     from carbonwatch.collectors.gpu import GpuCollector
     from carbonwatch.collectors.ram import RamModelCollector
-    from carbonwatch.collectors.trace import load_trace, repeat_trace
+    from carbonwatch.collectors.trace import repeat_trace
     from carbonwatch.collectors.trace_gpu import READ_LATENCIES, ReplayGpuBackend
     from carbonwatch.grid.static import StaticSource, world_average
     from carbonwatch.ledger import EnergyLedger
@@ -78,7 +85,7 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     from carbonwatch.sampler import Sampler
 
     clock = SystemClock()
-    trace = repeat_trace(load_trace(TRACE), runs_needed(warmup_s + seconds))
+    trace = repeat_trace(_recording(), runs_needed(warmup_s + seconds))
     scanner = default_process_scanner(watched_only=watched_only)
     for pid in watch:
         scanner.watch(pid)
