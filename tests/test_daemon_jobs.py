@@ -115,6 +115,41 @@ class Hanging:
         self.release.set()
 
 
+def test_a_wrapper_reports_the_end_after_reaping_its_command_and_the_report_wins(tmp_path):
+    """The wrapper reaps its command, then reports the end: in between, the job's processes are
+    gone. A housekeeping turn falling there must not mark it lost (seen in CI: the wrapper's
+    report was refused, the run counted failed), and a report arriving after a "lost" records how
+    the job really ended."""
+    def register_then_reap(d: InProcessDaemon, name: str) -> dict:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        status, job = d.request("POST", "/v1/jobs", {"name": name, "kind": "other",
+                                                     "pid": child.pid})
+        assert status == 201
+        child.kill()
+        child.wait()  # reaped, as the wrapper does before it reports
+        return job
+
+    with InProcessDaemon(tmp_path / "cw.db", backend="none", housekeeping_every_s=1.0) as d:
+        # Grace: two turns (2 s); nothing reports yet.
+        job = register_then_reap(d, "late")
+        time.sleep(1.2)  # at least one turn saw it gone; a slow machine only makes turns later
+        assert d.request("GET", f"/v1/jobs/{job['id']}")[1]["status"] == "running"
+        status, ended = d.request("POST", f"/v1/jobs/{job['id']}/end", {"exit_code": 0})
+        assert (status, ended["status"], ended["exit_code"]) == (200, "finished", 0)
+
+        # No report within the grace: lost. Then the report comes: it says how the job ended.
+        job = register_then_reap(d, "later")
+        d.wait_for(lambda: d.request("GET", f"/v1/jobs/{job['id']}")[1]["status"] == "lost",
+                   timeout_s=20)
+        ended_s = d.request("GET", f"/v1/jobs/{job['id']}")[1]["ended_s"]
+        status, ended = d.request("POST", f"/v1/jobs/{job['id']}/end", {"exit_code": 3})
+        assert (status, ended["status"], ended["exit_code"]) == (200, "failed", 3)
+        assert ended["ended_s"] == ended_s  # when its processes were found gone, not now
+        # Said once: a second report is a conflict, as for any ended job.
+        status, body = d.request("POST", f"/v1/jobs/{job['id']}/end", {"exit_code": 0})
+        assert status == 409 and "already ended (status failed)" in body["error"], body
+
+
 def test_healthz_is_503_while_the_sampler_hangs_and_200_once_it_recovers(tmp_path):
     hanging = Hanging()
 

@@ -45,6 +45,39 @@ def test_run_registers_with_the_running_daemon_which_measures_the_whole_tree(tmp
     assert not (tmp_path / "run.db").exists()  # the wrapper did not measure a second time
 
 
+def test_a_run_whose_end_the_daemon_will_not_record_still_exits_with_the_commands_code(tmp_path):
+    """Someone ends the job while its command runs (here: its owner, through the API), so the
+    wrapper's own end report is refused (409). The command ran and exited 5: the wrapper says
+    the daemon did not take its end and exits 5, not with an error code of its own."""
+    started = tmp_path / "started"
+    code = ("import pathlib, sys, time\n"
+            f"pathlib.Path({str(started)!r}).write_text('x')\n"
+            "time.sleep(3)\nsys.exit(5)\n")
+    with DaemonProcess(tmp_path / "daemon.db", "--backend", "none") as daemon:
+        port = str(urlsplit(daemon.url).port)
+        env = {**daemon.env, "CARBONWATCH_PORT": port, "CARBONWATCH_DB": str(tmp_path / "run.db")}
+        wrapper = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "carbonwatch", "run", "--name", "ended-early", "--",
+             sys.executable, "-c", code],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        try:
+            def running_job() -> dict | None:
+                status, body = daemon.request("GET", "/v1/jobs?status=running")
+                jobs = [j for j in body["jobs"] if j["name"] == "ended-early"]
+                return jobs[0] if jobs and started.exists() else None
+
+            job = daemon.wait_for(running_job, timeout_s=30)
+            status, ended = daemon.request("POST", f"/v1/jobs/{job['id']}/end", {"exit_code": 0})
+            assert status == 200, ended
+            _, stderr = wrapper.communicate(timeout=60)
+        finally:
+            wrapper.kill()
+    assert wrapper.returncode == 5, stderr
+    assert f"could not end job {job['id']}" in stderr and "already ended" in stderr, stderr
+    assert "the command itself exited with 5" in stderr and "Traceback" not in stderr
+
+
 class _JobDaemon(BaseHTTPRequestHandler):
     """Just enough of the daemon for a rank's end: the job, and its end."""
 

@@ -140,7 +140,11 @@ def _run_with_daemon_if_any(
     the command's code) rather than measure twice. Returns when no daemon answers (None), or
     when the daemon refused the job: then the command, already running, is returned to be
     measured here; it is never killed over a refusal."""
-    from carbonwatch.daemon.attach import DaemonRefused, run_if_daemon  # stdlib only
+    from carbonwatch.daemon.attach import (  # stdlib only
+        DaemonRefused,
+        EndNotRecorded,
+        run_if_daemon,
+    )
 
     try:
         # With an identity, ranks of one job merge into one daemon job; the last to exit ends it.
@@ -154,6 +158,10 @@ def _run_with_daemon_if_any(
     except DaemonRefused as refused:
         click.echo(f"carbonwatch: {refused.reason}; measuring the command here instead", err=True)
         return refused.child
+    except EndNotRecorded as exc:
+        click.echo(f"carbonwatch: warning: {exc}; the command itself exited with "
+                   f"{exc.exit_code}", err=True)
+        sys.exit(exc.exit_code)
     if attached is None:
         return None
     if as_json:

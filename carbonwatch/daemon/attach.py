@@ -106,6 +106,16 @@ def find_daemon(settings: Settings, wait_s: float = 0.0) -> DaemonClient | None:
         time.sleep(0.2)
 
 
+class EndNotRecorded(CarbonwatchError):
+    """The command ran and exited with ``exit_code``, but the daemon did not record its end. The
+    wrapper says so and still exits with the command's code: a scheduler or CI script reading it
+    must see how the command ended, not a failure of the accounting."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class DaemonRefused(CarbonwatchError):
     """The daemon would not take the job (or could not be asked). The command already runs and
     is left running: ``child`` is handed to the wrapper, which measures it on its own."""
@@ -164,8 +174,8 @@ def run_if_daemon(
     else:
         status, job = _end_waiting(client, str(body["id"]), exit_code)
         if status != 200:
-            raise CarbonwatchError(
-                f"the daemon at {client.url} could not end job {body['id']}: {job}"
+            raise EndNotRecorded(
+                f"the daemon at {client.url} could not end job {body['id']}: {job}", exit_code
             )
     return JobReport.from_daemon_job(job, argv, exit_code, client.url)
 
@@ -188,9 +198,9 @@ def _request_waiting(
             return client.request(method, path, body)
         except (OSError, http.client.HTTPException) as exc:
             if time.monotonic() >= deadline:
-                raise CarbonwatchError(
+                raise EndNotRecorded(
                     f"could not report the end of job {job_id} (exit code {exit_code}) to the "
-                    f"daemon at {client.url} for {END_WAIT_S:g} s: {exc}"
+                    f"daemon at {client.url} for {END_WAIT_S:g} s: {exc}", exit_code
                 ) from None
             time.sleep(0.5)
 
@@ -222,8 +232,8 @@ def _end_if_last_rank(
     ):
         status, ended = request("POST", f"{job_path}/end", {"exit_code": exit_code})
         if status not in (200, 409):  # 409: another rank ended it just now
-            raise CarbonwatchError(
-                f"the daemon at {client.url} could not end job {job_id}: {ended}"
+            raise EndNotRecorded(
+                f"the daemon at {client.url} could not end job {job_id}: {ended}", exit_code
             )
         status, job = request("GET", job_path)
     return {**job, "ended_s": job.get("ended_s") or time.time()}

@@ -165,14 +165,21 @@ class JobIntake:
             whose = f"uid {owner_uid}" if owner_uid is not None else "no local user"
             raise Forbidden(f"job {job_id} belongs to {whose}; {who.describe()} may not end it "
                             "(only its owner or an operator)")
+        status = "finished" if exit_code in (None, 0) else "failed"
         if not running:
             row = await self.read(lambda s: s.job(job_id))
             if row is None:
                 raise NotFound(f"no job with id {job_id[:64]!r}")
+            if row["status"] == "lost" and who.may_manage(row.get("owner_uid")):
+                # The daemon only guessed this end (its processes were gone and no report came
+                # within the grace); its owner's late report says how it ended. Its energy and
+                # end time stand: nothing ran after its processes were gone.
+                await self.writer.run(lambda s: storeops.report_lost_end(
+                    s.conn, job_id, status=status, exit_code=exit_code))
+                return
             raise Conflict(f"job {job_id} already ended (status {row['status']})")
         if not self.loop.alive():
             raise Unavailable("the sampler is not running; cannot close the job's energy")
-        status = "finished" if exit_code in (None, 0) else "failed"
         loop = self.loop
         try:
             written = await asyncio.wrap_future(

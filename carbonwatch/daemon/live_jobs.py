@@ -82,6 +82,7 @@ class LiveJobs:
         # ended still need its phase, model and name.
         self._known: dict[str, LiveJob] = {}
         self._ended: list[LiveJob] = []
+        self._gone_since: dict[str, float] = {}  # job id -> when its processes were first gone
 
     # --- changes ---------------------------------------------------------------------------
 
@@ -107,6 +108,7 @@ class LiveJobs:
 
     def remove(self, job_id: str) -> LiveJob | None:
         job = self.running.pop(job_id, None)
+        self._gone_since.pop(job_id, None)
         if job is not None:
             self._ended.append(job)
             for pid in job.pids:
@@ -158,9 +160,12 @@ class LiveJobs:
             return job.id, job.name
         return job_of_consumer(consumer) or "", ""
 
-    def vanished(self) -> list[LiveJob]:
+    def vanished(self, now_s: float, grace_s: float) -> list[LiveJob]:
         """Running jobs none of whose processes is alive any more (live nodes only), except those
-        their opener ends (``ended_by``)."""
+        their opener ends (``ended_by``). A job a client registered is given ``grace_s`` from when
+        its processes were first seen gone: its wrapper reaps the command and then reports the
+        end, and the report (with the exit code) must win over a guess of "lost". A service
+        registered by its first call has nobody to report its end: it goes at once."""
         if not self.track_trees:
             return []
         gone = []
@@ -168,6 +173,10 @@ class LiveJobs:
             if job.ended_by is not None:
                 continue
             pids = job.all_pids()
-            if pids and not any(psutil.pid_exists(p) for p in pids):
+            if not pids or any(psutil.pid_exists(p) for p in pids):
+                self._gone_since.pop(job.id, None)
+                continue
+            since_s = self._gone_since.setdefault(job.id, now_s)
+            if job.auto or now_s - since_s >= grace_s:
                 gone.append(job)
         return gone

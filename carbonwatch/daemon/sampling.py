@@ -321,8 +321,10 @@ class SamplingLoop:
         return future
 
     def _end_vanished(self) -> None:
+        # Two housekeeping turns (10 s by default) for a wrapper to report the end it saw.
+        grace_s = 2 * self.housekeeping_every_s
         with self.state.lock:
-            gone = self.state.live_jobs.vanished()
+            gone = self.state.live_jobs.vanished(time.monotonic(), grace_s)
         if not gone:
             return
         # A service registered by its first call ends when its process does; a job that

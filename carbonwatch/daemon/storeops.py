@@ -65,6 +65,16 @@ def end_job(
     )
 
 
+def report_lost_end(
+    conn: sqlite3.Connection, job_id: str, *, status: str, exit_code: int | None
+) -> None:
+    """A late end report of a job marked lost: its status and exit code, nothing else."""
+    conn.execute(
+        "UPDATE jobs SET status = ?, exit_code = ? WHERE id = ? AND status = 'lost'",
+        [status, exit_code, job_id],
+    )
+
+
 def add_energy_minutes(store: Store, rows: Sequence[dict[str, Any]]) -> None:
     """Add minute rows, and the same energy to the jobs' totals, so that a job's energy_j always
     equals the sum of its energy_minute rows (both commit together)."""
