@@ -174,6 +174,10 @@ DOCUMENT: dict[str, Any] = {
         "/v1/jobs/{id}/end": {
             "post": {
                 "summary": "End a job: its energy up to now is closed and written",
+                "description": "A job whose processes have been gone for two housekeeping turns "
+                "(10 s by default) without a report is marked lost; its owner's report that comes "
+                "later still records its status and exit code (energy and end time stand). Any "
+                "other ended job answers 409.",
                 "parameters": [_JOB_ID],
                 "requestBody": _request("JobEndRequest", required=False),
                 "responses": {"200": _json({"$ref": "#/components/schemas/Job"}, "the ended job"),
