@@ -141,10 +141,15 @@ def test_a_wrapper_reports_the_end_after_reaping_its_command_and_the_report_wins
         job = register_then_reap(d, "later")
         d.wait_for(lambda: d.request("GET", f"/v1/jobs/{job['id']}")[1]["status"] == "lost",
                    timeout_s=20)
-        ended_s = d.request("GET", f"/v1/jobs/{job['id']}")[1]["ended_s"]
+        seen_lost_s = time.time()
+        lost = d.request("GET", f"/v1/jobs/{job['id']}")[1]
+        ended_s = lost["ended_s"]
+        # It ended when its processes were first found gone, the grace (2 s) before it was
+        # marked lost, not when it was marked.
+        assert lost["started_s"] <= ended_s <= seen_lost_s - 1.9
         status, ended = d.request("POST", f"/v1/jobs/{job['id']}/end", {"exit_code": 3})
         assert (status, ended["status"], ended["exit_code"]) == (200, "failed", 3)
-        assert ended["ended_s"] == ended_s  # when its processes were found gone, not now
+        assert ended["ended_s"] == ended_s  # the report changes how it ended, not when
         # Said once: a second report is a conflict, as for any ended job.
         status, body = d.request("POST", f"/v1/jobs/{job['id']}/end", {"exit_code": 0})
         assert status == 409 and "already ended (status failed)" in body["error"], body

@@ -160,12 +160,14 @@ class LiveJobs:
             return job.id, job.name
         return job_of_consumer(consumer) or "", ""
 
-    def vanished(self, now_s: float, grace_s: float) -> list[LiveJob]:
+    def vanished(self, now_s: float, grace_s: float) -> list[tuple[LiveJob, float]]:
         """Running jobs none of whose processes is alive any more (live nodes only), except those
         their opener ends (``ended_by``). A job a client registered is given ``grace_s`` from when
         its processes were first seen gone: its wrapper reaps the command and then reports the
         end, and the report (with the exit code) must win over a guess of "lost". A service
-        registered by its first call has nobody to report its end: it goes at once."""
+        registered by its first call has nobody to report its end: it goes at once. Each comes with
+        how long ago its processes were first found gone (``now_s`` and ``grace_s`` are
+        monotonic seconds)."""
         if not self.track_trees:
             return []
         gone = []
@@ -178,5 +180,5 @@ class LiveJobs:
                 continue
             since_s = self._gone_since.setdefault(job.id, now_s)
             if job.auto or now_s - since_s >= grace_s:
-                gone.append(job)
+                gone.append((job, now_s - since_s))
         return gone

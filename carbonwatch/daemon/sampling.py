@@ -289,26 +289,31 @@ class SamplingLoop:
             raise KeyError(job_id)
         return future
 
-    def end_jobs(self, ends: list[tuple[str, str, int | None]]) -> Future[None] | None:
+    def end_jobs(
+        self, ends: list[tuple[str, str, int | None]], ago_s: dict[str, float] | None = None
+    ) -> Future[None] | None:
         """``end_job`` for many jobs at once: one close of the intervals, one flush, one
-        transaction however many end (None when none of them was running)."""
+        transaction however many end (None when none of them was running). ``ago_s``: how long
+        ago a job ended, where that is before now (its processes were found gone earlier)."""
         if self.sampling:
             now_s = self.steady.time()
             if self.end_s is not None:
                 now_s = min(now_s, self.end_s)
             self.sampler.flush(now_s)
-        ended_s = self.clock.time()
-        done: list[tuple[str, str, int | None, set[int]]] = []
+        now_s = self.clock.time()
+        ago_s = ago_s or {}
+        done: list[tuple[str, str, int | None, set[int], float]] = []
         with self.state.lock:
             for job_id, status, exit_code in ends:
                 job = self.state.live_jobs.remove(job_id)
                 if job is not None:
-                    done.append((job_id, status, exit_code, job.all_pids()))
+                    ended_s = max(now_s - ago_s.get(job_id, 0.0), job.started_s)
+                    done.append((job_id, status, exit_code, job.all_pids(), ended_s))
         if not done:
             return None
 
         def also(store: Any) -> None:
-            for job_id, status, exit_code, pids in done:
+            for job_id, status, exit_code, pids, ended_s in done:
                 storeops.end_job(store.conn, job_id, status=status, ended_s=ended_s,
                                  exit_code=exit_code, pids=pids)
 
@@ -316,17 +321,18 @@ class SamplingLoop:
         # Once their last energy is published (that callback came first), the jobs' series may
         # be folded after the retention; a failed write is retried with the ends, and energy
         # published after a fold joins the fold.
-        ids = [job_id for job_id, *_ in done]
-        future.add_done_callback(lambda f: [self.totals.job_ended(j, ended_s) for j in ids])
+        ends_s = [(job_id, ended_s) for job_id, *_, ended_s in done]
+        future.add_done_callback(lambda f: [self.totals.job_ended(j, e) for j, e in ends_s])
         return future
 
     def _end_vanished(self) -> None:
         # Two housekeeping turns (10 s by default) for a wrapper to report the end it saw.
         grace_s = 2 * self.housekeeping_every_s
         with self.state.lock:
-            gone = self.state.live_jobs.vanished(time.monotonic(), grace_s)
-        if not gone:
+            found = self.state.live_jobs.vanished(time.monotonic(), grace_s)
+        if not found:
             return
+        gone = [job for job, _ in found]
         # A service registered by its first call ends when its process does; a job that
         # registered itself should have said so: its end was not seen.
         ends = [(job.id, "finished" if job.auto else "lost", None) for job in gone]
@@ -336,4 +342,5 @@ class SamplingLoop:
                          job.id, job.name, status)
         else:
             log.info("%d jobs' processes are gone; marking them ended in one write", len(gone))
-        self.end_jobs(ends)
+        # Ended when their processes were first found gone, not after the grace.
+        self.end_jobs(ends, {job.id: gone_for_s for job, gone_for_s in found})
