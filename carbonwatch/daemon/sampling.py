@@ -332,15 +332,14 @@ class SamplingLoop:
             found = self.state.live_jobs.vanished(time.monotonic(), grace_s)
         if not found:
             return
-        gone = [job for job, _ in found]
         # A service registered by its first call ends when its process does; a job that
         # registered itself should have said so: its end was not seen.
-        ends = [(job.id, "finished" if job.auto else "lost", None) for job in gone]
-        if len(gone) <= 10:
-            for job, (_, status, _) in zip(gone, ends, strict=True):
+        ends = [(job.id, "finished" if job.auto else "lost", None) for job, _ in found]
+        if len(found) <= 10:
+            for (job, _), (_, status, _) in zip(found, ends, strict=True):
                 log.info("job %s (%s): its processes are gone; marking it %s",
                          job.id, job.name, status)
         else:
-            log.info("%d jobs' processes are gone; marking them ended in one write", len(gone))
+            log.info("%d jobs' processes are gone; marking them ended in one write", len(found))
         # Ended when their processes were first found gone, not after the grace.
         self.end_jobs(ends, {job.id: gone_for_s for job, gone_for_s in found})
