@@ -1,0 +1,478 @@
+"""NVML probe: what each read carbonwatch makes costs on a real GPU, and whether the driver's
+sample buffers (``nvmlDeviceGetSamples``) could replace the 10 Hz power and utilisation polls.
+
+    python benchmarks/nvml_probe.py [--gpu 0] [--seconds 10] [--calls 200]
+                                    [--load none|train|infer] [--out FILE]
+
+Needs an NVIDIA GPU, its driver and nvidia-ml-py (``--load train|infer`` also PyTorch with CUDA);
+without them it stops at once, exit 2, with a one-line reason. It prints a short summary; the
+whole result goes as JSON to ``--out FILE``, or without ``--out`` as the last line of stdout.
+
+Measured on one GPU:
+a. each read's cost, median and p90 over ``--calls`` calls (50 for the ~3.8 ms energy counter):
+   wall time (``perf_counter``) and this thread's CPU (``thread_time``). CPU far below wall means
+   the call waits in the driver (a replay should sleep, not spin: ``trace_gpu.ReadLatency``).
+b. the power and utilisation sample buffers: a read from timestamp 0 (count, span, spacing, value
+   type, the newest sample's age against ``time.time()``: are timestamps Unix microseconds?), then
+   a read once a second from the last seen timestamp: new samples per read, the gap before the first
+   new one (over 1.5x the spacing: samples were lost, the buffer is shallower than a second), and
+   how many reads raised NOT_FOUND (nothing newer). An unsupported call is recorded, not a crash.
+c. against the energy counter (the truth), each second between two counter reads: the mean power
+   of the buffer's samples and of 10 Hz ``nvmlDeviceGetPowerUsage`` polls against the counter's
+   delta; mean absolute error in W, the energy over the whole window, and the lag (-2..2 s) at
+   which each best matches. The counter moves every ~100 ms, so a single second carries up to
+   ~10 % of quantisation noise from it; the whole-window energy does not.
+``--load train|infer`` runs ``benchmarks/gpu/workload.py`` in a child during a and b/c.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpu_check import nvml_preflight, torch_preflight, workload_argv  # beside this script
+
+POLL_HZ = 10
+COUNTER_CALLS = 50
+READ_BUDGET_S = 5.0  # per read kind in (a): a call dearer than expected cuts its count, not the run
+LOSS_FACTOR = 1.5
+UNIX_AGE_S = (-5.0, 60.0)  # a newest sample this old is on the Unix clock
+VALUE_FIELDS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")  # by value type
+VALUE_TYPES = ("double", "unsigned int", "unsigned long", "unsigned long long",
+               "signed long long", "signed int", "unsigned short")
+BUFFERS = {"power": "NVML_TOTAL_POWER_SAMPLES", "utilization": "NVML_GPU_UTILIZATION_SAMPLES"}
+
+
+@dataclass
+class Env:
+    """The seams: the pynvml module, one handle, and the clocks (tests pass simulated ones)."""
+
+    nv: Any
+    handle: Any
+    now: Callable[[], float] = time.time  # Unix seconds, the base sample timestamps are judged on
+    sleep: Callable[[float], None] = time.sleep
+    perf: Callable[[], float] = time.perf_counter
+    cpu: Callable[[], float] = time.thread_time
+
+
+def error_name(nv: Any, exc: BaseException) -> str:
+    """``NOT_FOUND`` for an NVMLError of that code; the class name for anything else."""
+    code = getattr(exc, "value", None)
+    if isinstance(exc, nv.NVMLError) and isinstance(code, int):
+        for name in dir(nv):
+            if name.startswith("NVML_ERROR_") and getattr(nv, name) == code:
+                return name.removeprefix("NVML_ERROR_")
+        return f"NVML error {code}"
+    return type(exc).__name__
+
+
+def spread_us(values_s: Sequence[float]) -> dict[str, float] | None:
+    """Median and p90 (nearest rank) of durations in seconds, in microseconds."""
+    if not values_s:
+        return None
+    ordered = sorted(values_s)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return {"median": round(statistics.median(ordered) * 1e6, 3), "p90": round(p90 * 1e6, 3)}
+
+
+# --- a. the cost of each read --------------------------------------------------------------------
+
+
+def time_read(env: Env, call: Callable[[], Any], calls: int) -> dict[str, Any]:
+    """Run ``call`` up to ``calls`` times (within READ_BUDGET_S), each timed on the wall and on this
+    thread's CPU. NOT_FOUND is a normal answer (nothing new) and is counted; another error ends the
+    read and is recorded."""
+    wall: list[float] = []
+    cpu: list[float] = []
+    not_found = 0
+    error = None
+    start = env.perf()
+    for _ in range(calls):
+        w0, c0 = env.perf(), env.cpu()
+        try:
+            call()
+        except Exception as exc:
+            name = error_name(env.nv, exc)
+            if name != "NOT_FOUND":
+                error = name
+                break
+            not_found += 1
+        w1, c1 = env.perf(), env.cpu()
+        wall.append(w1 - w0)
+        cpu.append(c1 - c0)
+        if w1 - start > READ_BUDGET_S:
+            break
+    return {"calls": len(wall), "wall_us": spread_us(wall), "cpu_us": spread_us(cpu),
+            "not_found": not_found, "error": error}
+
+
+def read_costs(env: Env, calls: int, newest_us: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Each read carbonwatch's NVML collector makes, and the sample reads that could replace the
+    polls: from timestamp 0 (the whole buffer) and from a second before now (what a once-a-second
+    reader gets), now told from the newest sample of the snapshot (``newest_us``) and the clock."""
+    nv, h = env.nv, env.handle
+    last_us = [0]
+    t_snap = env.now()
+
+    def second_ago_us(kind: str) -> int:
+        if kind not in newest_us:
+            return 0
+        return int(newest_us[kind] + (env.now() - t_snap - 1.0) * 1e6)
+
+    def process_util() -> None:  # as the collector reads it: from the newest sample seen
+        samples = nv.nvmlDeviceGetProcessUtilization(h, last_us[0])
+        last_us[0] = max([last_us[0], *(int(s.timeStamp) for s in samples)])
+
+    reads: dict[str, tuple[Callable[[], Any], int]] = {
+        "power": (lambda: nv.nvmlDeviceGetPowerUsage(h), calls),
+        "utilization": (lambda: nv.nvmlDeviceGetUtilizationRates(h), calls),
+        "energy_counter": (lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h),
+                           min(calls, COUNTER_CALLS)),
+        "process_utilization": (process_util, calls),
+        "compute_processes": (lambda: nv.nvmlDeviceGetComputeRunningProcesses(h), calls),
+        "mps_processes": (lambda: nv.nvmlDeviceGetMPSComputeRunningProcesses(h), calls),
+    }
+    for kind, const in BUFFERS.items():
+        sampling = getattr(nv, const)
+        reads[f"samples_{kind}_all"] = (
+            lambda s=sampling: nv.nvmlDeviceGetSamples(h, s, 0), calls)
+        reads[f"samples_{kind}_1s"] = (
+            lambda s=sampling, k=kind: nv.nvmlDeviceGetSamples(h, s, second_ago_us(k)), calls)
+    return {name: time_read(env, call, n) for name, (call, n) in reads.items()}
+
+
+# --- b. the sample buffers -----------------------------------------------------------------------
+
+
+def read_buffer(env: Env, kind: str, since_us: int) -> tuple[int, list[tuple[int, float]]]:
+    """One ``nvmlDeviceGetSamples`` read: (value type, [(timestamp us, value)]), each value read
+    from the union member the value type names. Raises what pynvml raises."""
+    value_type, samples = env.nv.nvmlDeviceGetSamples(
+        env.handle, getattr(env.nv, BUFFERS[kind]), since_us)
+    member = VALUE_FIELDS[value_type]
+    return value_type, [(int(s.timeStamp), float(getattr(s.sampleValue, member))) for s in samples]
+
+
+def spacing_s(samples: Sequence[tuple[int, float]]) -> dict[str, float] | None:
+    gaps = [(b - a) / 1e6 for (a, _), (b, _) in zip(samples, samples[1:], strict=False)]
+    if not gaps:
+        return None
+    return {"median": statistics.median(gaps), "min": min(gaps), "max": max(gaps)}
+
+
+def snapshot(env: Env, kind: str) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+    """The whole buffer, read from timestamp 0: what it holds and on which clock."""
+    try:
+        value_type, samples = read_buffer(env, kind, 0)
+    except Exception as exc:
+        return {"error": error_name(env.nv, exc), "count": 0}, []
+    now = env.now()
+    age_s = now - samples[-1][0] / 1e6
+    unix = UNIX_AGE_S[0] <= age_s <= UNIX_AGE_S[1]
+    return {
+        "error": None, "count": len(samples),
+        "span_s": (samples[-1][0] - samples[0][0]) / 1e6,
+        "spacing_s": spacing_s(samples),
+        "value_type": VALUE_TYPES[value_type] if value_type < len(VALUE_TYPES) else value_type,
+        "newest_age_s": age_s, "oldest_age_s": now - samples[0][0] / 1e6,
+        "timestamp_base": "unix_us" if unix else "not Unix time",
+        # Off the Unix clock, the comparison with the counter assumes the newest sample is fresh.
+        "offset_s": 0.0 if unix else age_s,
+        "first": samples[:3], "last": samples[-3:],
+    }, samples
+
+
+@dataclass
+class Follow:
+    """What the once-a-second follow window saw."""
+
+    polls: list[tuple[float, float]] = field(default_factory=list)  # (Unix s, W)
+    counter: list[tuple[float, int]] = field(default_factory=list)  # (Unix s mid-call, mJ)
+    reads: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    samples: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
+    """Poll power at POLL_HZ; once a second read the counter and each buffer from its last seen
+    timestamp. One thread, so the reads never overlap and the clocks are the ones injected."""
+    nv, h = env.nv, env.handle
+    out = Follow(reads={k: [] for k in BUFFERS}, samples={k: [] for k in BUFFERS})
+    seen = dict(last_seen_us)
+    t0 = env.now()
+    for tick in range(seconds * POLL_HZ + 1):
+        env.sleep(max(0.0, t0 + tick / POLL_HZ - env.now()))
+        if "poll" not in out.errors:
+            try:
+                out.polls.append((env.now(), nv.nvmlDeviceGetPowerUsage(h) / 1000.0))
+            except Exception as exc:
+                out.errors["poll"] = error_name(nv, exc)
+        if tick % POLL_HZ:
+            continue
+        if "counter" not in out.errors:
+            try:
+                a = env.now()
+                energy_mj = int(nv.nvmlDeviceGetTotalEnergyConsumption(h))
+                out.counter.append(((a + env.now()) / 2, energy_mj))
+            except Exception as exc:
+                out.errors["counter"] = error_name(nv, exc)
+        for kind in BUFFERS:
+            if kind in out.errors:
+                continue
+            w0, c0 = env.perf(), env.cpu()
+            read: dict[str, Any] = {"since_us": seen.get(kind, 0), "new": 0, "not_found": False}
+            try:
+                _, new = read_buffer(env, kind, seen.get(kind, 0))
+            except Exception as exc:
+                name = error_name(nv, exc)
+                if name != "NOT_FOUND":
+                    out.errors[kind] = name
+                    continue
+                read["not_found"], new = True, []
+            read["wall_s"], read["cpu_s"] = env.perf() - w0, env.cpu() - c0
+            if new:
+                read.update(new=len(new), first_us=new[0][0], last_us=new[-1][0])
+                seen[kind] = new[-1][0]
+                out.samples[kind].extend(new)
+            out.reads[kind].append(read)
+    return out
+
+
+def buffer_follow_summary(reads: list[dict[str, Any]], spacing: float | None) -> dict[str, Any]:
+    """New samples per read, the gap before each read's first new sample, and lost samples: a gap
+    over LOSS_FACTOR x the buffer's median spacing (the buffer dropped them before this read)."""
+    gaps = [(r["first_us"] - r["since_us"]) / 1e6 for r in reads if r["new"] and r["since_us"]]
+    new = [r["new"] for r in reads]
+    return {
+        "reads": len(reads), "not_found": sum(r["not_found"] for r in reads),
+        "new_per_read": {"median": statistics.median(new), "min": min(new), "max": max(new)}
+        if new else None,
+        "gap_s": {"median": statistics.median(gaps), "max": max(gaps)} if gaps else None,
+        "reads_with_loss": sum(g > LOSS_FACTOR * spacing for g in gaps) if spacing else None,
+        "read_wall_us": spread_us([r["wall_s"] for r in reads]),
+        "read_cpu_us": spread_us([r["cpu_s"] for r in reads]),
+    }
+
+
+# --- c. against the energy counter ---------------------------------------------------------------
+
+
+def window_means(points: Sequence[tuple[float, float]], counter: Sequence[tuple[float, int]],
+                 shift_s: float = 0.0) -> list[float | None]:
+    """Mean of the (t, W) points in each window between two counter reads, the points' times moved
+    back by ``shift_s`` first (a source that lags the truth by L matches at shift L)."""
+    times = [t for t, _ in points]  # in time order, as read
+    out: list[float | None] = []
+    for (ta, _), (tb, _) in zip(counter, counter[1:], strict=False):
+        lo, hi = bisect.bisect_right(times, ta + shift_s), bisect.bisect_right(times, tb + shift_s)
+        out.append(math.fsum(w for _, w in points[lo:hi]) / (hi - lo) if hi > lo else None)
+    return out
+
+
+def mean_abs_error_w(means: Sequence[float | None], truth: Sequence[float]) -> float | None:
+    """None unless at least half the windows have a value: too few to judge."""
+    pairs = [(m, t) for m, t in zip(means, truth, strict=True) if m is not None]
+    if not pairs or 2 * len(pairs) < len(truth):
+        return None
+    return math.fsum(abs(m - t) for m, t in pairs) / len(pairs)
+
+
+def against_counter(counter: Sequence[tuple[float, int]],
+                    sources: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+    """Per second and over the whole window, each (t, W) source against the counter's delta."""
+    if len(counter) < 2:
+        return {"error": "fewer than two counter reads"}
+    truth_w = [(eb - ea) / 1000.0 / (tb - ta)
+               for (ta, ea), (tb, eb) in zip(counter, counter[1:], strict=False)]
+    lengths = [tb - ta for (ta, _), (tb, _) in zip(counter, counter[1:], strict=False)]
+    counter_j = (counter[-1][1] - counter[0][1]) / 1000.0
+    out: dict[str, Any] = {"windows": len(truth_w), "counter_j": counter_j,
+                           "counter_w": [round(w, 2) for w in truth_w]}
+    for name, points in sources.items():
+        means = window_means(points, counter)
+        energy_j = (math.fsum(m * s for m, s in zip(means, lengths, strict=True) if m is not None)
+                    if all(m is not None for m in means) else None)
+        lags = [(mean_abs_error_w(window_means(points, counter, k / 20), truth_w), k / 20)
+                for k in range(-40, 41)]
+        judged = [(e, lag) for e, lag in lags if e is not None]
+        best = min(judged, key=lambda p: (p[0], abs(p[1]))) if judged else None
+        out[name] = {
+            "mean_abs_error_w": mean_abs_error_w(means, truth_w),
+            "energy_j": energy_j,
+            "energy_error_pct": 100.0 * (energy_j - counter_j) / counter_j
+            if energy_j is not None and counter_j else None,
+            "best_lag_s": best[1] if best else None,
+            "mean_abs_error_at_best_lag_w": best[0] if best else None,
+            "per_window_w": [None if m is None else round(m, 2) for m in means],
+        }
+    return out
+
+
+# --- the whole probe -----------------------------------------------------------------------------
+
+
+def probe(env: Env, seconds: int, calls: int) -> dict[str, Any]:
+    """a, b and c on one device: a JSON-ready dict."""
+    buffers: dict[str, Any] = {}
+    initial: dict[str, list[tuple[int, float]]] = {}
+    for kind in BUFFERS:
+        buffers[kind], initial[kind] = snapshot(env, kind)
+    newest_us = {k: s[-1][0] for k, s in initial.items() if s}
+    costs = read_costs(env, calls, newest_us)
+    run = follow(env, seconds, newest_us)
+    for kind in BUFFERS:
+        spacing = (buffers[kind].get("spacing_s") or spacing_s(run.samples[kind]) or {})
+        if kind in run.errors:
+            buffers[kind]["follow"] = {"error": run.errors[kind]}
+        else:
+            buffers[kind]["follow"] = buffer_follow_summary(run.reads[kind], spacing.get("median"))
+    power = [*initial["power"], *run.samples["power"]]
+    offset_s = buffers["power"].get("offset_s", 0.0)
+    sources = {"polls_10hz": run.polls}
+    if power and "power" not in run.errors:
+        sources["buffer"] = [(ts / 1e6 + offset_s, mw / 1000.0) for ts, mw in power]
+    vs = against_counter(run.counter, sources) if "counter" not in run.errors else {}
+    return {"read_cost": costs, "buffers": buffers, "vs_counter": vs, "follow_errors": run.errors}
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    lines = [f"{'read':<28} {'calls':>5} {'wall med/p90 us':>18} {'cpu med/p90 us':>18}  note"]
+    for name, c in result["read_cost"].items():
+        w, u = c["wall_us"] or {}, c["cpu_us"] or {}
+        note = c["error"] or (f"{c['not_found']} NOT_FOUND" if c["not_found"] else "")
+        lines.append(f"{name:<28} {c['calls']:>5} {_fmt(w.get('median')):>8}/"
+                     f"{_fmt(w.get('p90')):<9} {_fmt(u.get('median')):>8}/"
+                     f"{_fmt(u.get('p90')):<9}  {note}")
+    for kind, b in result["buffers"].items():
+        if b.get("error"):
+            lines.append(f"{kind} buffer from 0: {b['error']}")
+        else:
+            sp = b["spacing_s"] or {}
+            lines.append(
+                f"{kind} buffer from 0: {b['count']} samples over {b['span_s']:.2f} s, spacing "
+                f"median {_fmt(sp.get('median'), '.4f')} s (min {_fmt(sp.get('min'), '.4f')}, max "
+                f"{_fmt(sp.get('max'), '.4f')}), {b['value_type']}, newest "
+                f"{b['newest_age_s']:.3f} s old ({b['timestamp_base']})")
+        fo = b["follow"]
+        if "error" in fo:
+            lines.append(f"  once a second: {fo['error']}")
+            continue
+        per, gap = fo["new_per_read"] or {}, fo["gap_s"] or {}
+        lines.append(
+            f"  once a second: {fo['reads']} reads, new per read {per.get('median', '-')} "
+            f"({per.get('min', '-')}-{per.get('max', '-')}), {fo['not_found']} NOT_FOUND, gap "
+            f"median {_fmt(gap.get('median'), '.3f')} s max {_fmt(gap.get('max'), '.3f')} s, "
+            f"{fo['reads_with_loss']} reads lost samples")
+    vs = result["vs_counter"]
+    for name in ("buffer", "polls_10hz"):
+        if name in vs:
+            v = vs[name]
+            lines.append(
+                f"{name} vs counter over {vs['windows']} s: mean abs error "
+                f"{_fmt(v['mean_abs_error_w'], '.2f')} W, energy {_fmt(v['energy_j'])} J against "
+                f"{vs['counter_j']:.1f} J ({_fmt(v['energy_error_pct'], '+.2f')} %), best lag "
+                f"{_fmt(v['best_lag_s'], '+.2f')} s "
+                f"({_fmt(v['mean_abs_error_at_best_lag_w'], '.2f')} W there)")
+    for what, err in result["follow_errors"].items():
+        lines.append(f"follow: {what} read failed: {err}")
+    return "\n".join(lines)
+
+
+def start_load(env: Env, argv: list[str], child_env: dict[str, str],
+               wait_s: float = 120.0) -> tuple[subprocess.Popen, dict[str, Any]]:
+    """Start a workload and wait until the GPU lists a compute process (CUDA start-up takes
+    seconds), or ``wait_s``; then a second more so its work, not its start, is measured."""
+    child = subprocess.Popen(argv, env=child_env)  # noqa: S603 - our own argv
+    t0 = env.now()
+    seen = False
+    while env.now() - t0 < wait_s and child.poll() is None:
+        try:
+            seen = bool(env.nv.nvmlDeviceGetComputeRunningProcesses(env.handle))
+        except Exception:
+            seen = False  # the list is unreadable here: wait the whole wait_s instead
+        if seen:
+            break
+        env.sleep(0.2)
+    env.sleep(1.0)
+    return child, {"argv": argv, "seen_on_gpu": seen, "waited_s": round(env.now() - t0, 2),
+                   "exited_early": child.poll()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpu", type=int, default=0, help="NVML index of the GPU to probe")
+    parser.add_argument("--seconds", type=int, default=10, help="length of the follow window")
+    parser.add_argument("--calls", type=int, default=200, help="calls per read timed in (a)")
+    parser.add_argument("--load", choices=["none", "train", "infer"], default="none")
+    parser.add_argument("--out", help="write the JSON here (default: last line of stdout)")
+    args = parser.parse_args(argv)
+    if args.seconds < 2 or args.calls < 1:
+        parser.error("--seconds must be at least 2 and --calls at least 1")
+    why = nvml_preflight(args.gpu) or (torch_preflight() if args.load != "none" else None)
+    if why is not None:
+        print(f"nvml_probe: cannot run here: {why}", file=sys.stderr)
+        return 2
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        result = run_probe(pynvml, args)
+    except pynvml.NVMLError as exc:  # the preflight passed: this is the driver refusing mid-way
+        print(f"nvml_probe: NVML failed during the probe: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        pynvml.nvmlShutdown()
+    print(format_summary(result))
+    text = json.dumps(result, default=str)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+        print(f"nvml_probe: JSON written to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def run_probe(pynvml: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The probe on the real pynvml, with the workload (if any) running through it."""
+    child = None
+    try:
+        env = Env(pynvml, pynvml.nvmlDeviceGetHandleByIndex(args.gpu))
+        uuid = pynvml.nvmlDeviceGetUUID(env.handle)
+        result: dict[str, Any] = {
+            "gpu": {"index": args.gpu, "name": pynvml.nvmlDeviceGetName(env.handle),
+                    "uuid": uuid, "driver": pynvml.nvmlSystemGetDriverVersion()},
+            "args": vars(args), "started_unix_s": time.time(), "load": None,
+        }
+        if args.load != "none":  # runs through a and b/c; stopped below
+            child_env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(uuid))
+            work_s = args.seconds + 120  # a's budget at most ~60 s, plus the follow window
+            child, result["load"] = start_load(env, workload_argv(args.load, work_s), child_env)
+        result.update(probe(env, args.seconds, args.calls))
+        return result
+    finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
