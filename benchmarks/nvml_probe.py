@@ -205,7 +205,9 @@ class Follow:
 
 def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
     """Poll power at POLL_HZ; once a second read the counter and each buffer from its last seen
-    timestamp. One thread, so the reads never overlap and the clocks are the ones injected."""
+    timestamp. One thread, so the reads never overlap and the clocks are the ones injected. The
+    first buffer read catches up on whatever came since ``last_seen_us`` (the reads of a took
+    seconds): it is kept as the baseline, left out of the per-read figures."""
     nv, h = env.nv, env.handle
     out = Follow(reads={k: [] for k in BUFFERS}, samples={k: [] for k in BUFFERS})
     seen = dict(last_seen_us)
@@ -230,7 +232,8 @@ def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
             if kind in out.errors:
                 continue
             w0, c0 = env.perf(), env.cpu()
-            read: dict[str, Any] = {"since_us": seen.get(kind, 0), "new": 0, "not_found": False}
+            read: dict[str, Any] = {"since_us": seen.get(kind, 0), "new": 0, "not_found": False,
+                                    "baseline": tick == 0}
             try:
                 _, new = read_buffer(env, kind, seen.get(kind, 0))
             except Exception as exc:
@@ -251,6 +254,7 @@ def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
 def buffer_follow_summary(reads: list[dict[str, Any]], spacing: float | None) -> dict[str, Any]:
     """New samples per read, the gap before each read's first new sample, and lost samples: a gap
     over LOSS_FACTOR x the buffer's median spacing (the buffer dropped them before this read)."""
+    reads = [r for r in reads if not r["baseline"]]
     gaps = [(r["first_us"] - r["since_us"]) / 1e6 for r in reads if r["new"] and r["since_us"]]
     new = [r["new"] for r in reads]
     return {
