@@ -4,25 +4,19 @@ sample buffers (``nvmlDeviceGetSamples``) could replace the 10 Hz power and util
     python benchmarks/nvml_probe.py [--gpu 0] [--seconds 10] [--calls 200]
                                     [--load none|train|infer] [--out FILE]
 
-Needs an NVIDIA GPU, its driver and nvidia-ml-py (``--load train|infer`` also PyTorch with CUDA);
-without them it stops at once, exit 2, with a one-line reason. It prints a short summary; the
-whole result goes as JSON to ``--out FILE``, or without ``--out`` as the last line of stdout.
-
-Measured on one GPU:
-a. each read's cost, median and p90 over ``--calls`` calls (50 for the ~3.8 ms energy counter):
-   wall time (``perf_counter``) and this thread's CPU (``thread_time``). CPU far below wall means
-   the call waits in the driver (a replay should sleep, not spin: ``trace_gpu.ReadLatency``).
-b. the power and utilisation sample buffers: a read from timestamp 0 (count, span, spacing, value
-   type, the newest sample's age against ``time.time()``: are timestamps Unix microseconds?), then
-   a read once a second from the last seen timestamp: new samples per read, the gap before the first
-   new one (over 1.5x the spacing: samples were lost, the buffer is shallower than a second), and
-   how many reads raised NOT_FOUND (nothing newer). An unsupported call is recorded, not a crash.
-c. against the energy counter (the truth), each second between two counter reads: the mean power
-   of the buffer's samples and of 10 Hz ``nvmlDeviceGetPowerUsage`` polls against the counter's
-   delta; mean absolute error in W, the energy over the whole window, and the lag (-2..2 s) at
-   which each best matches. The counter moves every ~100 ms, so a single second carries up to
-   ~10 % of quantisation noise from it; the whole-window energy does not.
-``--load train|infer`` runs ``benchmarks/gpu/workload.py`` in a child during a and b/c.
+Needs an NVIDIA GPU, its driver and nvidia-ml-py (``--load`` also PyTorch with CUDA); without them
+it exits 2 at once with a one-line reason. A short summary goes to stdout; the whole result as JSON
+to ``--out FILE``, or without ``--out`` as the last line of stdout. On one GPU it measures:
+a. each read's cost, median and p90 over ``--calls`` calls (50 for the ~3.8 ms counter): wall time
+   and this thread's CPU. CPU far below wall: the call waits in the driver (``ReadLatency``).
+b. each sample buffer (power, utilisation): read from timestamp 0 (count, span, spacing, value
+   type, the newest sample's age: are timestamps Unix us?), then once a second from the last seen:
+   new samples per read, the gap before the first new one (over 1.5x the spacing: samples were
+   lost), NOT_FOUND reads. An unsupported call is recorded, not a crash.
+c. against the energy counter (the truth), per second between counter reads: the buffer's and
+   10 Hz polls' mean power; mean absolute error in W, whole-window energy and the lag (-2..2 s)
+   that fits best. The counter moves every ~100 ms, so one second holds up to ~10 % of its noise.
+``--load train|infer`` runs ``benchmarks/gpu/workload.py`` in a child through a, b and c.
 """
 
 from __future__ import annotations
@@ -32,6 +26,7 @@ import bisect
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +41,9 @@ POLL_HZ = 10
 COUNTER_CALLS = 50
 READ_BUDGET_S = 5.0  # per read kind in (a): a call dearer than expected cuts its count, not the run
 LOSS_FACTOR = 1.5
+# Answers that say nothing about whether the call works: counted, and the reads go on. Any other
+# error (NOT_SUPPORTED, FUNCTION_NOT_FOUND, NO_PERMISSION, ...) ends that read and is recorded.
+PASSING = ("NOT_FOUND", "INSUFFICIENT_SIZE", "TIMEOUT")
 UNIX_AGE_S = (-5.0, 60.0)  # a newest sample this old is on the Unix clock
 VALUE_FIELDS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")  # by value type
 VALUE_TYPES = ("double", "unsigned int", "unsigned long", "unsigned long long",
@@ -90,12 +88,10 @@ def spread_us(values_s: Sequence[float]) -> dict[str, float] | None:
 
 def time_read(env: Env, call: Callable[[], Any], calls: int) -> dict[str, Any]:
     """Run ``call`` up to ``calls`` times (within READ_BUDGET_S), each timed on the wall and on this
-    thread's CPU. NOT_FOUND is a normal answer (nothing new) and is counted; another error ends the
-    read and is recorded."""
+    thread's CPU. NOT_FOUND (nothing new) is a normal answer, timed and counted."""
     wall: list[float] = []
     cpu: list[float] = []
-    not_found = 0
-    error = None
+    not_found, passing, error = 0, 0, None
     start = env.perf()
     for _ in range(calls):
         w0, c0 = env.perf(), env.cpu()
@@ -103,17 +99,18 @@ def time_read(env: Env, call: Callable[[], Any], calls: int) -> dict[str, Any]:
             call()
         except Exception as exc:
             name = error_name(env.nv, exc)
-            if name != "NOT_FOUND":
+            if name not in PASSING:
                 error = name
                 break
-            not_found += 1
+            not_found += name == "NOT_FOUND"
+            passing += name != "NOT_FOUND"
         w1, c1 = env.perf(), env.cpu()
         wall.append(w1 - w0)
         cpu.append(c1 - c0)
         if w1 - start > READ_BUDGET_S:
             break
     return {"calls": len(wall), "wall_us": spread_us(wall), "cpu_us": spread_us(cpu),
-            "not_found": not_found, "error": error}
+            "not_found": not_found, "other_passing_errors": passing, "error": error}
 
 
 def read_costs(env: Env, calls: int, newest_us: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -176,6 +173,8 @@ def snapshot(env: Env, kind: str) -> tuple[dict[str, Any], list[tuple[int, float
         value_type, samples = read_buffer(env, kind, 0)
     except Exception as exc:
         return {"error": error_name(env.nv, exc), "count": 0}, []
+    if not samples:  # pynvml returns an empty list when the size query said 0 without an error
+        return {"error": "empty, no error", "count": 0}, []
     now = env.now()
     age_s = now - samples[-1][0] / 1e6
     unix = UNIX_AGE_S[0] <= age_s <= UNIX_AGE_S[1]
@@ -232,16 +231,15 @@ def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
             if kind in out.errors:
                 continue
             w0, c0 = env.perf(), env.cpu()
-            read: dict[str, Any] = {"since_us": seen.get(kind, 0), "new": 0, "not_found": False,
+            read: dict[str, Any] = {"since_us": seen.get(kind, 0), "new": 0, "error": None,
                                     "baseline": tick == 0}
             try:
                 _, new = read_buffer(env, kind, seen.get(kind, 0))
             except Exception as exc:
-                name = error_name(nv, exc)
-                if name != "NOT_FOUND":
-                    out.errors[kind] = name
+                read["error"], new = error_name(nv, exc), []
+                if read["error"] not in PASSING:
+                    out.errors[kind] = read["error"]
                     continue
-                read["not_found"], new = True, []
             read["wall_s"], read["cpu_s"] = env.perf() - w0, env.cpu() - c0
             if new:
                 read.update(new=len(new), first_us=new[0][0], last_us=new[-1][0])
@@ -258,7 +256,8 @@ def buffer_follow_summary(reads: list[dict[str, Any]], spacing: float | None) ->
     gaps = [(r["first_us"] - r["since_us"]) / 1e6 for r in reads if r["new"] and r["since_us"]]
     new = [r["new"] for r in reads]
     return {
-        "reads": len(reads), "not_found": sum(r["not_found"] for r in reads),
+        "reads": len(reads), "not_found": sum(r["error"] == "NOT_FOUND" for r in reads),
+        "other_errors": sum(r["error"] not in (None, "NOT_FOUND") for r in reads),
         "new_per_read": {"median": statistics.median(new), "min": min(new), "max": max(new)}
         if new else None,
         "gap_s": {"median": statistics.median(gaps), "max": max(gaps)} if gaps else None,
@@ -349,55 +348,47 @@ def probe(env: Env, seconds: int, calls: int) -> dict[str, Any]:
     return {"read_cost": costs, "buffers": buffers, "vs_counter": vs, "follow_errors": run.errors}
 
 
-def _fmt(value: Any, spec: str = ".1f") -> str:
+def _f(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
 def format_summary(result: dict[str, Any]) -> str:
-    lines = [f"{'read':<28} {'calls':>5} {'wall med/p90 us':>18} {'cpu med/p90 us':>18}  note"]
+    lines = [f"{'read':<24} {'calls':>5} {'wall us med/p90':>16} {'cpu us med/p90':>16}  note"]
+    def pair(d: dict[str, float] | None) -> str:
+        return f"{_f((d or {}).get('median'))}/{_f((d or {}).get('p90'))}"
+
     for name, c in result["read_cost"].items():
-        w, u = c["wall_us"] or {}, c["cpu_us"] or {}
         note = c["error"] or (f"{c['not_found']} NOT_FOUND" if c["not_found"] else "")
-        lines.append(f"{name:<28} {c['calls']:>5} {_fmt(w.get('median')):>8}/"
-                     f"{_fmt(w.get('p90')):<9} {_fmt(u.get('median')):>8}/"
-                     f"{_fmt(u.get('p90')):<9}  {note}")
+        lines.append(f"{name:<24} {c['calls']:>5} {pair(c['wall_us']):>16} "
+                     f"{pair(c['cpu_us']):>16}  {note}")
     for kind, b in result["buffers"].items():
-        if b.get("error"):
-            lines.append(f"{kind} buffer from 0: {b['error']}")
-        else:
-            sp = b["spacing_s"] or {}
-            lines.append(
-                f"{kind} buffer from 0: {b['count']} samples over {b['span_s']:.2f} s, spacing "
-                f"median {_fmt(sp.get('median'), '.4f')} s (min {_fmt(sp.get('min'), '.4f')}, max "
-                f"{_fmt(sp.get('max'), '.4f')}), {b['value_type']}, newest "
-                f"{b['newest_age_s']:.3f} s old ({b['timestamp_base']})")
-        fo = b["follow"]
+        sp, fo = b.get("spacing_s") or {}, b["follow"]
+        lines.append(f"{kind} buffer from 0: {b['error']}" if b["error"] else
+                     f"{kind} buffer from 0: {b['count']} samples over {b['span_s']:.2f} s, "
+                     f"spacing {sp.get('median', 0):.4f} s ({sp.get('min', 0):.4f}-"
+                     f"{sp.get('max', 0):.4f}), {b['value_type']}, newest "
+                     f"{b['newest_age_s']:.3f} s old ({b['timestamp_base']})")
         if "error" in fo:
             lines.append(f"  once a second: {fo['error']}")
             continue
         per, gap = fo["new_per_read"] or {}, fo["gap_s"] or {}
-        lines.append(
-            f"  once a second: {fo['reads']} reads, new per read {per.get('median', '-')} "
-            f"({per.get('min', '-')}-{per.get('max', '-')}), {fo['not_found']} NOT_FOUND, gap "
-            f"median {_fmt(gap.get('median'), '.3f')} s max {_fmt(gap.get('max'), '.3f')} s, "
-            f"{fo['reads_with_loss']} reads lost samples")
+        lines.append(f"  once a second: {fo['reads']} reads, {per.get('median', '-')} new "
+                     f"({per.get('min', '-')}-{per.get('max', '-')}), {fo['not_found']} NOT_FOUND,"
+                     f" gap {_f(gap.get('median'), '.3f')} s (max {_f(gap.get('max'), '.3f')}), "
+                     f"{fo['reads_with_loss']} reads lost samples")
     vs = result["vs_counter"]
     for name in ("buffer", "polls_10hz"):
-        if name in vs:
-            v = vs[name]
-            lines.append(
-                f"{name} vs counter over {vs['windows']} s: mean abs error "
-                f"{_fmt(v['mean_abs_error_w'], '.2f')} W, energy {_fmt(v['energy_j'])} J against "
-                f"{vs['counter_j']:.1f} J ({_fmt(v['energy_error_pct'], '+.2f')} %), best lag "
-                f"{_fmt(v['best_lag_s'], '+.2f')} s "
-                f"({_fmt(v['mean_abs_error_at_best_lag_w'], '.2f')} W there)")
-    for what, err in result["follow_errors"].items():
-        lines.append(f"follow: {what} read failed: {err}")
+        if (v := vs.get(name)) is not None:
+            lines.append(f"{name} vs counter, {vs['windows']} s: error {_f(v['mean_abs_error_w'])}"
+                         f" W a second, energy {_f(v['energy_error_pct'], '+.2f')} % of "
+                         f"{vs['counter_j']:.1f} J, best lag {_f(v['best_lag_s'], '+.2f')} s "
+                         f"({_f(v['mean_abs_error_at_best_lag_w'])} W)")
+    lines += [f"follow: {what} read failed: {err}" for what, err in result["follow_errors"].items()]
     return "\n".join(lines)
 
 
 def start_load(env: Env, argv: list[str], child_env: dict[str, str],
-               wait_s: float = 120.0) -> tuple[subprocess.Popen, dict[str, Any]]:
+               wait_s: float = 60.0) -> tuple[subprocess.Popen, dict[str, Any]]:
     """Start a workload and wait until the GPU lists a compute process (CUDA start-up takes
     seconds), or ``wait_s``; then a second more so its work, not its start, is measured."""
     child = subprocess.Popen(argv, env=child_env)  # noqa: S603 - our own argv
@@ -432,13 +423,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import pynvml
 
+    # A time limit's SIGTERM (device_check.sh) unwinds the finally blocks: the workload stops.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pynvml.nvmlInit()
+    child = None
     try:
-        result = run_probe(pynvml, args)
+        env = Env(pynvml, pynvml.nvmlDeviceGetHandleByIndex(args.gpu))
+        uuid = pynvml.nvmlDeviceGetUUID(env.handle)
+        result: dict[str, Any] = {
+            "gpu": {"index": args.gpu, "name": pynvml.nvmlDeviceGetName(env.handle), "uuid": uuid,
+                    "driver": pynvml.nvmlSystemGetDriverVersion()},
+            "args": vars(args), "started_unix_s": time.time(), "load": None,
+        }
+        if args.load != "none":  # runs through a and b/c; stopped below
+            work_s = args.seconds + 60  # a: ~1 s, 50 s at its budgets; it is stopped after c
+            child, result["load"] = start_load(env, workload_argv(args.load, work_s),
+                                               dict(os.environ, CUDA_VISIBLE_DEVICES=str(uuid)))
+        result.update(probe(env, args.seconds, args.calls))
     except pynvml.NVMLError as exc:  # the preflight passed: this is the driver refusing mid-way
         print(f"nvml_probe: NVML failed during the probe: {exc}", file=sys.stderr)
         return 1
     finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
         pynvml.nvmlShutdown()
     print(format_summary(result))
     text = json.dumps(result, default=str)
@@ -449,33 +460,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(text)
     return 0
-
-
-def run_probe(pynvml: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The probe on the real pynvml, with the workload (if any) running through it."""
-    child = None
-    try:
-        env = Env(pynvml, pynvml.nvmlDeviceGetHandleByIndex(args.gpu))
-        uuid = pynvml.nvmlDeviceGetUUID(env.handle)
-        result: dict[str, Any] = {
-            "gpu": {"index": args.gpu, "name": pynvml.nvmlDeviceGetName(env.handle),
-                    "uuid": uuid, "driver": pynvml.nvmlSystemGetDriverVersion()},
-            "args": vars(args), "started_unix_s": time.time(), "load": None,
-        }
-        if args.load != "none":  # runs through a and b/c; stopped below
-            child_env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(uuid))
-            work_s = args.seconds + 120  # a's budget at most ~60 s, plus the follow window
-            child, result["load"] = start_load(env, workload_argv(args.load, work_s), child_env)
-        result.update(probe(env, args.seconds, args.calls))
-        return result
-    finally:
-        if child is not None:
-            child.terminate()
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
 
 
 if __name__ == "__main__":
