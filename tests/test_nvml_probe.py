@@ -257,3 +257,34 @@ def test_the_cli_stops_at_once_without_a_gpu():
         assert out.returncode == 2
         assert out.stderr.startswith("nvml_probe: cannot run here: no NVIDIA GPU here")
         assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
+
+
+def test_the_device_script_says_for_each_step_that_there_is_no_gpu(tmp_path):
+    import os
+    import shutil
+
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has an NVIDIA driver: the device script would measure it")
+    except pynvml.NVMLError:
+        pass
+    script = ROOT / "scripts" / "device_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable))
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert (tmp_path / "summary.txt").read_text().splitlines() == lines
+    steps = {line.split(":")[0]: line for line in lines}
+    for step in ("probe idle", "gpu_check"):
+        assert steps[step].startswith(f"{step}: exit 2 (not run: no NVIDIA GPU here: nvmlInit")
+    train = steps["probe under train"]
+    assert train.startswith("probe under train: exit 2 (not run: no NVIDIA GPU here") or \
+        train == f"probe under train: skipped (PyTorch is not importable by {sys.executable})"
+    if shutil.which("nvidia-smi") is None:
+        assert steps["nvidia-smi"] == "nvidia-smi: skipped (not found)"
+    assert lines[-1] == "device_check: no GPU measured here (the idle probe could not run)"
+    assert "nvidia-ml-py " in (tmp_path / "env.txt").read_text()  # the version the probe ran with
