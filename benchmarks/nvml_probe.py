@@ -41,6 +41,7 @@ POLL_HZ = 10
 COUNTER_CALLS = 50
 READ_BUDGET_S = 5.0  # per read kind in (a): a call dearer than expected cuts its count, not the run
 LOSS_FACTOR = 1.5
+RAW_SAMPLES = 50_000  # per buffer kept in the JSON (~1.5 MB): 10 s at 0.2 ms spacing
 # Answers that say nothing about whether the call works: counted, and the reads go on. Any other
 # error (NOT_SUPPORTED, FUNCTION_NOT_FOUND, NO_PERMISSION, ...) ends that read and is recorded.
 PASSING = ("NOT_FOUND", "INSUFFICIENT_SIZE", "TIMEOUT")
@@ -345,7 +346,11 @@ def probe(env: Env, seconds: int, calls: int) -> dict[str, Any]:
     if power and "power" not in run.errors:
         sources["buffer"] = [(ts / 1e6 + offset_s, mw / 1000.0) for ts, mw in power]
     vs = against_counter(run.counter, sources) if "counter" not in run.errors else {}
-    return {"read_cost": costs, "buffers": buffers, "vs_counter": vs, "follow_errors": run.errors}
+    # The raw readings too: a GPU session is rare, and they can be re-analysed without one.
+    raw = {"polls": run.polls, "counter": run.counter, "reads": run.reads,
+           "samples": {k: [*initial[k], *run.samples[k]][-RAW_SAMPLES:] for k in BUFFERS}}
+    return {"read_cost": costs, "buffers": buffers, "vs_counter": vs, "follow_errors": run.errors,
+            "raw": raw}
 
 
 def _f(value: Any, spec: str = ".1f") -> str:

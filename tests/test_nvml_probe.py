@@ -107,6 +107,9 @@ def test_the_probe_finds_the_buffers_spacing_depth_and_clock():
         assert follow["new_per_read"] == {"median": 50, "min": 50, "max": 50}
         assert follow["gap_s"]["max"] == pytest.approx(0.02)
         assert follow["reads_with_loss"] == 0
+    raw = result["raw"]  # the readings themselves, for analysis after the session
+    assert len(raw["counter"]) == 11 and len(raw["polls"]) == 101
+    assert len(raw["samples"]["power"]) == 100 + 10 * 50
     # the newest sample is stamped T0 and holds the mean power of the 20 ms before: low, 100 W
     assert result["buffers"]["power"]["last"][-1] == (round(T0 * 1e6), 100_000.0)
 
@@ -242,15 +245,20 @@ def test_the_load_starts_and_is_seen_on_the_gpu():
         child.wait()
 
 
-def test_the_cli_stops_at_once_without_a_gpu():
+def _without_a_driver():
+    """The scripts run as on a machine without a GPU; skipped where NVML starts."""
     import pynvml
 
     try:
         pynvml.nvmlInit()
-        pynvml.nvmlShutdown()
-        pytest.skip("this machine has an NVIDIA driver: the probe would run")
     except pynvml.NVMLError:
-        pass
+        return
+    pynvml.nvmlShutdown()
+    pytest.skip("this machine has an NVIDIA driver: the scripts would measure it")
+
+
+def test_the_cli_stops_at_once_without_a_gpu():
+    _without_a_driver()
     for extra in ([], ["--load", "train"]):
         out = subprocess.run([sys.executable, str(BENCH / "nvml_probe.py"), *extra],
                              capture_output=True, text=True, timeout=60)
@@ -263,14 +271,7 @@ def test_the_device_script_says_for_each_step_that_there_is_no_gpu(tmp_path):
     import os
     import shutil
 
-    import pynvml
-
-    try:
-        pynvml.nvmlInit()
-        pynvml.nvmlShutdown()
-        pytest.skip("this machine has an NVIDIA driver: the device script would measure it")
-    except pynvml.NVMLError:
-        pass
+    _without_a_driver()
     script = ROOT / "scripts" / "device_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
