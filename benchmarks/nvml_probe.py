@@ -207,21 +207,23 @@ def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
     """Poll power at POLL_HZ; once a second read the counter and each buffer from its last seen
     timestamp. One thread, so the reads never overlap and the clocks are the ones injected. The
     first buffer read catches up on whatever came since ``last_seen_us`` (the reads of a took
-    seconds): it is kept as the baseline, left out of the per-read figures."""
+    seconds); a last one, half a second after the last counter read, covers the last window's
+    end. Both are kept for the comparison and left out of the per-read figures."""
     nv, h = env.nv, env.handle
     out = Follow(reads={k: [] for k in BUFFERS}, samples={k: [] for k in BUFFERS})
     seen = dict(last_seen_us)
     t0 = env.now()
-    for tick in range(seconds * POLL_HZ + 1):
+    last_tick = seconds * POLL_HZ + POLL_HZ // 2
+    for tick in range(last_tick + 1):
         env.sleep(max(0.0, t0 + tick / POLL_HZ - env.now()))
         if "poll" not in out.errors:
             try:
                 out.polls.append((env.now(), nv.nvmlDeviceGetPowerUsage(h) / 1000.0))
             except Exception as exc:
                 out.errors["poll"] = error_name(nv, exc)
-        if tick % POLL_HZ:
+        if tick % POLL_HZ and tick != last_tick:
             continue
-        if "counter" not in out.errors:
+        if "counter" not in out.errors and tick != last_tick:
             try:
                 a = env.now()
                 energy_mj = int(nv.nvmlDeviceGetTotalEnergyConsumption(h))
@@ -233,7 +235,7 @@ def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
                 continue
             w0, c0 = env.perf(), env.cpu()
             read: dict[str, Any] = {"since_us": seen.get(kind, 0), "new": 0, "error": None,
-                                    "baseline": tick == 0}
+                                    "edge": tick in (0, last_tick)}
             try:
                 _, new = read_buffer(env, kind, seen.get(kind, 0))
             except Exception as exc:
@@ -253,7 +255,7 @@ def follow(env: Env, seconds: int, last_seen_us: dict[str, int]) -> Follow:
 def buffer_follow_summary(reads: list[dict[str, Any]], spacing: float | None) -> dict[str, Any]:
     """New samples per read, the gap before each read's first new sample, and lost samples: a gap
     over LOSS_FACTOR x the buffer's median spacing (the buffer dropped them before this read)."""
-    reads = [r for r in reads if not r["baseline"]]
+    reads = [r for r in reads if not r["edge"]]
     gaps = [(r["first_us"] - r["since_us"]) / 1e6 for r in reads if r["new"] and r["since_us"]]
     new = [r["new"] for r in reads]
     return {
@@ -273,13 +275,26 @@ def buffer_follow_summary(reads: list[dict[str, Any]], spacing: float | None) ->
 
 def window_means(points: Sequence[tuple[float, float]], counter: Sequence[tuple[float, int]],
                  shift_s: float = 0.0) -> list[float | None]:
-    """Mean of the (t, W) points in each window between two counter reads, the points' times moved
-    back by ``shift_s`` first (a source that lags the truth by L matches at shift L)."""
+    """Time-weighted mean of the (t, W) points over each window between two counter reads, each
+    point standing for the time since the point before (as a sample averaged over its period
+    does; an irregular or sparse series is weighted by time, not by count), the points' times
+    moved back by ``shift_s`` (a source that lags the truth by L matches at shift L). None where
+    the points do not cover the window."""
     times = [t for t, _ in points]  # in time order, as read
     out: list[float | None] = []
     for (ta, _), (tb, _) in zip(counter, counter[1:], strict=False):
-        lo, hi = bisect.bisect_right(times, ta + shift_s), bisect.bisect_right(times, tb + shift_s)
-        out.append(math.fsum(w for _, w in points[lo:hi]) / (hi - lo) if hi > lo else None)
+        a, b = ta + shift_s, tb + shift_s
+        j = bisect.bisect_right(times, a)  # the first point after the window's start
+        if j == 0 or times[-1] < b:
+            out.append(None)
+            continue
+        energy = 0.0
+        while True:
+            energy += points[j][1] * (min(times[j], b) - max(times[j - 1], a))
+            if times[j] >= b:
+                break
+            j += 1
+        out.append(energy / (b - a))
     return out
 
 

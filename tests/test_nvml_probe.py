@@ -108,8 +108,8 @@ def test_the_probe_finds_the_buffers_spacing_depth_and_clock():
         assert follow["gap_s"]["max"] == pytest.approx(0.02)
         assert follow["reads_with_loss"] == 0
     raw = result["raw"]  # the readings themselves, for analysis after the session
-    assert len(raw["counter"]) == 11 and len(raw["polls"]) == 101
-    assert len(raw["samples"]["power"]) == 100 + 10 * 50
+    assert len(raw["counter"]) == 11 and len(raw["polls"]) == 106  # polls half a second on
+    assert len(raw["samples"]["power"]) == 100 + 10 * 50 + 25
     # the newest sample is stamped T0 and holds the mean power of the 20 ms before: low, 100 W
     assert result["buffers"]["power"]["last"][-1] == (round(T0 * 1e6), 100_000.0)
 
