@@ -12,7 +12,17 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-from fake_pynvml import ALL_SYMBOLS, FakeGpu, FakeMig, NVMLError, make_module
+from fake_pynvml import (
+    ALL_SYMBOLS,
+    OLD_DRIVER_SYMBOLS,
+    FakeGpu,
+    FakeMig,
+    NVMLError,
+    make_module,
+)
+from fake_pynvml import (
+    NVML_ERROR_NO_PERMISSION as NO_PERMISSION,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -230,16 +240,21 @@ def test_preflight_names_a_missing_gpu_index_and_pairs_init_with_shutdown():
     assert probe.nvml_preflight(0, broken).startswith("no NVIDIA GPU here: nvmlInit failed")
 
 
-def test_the_load_starts_and_is_seen_on_the_gpu():
-    gpu = FakeGpu(UUID, pids=[4242])
+@pytest.mark.parametrize(("symbols", "raises", "seen", "waited_s"), [
+    (ALL_SYMBOLS, {}, True, 1.0),  # seen at once, then a second to settle
+    (OLD_DRIVER_SYMBOLS, {}, True, 1.0),  # no _v3: the _v2 list is read
+    (ALL_SYMBOLS, {"nvmlDeviceGetComputeRunningProcesses": NVMLError(NO_PERMISSION)}, None, 21.0),
+])
+def test_the_load_starts_and_is_waited_for(symbols, raises, seen, waited_s):
+    gpu = FakeGpu(UUID, pids=[4242], raises=raises)
     sim = Sim(gpu)
-    nv = make_module([gpu])
+    nv = make_module([gpu], symbols=symbols)
     nv.nvmlInit()
     env = sim.env(nv, nv.nvmlDeviceGetHandleByIndex(0))
     child, load = probe.start_load(env, [sys.executable, "-c", "import time; time.sleep(60)"], {})
     try:
-        assert load["seen_on_gpu"] is True and load["exited_early"] is None
-        assert load["waited_s"] == pytest.approx(1.0)  # seen at once, then a second to settle
+        assert load["seen_on_gpu"] is seen and load["exited_early"] is None
+        assert load["waited_s"] == pytest.approx(waited_s, abs=0.25)
     finally:
         child.kill()
         child.wait()
