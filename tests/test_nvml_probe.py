@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 from fake_pynvml import (
     ALL_SYMBOLS,
+    NVML_ERROR_NO_PERMISSION,
     OLD_DRIVER_SYMBOLS,
     FakeGpu,
     FakeMig,
     NVMLError,
     make_module,
-)
-from fake_pynvml import (
-    NVML_ERROR_NO_PERMISSION as NO_PERMISSION,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +241,8 @@ def test_preflight_names_a_missing_gpu_index_and_pairs_init_with_shutdown():
 @pytest.mark.parametrize(("symbols", "raises", "seen", "waited_s"), [
     (ALL_SYMBOLS, {}, True, 1.0),  # seen at once, then a second to settle
     (OLD_DRIVER_SYMBOLS, {}, True, 1.0),  # no _v3: the _v2 list is read
-    (ALL_SYMBOLS, {"nvmlDeviceGetComputeRunningProcesses": NVMLError(NO_PERMISSION)}, None, 21.0),
+    (ALL_SYMBOLS, {"nvmlDeviceGetComputeRunningProcesses": NVMLError(NVML_ERROR_NO_PERMISSION)},
+     None, 21.0),  # no list can be read: 20 s, then the second
 ])
 def test_the_load_starts_and_is_waited_for(symbols, raises, seen, waited_s):
     gpu = FakeGpu(UUID, pids=[4242], raises=raises)
