@@ -26,16 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)  # dataclasses and the probe's import resolve by name
-    spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-_load("gpu_check")
-probe = _load("nvml_probe")
+if str(BENCH) not in sys.path:  # the probe imports gpu_check and gpu/ beside it, as when run
+    sys.path.append(str(BENCH))
+_spec = importlib.util.spec_from_file_location("nvml_probe", BENCH / "nvml_probe.py")
+probe = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("nvml_probe", probe)  # dataclasses resolve their module by name
+_spec.loader.exec_module(probe)
 
 T0 = 1_800_000_000.0  # Unix seconds when the probe starts (2027)
 UUID = "GPU-8932f937-d72c-4106-c12f-20bd9faed9f6"
