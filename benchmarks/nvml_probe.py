@@ -258,7 +258,7 @@ def probe(env: Env, seconds: int, calls: int) -> dict[str, Any]:
             buffers[kind]["follow"] = {"error": run.errors[kind]}
         else:
             buffers[kind]["follow"] = buffer_follow_summary(run.reads[kind], spacing.get("median"))
-    power = [*initial["power"], *run.samples["power"]]
+    power = sorted([*initial["power"], *run.samples["power"]])  # in time order, whatever NVML does
     offset_s = buffers["power"].get("offset_s", 0.0)
     sources = {"polls_10hz": run.polls}
     if power and "power" not in run.errors:

@@ -190,6 +190,17 @@ def test_each_reads_wall_time_and_cpu_time_are_taken_per_call():
     assert costs["process_utilization"]["error"] is None
 
 
+def test_window_means_weigh_each_point_by_the_time_it_stands_for():
+    from gpu.probe_report import window_means
+
+    counter = [(0.0, 0), (1.0, 0), (2.0, 0)]
+    points = [(0.0, 0.0), (0.9, 100.0), (1.0, 300.0), (2.0, 50.0)]  # a sparse, irregular series
+    assert window_means(points, counter) == pytest.approx([0.9 * 100 + 0.1 * 300, 50.0])
+    # moved back by a second, the second window's points are the first's; the first is uncovered
+    assert window_means(points, counter, shift_s=-1.0) == [None, pytest.approx(120.0)]
+    assert window_means([], counter) == [None, None]
+
+
 def test_spread_is_median_and_nearest_rank_p90():
     assert probe.spread_us([i * 1e-6 for i in range(1, 11)]) == {"median": 5.5, "p90": 9.0}
     assert probe.spread_us([]) is None
