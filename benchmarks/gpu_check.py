@@ -298,22 +298,29 @@ def replay_run(trace_dir: str | Path) -> CheckRun:
 # --- the live check (needs the GPU) --------------------------------------------------------------
 
 
-def preflight(gpu_index: int) -> str | None:
-    """Why the live check cannot run here, or None."""
+def nvml_preflight(gpu_index: int, nvml: Any = None) -> str | None:
+    """Why NVML cannot be read on GPU ``gpu_index`` here, or None. ``nvml``: the pynvml module
+    (default: nvidia-ml-py's), the seam a test passes a fake through."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return "nvidia-ml-py is not installed (pip install 'carbonwatch[gpu-check]')"
     try:
-        import pynvml
-    except ImportError:
-        return "nvidia-ml-py is not installed (pip install 'carbonwatch[gpu-check]')"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
         return f"no NVIDIA GPU here: nvmlInit failed ({exc})"
     try:
-        count = pynvml.nvmlDeviceGetCount()
+        count = nvml.nvmlDeviceGetCount()
     finally:
-        pynvml.nvmlShutdown()
+        nvml.nvmlShutdown()
     if not 0 <= gpu_index < count:
         return f"no GPU {gpu_index}: NVML sees {count}"
+    return None
+
+
+def torch_preflight() -> str | None:
+    """Why the PyTorch workloads cannot run here, or None."""
     # In a child, so this process never creates a CUDA context of its own on the GPU it measures.
     code = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
     probe = subprocess.run(
@@ -326,6 +333,11 @@ def preflight(gpu_index: int) -> str | None:
         return "PyTorch with CUDA is needed (pip install 'carbonwatch[gpu-check]'): " + (
             probe.stderr.strip().splitlines() or ["import failed"])[-1]
     return None
+
+
+def preflight(gpu_index: int) -> str | None:
+    """Why the live check cannot run here, or None."""
+    return nvml_preflight(gpu_index) or torch_preflight()
 
 
 @dataclass

@@ -12,6 +12,11 @@ without a GPU. It copies the real module where carbonwatch depends on it (nvidia
   (``_nvmlGetFunctionPointer``);
 - ``nvmlDeviceGetProcessUtilization`` raises ``NOT_FOUND`` when no sample is newer than the
   timestamp, ``NOT_SUPPORTED`` under MIG; every call before ``nvmlInit`` raises ``UNINITIALIZED``;
+- ``nvmlDeviceGetSamples(handle, sampling_type, timeStamp)`` -> ``(value_type, [c_nvmlSample_t])``
+  from the GPU's ``power_samples`` (mW) or ``util_samples`` (%), only those with a timestamp
+  greater than ``timeStamp``; ``NOT_FOUND`` when there is none, ``NOT_SUPPORTED`` on a MIG handle,
+  ``INVALID_ARGUMENT`` for another sampling type. The samples are ctypes structures laid out as
+  pynvml's, so ``.sampleValue`` is a real union (``uiVal`` holds the value; ``dVal`` is garbage);
 - MIG: ``nvmlDeviceGetMigMode`` -> ``[current, pending]``, ``NOT_SUPPORTED`` on a GPU without MIG;
   MIG handles by index (``NOT_FOUND`` for an empty slot); an unprivileged process list on the parent
   of a MIG GPU raises ``NO_PERMISSION`` (NVML gives per-instance lists through MIG handles only).
@@ -23,9 +28,11 @@ own GPUs; the error classes are shared, as in the one real module. Tests change 
 
 from __future__ import annotations
 
+import ctypes
 import string
 import sys
 import types
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import wraps
@@ -66,6 +73,38 @@ NVML_ERROR_UNKNOWN = 999
 
 NVML_DEVICE_MIG_DISABLE = 0x0
 NVML_DEVICE_MIG_ENABLE = 0x1
+
+# nvmlValueType_t and nvmlSamplingType_t (only the two sampling types carbonwatch could use)
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG = 2
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
+NVML_VALUE_TYPE_SIGNED_INT = 5
+NVML_VALUE_TYPE_UNSIGNED_SHORT = 6
+NVML_VALUE_TYPE_COUNT = 7
+NVML_TOTAL_POWER_SAMPLES = 0
+NVML_GPU_UTILIZATION_SAMPLES = 1
+
+# How many samples a FakeGpu's buffers keep by default. The fake's choice, not NVML's: the real
+# depth is what benchmarks/nvml_probe.py measures.
+SAMPLE_BUFFER_DEPTH = 120
+
+
+class c_nvmlValue_t(ctypes.Union):  # noqa: N801 - pynvml's name and layout
+    _fields_ = [
+        ("dVal", ctypes.c_double),
+        ("uiVal", ctypes.c_uint),
+        ("ulVal", ctypes.c_ulong),
+        ("ullVal", ctypes.c_ulonglong),
+        ("sllVal", ctypes.c_longlong),
+        ("siVal", ctypes.c_int),
+        ("usVal", ctypes.c_ushort),
+    ]
+
+
+class c_nvmlSample_t(ctypes.Structure):  # noqa: N801 - pynvml's name and layout
+    _fields_ = [("timeStamp", ctypes.c_ulonglong), ("sampleValue", c_nvmlValue_t)]
 
 
 class NVMLLibraryMismatchError(Exception):
@@ -150,6 +189,7 @@ ALL_SYMBOLS = frozenset({
     "nvmlDeviceGetMPSComputeRunningProcesses_v2",
     "nvmlDeviceGetMPSComputeRunningProcesses_v3",
     "nvmlDeviceGetProcessUtilization",
+    "nvmlDeviceGetSamples",
     "nvmlDeviceGetTotalEnergyConsumption",
 })
 OLD_DRIVER_SYMBOLS = ALL_SYMBOLS - {
@@ -180,6 +220,13 @@ class FakeGpu:
     lost: bool = False  # every call on the device raises GPU_IS_LOST
     migs: list[FakeMig] | None = None  # None: not MIG-capable; a list: MIG mode on
     raises: dict[str, BaseException] = field(default_factory=dict)  # function name -> exception
+    # The driver's sample buffers read by nvmlDeviceGetSamples: (timeStamp us, value), oldest
+    # first; power in mW, utilisation in %. A deque with a maxlen is a buffer of that depth: the
+    # oldest samples fall out as tests append new ones (NVML's own depth is unknown).
+    power_samples: deque[tuple[int, int]] = field(
+        default_factory=lambda: deque(maxlen=SAMPLE_BUFFER_DEPTH))
+    util_samples: deque[tuple[int, int]] = field(
+        default_factory=lambda: deque(maxlen=SAMPLE_BUFFER_DEPTH))
 
     def run(self, seconds: float, power_w: float) -> None:
         """The GPU draws power_w for seconds: the counter moves and power reads power_w."""
@@ -230,7 +277,7 @@ def make_module(
     mod = types.ModuleType("pynvml")  # not registered in sys.modules: nothing leaks
     this = sys.modules[__name__]
     for name in dir(this):
-        if name.startswith(("NVML_", "NVMLError")) or name == "NVMLLibraryMismatchError":
+        if name.startswith(("NVML_", "NVMLError", "c_nvml")) or name == "NVMLLibraryMismatchError":
             setattr(mod, name, getattr(this, name))
     state = {"init": 0}
     mod.init_count = lambda: state["init"]  # for tests: is nvmlInit paired with nvmlShutdown?
@@ -311,6 +358,23 @@ def make_module(
         if not newer:
             raise NVMLError(NVML_ERROR_NOT_FOUND)
         return newer
+
+    def nvmlDeviceGetSamples(  # noqa: N802
+        handle: _Handle, sampling_type: int, timeStamp: int,  # noqa: N803
+    ) -> tuple[int, list[c_nvmlSample_t]]:
+        fn("nvmlDeviceGetSamples")
+        gpu = device(handle, "nvmlDeviceGetSamples")
+        if handle.mig is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        buffers = {NVML_TOTAL_POWER_SAMPLES: gpu.power_samples,
+                   NVML_GPU_UTILIZATION_SAMPLES: gpu.util_samples}
+        if sampling_type not in buffers:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        newer = [c_nvmlSample_t(ts, c_nvmlValue_t(uiVal=value))
+                 for ts, value in buffers[sampling_type] if ts > timeStamp]
+        if not newer:  # the size query fails first, as in pynvml
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return NVML_VALUE_TYPE_UNSIGNED_INT, newer
 
     def processes(handle: _Handle, call: str, mps: bool) -> list[_Proc]:
         fn(call)
