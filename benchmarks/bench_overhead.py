@@ -5,7 +5,7 @@ codecarbon's OfflineEmissionsTracker at a 1 s interval on the same machine, with
     .venv/bin/python benchmarks/bench_overhead.py [--seconds S] [--warmup 30] [--processes 1000]
         [--watched 8] [--repeat 1]
 
-Four runs, each in a fresh process, CPU time counted from after set-up (imports, tracker start)
+Each run in a fresh process, CPU time counted from after set-up (imports, tracker start)
 and a ``--warmup`` of sampling that is not counted, to the end of the window, so every figure is a
 steady-state cost (a GPU's split estimates its power reading's lag every 5 s in its first ~15 s,
 then every 30 s; a daemon runs for days):
@@ -14,7 +14,10 @@ then every 30 s; a daemon runs for days):
   and codecarbon cannot read a replay): the like-for-like pair, and their ratio;
 - carbonwatch with 8 replayed GPUs whose reads take what they took on an H200
   (``--replay-latency h200``: 3.8 ms per energy-counter read, read in parallel), watched-only scan
-  (the daemon's), then the same with the full scan of every process (the scan before).
+  (the daemon's), then the same with the full scan of every process (the scan before);
+- beside each 8-GPU run, **only the reads** of the same replayed GPUs, made as the collector makes
+  them and kept nowhere (``run_reads``): what any reader of 8 GPUs at the design's cadence pays
+  here, so the difference is carbonwatch's own work; and a loop that only wakes 10 times a second.
 
 The GPUs replay the recorded H200 (a training job and an inference server sharing it: idle, one,
 both, the other, idle) over and over (``repeat_trace``): past the recording's 29.6 s a replay
