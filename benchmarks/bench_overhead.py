@@ -10,8 +10,11 @@ and a ``--warmup`` of sampling that is not counted, to the end of the window, so
 steady-state cost (a GPU's split estimates its power reading's lag every 5 s in its first ~15 s,
 then every 30 s; a daemon runs for days):
 
-- carbonwatch, no GPU, watched-only scan, against codecarbon with no GPU (this machine has none,
-  and codecarbon cannot read a replay): the like-for-like pair, and their ratio;
+- carbonwatch, no GPU, watched-only scan, against codecarbon with no GPU: the like-for-like pair
+  without GPUs, and their ratio;
+- carbonwatch and codecarbon's tracker reading the same 8 replayed H200s through the ``pynvml``
+  API (``tests/fake_pynvml.py``, which answers as nvidia-ml-py does, over the replay: codecarbon
+  reads GPUs only through pynvml): the like-for-like pair with GPUs, and their ratio;
 - carbonwatch with 8 replayed GPUs whose reads take what they took on an H200
   (``--replay-latency h200``: 3.8 ms per energy-counter read, read in parallel), watched-only scan
   (the daemon's), then the same with the full scan of every process (the scan before);
@@ -74,7 +77,7 @@ def runs_needed(span_s: float) -> int:
 
 
 def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[int],
-                    warmup_s: float = 0.0) -> dict:
+                    warmup_s: float = 0.0, through_nvml: bool = False) -> dict:
     from carbonwatch.clock import SystemClock
     from carbonwatch.collectors.cpu_model import TdpCpuCollector
     from carbonwatch.collectors.detect import default_process_scanner
@@ -96,6 +99,10 @@ def run_carbonwatch(seconds: float, gpus: int, watched_only: bool, watch: list[i
     if gpus:
         backend = ReplayGpuBackend(trace, clock, devices=gpus, start_at_s=clock.time(),
                                    latency=READ_LATENCIES["h200"])
+        if through_nvml:  # the same GPUs behind the pynvml API, as codecarbon reads them
+            from carbonwatch.collectors.nvml import NvmlBackend
+
+            backend = NvmlBackend(nvml=replayed_pynvml(backend, clock))
         collectors.insert(0, GpuCollector(backend))
     ledger = EnergyLedger(Pricing())
     sampler = Sampler(collectors, intensity=StaticSource(world_average()),
@@ -165,9 +172,64 @@ def run_reads(seconds: float, gpus: int, warmup_s: float = 0.0) -> dict:
     return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_codecarbon(seconds: float, warmup_s: float = 0.0) -> dict:
+class _ReplayedGpu:
+    """A GPU of the fake ``pynvml`` (tests/fake_pynvml.py, which answers as nvidia-ml-py does)
+    whose readings come from a replayed H200, read times included: the one way codecarbon, which
+    reads GPUs only through pynvml, and carbonwatch can read the same GPUs in one benchmark."""
+
+    name = "NVIDIA H200"
+    handle_error = None
+    lost = False
+    migs = None
+    memory_total_bytes, memory_used_bytes = 143_771_369_472, 0
+    temperature_c, power_limit_mw = 30, 700_000
+
+    def __init__(self, device: Any, clock: Any) -> None:
+        self._device, self._clock = device, clock
+        self.uuid = device.uuid
+        self.mps_pids: list[int] = []
+        self.raises: dict[str, BaseException] = {}
+        self.power_samples: list[tuple[int, int]] = []
+        self.util_samples: list[tuple[int, int]] = []
+
+    power_mw = property(lambda self: self._device.power_mw())
+    energy_mj = property(lambda self: self._device.total_energy_mj())
+    util_pct = property(lambda self: int(self._device.utilization_pct()))
+    pids = property(lambda self: self._device.compute_pids())
+
+    @property
+    def samples(self) -> list[tuple[int, int, int, int]]:
+        """The last 5 s of per-process samples (the fake filters them by the caller's time)."""
+        recent = self._device.process_utilization(int((self._clock.time() - 5.0) * 1e6))
+        return [(s.pid, s.ts_us, round(s.sm_pct), round(s.mem_pct)) for s in recent]
+
+
+def replayed_pynvml(backend: Any, clock: Any) -> Any:
+    """A fake pynvml module over a replay backend's devices (``clock``: the replay's)."""
+    tests = str(TRACE.parent.parent)  # tests/, where the fake lives
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import fake_pynvml
+
+    gpus = [_ReplayedGpu(backend.device(i), clock) for i in range(backend.device_count())]
+    return fake_pynvml.make_module(gpus)  # type: ignore[arg-type]
+
+
+def run_codecarbon(seconds: float, warmup_s: float = 0.0, gpus: int = 0) -> dict:
     import logging
 
+    if gpus:  # codecarbon imports pynvml (and calls nvmlInit) when it is imported
+        from carbonwatch.clock import SystemClock
+        from carbonwatch.collectors.trace import repeat_trace
+        from carbonwatch.collectors.trace_gpu import READ_LATENCIES, ReplayGpuBackend
+
+        clock = SystemClock()
+        sys.modules["pynvml"] = replayed_pynvml(ReplayGpuBackend(
+            repeat_trace(_recording(), runs_needed(warmup_s + seconds)), clock, devices=gpus,
+            start_at_s=clock.time(), latency=READ_LATENCIES["h200"]), clock)
+        from codecarbon.core import gpu as cc_gpu
+
+        cc_gpu.is_nvidia_system = lambda: True  # it asks `nvidia-smi --help` first
     from codecarbon import OfflineEmissionsTracker
 
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
@@ -179,7 +241,9 @@ def run_codecarbon(seconds: float, warmup_s: float = 0.0) -> dict:
     time.sleep(seconds)
     cpu1, t1 = _cpu_s(), time.monotonic()
     tracker.stop()
-    return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": _peak_rss_mb()}
+    data = tracker.final_emissions_data
+    return {"cpu_pct_of_core": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": _peak_rss_mb(),
+            "gpu_count": data.gpu_count, "gpu_energy_j": data.gpu_energy * 3.6e6}
 
 
 def run_floor(seconds: float, hz: float = 10.0) -> dict:
@@ -226,8 +290,9 @@ def main() -> None:
     runs = max(1, math.ceil((args.seconds or 2 * period_s) / period_s - 1e-9))
     args.seconds = runs * period_s
     if args.side:
-        if args.side == "codecarbon":
-            print(json.dumps(run_codecarbon(args.seconds, args.warmup)))
+        if args.side in ("codecarbon", "cc-8gpu"):
+            gpus = 8 if args.side == "cc-8gpu" else 0
+            print(json.dumps(run_codecarbon(args.seconds, args.warmup, gpus)))
         elif args.side == "reads":
             print(json.dumps(run_reads(args.seconds, 8, args.warmup)))
         elif args.side == "floor":
@@ -235,7 +300,8 @@ def main() -> None:
         else:
             watch = [int(p) for p in args.watch.split(",") if p]
             print(json.dumps(run_carbonwatch(args.seconds, 0 if args.side == "cw-nogpu" else 8,
-                                             args.side != "cw-8gpu-full", watch, args.warmup)))
+                                             args.side != "cw-8gpu-full", watch, args.warmup,
+                                             through_nvml=args.side == "cw-8gpu-nvml")))
         return
     # ~N idle processes so the 1 Hz scan has a realistic node's worth of work.
     lifetime_s = str((args.seconds + args.warmup) * (5 + args.repeat) + 60)
@@ -246,7 +312,7 @@ def main() -> None:
         repeats: dict[str, list[dict]] = {}
         # The reads-only anchor runs beside each 8-GPU run: the two compare only back to back.
         sides = ("cw-nogpu", "codecarbon", *["cw-8gpu", "reads"] * max(1, args.repeat),
-                 "cw-8gpu-full", "floor")
+                 "cw-8gpu-nvml", "cc-8gpu", "cw-8gpu-full", "floor")
         for side in sides:
             out = subprocess.run([sys.executable, __file__, "--side", side, "--seconds",
                                   str(args.seconds), "--warmup", str(args.warmup),
@@ -292,6 +358,16 @@ def main() -> None:
           f"scan, attribution): {own_pct:.2f} % of one core ({10 * own_pct:.1f} ms a second"
           f"{', median of the back-to-back pairs' if len(diffs) > 1 else ''}); "
           f"the reads are {reads['cpu_pct_of_core'] / ours['cpu_pct_of_core']:.0%} of the figure")
+    nv, ccg = results["cw-8gpu-nvml"], results["cc-8gpu"]
+    print(f"carbonwatch, the same 8 replayed H200s read through pynvml (tests/fake_pynvml.py over "
+          f"the replay): {nv['cpu_pct_of_core']:.2f} % of one core, peak RSS "
+          f"{nv['peak_rss_mb']:.0f} MB")
+    print(f"codecarbon OfflineEmissionsTracker, 1 s, the same 8 GPUs through pynvml: "
+          f"{ccg['cpu_pct_of_core']:.2f} % of one core, peak RSS {ccg['peak_rss_mb']:.0f} MB "
+          f"(it measured {ccg['gpu_count']} GPUs, {ccg['gpu_energy_j']:,.0f} J)")
+    print(f"  ratio carbonwatch/codecarbon CPU, same GPUs: "
+          f"{nv['cpu_pct_of_core'] / ccg['cpu_pct_of_core']:.2f}x (codecarbon reads each GPU "
+          f"once a second and splits nothing between processes)")
     print(f"  a loop that only sleeps 10 times a second (the GPU poll's cadence): "
           f"{results['floor']['cpu_pct_of_core']:.2f} % of one core here, the wake-ups alone")
     full, light = results["cw-8gpu-full"], results["cw-8gpu"]

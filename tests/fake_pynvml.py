@@ -73,6 +73,15 @@ NVML_ERROR_UNKNOWN = 999
 
 NVML_DEVICE_MIG_DISABLE = 0x0
 NVML_DEVICE_MIG_ENABLE = 0x1
+NVML_TEMPERATURE_GPU = 0
+NVML_COMPUTEMODE_DEFAULT = 0
+
+
+class c_nvmlMemory_t:  # noqa: N801 - pynvml's name; its fields in its order
+    """Like pynvml's ctypes structure: ``c_nvmlMemory_t(total, free, used)``, bytes."""
+
+    def __init__(self, total: int = 0, free: int = 0, used: int = 0) -> None:
+        self.total, self.free, self.used = total, free, used
 
 # nvmlValueType_t and nvmlSamplingType_t (only the two sampling types carbonwatch could use)
 NVML_VALUE_TYPE_DOUBLE = 0
@@ -227,6 +236,11 @@ class FakeGpu:
         default_factory=lambda: deque(maxlen=SAMPLE_BUFFER_DEPTH))
     util_samples: deque[tuple[int, int]] = field(
         default_factory=lambda: deque(maxlen=SAMPLE_BUFFER_DEPTH))
+    # What other tools (codecarbon's tracker) read beside the calls carbonwatch makes.
+    memory_total_bytes: int = 143_771_369_472  # an H200's 141 GB HBM3e
+    memory_used_bytes: int = 0
+    temperature_c: int = 30
+    power_limit_mw: int = 700_000
 
     def run(self, seconds: float, power_w: float) -> None:
         """The GPU draws power_w for seconds: the counter moves and power reads power_w."""
@@ -406,6 +420,34 @@ def make_module(
     @throwOnVersionMismatch
     def nvmlDeviceGetMPSComputeRunningProcesses(handle: _Handle) -> list[_Proc]:  # noqa: N802
         return nvmlDeviceGetMPSComputeRunningProcesses_v3(handle)
+
+    def nvmlDeviceGetGraphicsRunningProcesses(handle: _Handle) -> list[_Proc]:  # noqa: N802
+        check_init()
+        device(handle, "nvmlDeviceGetGraphicsRunningProcesses")
+        return []  # a data-centre GPU runs no graphics contexts
+
+    def nvmlDeviceGetMemoryInfo(handle: _Handle) -> c_nvmlMemory_t:  # noqa: N802
+        check_init()
+        gpu = device(handle, "nvmlDeviceGetMemoryInfo")
+        return c_nvmlMemory_t(gpu.memory_total_bytes,
+                              gpu.memory_total_bytes - gpu.memory_used_bytes,
+                              gpu.memory_used_bytes)
+
+    def nvmlDeviceGetTemperature(handle: _Handle, sensor: int) -> int:  # noqa: N802
+        check_init()
+        gpu = device(handle, "nvmlDeviceGetTemperature")
+        if sensor != NVML_TEMPERATURE_GPU:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return gpu.temperature_c
+
+    def nvmlDeviceGetEnforcedPowerLimit(handle: _Handle) -> int:  # noqa: N802
+        check_init()
+        return device(handle, "nvmlDeviceGetEnforcedPowerLimit").power_limit_mw
+
+    def nvmlDeviceGetComputeMode(handle: _Handle) -> int:  # noqa: N802
+        check_init()
+        device(handle, "nvmlDeviceGetComputeMode")
+        return NVML_COMPUTEMODE_DEFAULT
 
     def nvmlDeviceGetMigMode(handle: _Handle) -> list[int]:  # noqa: N802
         check_init()
