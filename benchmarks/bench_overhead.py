@@ -303,16 +303,19 @@ def main() -> None:
                                              args.side != "cw-8gpu-full", watch, args.warmup,
                                              through_nvml=args.side == "cw-8gpu-nvml")))
         return
-    # ~N idle processes so the 1 Hz scan has a realistic node's worth of work.
-    lifetime_s = str((args.seconds + args.warmup) * (5 + args.repeat) + 60)
+    # ~N idle processes so the 1 Hz scan has a realistic node's worth of work. The reads-only
+    # anchor runs beside each 8-GPU run: the two compare only back to back.
+    # They must outlive every side (a dead one stays a zombie until reaped: still listed in /proc
+    # but no longer a process anyone would watch), so their lifetime counts the sides, start-up
+    # included.
+    sides = ("cw-nogpu", "codecarbon", *["cw-8gpu", "reads"] * max(1, args.repeat),
+             "cw-8gpu-nvml", "cc-8gpu", "cw-8gpu-full", "floor")
+    lifetime_s = str((args.seconds + args.warmup + 15) * len(sides) + 60)
     sleepers = [subprocess.Popen(["sleep", lifetime_s]) for _ in range(args.processes)]
     watch = ",".join(str(p.pid) for p in sleepers[: args.watched])
     try:
         results: dict[str, dict] = {}
         repeats: dict[str, list[dict]] = {}
-        # The reads-only anchor runs beside each 8-GPU run: the two compare only back to back.
-        sides = ("cw-nogpu", "codecarbon", *["cw-8gpu", "reads"] * max(1, args.repeat),
-                 "cw-8gpu-nvml", "cc-8gpu", "cw-8gpu-full", "floor")
         for side in sides:
             out = subprocess.run([sys.executable, __file__, "--side", side, "--seconds",
                                   str(args.seconds), "--warmup", str(args.warmup),
