@@ -177,20 +177,13 @@ class _ReplayedGpu:
     whose readings come from a replayed H200, read times included: the one way codecarbon, which
     reads GPUs only through pynvml, and carbonwatch can read the same GPUs in one benchmark."""
 
-    name = "NVIDIA H200"
-    handle_error = None
-    lost = False
-    migs = None
-    memory_total_bytes, memory_used_bytes = 143_771_369_472, 0
-    temperature_c, power_limit_mw = 30, 700_000
-
-    def __init__(self, device: Any, clock: Any) -> None:
+    def __init__(self, device: Any, clock: Any, fake: Any) -> None:
         self._device, self._clock = device, clock
-        self.uuid = device.uuid
-        self.mps_pids: list[int] = []
-        self.raises: dict[str, BaseException] = {}
-        self.power_samples: list[tuple[int, int]] = []
-        self.util_samples: list[tuple[int, int]] = []
+        # Everything the replay does not answer (name, memory, temperature, ...) is a FakeGpu's
+        # own default, copied once so each call reads a plain attribute.
+        readings = {"power_mw", "energy_mj", "util_pct", "pids", "samples"}
+        self.__dict__.update((k, v) for k, v in vars(fake.FakeGpu(device.uuid)).items()
+                             if k not in readings)
 
     power_mw = property(lambda self: self._device.power_mw())
     energy_mj = property(lambda self: self._device.total_energy_mj())
@@ -211,7 +204,8 @@ def replayed_pynvml(backend: Any, clock: Any) -> Any:
         sys.path.insert(0, tests)
     import fake_pynvml
 
-    gpus = [_ReplayedGpu(backend.device(i), clock) for i in range(backend.device_count())]
+    gpus = [_ReplayedGpu(backend.device(i), clock, fake_pynvml)
+            for i in range(backend.device_count())]
     return fake_pynvml.make_module(gpus)  # type: ignore[arg-type]
 
 

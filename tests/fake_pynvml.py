@@ -76,13 +76,6 @@ NVML_DEVICE_MIG_ENABLE = 0x1
 NVML_TEMPERATURE_GPU = 0
 NVML_COMPUTEMODE_DEFAULT = 0
 
-
-class c_nvmlMemory_t:  # noqa: N801 - pynvml's name; its fields in its order
-    """Like pynvml's ctypes structure: ``c_nvmlMemory_t(total, free, used)``, bytes."""
-
-    def __init__(self, total: int = 0, free: int = 0, used: int = 0) -> None:
-        self.total, self.free, self.used = total, free, used
-
 # nvmlValueType_t and nvmlSamplingType_t (only the two sampling types carbonwatch could use)
 NVML_VALUE_TYPE_DOUBLE = 0
 NVML_VALUE_TYPE_UNSIGNED_INT = 1
@@ -114,6 +107,11 @@ class c_nvmlValue_t(ctypes.Union):  # noqa: N801 - pynvml's name and layout
 
 class c_nvmlSample_t(ctypes.Structure):  # noqa: N801 - pynvml's name and layout
     _fields_ = [("timeStamp", ctypes.c_ulonglong), ("sampleValue", c_nvmlValue_t)]
+
+
+class c_nvmlMemory_t(ctypes.Structure):  # noqa: N801 - pynvml's name and layout (bytes)
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong),
+                ("used", ctypes.c_ulonglong)]
 
 
 class NVMLLibraryMismatchError(Exception):
